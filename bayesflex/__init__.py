@@ -1,0 +1,34 @@
+"""bayesflex: a Bayesian probabilistic risk engine for low-voltage networks.
+
+Public surface (see DESIGN.md):
+
+    feeder = bf.load_feeder("ieee_eu_lv")
+    lf = bf.solve_loadflow(feeder, p_kw, q_kvar)            # full results
+    lf = bf.solve_loadflow(feeder, p_kw, q_kvar, full=False)  # reductions only
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import BayesflexError, ConfigError, FeederError, SolverError
+from .feeder import Feeder, Source, Transformer, load_feeder, validate_feeder
+from .loadflow import LoadFlowResult, LoadFlowSummary, solve_loadflow
+
+try:
+    __version__ = version("bayesflex")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BayesflexError",
+    "ConfigError",
+    "Feeder",
+    "FeederError",
+    "LoadFlowResult",
+    "LoadFlowSummary",
+    "SolverError",
+    "Source",
+    "Transformer",
+    "load_feeder",
+    "solve_loadflow",
+    "validate_feeder",
+]
