@@ -1,0 +1,262 @@
+"""OpenDSS text models -> Feeder, through the DSS C-API engine (opendssdirect.py).
+
+The engine parses the full DSS syntax and computes derived data (line
+matrices from sequence line codes, the source's sequence impedances from
+ISC3/ISC1).  We run the model's script ourselves so that what a network
+description does not need (load shapes, monitors, energy meters, solve, plot
+and export commands) is skipped: a missing load-shape file must not stop a
+feeder from loading.  A failing command is reported with its file and line.
+
+Mapping to bayesflex:
+* ``Vsource``: an ideal voltage behind its ``Z1``, ``Z2``, ``Z0``.
+* ``Transformer``: 2 windings, Delta (HV) - grounded Wye (LV) only, i.e. Dyn.
+  OpenDSS builds a three-phase transformer from three single-phase units, so
+  its zero-sequence leakage equals the positive one (``vk0 = vk``) and it has
+  no zero-sequence magnetising path of its own (``mag0_percent = inf``)
+  unless ``%imag``/``%noloadloss`` give one.  ``leadlag=lag`` (the ANSI
+  default) is a 30 degree shift (Dyn1), ``lead`` -30 degrees (Dyn11).
+* ``Line``: three-phase, the engine's R/X/C matrices times length; rating
+  ``NormAmps``.
+* ``Load``: one agent per load, wye, constant power (model 1).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FeederError
+from .feeder import Feeder, Source, Transformer
+
+_SKIP = re.compile(
+    r"^\s*(new\s+(object\s*=\s*)?(loadshape|monitor|energymeter|tshape|priceshape)\b|"
+    r"(edit|batchedit|more|~)\s+(loadshape|monitor|energymeter)|batchedit\s+loadshape|"
+    r"solve|plot|show|export|closedi|sample|reset|set\s+(mode|number|stepsize|year|demand|"
+    r"diverbose|overloadreport|voltexcept|casename|markercode|nodewidth|maxiter)\b)",
+    re.I,
+)
+_SHAPE_REF = re.compile(r"\b(yearly|daily|duty|growth|cvrcurve|spectrum)\s*=\s*(\([^)]*\)|\S+)", re.I)
+
+
+def _commands(path: Path, seen: set[Path]):
+    """Yield (file, line number, command) of a DSS script, following Redirect/Compile."""
+    path = path.resolve()
+    if path in seen:
+        raise FeederError(str(path), "Redirect loop")
+    seen.add(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as e:
+        raise FeederError(str(path), f"cannot read: {e}") from e
+    in_block_comment = False
+    for no, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if in_block_comment:
+            if "*/" in s:
+                in_block_comment = False
+            continue
+        if s.startswith("/*"):
+            in_block_comment = "*/" not in s
+            continue
+        s = re.split(r"!|//", s, maxsplit=1)[0].strip()
+        if not s or _SKIP.match(s):
+            continue
+        m = re.match(r"^(redirect|compile)\s+(.+)$", s, re.I)
+        if m:
+            target = m.group(2).strip().strip('"').strip("'")
+            yield from _commands(path.parent / target, seen)
+            continue
+        if re.match(r"^clear\b", s, re.I):
+            continue
+        yield path, no, _SHAPE_REF.sub("", s)
+
+
+def _run_script(dss, master: Path) -> None:
+    dss.Text.Command("clear")
+    for file, no, cmd in _commands(master, set()):
+        try:
+            dss.Text.Command(cmd)
+        except Exception as e:  # DSSException and friends
+            if re.match(r"^buscoords\b", cmd, re.I):
+                continue  # coordinates are optional
+            msg = str(e).split("\n")[0]
+            raise FeederError(f"{file}:{no}", f"OpenDSS rejected {cmd[:80]!r}: {msg}") from e
+
+
+def _bus_and_nodes(spec: str) -> tuple[str, list[int]]:
+    parts = spec.split(".")
+    return parts[0].lower(), [int(p) for p in parts[1:] if p.strip().isdigit()]
+
+
+def feeder_from_opendss(path: Path, *, name: str) -> Feeder:
+    """Read an OpenDSS model: a master .dss file or a folder with Master.dss."""
+    try:
+        import opendssdirect as dss
+    except ImportError as e:  # pragma: no cover - it is a dependency
+        raise FeederError(str(path), "reading OpenDSS needs the package opendssdirect.py") from e
+    path = Path(path)
+    master = path / "Master.dss" if path.is_dir() else path
+    if not master.exists():
+        raise FeederError(str(path), "no Master.dss in this folder")
+    origin = str(master)
+    _run_script(dss, master)
+    if dss.Circuit.Name() == "" or not dss.Vsources.AllNames():
+        raise FeederError(origin, "the script defines no circuit (New Circuit.<name>)")
+    dss.Text.Command("makebuslist")
+    problems: list[str] = []
+
+    buses = [b.lower() for b in dss.Circuit.AllBusNames()]
+    index = {b: i for i, b in enumerate(buses)}
+
+    def ask(element: str, prop: str) -> str:
+        dss.Text.Command(f"? {element}.{prop}")
+        return dss.Text.Result()
+
+    # source
+    if len(dss.Vsources.AllNames()) != 1:
+        problems.append(f"exactly one Vsource is supported, found {len(dss.Vsources.AllNames())}")
+    dss.Vsources.First()
+    vname = f"vsource.{dss.Vsources.Name()}"
+
+    def zpair(prop: str) -> complex:
+        r, x = (float(v) for v in ask(vname, prop).strip("[] ").replace(",", " ").split()[:2])
+        return complex(r, x)
+
+    src_bus, _ = _bus_and_nodes(ask(vname, "bus1"))
+    f_hz = float(ask(vname, "basefreq"))
+    source = Source(bus=index[src_bus], vm_pu=dss.Vsources.PU(), va_degree=dss.Vsources.AngleDeg(),
+                    z1_ohm=zpair("Z1"), z2_ohm=zpair("Z2"), z0_ohm=zpair("Z0"))
+    base_kv = {src_bus: dss.Vsources.BasekV()}
+
+    # transformers
+    trafos = []
+    for tname in dss.Transformers.AllNames():
+        el = f"transformer.{tname}"
+        dss.Transformers.Name(tname)
+        where = f"Transformer.{tname}"
+        if dss.Transformers.NumWindings() != 2:
+            problems.append(f"{where}: {dss.Transformers.NumWindings()} windings (allowed: 2)")
+            continue
+        if dss.CktElement.NumPhases() != 3:
+            problems.append(f"{where}: {dss.CktElement.NumPhases()} phases (allowed: 3)")
+            continue
+        wdg = []
+        for w in (1, 2):
+            dss.Transformers.Wdg(w)
+            wdg.append((dss.Transformers.kV(), dss.Transformers.kVA(), dss.Transformers.R(),
+                        dss.Transformers.IsDelta()))
+        if not (wdg[0][3] and not wdg[1][3]):
+            conns = ["Delta" if d else "Wye" for *_, d in wdg]
+            problems.append(f"{where}: conns {conns} not supported (allowed: [Delta Wye], i.e. Dyn)")
+            continue
+        hv, lv = (_bus_and_nodes(b)[0] for b in dss.CktElement.BusNames())
+        xhl = dss.Transformers.Xhl()
+        r_tot = wdg[0][2] + wdg[1][2]
+        vk = math.hypot(xhl, r_tot)
+        imag, nll = float(ask(el, "%imag")), float(ask(el, "%noloadloss"))
+        if imag == 0 and nll == 0:
+            mag0, mag0_rx = math.inf, 0.0
+        else:
+            zm = 1 / complex(nll / 100, -imag / 100)
+            mag0, mag0_rx = abs(zm) / (vk / 100) * 100, zm.real / zm.imag
+        shift = 30.0 if ask(el, "leadlag").strip().lower().startswith("lag") else -30.0
+        tap = dss.Transformers.Tap() if hasattr(dss.Transformers, "Tap") else 1.0
+        base_kv.setdefault(hv, wdg[0][0])
+        base_kv.setdefault(lv, wdg[1][0])
+        trafos.append(Transformer(
+            name=tname, hv_bus=index[hv], lv_bus=index[lv], sn_kva=wdg[0][1], vn_hv_kv=wdg[0][0],
+            vn_lv_kv=wdg[1][0], vk_percent=vk, vkr_percent=r_tot, pfe_kw=nll / 100 * wdg[0][1],
+            i0_percent=math.hypot(imag, nll), vector_group="Dyn", shift_degree=shift,
+            vk0_percent=vk, vkr0_percent=r_tot, mag0_percent=mag0, mag0_rx=mag0_rx, si0_hv_partial=0.5,
+            tap_side="lv", tap_pos=(tap - 1.0) * 100, tap_neutral=0.0, tap_step_percent=1.0,
+        ))
+
+    # lines
+    line_names, lf, lt, zs, ys, amps = [], [], [], [], [], []
+    w = 2 * math.pi * f_hz
+    for lname in dss.Lines.AllNames():
+        dss.Lines.Name(lname)
+        where = f"Line.{lname}"
+        if dss.Lines.Phases() != 3:
+            problems.append(f"{where}: {dss.Lines.Phases()} phase(s) (allowed: 3)")
+            continue
+        (b1, n1), (b2, n2) = _bus_and_nodes(dss.Lines.Bus1()), _bus_and_nodes(dss.Lines.Bus2())
+        for nodes in (n1, n2):
+            if nodes and nodes[:3] != [1, 2, 3]:
+                problems.append(f"{where}: phase order {nodes} (allowed: 1.2.3)")
+        length = dss.Lines.Length()  # the matrices are per unit of the line's own length unit
+        z = (np.array(dss.Lines.RMatrix()) + 1j * np.array(dss.Lines.XMatrix())).reshape(3, 3) * length
+        y = 1j * w * np.array(dss.Lines.CMatrix()).reshape(3, 3) * 1e-9 * length
+        line_names.append(lname)
+        lf.append(index[b1])
+        lt.append(index[b2])
+        zs.append(z)
+        ys.append(y)
+        amps.append(dss.Lines.NormAmps())
+
+    # loads
+    agents, a_bus, a_ph, a_p, a_q = [], [], [], [], []
+    for ldname in dss.Loads.AllNames():
+        dss.Loads.Name(ldname)
+        where = f"Load.{ldname}"
+        if dss.Loads.IsDelta():
+            problems.append(f"{where}: delta connection not supported (allowed: wye)")
+            continue
+        if dss.Loads.Model() != 1:
+            problems.append(f"{where}: model={dss.Loads.Model()} not supported (allowed: 1, constant PQ)")
+            continue
+        bus, nodes = _bus_and_nodes(dss.CktElement.BusNames()[0])
+        nph = dss.CktElement.NumPhases()
+        nodes = [n for n in nodes if n != 0][:nph] or [1, 2, 3][:nph]
+        if any(n not in (1, 2, 3) for n in nodes):
+            problems.append(f"{where}: node(s) {nodes} (allowed: 1, 2, 3)")
+            continue
+        phases = np.zeros(3, bool)
+        phases[[n - 1 for n in nodes]] = True
+        agents.append(ldname)
+        a_bus.append(index.get(bus, -1))
+        a_ph.append(phases)
+        a_p.append(np.where(phases, dss.Loads.kW() / nph, 0.0))
+        a_q.append(np.where(phases, dss.Loads.kvar() / nph, 0.0))
+
+    if problems:
+        raise FeederError(origin, problems)
+    vn = _nominal_kv(len(buses), source.bus, base_kv, index, trafos, lf, lt)
+    xy = None
+    try:
+        coords = []
+        for b in buses:
+            dss.Circuit.SetActiveBus(b)
+            coords.append((dss.Bus.X(), dss.Bus.Y()) if dss.Bus.Coorddefined() else (np.nan, np.nan))
+        xy = np.array(coords, float)
+        if np.isnan(xy).all():
+            xy = None
+    except AttributeError:  # older engine API
+        xy = None
+    return Feeder.build(
+        name=name, origin=origin, f_hz=f_hz, buses=buses, bus_vn_kv=vn, lines=line_names,
+        line_from=lf, line_to=lt, line_z_ohm=np.array(zs).reshape(-1, 3, 3),
+        line_y_s=np.array(ys).reshape(-1, 3, 3), line_i_max_a=amps, trafos=trafos, source=source,
+        agents=agents, agent_bus=np.array(a_bus, np.int64), agent_phases=np.array(a_ph, bool).reshape(-1, 3),
+        agent_p_kw=np.array(a_p).reshape(-1, 3), agent_q_kvar=np.array(a_q).reshape(-1, 3), bus_xy=xy,
+        meta={"opendss_circuit": dss.Circuit.Name()},
+    )
+
+
+def _nominal_kv(nb, src, base_kv, index, trafos, lf, lt) -> np.ndarray:
+    """Nominal voltage of every bus: from the source and transformer windings,
+    carried along lines.  Buses no line reaches keep NaN (and fail validation
+    as not connected)."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    vn = np.full(nb, np.nan)
+    g = sp.coo_matrix((np.ones(len(lf)), (lf, lt)), shape=(nb, nb))
+    _, label = connected_components(g, directed=False)
+    for bus, kv in base_kv.items():
+        vn[label == label[index[bus]]] = kv
+    vn[np.isnan(vn)] = 1.0  # isolated islands: any positive value; validation reports them
+    return vn
