@@ -1,0 +1,32 @@
+"""Shared fixtures.  Reference data is read from ../shared/data, never copied."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bayesflex as bf
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BAYESFLEX_SHARED", REPO.parent / "shared")) / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data; skips the test when the reference data is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"reference data not present: {p} (set BAYESFLEX_SHARED to the shared/ folder)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def ieee() -> bf.Feeder:
+    return bf.load_feeder("ieee_eu_lv")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261121)
