@@ -26,6 +26,9 @@ from .network import BranchRows, NetworkModel
 
 __all__ = ["solve_loadflow", "LoadFlowResult", "LoadFlowSummary", "solve_load_nodes"]
 
+#: scenarios solved together (load nodes and expansion); bounds memory per call
+DEFAULT_CHUNK = 4096
+
 
 @dataclass(frozen=True)
 class LoadFlowResult:
@@ -108,7 +111,9 @@ def solve_loadflow(
     max_iter : int
         Fixed-point iterations before a scenario is handed to Newton.
     chunk_size : int, optional
-        Scenarios per chunk of the expansion to all buses (bounds memory).
+        Scenarios solved together (default 4096); bounds the working memory
+        whatever the batch size.  Results differ between chunk sizes only by
+        floating-point rounding.
     return_complex : bool
         With ``full``, also return complex voltages ``v_complex_pu``.
     precision : {"double", "mixed"}, optional
@@ -147,25 +152,43 @@ def solve_loadflow(
                 f"connected to (its phases: {''.join(np.array(list('abc'))[feeder.agent_phases[a]])})"
             )
     m = model.agent_to_load / model.s_base_kva
-    s_l = p[:, model.agent_cols] @ m + 1j * (q[:, model.agent_cols] @ m)
-
-    v_l, converged, iterations = solve_load_nodes(model, s_l, tol=tol, max_iter=max_iter)
-    with np.errstate(invalid="ignore"):  # rows that did not converge are NaN
-        i_l = np.where(converged[:, None], -np.conj(s_l / v_l), np.nan)
-    n = len(s_l)
-    chunk = chunk_size or max(1, int(32e6 // (16 * 3 * model.n_bus)))
+    n = p.shape[0]
+    outer = chunk_size or DEFAULT_CHUNK
+    inner = max(1, int(32e6 // (16 * 3 * model.n_bus)))  # expansion rows per product: ~32 MB
+    parts = []
+    for a in range(0, n, outer):
+        b = min(n, a + outer)
+        s_l = p[a:b, model.agent_cols] @ m + 1j * (q[a:b, model.agent_cols] @ m)
+        v_l, conv, its = solve_load_nodes(model, s_l, tol=tol, max_iter=max_iter)
+        with np.errstate(invalid="ignore"):  # rows that did not converge are NaN
+            i_l = np.where(conv[:, None], -np.conj(s_l / v_l), np.nan)
+        if full:
+            out = _expand_full(feeder, model, i_l, min(inner, outer), return_complex)
+        else:
+            out = _expand_summary(model, i_l, min(inner, outer),
+                                  np.complex64 if precision == "mixed" else np.complex128)
+        out["converged"], out["iterations"] = conv, its
+        parts.append(out)
+    parts = parts or [_empty(feeder, full, return_complex)]
+    shaped = {k: np.concatenate([pt[k] for pt in parts]) for k in parts[0]}
+    shaped = {k: v.reshape(lead + v.shape[1:]) for k, v in shaped.items()}
     if full:
-        out = _expand_full(feeder, model, i_l, chunk, return_complex)
-        res = LoadFlowResult(
-            converged=converged.reshape(lead), iterations=iterations.reshape(lead),
-            _src=feeder.source.bus, **{k: v.reshape(lead + v.shape[1:]) for k, v in out.items()},
-        )
-        return res
-    out = _expand_summary(model, i_l, chunk, np.complex64 if precision == "mixed" else np.complex128)
-    return LoadFlowSummary(
-        converged=converged.reshape(lead), iterations=iterations.reshape(lead),
-        **{k: v.reshape(lead + v.shape[1:]) for k, v in out.items()},
-    )
+        return LoadFlowResult(_src=feeder.source.bus, **shaped)
+    return LoadFlowSummary(**shaped)
+
+
+def _empty(feeder: Feeder, full: bool, return_complex: bool) -> dict:
+    nb, nl = feeder.n_bus, feeder.n_line
+    if full:
+        out = {"v_pu": np.empty((0, nb, 3)), "i_line_a": np.empty((0, nl, 3)), "loading_pu": np.empty((0, nl)),
+               "trafo_loading_pu": np.empty(0), "p_source_kw": np.empty((0, 3)), "q_source_kvar": np.empty((0, 3))}
+        if return_complex:
+            out["v_complex_pu"] = np.empty((0, nb, 3), complex)
+    else:
+        out = {"v_min_pu": np.empty((0, 3)), "v_max_pu": np.empty((0, 3)), "loading_max_pu": np.empty(0),
+               "trafo_loading_pu": np.empty(0)}
+    out["converged"], out["iterations"] = np.empty(0, bool), np.empty(0, np.int64)
+    return out
 
 
 # ----------------------------------------------------------------------------
