@@ -71,6 +71,9 @@ def _commands(path: Path, seen: set[Path]):
             continue
         if re.match(r"^clear\b", s, re.I):
             continue
+        m = re.match(r"^(buscoords|latlongcoords)\s+(.+)$", s, re.I)
+        if m:  # a file relative to the script, as OpenDSS itself would resolve it
+            s = f'{m.group(1)} "{path.parent / m.group(2).strip().strip(chr(34)).strip(chr(39))}"'
         yield path, no, _SHAPE_REF.sub("", s)
 
 
@@ -147,9 +150,9 @@ def feeder_from_opendss(path: Path, *, name: str) -> Feeder:
         for w in (1, 2):
             dss.Transformers.Wdg(w)
             wdg.append((dss.Transformers.kV(), dss.Transformers.kVA(), dss.Transformers.R(),
-                        dss.Transformers.IsDelta()))
+                        dss.Transformers.IsDelta(), dss.Transformers.Tap()))
         if not (wdg[0][3] and not wdg[1][3]):
-            conns = ["Delta" if d else "Wye" for *_, d in wdg]
+            conns = ["Delta" if w[3] else "Wye" for w in wdg]
             problems.append(f"{where}: conns {conns} not supported (allowed: [Delta Wye], i.e. Dyn)")
             continue
         hv, lv = (_bus_and_nodes(b)[0] for b in dss.CktElement.BusNames())
@@ -163,7 +166,11 @@ def feeder_from_opendss(path: Path, *, name: str) -> Feeder:
             zm = 1 / complex(nll / 100, -imag / 100)
             mag0, mag0_rx = abs(zm) / (vk / 100) * 100, zm.real / zm.imag
         shift = 30.0 if ask(el, "leadlag").strip().lower().startswith("lag") else -30.0
-        tap = dss.Transformers.Tap() if hasattr(dss.Transformers, "Tap") else 1.0
+        taps = [w[4] for w in wdg]
+        if taps[0] != 1.0 and taps[1] != 1.0:
+            problems.append(f"{where}: taps on both windings {taps} not supported (allowed: one tapped winding)")
+            continue
+        tap_side, tap = ("hv", taps[0]) if taps[0] != 1.0 else ("lv", taps[1])
         base_kv.setdefault(hv, wdg[0][0])
         base_kv.setdefault(lv, wdg[1][0])
         trafos.append(Transformer(
@@ -171,7 +178,7 @@ def feeder_from_opendss(path: Path, *, name: str) -> Feeder:
             vn_lv_kv=wdg[1][0], vk_percent=vk, vkr_percent=r_tot, pfe_kw=nll / 100 * wdg[0][1],
             i0_percent=math.hypot(imag, nll), vector_group="Dyn", shift_degree=shift,
             vk0_percent=vk, vkr0_percent=r_tot, mag0_percent=mag0, mag0_rx=mag0_rx, si0_hv_partial=0.5,
-            tap_side="lv", tap_pos=(tap - 1.0) * 100, tap_neutral=0.0, tap_step_percent=1.0,
+            tap_side=tap_side, tap_pos=(tap - 1.0) * 100, tap_neutral=0.0, tap_step_percent=1.0,
         ))
 
     # lines
