@@ -39,7 +39,9 @@ class LoadFlowResult:
     line ends; ``loading_pu (..., line)`` max over phases of current/rating;
     ``trafo_loading_pu (...)`` max over transformers, phases and sides of
     current / rated current; ``p_source_kw``, ``q_source_kvar (..., phase)``
-    power delivered by the source; ``converged (...)``; ``iterations (...)``.
+    power delivered by the source; ``converged (...)``; ``iterations (...)``;
+    ``source_bus``, the index of the source bus, which ``v_min_pu``/``v_max_pu``
+    leave out (limits apply to the feeder, not to the upstream grid).
     """
 
     v_pu: np.ndarray
@@ -50,22 +52,21 @@ class LoadFlowResult:
     q_source_kvar: np.ndarray
     converged: np.ndarray
     iterations: np.ndarray
+    source_bus: int
     v_complex_pu: np.ndarray | None = None
 
     @property
     def v_min_pu(self) -> np.ndarray:
         """(..., phase) over all buses but the source bus."""
-        return np.delete(self.v_pu, self._src, axis=-2).min(axis=-2)
+        return np.delete(self.v_pu, self.source_bus, axis=-2).min(axis=-2)
 
     @property
     def v_max_pu(self) -> np.ndarray:
-        return np.delete(self.v_pu, self._src, axis=-2).max(axis=-2)
+        return np.delete(self.v_pu, self.source_bus, axis=-2).max(axis=-2)
 
     @property
     def loading_max_pu(self) -> np.ndarray:
         return self.loading_pu.max(axis=-1)
-
-    _src: int = 0
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def solve_loadflow(
     shaped = {k: np.concatenate([pt[k] for pt in parts]) for k in parts[0]}
     shaped = {k: v.reshape(lead + v.shape[1:]) for k, v in shaped.items()}
     if full:
-        return LoadFlowResult(_src=feeder.source.bus, **shaped)
+        return LoadFlowResult(source_bus=feeder.source.bus, **shaped)
     return LoadFlowSummary(**shaped)
 
 

@@ -61,7 +61,6 @@ class NetworkModel:
     z_ll: np.ndarray  # (L, L) complex
     v0_all: np.ndarray  # (3 * n_bus,) complex
     w_all_t: np.ndarray  # (L, 3 * n_bus) complex, transposed for row-major products
-    monitored_nodes: np.ndarray  # (n_mon, 3) node indices per phase, buses checked against limits
     vmon_v0: np.ndarray  # (R,) distinct monitored voltage rows, phase a rows first, then b, c
     vmon_w_t: np.ndarray  # (L, R)
     vmon_phase_start: np.ndarray  # (3,) first row of each phase in vmon_*
@@ -69,7 +68,7 @@ class NetworkModel:
     line_i_max_a: np.ndarray
     trafo_rows: BranchRows  # per transformer: hv end then lv end
     trafo_i_rated_a: np.ndarray  # (n_trafo, 2) hv, lv
-    source_rows: BranchRows  # complex source current is needed: stored as complex rows
+    source_rows: BranchRows  # source current per phase (complex: the source power needs it)
     source_v: np.ndarray  # (3,) indices of the source bus nodes
     s_base_kva: float
     v_base_v: np.ndarray  # (n_bus,) phase-to-neutral base voltage
@@ -309,7 +308,6 @@ def build_model(feeder: Feeder) -> NetworkModel:
         z_ll=w_all[load_nodes].copy(),
         v0_all=v0_all,
         w_all_t=np.ascontiguousarray(w_all.T),
-        monitored_nodes=3 * mon[:, None] + np.arange(3),
         vmon_v0=np.concatenate([r.i0_a for r in v_rows]),
         vmon_w_t=np.ascontiguousarray(np.concatenate([r.k_a for r in v_rows]).T),
         vmon_phase_start=np.array(starts),
