@@ -5,6 +5,7 @@ Public surface (see DESIGN.md):
     feeder = bf.load_feeder("ieee_eu_lv")
     lf = bf.solve_loadflow(feeder, p_kw, q_kvar)            # full results
     lf = bf.solve_loadflow(feeder, p_kw, q_kvar, full=False)  # reductions only
+    ds = bf.sample_priors(feeder, "default", draws=1000, seed=1)  # agent powers
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -29,6 +30,19 @@ __all__ = [
     "Source",
     "Transformer",
     "load_feeder",
+    "load_priors",
+    "sample_priors",
     "solve_loadflow",
     "validate_feeder",
 ]
+
+_LAZY = {"sample_priors": "bayesflex.priors", "load_priors": "bayesflex.priors"}
+
+
+def __getattr__(name: str):
+    """Import the priors (and PyMC, which takes seconds) only when asked for."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bayesflex' has no attribute {name!r}")

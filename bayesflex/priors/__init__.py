@@ -1,0 +1,11 @@
+"""Priors for agent demand and flexibility; the only part of bayesflex that uses PyMC.
+
+    priors = load_priors("default")                 # priors/<name>.toml or a path
+    ds = sample_priors(feeder, priors, draws=1000, seed=1)
+"""
+
+from .config import Priors, Technology, load_priors, priors_dir
+from .sampling import draw_parameters, sample_priors
+from .spec import Param
+
+__all__ = ["Param", "Priors", "Technology", "draw_parameters", "load_priors", "priors_dir", "sample_priors"]

@@ -1,0 +1,212 @@
+"""Priors TOML -> frozen dataclasses, checked.
+
+A priors file has a ``[horizon]`` and ``[site]`` table and one table per
+technology.  Every key of a technology table is declared here with its
+domain; unknown keys, bad types, values out of range and unknown agent names
+raise :class:`~bayesflex.errors.ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import ConfigError
+from .spec import Param, parse_param
+
+__all__ = ["Priors", "Technology", "load_priors", "priors_dir", "SCHEMA"]
+
+HALF_HOURS_PER_DAY = 48
+
+#: key -> domain for each technology; "penetration"/"agents" say who has it
+SCHEMA: dict[str, dict[str, str]] = {
+    "baseload": {
+        "log_daily_kwh_mean": "real",
+        "log_daily_kwh_sd": "positive",
+        "noise_sd": "positive",
+        "noise_rho": "unit",
+        "power_factor": "unit",
+    },
+    "pv": {
+        "capacity_kw": "positive",
+        "performance_ratio": "unit",
+        "cloud_logit_mean": "real",
+        "cloud_logit_sd": "positive",
+        "cloud_rho": "unit",
+        "agent_factor_sd": "positive",
+    },
+}
+#: technologies a later version will model; named so that a file using them
+#: gets a clear error instead of being silently ignored
+NOT_YET = ("ev", "heat_pump", "battery", "refrigeration")
+_EXTRA_KEYS = {
+    "baseload": {"shape_kw"},
+    "pv": {"penetration", "agents", "tilt_deg", "azimuth_deg"},
+}
+
+
+def priors_dir() -> Path:
+    """The built-in prior sets: packaged in a wheel, or the repo's ``priors/``."""
+    here = Path(__file__).resolve().parent.parent
+    packaged = here / "data" / "priors"
+    return packaged if packaged.is_dir() else here.parent / "priors"
+
+
+@dataclass(frozen=True)
+class Technology:
+    """One technology table: its parameters, and who has it."""
+
+    name: str
+    params: dict[str, Param]
+    penetration: float | None = None  # probability that an agent has it
+    agents: tuple[str, ...] | None = None  # or exactly these agents
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Param:
+        return self.params[key]
+
+
+@dataclass(frozen=True)
+class Priors:
+    """A checked prior set."""
+
+    name: str
+    origin: str
+    sha256: str
+    start: pd.Timestamp
+    periods: int
+    latitude: float
+    longitude: float
+    technologies: dict[str, Technology]
+    text: str = ""  # the file as used, for provenance
+
+    def __contains__(self, tech: str) -> bool:
+        return tech in self.technologies
+
+    def __getitem__(self, tech: str) -> Technology:
+        return self.technologies[tech]
+
+
+def load_priors(name_or_path: str | Path) -> Priors:
+    """Load ``priors/<name>.toml`` (current folder, else built-in) or a path."""
+    path = Path(name_or_path)
+    if not path.exists():
+        name = str(name_or_path)
+        candidates = [Path("priors") / f"{name}.toml", priors_dir() / f"{name}.toml"]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None or "/" in name or path.suffix:
+            known = sorted(p.stem for p in priors_dir().glob("*.toml"))
+            raise ConfigError(f"no prior set named {name!r} (built-in: {', '.join(known)})")
+        path = found
+    raw = path.read_bytes()
+    try:
+        cfg = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    return parse_priors(cfg, origin=str(path), text=raw.decode("utf-8"), name=path.stem)
+
+
+def _number(tab: dict, key: str, where: str, *, lo: float, hi: float, default=None) -> float:
+    v = tab.get(key, default)
+    if v is None:
+        raise ConfigError(f"{where} {key}: required")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise ConfigError(f"{where} {key} = {v!r}: must be a number in [{lo:g}, {hi:g}]")
+    return float(v)
+
+
+def parse_priors(cfg: dict, *, origin: str, text: str = "", name: str = "priors") -> Priors:
+    known = {"horizon", "site", *SCHEMA, *NOT_YET}
+    for table in cfg:
+        if table in NOT_YET:
+            raise ConfigError(f"{origin}: [{table}] is not modelled yet in this version "
+                              f"(modelled: {', '.join(SCHEMA)}); remove the table")
+        if table not in known:
+            raise ConfigError(f"{origin}: unknown table [{table}] (allowed: horizon, site, {', '.join(SCHEMA)})")
+    hz = cfg.get("horizon", {})
+    where = f"{origin} [horizon]"
+    for k in hz:
+        if k not in ("start", "periods"):
+            raise ConfigError(f"{where}: unknown key {k!r} (allowed: start, periods)")
+    try:
+        start = pd.Timestamp(hz.get("start", "2026-01-14T00:00"))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where} start = {hz.get('start')!r}: not a date-time ({e})") from e
+    if start != start.floor("30min"):
+        raise ConfigError(f"{where} start = {start}: must fall on a half-hour")
+    periods = hz.get("periods", 96)
+    if isinstance(periods, bool) or not isinstance(periods, int) or periods < 1:
+        raise ConfigError(f"{where} periods = {periods!r}: must be a positive whole number of half-hours")
+    site = cfg.get("site", {})
+    where = f"{origin} [site]"
+    for k in site:
+        if k not in ("latitude", "longitude", "name"):
+            raise ConfigError(f"{where}: unknown key {k!r} (allowed: latitude, longitude, name)")
+    lat = _number(site, "latitude", where, lo=-90, hi=90, default=53.48)
+    lon = _number(site, "longitude", where, lo=-180, hi=180, default=-2.24)
+
+    if "baseload" not in cfg:
+        raise ConfigError(f"{origin}: a [baseload] table is required (every agent has a baseload)")
+    techs = {}
+    for tech, schema in SCHEMA.items():
+        if tech in cfg:
+            techs[tech] = _technology(tech, cfg[tech], schema, origin)
+    return Priors(
+        name=name, origin=origin, sha256=hashlib.sha256(text.encode()).hexdigest(), start=start,
+        periods=periods, latitude=lat, longitude=lon, technologies=techs, text=text,
+    )
+
+
+def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Technology:
+    where = f"{origin} [{tech}]"
+    if not isinstance(tab, dict):
+        raise ConfigError(f"{where}: must be a table")
+    allowed = set(schema) | _EXTRA_KEYS.get(tech, set())
+    for k in tab:
+        if k not in allowed:
+            raise ConfigError(f"{where}: unknown key {k!r} (allowed: {', '.join(sorted(allowed))})")
+    missing = [k for k in schema if k not in tab]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    params = {k: parse_param(tab[k], where=where, key=k, domain=d) for k, d in schema.items()}
+    pen, agents = None, None
+    if "penetration" in _EXTRA_KEYS.get(tech, set()):
+        if ("penetration" in tab) == ("agents" in tab):
+            raise ConfigError(f"{where}: give exactly one of penetration (a probability) or agents (a list of names)")
+        if "penetration" in tab:
+            pen = _number(tab, "penetration", where, lo=0, hi=1)
+        else:
+            agents = tab["agents"]
+            if not isinstance(agents, list) or not all(isinstance(a, str) for a in agents):
+                raise ConfigError(f"{where} agents: must be a list of agent names")
+            agents = tuple(agents)
+    extra = {}
+    if tech == "baseload":
+        shape = tab.get("shape_kw")
+        if (not isinstance(shape, list) or len(shape) != HALF_HOURS_PER_DAY
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in shape)
+                or sum(shape) <= 0):
+            raise ConfigError(f"{where} shape_kw: must be {HALF_HOURS_PER_DAY} non-negative numbers "
+                              "(mean kW per half-hour from 00:00), not all zero")
+        extra["shape_kw"] = tuple(float(x) for x in shape)
+    if tech == "pv":
+        extra["tilt_deg"] = _number(tab, "tilt_deg", where, lo=0, hi=90, default=35.0)
+        extra["azimuth_deg"] = _number(tab, "azimuth_deg", where, lo=0, hi=360, default=180.0)
+    return Technology(name=tech, params=params, penetration=pen, agents=agents, extra=extra)
+
+
+def check_agents(priors: Priors, agent_names: tuple[str, ...]) -> None:
+    """Every agent a priors file names must be on the feeder."""
+    known = set(agent_names)
+    for tech in priors.technologies.values():
+        if tech.agents:
+            bad = [a for a in tech.agents if a not in known]
+            if bad:
+                sample = ", ".join(sorted(known)[:5])
+                raise ConfigError(f"{priors.origin} [{tech.name}] agents: {', '.join(map(repr, bad))} "
+                                  f"not on the feeder (its agents are e.g. {sample}, ...)")

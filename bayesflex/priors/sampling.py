@@ -1,0 +1,143 @@
+"""Draw agent powers over the horizon from a prior set.
+
+PyMC draws the parameters (per draw, or per draw and agent); the time series
+are then simulated in numpy from those parameters, all draws at once.  Every
+random stream comes from ``numpy.random.SeedSequence(seed)``: one child for
+PyMC and one per technology at a fixed position, so that adding a technology
+never changes the numbers of another.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..errors import ConfigError
+from ..feeder import PHASES, Feeder
+from . import baseload, pv
+from .config import Priors, check_agents, load_priors
+
+__all__ = ["sample_priors", "draw_parameters"]
+
+MODELS = {"baseload": baseload, "pv": pv}
+#: position of each stream in SeedSequence(seed).spawn(...): never reorder
+STREAMS = {"pymc": 0, "baseload": 1, "pv": 2, "ownership": 3}
+
+
+def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.SeedSequence) -> dict[str, np.ndarray]:
+    """``{"tech.key": array (draw,) or (draw, agent)}`` for every parameter.
+
+    Distributions are drawn with PyMC (``pm.draw``); fixed numbers are broadcast.
+    """
+    import pymc as pm
+
+    names, rvs, out = [], [], {}
+    with pm.Model(coords={"agent": np.arange(n_agent)}):
+        for tech in priors.technologies.values():
+            per_agent = MODELS[tech.name].PER_AGENT
+            for key, par in tech.params.items():
+                name = f"{tech.name}.{key}"
+                shape = (draws, n_agent) if key in per_agent else (draws,)
+                if par.fixed:
+                    out[name] = np.full(shape, par.value)
+                    continue
+                rv = getattr(pm, par.dist)(name, **par.kwargs(), dims="agent" if key in per_agent else None)
+                names.append(name)
+                rvs.append(rv)
+        if rvs:
+            values = pm.draw(rvs, draws=draws, random_seed=np.random.default_rng(seed))
+            values = values if isinstance(values, list) else [values]
+            for name, v in zip(names, values):
+                out[name] = np.asarray(v, float)
+    return out
+
+
+def _owners(tech, feeder: Feeder, draws: int, rng: np.random.Generator) -> np.ndarray:
+    if tech.agents is not None:
+        has = np.isin(np.array(feeder.agents), tech.agents)
+        return np.broadcast_to(has, (draws, feeder.n_agent)).copy()
+    return rng.random((draws, feeder.n_agent)) < tech.penetration
+
+
+def sample_priors(
+    feeder: Feeder,
+    priors: Priors | str,
+    *,
+    draws: int,
+    seed: int,
+    start: str | pd.Timestamp | None = None,
+    periods: int | None = None,
+) -> xr.Dataset:
+    """Draws of every agent's power over the horizon, from the priors.
+
+    Returns an ``xarray.Dataset`` with ``p_kw``, ``q_kvar`` (net, load
+    positive), the components ``p_base_kw``, ``q_base_kvar``, ``p_pv_kw``, the
+    flexibility bounds ``p_lb_kw``/``p_ub_kw`` — all ``(chain, draw, time,
+    agent, phase)`` in kW/kvar — and the sampled parameters (``chain, draw[,
+    agent]``), the PV ownership and the shared clear-sky index.  Same inputs
+    and seed give identical numbers.
+    """
+    pri = priors if isinstance(priors, Priors) else load_priors(priors)
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
+        raise ConfigError(f"draws = {draws!r}: must be a positive whole number")
+    check_agents(pri, feeder.agents)
+    t0 = pd.Timestamp(start) if start is not None else pri.start
+    n_t = int(periods) if periods is not None else pri.periods
+    times = pd.date_range(t0, periods=n_t, freq="30min")
+    streams = np.random.SeedSequence(seed).spawn(len(STREAMS))
+    par = draw_parameters(pri, feeder.n_agent, draws, streams[STREAMS["pymc"]])
+    n_agent = feeder.n_agent
+
+    # baseload: every agent
+    rng = np.random.default_rng(streams[STREAMS["baseload"]])
+    b = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("baseload.")}
+    z = rng.standard_normal((draws, n_agent))
+    b["log_daily_kwh"] = b["log_daily_kwh_mean"][:, None] + b["log_daily_kwh_sd"][:, None] * z
+    p_base, q_base = baseload.simulate(b, pri["baseload"].extra["shape_kw"], times.values, n_agent, rng)
+    par["baseload.log_daily_kwh"] = b["log_daily_kwh"]
+
+    p_pv = np.zeros_like(p_base)
+    extra_vars = {}
+    if "pv" in pri:
+        tech = pri["pv"]
+        rng = np.random.default_rng(streams[STREAMS["pv"]])
+        owners = _owners(tech, feeder, draws, np.random.default_rng(streams[STREAMS["ownership"]]))
+        cs = pv.clear_sky_kw_per_kwp(times, pri.latitude, pri.longitude, tech.extra["tilt_deg"],
+                                     tech.extra["azimuth_deg"])
+        pvp = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("pv.")}
+        p_pv, k = pv.simulate(pvp, cs, owners, rng)
+        extra_vars["pv_has"] = (("chain", "draw", "agent"), owners[None])
+        extra_vars["pv_clear_sky_index"] = (("chain", "draw", "time"), k[None], {"units": "1"})
+        extra_vars["pv_clear_sky_kw_per_kwp"] = (("time",), cs, {"units": "kW/kWp"})
+
+    # per phase: single-phase agents on their phase, three-phase split equally
+    split = feeder.agent_phases / feeder.agent_phases.sum(axis=1, keepdims=True)
+
+    def phased(x):  # (draw, time, agent) -> (chain, draw, time, agent, phase)
+        return (x[..., None] * split)[None]
+
+    p_net = p_base + p_pv
+    # flexibility today: PV can be curtailed (up to its whole output); baseload cannot move
+    data = {
+        "p_kw": (p_net, "kW", "net active power, load positive"),
+        "q_kvar": (q_base, "kvar", "net reactive power, load positive"),
+        "p_base_kw": (p_base, "kW", "household baseload"),
+        "q_base_kvar": (q_base, "kvar", "household baseload, reactive"),
+        "p_pv_kw": (p_pv, "kW", "PV generation (negative)"),
+        "p_lb_kw": (p_net, "kW", "lowest net power flexibility allows"),
+        "p_ub_kw": (p_net - p_pv, "kW", "highest net power flexibility allows (PV curtailed)"),
+    }
+    dims5 = ("chain", "draw", "time", "agent", "phase")
+    variables = {k: (dims5, phased(v), {"units": u, "long_name": d}) for k, (v, u, d) in data.items()}
+    for name, v in par.items():
+        dims = ("chain", "draw", "agent") if v.ndim == 2 else ("chain", "draw")
+        variables[name.replace(".", "_")] = (dims, v[None])
+    variables.update(extra_vars)
+    return xr.Dataset(
+        variables,
+        coords={"chain": [0], "draw": np.arange(draws), "time": times, "agent": list(feeder.agents),
+                "phase": list(PHASES)},
+        attrs={"priors": pri.name, "priors_sha256": pri.sha256, "feeder": feeder.name, "seed": seed,
+               "latitude": pri.latitude, "longitude": pri.longitude},
+    )
