@@ -30,13 +30,14 @@ __all__ = [
     "Source",
     "Transformer",
     "load_feeder",
+    "condition",
     "load_priors",
     "sample_priors",
     "solve_loadflow",
     "validate_feeder",
 ]
 
-_LAZY = {"sample_priors": "bayesflex.priors", "load_priors": "bayesflex.priors"}
+_LAZY = {"sample_priors": "bayesflex.priors", "load_priors": "bayesflex.priors", "condition": "bayesflex.priors"}
 
 
 def __getattr__(name: str):

@@ -17,7 +17,7 @@ import numpy as np
 
 PER_AGENT = ("power_factor",)
 #: readings below this are taken as this, before logs (meters read 0 W at times)
-FLOOR_KW = 0.005
+FLOOR_KW = 0.001
 
 
 def half_hour_of_day(times: np.ndarray) -> np.ndarray:

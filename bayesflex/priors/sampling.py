@@ -22,7 +22,7 @@ __all__ = ["sample_priors", "draw_parameters"]
 
 MODELS = {"baseload": baseload, "pv": pv}
 #: position of each stream in SeedSequence(seed).spawn(...): never reorder
-STREAMS = {"pymc": 0, "baseload": 1, "pv": 2, "ownership": 3}
+STREAMS = {"pymc": 0, "baseload": 1, "pv": 2, "ownership": 3, "posterior": 4}
 
 
 def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.SeedSequence) -> dict[str, np.ndarray]:
@@ -32,7 +32,7 @@ def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.Se
     """
     import pymc as pm
 
-    names, rvs, out = [], [], {}
+    names, rvs, shapes, out = [], [], [], {}
     with pm.Model(coords={"agent": np.arange(n_agent)}):
         for tech in priors.technologies.values():
             per_agent = MODELS[tech.name].PER_AGENT
@@ -45,11 +45,12 @@ def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.Se
                 rv = getattr(pm, par.dist)(name, **par.kwargs(), dims="agent" if key in per_agent else None)
                 names.append(name)
                 rvs.append(rv)
+                shapes.append(shape)
         if rvs:
             values = pm.draw(rvs, draws=draws, random_seed=np.random.default_rng(seed))
             values = values if isinstance(values, list) else [values]
-            for name, v in zip(names, values):
-                out[name] = np.asarray(v, float)
+            for name, v, shape in zip(names, values, shapes):
+                out[name] = np.asarray(v, float).reshape(shape)  # pm.draw drops the axis when draws == 1
     return out
 
 
@@ -60,16 +61,37 @@ def _owners(tech, feeder: Feeder, draws: int, rng: np.random.Generator) -> np.nd
     return rng.random((draws, feeder.n_agent)) < tech.penetration
 
 
+def _from_posterior(post, par: dict, feeder: Feeder, draws: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Replace the baseload parameters by posterior samples (resampled with
+    ``rng``); return the observed agents' ``log_daily_kwh (draw, agent)``
+    with NaN for agents that were not observed."""
+    samples = post.draws()
+    n_avail = len(next(iter(samples.values())))
+    pick = rng.choice(n_avail, size=draws, replace=draws > n_avail)
+    for key in ("log_daily_kwh_mean", "log_daily_kwh_sd", "noise_sd", "noise_rho"):
+        if key in samples:
+            par[f"baseload.{key}"] = samples[key][pick]
+    fitted = np.full((draws, feeder.n_agent), np.nan)
+    col = {a: i for i, a in enumerate(feeder.agents)}
+    for j, a in enumerate(post.agents):
+        if a not in col:
+            raise ConfigError(f"posterior was fitted to agent {a!r}, which is not on feeder {feeder.name!r}")
+        fitted[:, col[a]] = samples["log_daily_kwh"][pick, j]
+    return fitted
+
+
 def sample_priors(
     feeder: Feeder,
-    priors: Priors | str,
+    priors,
     *,
     draws: int,
     seed: int,
     start: str | pd.Timestamp | None = None,
     periods: int | None = None,
 ) -> xr.Dataset:
-    """Draws of every agent's power over the horizon, from the priors.
+    """Draws of every agent's power over the horizon, from the priors, or
+    from a :class:`~bayesflex.priors.conditioning.Posterior` (the posterior
+    predictive: attrs ``conditioned = 1``).
 
     Returns an ``xarray.Dataset`` with ``p_kw``, ``q_kvar`` (net, load
     positive), the components ``p_base_kw``, ``q_base_kvar``, ``p_pv_kw``, the
@@ -78,7 +100,10 @@ def sample_priors(
     agent]``), the PV ownership and the shared clear-sky index.  Same inputs
     and seed give identical numbers.
     """
-    pri = priors if isinstance(priors, Priors) else load_priors(priors)
+    from .conditioning import Posterior
+
+    post = priors if isinstance(priors, Posterior) else None
+    pri = post.priors if post else priors if isinstance(priors, Priors) else load_priors(priors)
     if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
         raise ConfigError(f"draws = {draws!r}: must be a positive whole number")
     check_agents(pri, feeder.agents)
@@ -88,12 +113,16 @@ def sample_priors(
     streams = np.random.SeedSequence(seed).spawn(len(STREAMS))
     par = draw_parameters(pri, feeder.n_agent, draws, streams[STREAMS["pymc"]])
     n_agent = feeder.n_agent
+    fitted = _from_posterior(post, par, feeder, draws, np.random.default_rng(streams[STREAMS["posterior"]])) \
+        if post else None
 
     # baseload: every agent
     rng = np.random.default_rng(streams[STREAMS["baseload"]])
     b = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("baseload.")}
     z = rng.standard_normal((draws, n_agent))
     b["log_daily_kwh"] = b["log_daily_kwh_mean"][:, None] + b["log_daily_kwh_sd"][:, None] * z
+    if fitted is not None:  # observed agents keep their fitted scale
+        b["log_daily_kwh"] = np.where(np.isnan(fitted), b["log_daily_kwh"], fitted)
     p_base, q_base = baseload.simulate(b, pri["baseload"].extra["shape_kw"], times.values, n_agent, rng)
     par["baseload.log_daily_kwh"] = b["log_daily_kwh"]
 
@@ -139,5 +168,7 @@ def sample_priors(
         coords={"chain": [0], "draw": np.arange(draws), "time": times, "agent": list(feeder.agents),
                 "phase": list(PHASES)},
         attrs={"priors": pri.name, "priors_sha256": pri.sha256, "feeder": feeder.name, "seed": seed,
-               "latitude": pri.latitude, "longitude": pri.longitude},
+               "latitude": pri.latitude, "longitude": pri.longitude, "conditioned": int(post is not None),
+               **({"observations_sha256": post.observations_sha256,
+                   "observed_agents": ",".join(post.agents)} if post else {})},
     )

@@ -1,0 +1,187 @@
+"""Bayesian update of the priors with metered data.
+
+``condition(priors, observations)`` fits the baseload model of
+:mod:`bayesflex.priors.baseload` to half-hourly readings of some agents with
+NUTS and returns a :class:`Posterior`; ``sample_priors(feeder, posterior, ...)``
+then draws the horizon from it (the posterior predictive): observed agents
+keep their own fitted scale, the others draw theirs from the fitted
+population.  The likelihood is the model's AR(1) written on the observed log
+readings ``y = ln(max(p, FLOOR_KW))``::
+
+    mu_a,t = log D_a - ln 24 + ln s_h(t) - noise_sd^2 / 2
+    y_a,0 ~ Normal(mu_a,0, noise_sd)
+    y_a,t ~ Normal(mu_a,t + rho (y_a,t-1 - mu_a,t-1), noise_sd sqrt(1 - rho^2))
+
+R-hat and bulk ESS of every parameter are reported with the posterior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..errors import ConfigError
+from .baseload import FLOOR_KW, shape_factor
+from .config import Priors, load_priors
+
+__all__ = ["Posterior", "condition", "read_observations"]
+
+BASELOAD_VARS = ("log_daily_kwh_mean", "log_daily_kwh_sd", "noise_sd", "noise_rho")
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """Priors updated with observations.
+
+    ``idata`` is the ArviZ InferenceData of the fit (groups ``posterior``,
+    ``sample_stats``, ``observed_data``); ``agents`` the observed agents;
+    ``diagnostics`` R-hat and bulk ESS per parameter, and ``ok`` whether all
+    meet R-hat <= 1.01 and ESS >= 400.
+    """
+
+    priors: Priors
+    idata: object
+    agents: tuple[str, ...]
+    diagnostics: dict = field(default_factory=dict)
+    observations_sha256: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(d["r_hat"] <= 1.01 and d["ess_bulk"] >= 400 for d in self.diagnostics.values())
+
+    def draws(self) -> dict[str, np.ndarray]:
+        """Posterior samples flattened over chains: ``{name: (sample, ...)}``."""
+        post = self.idata.posterior
+        out = {}
+        for name in post.data_vars:
+            v = post[name].values
+            out[name] = v.reshape((-1,) + v.shape[2:])
+        return out
+
+
+def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Metered half-hourly readings as a wide frame (time x agent), checked.
+
+    ``source``: a tidy CSV with columns ``agent,time,p_kw``, a NetCDF with
+    ``p_kw (agent, time)``, or a DataFrame in the tidy form.  Every agent must
+    have a complete half-hourly series (no gaps, no duplicates); readings must
+    be finite and not negative (demand meters); ``agents``, when given, are
+    the allowed names.
+    """
+    where = str(source) if isinstance(source, (str, Path)) else "observations"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file")
+        if path.suffix.lower() in (".nc", ".netcdf", ".h5"):
+            ds = xr.open_dataset(path)
+            if "p_kw" not in ds or set(ds["p_kw"].dims) != {"agent", "time"}:
+                raise ConfigError(f"{path}: needs a variable p_kw with dims (agent, time)")
+            df = ds["p_kw"].to_dataframe().reset_index()[["agent", "time", "p_kw"]]
+        else:
+            try:
+                df = pd.read_csv(path)
+            except (pd.errors.ParserError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{path}: not a readable CSV: {e}") from e
+    else:
+        df = pd.DataFrame(source)
+    missing = {"agent", "time", "p_kw"} - set(df.columns)
+    if missing:
+        raise ConfigError(f"{where}: missing column(s) {sorted(missing)} (needed: agent, time, p_kw)")
+    df = df[["agent", "time", "p_kw"]].copy()
+    df["agent"] = df["agent"].astype(str)
+    try:
+        df["time"] = pd.to_datetime(df["time"])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: column time is not a date-time: {e}") from e
+    p = pd.to_numeric(df["p_kw"], errors="coerce")
+    if p.isna().any() or not np.isfinite(p).all():
+        row = int(np.flatnonzero(~np.isfinite(p.fillna(np.nan).to_numpy()))[0])
+        raise ConfigError(f"{where}: p_kw in row {row + 2} is not a finite number")
+    if (p < 0).any():
+        row = int(np.flatnonzero(p.to_numpy() < 0)[0])
+        raise ConfigError(f"{where}: p_kw = {p.iloc[row]} in row {row + 2} is negative "
+                          "(demand readings must be >= 0; net metering with PV is not supported)")
+    df["p_kw"] = p
+    if agents is not None:
+        bad = sorted(set(df["agent"]) - set(agents))
+        if bad:
+            raise ConfigError(f"{where}: agent(s) {', '.join(map(repr, bad[:5]))} not on the feeder "
+                              f"(its agents are e.g. {', '.join(list(agents)[:5])}, ...)")
+    if (df["time"] != df["time"].dt.floor("30min")).any():
+        raise ConfigError(f"{where}: times must fall on half-hours (the start of each half-hour)")
+    if df.duplicated(["agent", "time"]).any():
+        a, t = df.loc[df.duplicated(["agent", "time"]), ["agent", "time"]].iloc[0]
+        raise ConfigError(f"{where}: agent {a!r} has two readings at {t}")
+    wide = df.pivot(index="time", columns="agent", values="p_kw").sort_index()
+    full = pd.date_range(wide.index[0], wide.index[-1], freq="30min")
+    if len(full) != len(wide) or wide.isna().any().any():
+        wide = wide.reindex(full)
+        agent = wide.columns[wide.isna().any()][0]
+        first_gap = wide.index[wide[agent].isna()][0]
+        raise ConfigError(f"{where}: agent {agent!r} has a gap at {first_gap} "
+                          "(every agent needs a complete half-hourly series over the same period)")
+    if len(wide) < 2:
+        raise ConfigError(f"{where}: at least two half-hours of readings are needed")
+    return wide
+
+
+def condition(
+    priors: Priors | str,
+    observations,
+    *,
+    agents: tuple[str, ...] | None = None,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 2,
+    seed: int = 0,
+    progressbar: bool = False,
+) -> Posterior:
+    """Fit the baseload model to metered readings with NUTS.
+
+    ``agents``: the feeder's agent names, to check the observations against.
+    Returns a :class:`Posterior` whose ``diagnostics`` give R-hat and bulk ESS.
+    """
+    import hashlib
+
+    import arviz as az
+    import pymc as pm
+
+    pri = priors if isinstance(priors, Priors) else load_priors(priors)
+    wide = read_observations(observations, agents=agents)
+    digest = hashlib.sha256(pd.util.hash_pandas_object(wide, index=True).values.tobytes()).hexdigest()
+    y = np.log(np.maximum(wide.to_numpy(float), FLOOR_KW)).T  # (agent, time)
+    log_s = np.log(shape_factor(pri["baseload"].extra["shape_kw"], wide.index.values))[None, :]
+    tech = pri["baseload"]
+    obs_agents = tuple(wide.columns)
+
+    def rv(key):
+        par = tech[key]
+        if par.fixed:
+            return pm.Data(key, par.value)
+        return getattr(pm, par.dist)(key, **par.kwargs())
+
+    with pm.Model(coords={"agent": list(obs_agents), "time": wide.index.values}) as model:
+        m, s = rv("log_daily_kwh_mean"), rv("log_daily_kwh_sd")
+        sd, rho = rv("noise_sd"), rv("noise_rho")
+        z = pm.Normal("z", 0.0, 1.0, dims="agent")
+        log_d = pm.Deterministic("log_daily_kwh", m + s * z, dims="agent")
+        mu = log_d[:, None] - np.log(24.0) + log_s - sd**2 / 2
+        pm.Normal("y0", mu=mu[:, 0], sigma=sd, observed=y[:, 0])
+        pm.Normal("y", mu=mu[:, 1:] + rho * (y[:, :-1] - mu[:, :-1]), sigma=sd * pm.math.sqrt(1 - rho**2),
+                  observed=y[:, 1:])
+        idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=min(chains, 2), random_seed=seed,
+                          progressbar=progressbar, target_accept=0.9, compute_convergence_checks=False)
+    names = [k for k in BASELOAD_VARS if not tech[k].fixed] + ["log_daily_kwh"]
+    rhat = az.rhat(idata, var_names=names)
+    ess = az.ess(idata, var_names=names, method="bulk")
+    diag = {}
+    for n in names:
+        r, e = np.atleast_1d(rhat[n].values), np.atleast_1d(ess[n].values)
+        diag[n] = {"r_hat": float(r.max()), "ess_bulk": float(e.min())}
+    del model
+    return Posterior(priors=pri, idata=idata, agents=obs_agents, diagnostics=diag, observations_sha256=digest)
