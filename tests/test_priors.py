@@ -83,7 +83,7 @@ def test_bad_priors_get_clear_errors(tmp_path, subs, words):
 @pytest.mark.parametrize(
     "edit, words",
     [
-        (lambda t: t + "\n[ev]\npenetration = 0.2\n", ["[ev] is not modelled yet"]),
+        (lambda t: t + "\n[heat_pump]\npenetration = 0.2\n", ["[heat_pump] is not modelled yet"]),
         (lambda t: t + "\n[wind]\n", ["unknown table [wind]"]),
         (lambda t: t.replace('start = "2026-07-15T00:00"', 'start = "2026-07-15T00:10"'), ["half-hour"]),
         (lambda t: t.replace("shape_kw = [0.3,", "shape_kw = ["), ["shape_kw", "48 non-negative"]),

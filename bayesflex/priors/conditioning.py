@@ -37,23 +37,29 @@ BASELOAD_VARS = ("log_daily_kwh_mean", "log_daily_kwh_sd", "noise_sd", "noise_rh
 class Posterior:
     """Priors updated with observations.
 
-    ``idata`` is the ArviZ InferenceData of the fit (groups ``posterior``,
-    ``sample_stats``, ``observed_data``); ``agents`` the observed agents;
+    ``idata`` is the ArviZ InferenceData of the baseload fit (groups
+    ``posterior``, ``sample_stats``, ``observed_data``), None without meter
+    readings; ``ev_alpha`` the EV transition rows' Dirichlet parameters after
+    the state logs (prior + counts), None without logs; ``agents`` the metered agents;
     ``diagnostics`` R-hat and bulk ESS per parameter, and ``ok`` whether all
     meet R-hat <= 1.01 and ESS >= 400.
     """
 
     priors: Priors
-    idata: object
+    idata: object | None
     agents: tuple[str, ...]
     diagnostics: dict = field(default_factory=dict)
     observations_sha256: str = ""
+    ev_alpha: np.ndarray | None = None  # (48, 3, 3) conjugate Dirichlet parameters of the EV rows
+    ev_counts: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
         return all(d["r_hat"] <= 1.01 and d["ess_bulk"] >= 400 for d in self.diagnostics.values())
 
     def draws(self) -> dict[str, np.ndarray]:
+        if self.idata is None:
+            return {}
         """Posterior samples flattened over chains: ``{name: (sample, ...)}``."""
         post = self.idata.posterior
         out = {}
@@ -130,10 +136,58 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.Da
     return wide
 
 
+def read_ev_states(source, *, agents: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """EV state logs (tidy CSV or DataFrame: ``agent,time,state`` with state
+    one of M, R, C) as ``states (time, car)`` codes 0..2 and ``slots (time,)``.
+    Every car needs a complete half-hourly log over the same period, and no
+    move the model forbids (R to C or C to R without moving)."""
+    from .ev import IMPOSSIBLE, STATES
+
+    where = str(source) if isinstance(source, (str, Path)) else "ev state logs"
+    df = pd.read_csv(source) if isinstance(source, (str, Path)) else pd.DataFrame(source)
+    missing = {"agent", "time", "state"} - set(df.columns)
+    if missing:
+        raise ConfigError(f"{where}: missing column(s) {sorted(missing)} (needed: agent, time, state)")
+    bad = sorted(set(df["state"].astype(str)) - set(STATES))
+    if bad:
+        raise ConfigError(f"{where}: state(s) {bad} unknown (allowed: {', '.join(STATES)})")
+    code = {s: i for i, s in enumerate(STATES)}
+    try:
+        times = pd.to_datetime(df["time"])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: column time is not a date-time: {e}") from e
+    df = df.assign(code=df["state"].astype(str).map(code).astype(float), time=times, agent=df["agent"].astype(str))
+    if agents is not None:
+        unknown = sorted(set(df["agent"]) - set(agents))
+        if unknown:
+            raise ConfigError(f"{where}: agent(s) {', '.join(map(repr, unknown[:5]))} not on the feeder")
+    if df.duplicated(["agent", "time"]).any():
+        raise ConfigError(f"{where}: an agent has two states at the same time")
+    wide = df.pivot(index="time", columns="agent", values="code").sort_index()
+    full = pd.date_range(wide.index[0], wide.index[-1], freq="30min")
+    if (wide.index != wide.index.floor("30min")).any():
+        raise ConfigError(f"{where}: times must fall on half-hours")
+    if len(full) != len(wide) or wide.isna().any().any():
+        wide = wide.reindex(full)
+        car = wide.columns[wide.isna().any()][0]
+        raise ConfigError(f"{where}: agent {car!r} has a gap at {wide.index[wide[car].isna()][0]}")
+    states = wide.to_numpy().astype(int)
+    for i, j in IMPOSSIBLE:
+        hit = np.argwhere((states[:-1] == i) & (states[1:] == j))
+        if len(hit):
+            t, c = hit[0]
+            raise ConfigError(f"{where}: agent {wide.columns[c]!r} goes from {STATES[i]} to {STATES[j]} at "
+                              f"{wide.index[t + 1]} without moving (not possible in the model)")
+    from .baseload import half_hour_of_day
+
+    return states, half_hour_of_day(wide.index.values)
+
+
 def condition(
     priors: Priors | str,
-    observations,
+    observations=None,
     *,
+    ev_states=None,
     agents: tuple[str, ...] | None = None,
     draws: int = 1000,
     tune: int = 1000,
@@ -141,10 +195,14 @@ def condition(
     seed: int = 0,
     progressbar: bool = False,
 ) -> Posterior:
-    """Fit the baseload model to metered readings with NUTS.
+    """Update the priors with metered readings and/or EV state logs.
 
-    ``agents``: the feeder's agent names, to check the observations against.
-    Returns a :class:`Posterior` whose ``diagnostics`` give R-hat and bulk ESS.
+    ``observations``: meter readings (see :func:`read_observations`), fitted
+    to the baseload model with NUTS; ``ev_states``: EV state logs (see
+    :func:`read_ev_states`), which update the Dirichlet rows of the EV chain
+    in closed form (conjugate: prior parameters + transition counts).
+    ``agents``: the feeder's agent names, to check both against.  Returns a
+    :class:`Posterior` whose ``diagnostics`` give R-hat and bulk ESS.
     """
     import hashlib
 
@@ -152,6 +210,19 @@ def condition(
     import pymc as pm
 
     pri = priors if isinstance(priors, Priors) else load_priors(priors)
+    if observations is None and ev_states is None:
+        raise ConfigError("condition: give observations (meter readings) and/or ev_states (EV state logs)")
+    ev_alpha = ev_counts = None
+    if ev_states is not None:
+        if "ev" not in pri:
+            raise ConfigError(f"{pri.origin}: EV state logs given, but the priors have no [ev] table")
+        from .ev import prior_alpha, transition_counts
+
+        states, slots = read_ev_states(ev_states, agents=agents)
+        ev_counts = transition_counts(states, slots)
+        ev_alpha = prior_alpha(pri["ev"]) + ev_counts
+    if observations is None:
+        return Posterior(priors=pri, idata=None, agents=(), ev_alpha=ev_alpha, ev_counts=ev_counts)
     wide = read_observations(observations, agents=agents)
     digest = hashlib.sha256(pd.util.hash_pandas_object(wide, index=True).values.tobytes()).hexdigest()
     y = np.log(np.maximum(wide.to_numpy(float), FLOOR_KW)).T  # (agent, time)
@@ -184,4 +255,5 @@ def condition(
         r, e = np.atleast_1d(rhat[n].values), np.atleast_1d(ess[n].values)
         diag[n] = {"r_hat": float(r.max()), "ess_bulk": float(e.min())}
     del model
-    return Posterior(priors=pri, idata=idata, agents=obs_agents, diagnostics=diag, observations_sha256=digest)
+    return Posterior(priors=pri, idata=idata, agents=obs_agents, diagnostics=diag, observations_sha256=digest,
+                     ev_alpha=ev_alpha, ev_counts=ev_counts)

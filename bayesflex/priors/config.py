@@ -40,13 +40,21 @@ SCHEMA: dict[str, dict[str, str]] = {
         "cloud_rho": "unit",
         "agent_factor_sd": "positive",
     },
+    "ev": {
+        "battery_kwh": "positive",
+        "charger_kw": "positive",
+        "kwh_per_halfhour_moving": "positive",
+        "initial_soc": "unit",
+    },
 }
 #: technologies a later version will model; named so that a file using them
 #: gets a clear error instead of being silently ignored
-NOT_YET = ("ev", "heat_pump", "battery", "refrigeration")
+NOT_YET = ("heat_pump", "battery", "refrigeration")
 _EXTRA_KEYS = {
     "baseload": {"shape_kw"},
     "pv": {"penetration", "agents", "tilt_deg", "azimuth_deg"},
+    "ev": {"penetration", "agents", "concentration", "leave_home", "leave_other", "home_share", "keep_moving",
+           "charge_efficiency"},
 }
 
 
@@ -194,6 +202,17 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
             raise ConfigError(f"{where} shape_kw: must be {HALF_HOURS_PER_DAY} non-negative numbers "
                               "(mean kW per half-hour from 00:00), not all zero")
         extra["shape_kw"] = tuple(float(x) for x in shape)
+    if tech == "ev":
+        for key in ("leave_home", "leave_other", "home_share"):
+            v = tab.get(key)
+            if (not isinstance(v, list) or len(v) != HALF_HOURS_PER_DAY
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in v)):
+                raise ConfigError(f"{where} {key}: must be {HALF_HOURS_PER_DAY} probabilities in [0, 1] "
+                                  "(one per half-hour from 00:00)")
+            extra[key] = tuple(float(x) for x in v)
+        extra["keep_moving"] = _number(tab, "keep_moving", where, lo=0, hi=1)
+        extra["concentration"] = _number(tab, "concentration", where, lo=1e-6, hi=1e9)
+        extra["charge_efficiency"] = _number(tab, "charge_efficiency", where, lo=1e-6, hi=1, default=0.9)
     if tech == "pv":
         extra["tilt_deg"] = _number(tab, "tilt_deg", where, lo=0, hi=90, default=35.0)
         extra["azimuth_deg"] = _number(tab, "azimuth_deg", where, lo=0, hi=360, default=180.0)

@@ -15,17 +15,18 @@ import xarray as xr
 
 from ..errors import ConfigError
 from ..feeder import PHASES, Feeder
-from . import baseload, pv
+from . import baseload, ev, pv
 from .config import Priors, check_agents, load_priors
 
 __all__ = ["sample_priors", "draw_parameters"]
 
-MODELS = {"baseload": baseload, "pv": pv}
+MODELS = {"baseload": baseload, "pv": pv, "ev": ev}
 #: position of each stream in SeedSequence(seed).spawn(...): never reorder
-STREAMS = {"pymc": 0, "baseload": 1, "pv": 2, "ownership": 3, "posterior": 4}
+STREAMS = {"pymc": 0, "baseload": 1, "pv": 2, "ownership": 3, "posterior": 4, "ev": 5, "ev_ownership": 6}
 
 
-def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.SeedSequence) -> dict[str, np.ndarray]:
+def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.SeedSequence,
+                    ev_alpha: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``{"tech.key": array (draw,) or (draw, agent)}`` for every parameter.
 
     Distributions are drawn with PyMC (``pm.draw``); fixed numbers are broadcast.
@@ -46,6 +47,11 @@ def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.Se
                 names.append(name)
                 rvs.append(rv)
                 shapes.append(shape)
+            if tech.name == "ev":
+                for name, rv in ev.add_rvs(pm, tech, ev_alpha).items():
+                    names.append(name)
+                    rvs.append(rv)
+                    shapes.append((draws,) + tuple(rv.type.shape))
         if rvs:
             values = pm.draw(rvs, draws=draws, random_seed=np.random.default_rng(seed))
             values = values if isinstance(values, list) else [values]
@@ -111,10 +117,11 @@ def sample_priors(
     n_t = int(periods) if periods is not None else pri.periods
     times = pd.date_range(t0, periods=n_t, freq="30min")
     streams = np.random.SeedSequence(seed).spawn(len(STREAMS))
-    par = draw_parameters(pri, feeder.n_agent, draws, streams[STREAMS["pymc"]])
+    par = draw_parameters(pri, feeder.n_agent, draws, streams[STREAMS["pymc"]],
+                          ev_alpha=post.ev_alpha if post else None)
     n_agent = feeder.n_agent
     fitted = _from_posterior(post, par, feeder, draws, np.random.default_rng(streams[STREAMS["posterior"]])) \
-        if post else None
+        if post and post.idata is not None else None
 
     # baseload: every agent
     rng = np.random.default_rng(streams[STREAMS["baseload"]])
@@ -140,22 +147,43 @@ def sample_priors(
         extra_vars["pv_clear_sky_index"] = (("chain", "draw", "time"), k[None], {"units": "1"})
         extra_vars["pv_clear_sky_kw_per_kwp"] = (("time",), cs, {"units": "kW/kWp"})
 
+    p_ev = np.zeros_like(p_base)
+    ev_lb, ev_ub = np.zeros_like(p_base), np.zeros_like(p_base)
+    if "ev" in pri:
+        tech = pri["ev"]
+        owners = _owners(tech, feeder, draws, np.random.default_rng(streams[STREAMS["ev_ownership"]]))
+        P = ev.assemble(par)
+        evp = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("ev.") and not k.startswith("ev.row")}
+        res = ev.simulate(evp, P, baseload.half_hour_of_day(times.values), owners,
+                          np.random.default_rng(streams[STREAMS["ev"]]), tech.extra["charge_efficiency"])
+        p_ev, ev_lb, ev_ub = res["p_kw"], res["p_lb_kw"], res["p_ub_kw"]
+        extra_vars["ev_has"] = (("chain", "draw", "agent"), owners[None])
+        extra_vars["ev_state"] = (("chain", "draw", "time", "agent"), res["state"][None],
+                                  {"flag_values": "-1 0 1 2", "flag_meanings": "no_ev moving parked_home parked_elsewhere"})
+        extra_vars["ev_soc"] = (("chain", "draw", "time", "agent"), res["soc"][None], {"units": "1"})
+        extra_vars["ev_shortfall_kwh"] = (("chain", "draw", "agent"), res["shortfall_kwh"][None], {"units": "kWh"})
+        extra_vars["ev_transition"] = (("chain", "draw", "slot", "from_state", "to_state"), P[None])
+        for key in ("ev.row_R", "ev.row_C", "ev.row_M"):
+            par.pop(key)
+
     # per phase: single-phase agents on their phase, three-phase split equally
     split = feeder.agent_phases / feeder.agent_phases.sum(axis=1, keepdims=True)
 
     def phased(x):  # (draw, time, agent) -> (chain, draw, time, agent, phase)
         return (x[..., None] * split)[None]
 
-    p_net = p_base + p_pv
-    # flexibility today: PV can be curtailed (up to its whole output); baseload cannot move
+    p_net = p_base + p_pv + p_ev
+    # flexibility: PV can be curtailed (up to its whole output), EV charging stopped or
+    # raised to the charger's power while the car is at home and not full; baseload cannot move
     data = {
         "p_kw": (p_net, "kW", "net active power, load positive"),
         "q_kvar": (q_base, "kvar", "net reactive power, load positive"),
         "p_base_kw": (p_base, "kW", "household baseload"),
         "q_base_kvar": (q_base, "kvar", "household baseload, reactive"),
         "p_pv_kw": (p_pv, "kW", "PV generation (negative)"),
-        "p_lb_kw": (p_net, "kW", "lowest net power flexibility allows"),
-        "p_ub_kw": (p_net - p_pv, "kW", "highest net power flexibility allows (PV curtailed)"),
+        "p_ev_kw": (p_ev, "kW", "EV charging"),
+        "p_lb_kw": (p_base + p_pv + ev_lb, "kW", "lowest net power flexibility allows"),
+        "p_ub_kw": (p_base + ev_ub, "kW", "highest net power flexibility allows"),
     }
     dims5 = ("chain", "draw", "time", "agent", "phase")
     variables = {k: (dims5, phased(v), {"units": u, "long_name": d}) for k, (v, u, d) in data.items()}
@@ -166,7 +194,8 @@ def sample_priors(
     return xr.Dataset(
         variables,
         coords={"chain": [0], "draw": np.arange(draws), "time": times, "agent": list(feeder.agents),
-                "phase": list(PHASES)},
+                "phase": list(PHASES), **({"slot": np.arange(48), "from_state": list(ev.STATES),
+                                           "to_state": list(ev.STATES)} if "ev" in pri else {})},
         attrs={"priors": pri.name, "priors_sha256": pri.sha256, "feeder": feeder.name, "seed": seed,
                "latitude": pri.latitude, "longitude": pri.longitude, "conditioned": int(post is not None),
                **({"observations_sha256": post.observations_sha256,

@@ -1,0 +1,160 @@
+"""Electric vehicles: a three-state Markov chain of where the car is, and charging.
+
+States ``M`` (moving), ``R`` (parked at home, residential), ``C`` (parked
+elsewhere, commercial).  Every half-hour slot ``s`` of the day has its own
+3x3 transition matrix, ``pi_ij(s) = P(z_t = j | z_t-1 = i)``; its rows have
+Dirichlet priors centred on the mean probabilities in the priors file
+(``leave_home``, ``leave_other``, ``home_share``, ``keep_moving``) with
+strength ``concentration``; impossible moves (R->C, C->R directly) have
+probability zero.  A draw shares one set of matrices across the feeder's EVs
+(the population's travel behaviour); each car then runs its own chain, from
+the chain's periodic stationary distribution at the first half-hour.
+
+Every car first runs one day before the horizon (discarded), starting from
+``initial_soc``, so that its state of charge at the first half-hour comes
+from the chain's own dynamics rather than an arbitrary guess.
+
+Energy: a moving half-hour uses ``kwh_per_halfhour_moving`` from the battery
+(``battery_kwh``); a car parked at home charges at ``charger_kw`` (grid side,
+``charge_efficiency`` into the battery) until full.  A car whose battery would
+go below empty records the missing energy as ``ev_shortfall_kwh``.
+Flexibility per half-hour: a car at home can stop charging (``p_lb = 0``) or
+charge at full power while not full (``p_ub = charger_kw``).  These bounds do
+not carry the need to be charged by departure; that comes with the
+aggregator's positions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PER_AGENT = ("battery_kwh", "charger_kw", "kwh_per_halfhour_moving", "initial_soc")
+M, R, C = 0, 1, 2
+STATES = ("M", "R", "C")
+DT_H = 0.5
+
+
+def mean_matrices(tech) -> np.ndarray:
+    """(48, 3, 3) mean transition matrices from the priors file."""
+    x = tech.extra
+    lam_r, lam_c, home = (np.asarray(x[k], float) for k in ("leave_home", "leave_other", "home_share"))
+    keep = x["keep_moving"]
+    P = np.zeros((48, 3, 3))
+    P[:, R, M], P[:, R, R] = lam_r, 1 - lam_r
+    P[:, C, M], P[:, C, C] = lam_c, 1 - lam_c
+    P[:, M, M] = keep
+    P[:, M, R] = (1 - keep) * home
+    P[:, M, C] = (1 - keep) * (1 - home)
+    return P
+
+
+def prior_alpha(tech) -> np.ndarray:
+    """(48, 3, 3) Dirichlet parameters of the rows (zero where a move is impossible)."""
+    return tech.extra["concentration"] * mean_matrices(tech)
+
+
+def add_rvs(pm, tech, alpha: np.ndarray | None = None) -> dict:
+    """Dirichlet rows: ``ev.row_R (48, 2)`` over (M, R), ``ev.row_C (48, 2)``
+    over (M, C), ``ev.row_M (48, 3)`` over (M, R, C); ``alpha`` (48, 3, 3)
+    replaces the prior's parameters (a conjugate posterior)."""
+    a = prior_alpha(tech) if alpha is None else alpha
+    eps = 1e-9  # keeps a zero-probability move out of the simplex's boundary
+    return {
+        "ev.row_R": pm.Dirichlet("ev.row_R", a=np.maximum(a[:, R, [M, R]], eps)),
+        "ev.row_C": pm.Dirichlet("ev.row_C", a=np.maximum(a[:, C, [M, C]], eps)),
+        "ev.row_M": pm.Dirichlet("ev.row_M", a=np.maximum(a[:, M, :], eps)),
+    }
+
+
+IMPOSSIBLE = ((R, C), (C, R))
+
+
+def transition_counts(states: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """(48, 3, 3) counts of observed moves; ``states (time, car)`` in 0..2,
+    ``slots (time,)`` the half-hour of day of each row.  The move from row
+    t-1 to t is counted under slot ``slots[t-1]``."""
+    counts = np.zeros((48, 3, 3))
+    frm, to = states[:-1], states[1:]
+    np.add.at(counts, (np.broadcast_to(slots[:-1, None], frm.shape), frm, to), 1.0)
+    return counts
+
+
+def assemble(par: dict) -> np.ndarray:
+    """(draw, 48, 3, 3) transition matrices from the drawn rows."""
+    rr, rc, rm = par["ev.row_R"], par["ev.row_C"], par["ev.row_M"]
+    n = rr.shape[0]
+    P = np.zeros((n, 48, 3, 3))
+    P[:, :, R, M], P[:, :, R, R] = rr[..., 0], rr[..., 1]
+    P[:, :, C, M], P[:, :, C, C] = rc[..., 0], rc[..., 1]
+    P[:, :, M, :] = rm
+    return P
+
+
+def periodic_occupancy(P: np.ndarray, first_slot: int) -> np.ndarray:
+    """(draw, 48, 3): the chain's periodic stationary distribution at each slot,
+    slot index relative to ``first_slot`` (row 0 is the distribution at it)."""
+    n = P.shape[0]
+    order = (first_slot + np.arange(48)) % 48
+    day = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
+    for s in order:
+        day = day @ P[:, s]
+    # left eigenvector for eigenvalue 1: solve pi (day - I) = 0, sum(pi) = 1
+    a = np.transpose(day, (0, 2, 1)) - np.eye(3)
+    a[:, -1, :] = 1.0
+    b = np.zeros((n, 3))
+    b[:, -1] = 1.0
+    pi = np.linalg.solve(a, b[..., None])[..., 0]
+    out = np.empty((n, 48, 3))
+    for i, s in enumerate(order):
+        out[:, i] = pi
+        pi = np.einsum("ni,nij->nj", pi, P[:, s])
+    return out
+
+
+def simulate(par: dict, P: np.ndarray, slots: np.ndarray, owners: np.ndarray, rng: np.random.Generator,
+             efficiency: float) -> dict[str, np.ndarray]:
+    """Run every car through the horizon.  Returns ``p_kw, p_lb_kw, p_ub_kw,
+    soc (draw, time, agent)``, ``state (draw, time, agent)`` (int8, -1 without
+    an EV) and ``shortfall_kwh (draw, agent)``."""
+    n, n_agent = owners.shape
+    spin = 48
+    slots = np.concatenate([(slots[0] - spin + np.arange(spin)) % 48, slots])
+    T = len(slots)
+    pi0 = periodic_occupancy(P, int(slots[0]))[:, 0]  # (draw, 3)
+    u = rng.random((n, n_agent))
+    state = (u[..., None] > np.cumsum(pi0, axis=1)[:, None, :2]).sum(axis=-1)
+    cap = par["battery_kwh"]
+    charger = par["charger_kw"]
+    use = par["kwh_per_halfhour_moving"]
+    soc = par["initial_soc"].copy()
+    out = {k: np.zeros((n, T, n_agent)) for k in ("p_kw", "p_lb_kw", "p_ub_kw", "soc")}
+    states = np.empty((n, T, n_agent), np.int8)
+    shortfall = np.zeros((n, n_agent))
+    d_idx = np.arange(n)[:, None]
+    for t in range(T):
+        if t > 0:  # move the chain from slot t-1 to slot t
+            probs = P[d_idx, slots[t - 1], state]  # (draw, agent, 3)
+            u = rng.random((n, n_agent))
+            state = (u[..., None] > np.cumsum(probs, axis=-1)[..., :2]).sum(axis=-1)
+        moving = state == M
+        need = np.where(moving, use, 0.0)
+        short = np.maximum(need - soc * cap, 0.0)
+        if t >= spin:
+            shortfall += short
+        soc = soc - (need - short) / cap
+        home = state == R
+        room_kw = (1.0 - soc) * cap / (DT_H * efficiency)
+        p = np.where(home, np.minimum(charger, room_kw), 0.0)
+        soc = soc + p * DT_H * efficiency / cap
+        out["p_kw"][:, t] = p
+        out["p_ub_kw"][:, t] = np.where(home & (room_kw > 0), charger, 0.0)
+        out["soc"][:, t] = soc
+        states[:, t] = state
+    out = {k: v[:, spin:] for k, v in out.items()}
+    states = states[:, spin:]
+    for k in ("p_kw", "p_lb_kw", "p_ub_kw", "soc"):
+        out[k] *= owners[:, None, :]
+    out["soc"] = np.where(owners[:, None, :], out["soc"], np.nan)
+    out["state"] = np.where(owners[:, None, :], states, -1).astype(np.int8)
+    out["shortfall_kwh"] = shortfall * owners
+    return out
