@@ -83,7 +83,7 @@ def test_bad_priors_get_clear_errors(tmp_path, subs, words):
 @pytest.mark.parametrize(
     "edit, words",
     [
-        (lambda t: t + "\n[heat_pump]\npenetration = 0.2\n", ["[heat_pump] is not modelled yet"]),
+        (lambda t: t + "\n[battery]\npenetration = 0.2\n", ["[battery] is not modelled yet"]),
         (lambda t: t + "\n[wind]\n", ["unknown table [wind]"]),
         (lambda t: t.replace('start = "2026-07-15T00:00"', 'start = "2026-07-15T00:10"'), ["half-hour"]),
         (lambda t: t.replace("shape_kw = [0.3,", "shape_kw = ["), ["shape_kw", "48 non-negative"]),
@@ -125,8 +125,9 @@ def test_shapes_phases_and_net_power(draws, ieee):
     assert draws.sizes == {"chain": 1, "draw": 400, "time": 96, "agent": 55, "phase": 3}
     off = ~ieee.agent_phases  # nothing on phases an agent is not connected to
     assert (draws.p_kw.values[..., off] == 0).all()
-    np.testing.assert_allclose(draws.p_kw, draws.p_base_kw + draws.p_pv_kw)
-    assert (draws.p_lb_kw <= draws.p_kw).all() and (draws.p_kw <= draws.p_ub_kw).all()
+    # power arrays are float32: sums agree to float32 rounding
+    np.testing.assert_allclose(draws.p_kw, draws.p_base_kw + draws.p_pv_kw, rtol=1e-6, atol=1e-6)
+    assert (draws.p_lb_kw <= draws.p_kw + 1e-6).all() and (draws.p_kw <= draws.p_ub_kw + 1e-6).all()
     # the draws go straight into the load flow
     lf = bf.solve_loadflow(ieee, draws.p_kw.values[0, :3], draws.q_kvar.values[0, :3], full=False)
     assert lf.converged.all()
@@ -138,7 +139,7 @@ def test_pv_zero_at_night_and_bounded_by_capacity(draws):
     assert night.sum() >= 20  # mid-July at 53.5 N still has a night
     assert (pvkw.where(night, 0) == 0).all()
     cap = draws.pv_capacity_kw * draws.pv_has
-    assert (pvkw <= cap + 1e-12).all() and (pvkw >= 0).all()
+    assert (pvkw <= cap * (1 + 1e-6)).all() and (pvkw >= 0).all()  # float32 powers
     assert ((pvkw > 0).any("time") == draws.pv_has).all()  # owners generate, others do not
 
 

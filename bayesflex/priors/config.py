@@ -46,15 +46,24 @@ SCHEMA: dict[str, dict[str, str]] = {
         "kwh_per_halfhour_moving": "positive",
         "initial_soc": "unit",
     },
+    "heat_pump": {
+        "heat_loss_kw_per_k": "positive",
+        "setpoint_c": "real",
+        "rating_kw": "positive",
+        "temp_error_sd": "positive",
+        "temp_error_rho": "unit",
+    },
 }
 #: technologies a later version will model; named so that a file using them
 #: gets a clear error instead of being silently ignored
-NOT_YET = ("heat_pump", "battery", "refrigeration")
+NOT_YET = ("battery", "refrigeration")
 _EXTRA_KEYS = {
     "baseload": {"shape_kw"},
     "pv": {"penetration", "agents", "tilt_deg", "azimuth_deg"},
     "ev": {"penetration", "agents", "concentration", "leave_home", "leave_other", "home_share", "keep_moving",
            "charge_efficiency"},
+    "heat_pump": {"penetration", "agents", "forecast_min_c", "forecast_max_c", "setback_k", "flow_temp_c",
+                  "flex_fraction"},
 }
 
 
@@ -213,6 +222,12 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
         extra["keep_moving"] = _number(tab, "keep_moving", where, lo=0, hi=1)
         extra["concentration"] = _number(tab, "concentration", where, lo=1e-6, hi=1e9)
         extra["charge_efficiency"] = _number(tab, "charge_efficiency", where, lo=1e-6, hi=1, default=0.9)
+    if tech == "heat_pump":
+        extra["forecast_min_c"] = _number(tab, "forecast_min_c", where, lo=-60, hi=60)
+        extra["forecast_max_c"] = _number(tab, "forecast_max_c", where, lo=extra["forecast_min_c"], hi=60)
+        extra["setback_k"] = _number(tab, "setback_k", where, lo=0, hi=30, default=0.0)
+        extra["flow_temp_c"] = _number(tab, "flow_temp_c", where, lo=20, hi=80, default=45.0)
+        extra["flex_fraction"] = _number(tab, "flex_fraction", where, lo=0, hi=1, default=0.0)
     if tech == "pv":
         extra["tilt_deg"] = _number(tab, "tilt_deg", where, lo=0, hi=90, default=35.0)
         extra["azimuth_deg"] = _number(tab, "azimuth_deg", where, lo=0, hi=360, default=180.0)

@@ -59,10 +59,18 @@ def add_rvs(pm, tech, alpha: np.ndarray | None = None) -> dict:
     replaces the prior's parameters (a conjugate posterior)."""
     a = prior_alpha(tech) if alpha is None else alpha
     eps = 1e-9  # keeps a zero-probability move out of the simplex's boundary
+
+    def dirichlet(name, alpha):
+        # Dirichlet(alpha) as independent Gamma(alpha, 1) normalised: the same
+        # distribution, drawn by numpy's vectorised sampler (pytensor's Dirichlet
+        # draws row by row)
+        g = pm.Gamma(f"{name}_gamma", alpha=alpha, beta=1.0)
+        return pm.Deterministic(name, g / g.sum(axis=-1, keepdims=True))
+
     return {
-        "ev.row_R": pm.Dirichlet("ev.row_R", a=np.maximum(a[:, R, [M, R]], eps)),
-        "ev.row_C": pm.Dirichlet("ev.row_C", a=np.maximum(a[:, C, [M, C]], eps)),
-        "ev.row_M": pm.Dirichlet("ev.row_M", a=np.maximum(a[:, M, :], eps)),
+        "ev.row_R": dirichlet("ev.row_R", np.maximum(a[:, R, [M, R]], eps)),
+        "ev.row_C": dirichlet("ev.row_C", np.maximum(a[:, C, [M, C]], eps)),
+        "ev.row_M": dirichlet("ev.row_M", np.maximum(a[:, M, :], eps)),
     }
 
 

@@ -15,14 +15,15 @@ import xarray as xr
 
 from ..errors import ConfigError
 from ..feeder import PHASES, Feeder
-from . import baseload, ev, pv
+from . import baseload, ev, heat_pump, pv
 from .config import Priors, check_agents, load_priors
 
 __all__ = ["sample_priors", "draw_parameters"]
 
-MODELS = {"baseload": baseload, "pv": pv, "ev": ev}
+MODELS = {"baseload": baseload, "pv": pv, "ev": ev, "heat_pump": heat_pump}
 #: position of each stream in SeedSequence(seed).spawn(...): never reorder
-STREAMS = {"pymc": 0, "baseload": 1, "pv": 2, "ownership": 3, "posterior": 4, "ev": 5, "ev_ownership": 6}
+STREAMS = {"pymc": 0, "baseload": 1, "pv": 2, "ownership": 3, "posterior": 4, "ev": 5, "ev_ownership": 6, "heat_pump": 7,
+           "heat_pump_ownership": 8}
 
 
 def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.SeedSequence,
@@ -103,8 +104,9 @@ def sample_priors(
     positive), the components ``p_base_kw``, ``q_base_kvar``, ``p_pv_kw``, the
     flexibility bounds ``p_lb_kw``/``p_ub_kw`` — all ``(chain, draw, time,
     agent, phase)`` in kW/kvar — and the sampled parameters (``chain, draw[,
-    agent]``), the PV ownership and the shared clear-sky index.  Same inputs
-    and seed give identical numbers.
+    agent]``), the PV ownership and the shared clear-sky index.  The power
+    arrays are float32 (kW to 7 significant digits: half the memory of
+    float64).  Same inputs and seed give identical numbers.
     """
     from .conditioning import Posterior
 
@@ -166,15 +168,31 @@ def sample_priors(
         for key in ("ev.row_R", "ev.row_C", "ev.row_M"):
             par.pop(key)
 
+    p_hp = np.zeros_like(p_base)
+    hp_lb, hp_ub = np.zeros_like(p_base), np.zeros_like(p_base)
+    if "heat_pump" in pri:
+        tech = pri["heat_pump"]
+        owners = _owners(tech, feeder, draws, np.random.default_rng(streams[STREAMS["heat_pump_ownership"]]))
+        hpp = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("heat_pump.")}
+        res = heat_pump.simulate(hpp, tech.extra, times.values, owners,
+                                 np.random.default_rng(streams[STREAMS["heat_pump"]]))
+        p_hp, hp_lb, hp_ub = res["p_kw"], res["p_lb_kw"], res["p_ub_kw"]
+        extra_vars["hp_has"] = (("chain", "draw", "agent"), owners[None])
+        extra_vars["hp_outdoor_temp_c"] = (("chain", "draw", "time"), res["t_out_c"][None], {"units": "degC"})
+        extra_vars["hp_unmet_kwh"] = (("chain", "draw", "agent"), res["unmet_kwh"][None], {"units": "kWh"})
+
     # per phase: single-phase agents on their phase, three-phase split equally
     split = feeder.agent_phases / feeder.agent_phases.sum(axis=1, keepdims=True)
 
-    def phased(x):  # (draw, time, agent) -> (chain, draw, time, agent, phase)
-        return (x[..., None] * split)[None]
+    def phased(x):  # (draw, time, agent) -> (chain, draw, time, agent, phase), float32 (kW to 1e-7)
+        out = np.empty((1,) + x.shape + (3,), np.float32)
+        np.multiply(x[..., None], split, out=out[0], casting="same_kind")
+        return out
 
-    p_net = p_base + p_pv + p_ev
+    p_net = p_base + p_pv + p_ev + p_hp
     # flexibility: PV can be curtailed (up to its whole output), EV charging stopped or
-    # raised to the charger's power while the car is at home and not full; baseload cannot move
+    # raised to the charger's power while the car is at home and not full, a heat pump run
+    # a fraction below or above its demand; baseload cannot move
     data = {
         "p_kw": (p_net, "kW", "net active power, load positive"),
         "q_kvar": (q_base, "kvar", "net reactive power, load positive"),
@@ -182,8 +200,9 @@ def sample_priors(
         "q_base_kvar": (q_base, "kvar", "household baseload, reactive"),
         "p_pv_kw": (p_pv, "kW", "PV generation (negative)"),
         "p_ev_kw": (p_ev, "kW", "EV charging"),
-        "p_lb_kw": (p_base + p_pv + ev_lb, "kW", "lowest net power flexibility allows"),
-        "p_ub_kw": (p_base + ev_ub, "kW", "highest net power flexibility allows"),
+        "p_hp_kw": (p_hp, "kW", "heat pump"),
+        "p_lb_kw": (p_base + p_pv + ev_lb + hp_lb, "kW", "lowest net power flexibility allows"),
+        "p_ub_kw": (p_base + ev_ub + hp_ub, "kW", "highest net power flexibility allows"),
     }
     dims5 = ("chain", "draw", "time", "agent", "phase")
     variables = {k: (dims5, phased(v), {"units": u, "long_name": d}) for k, (v, u, d) in data.items()}
