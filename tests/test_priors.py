@@ -83,7 +83,7 @@ def test_bad_priors_get_clear_errors(tmp_path, subs, words):
 @pytest.mark.parametrize(
     "edit, words",
     [
-        (lambda t: t + "\n[battery]\npenetration = 0.2\n", ["[battery] is not modelled yet"]),
+        (lambda t: t + "\n[battery]\npenetration = 0.2\n", ["[battery]: missing capacity_kwh, power_kw"]),
         (lambda t: t + "\n[wind]\n", ["unknown table [wind]"]),
         (lambda t: t.replace('start = "2026-07-15T00:00"', 'start = "2026-07-15T00:10"'), ["half-hour"]),
         (lambda t: t.replace("shape_kw = [0.3,", "shape_kw = ["), ["shape_kw", "48 non-negative"]),
@@ -216,3 +216,29 @@ def test_default_prior_predictive_matches_the_data_it_was_set_from(ieee):
     has, cap = ds.pv_has.values[0], ds.pv_capacity_kw.values[0]
     yield_kwh = (-ds.p_pv_kw.sum("phase").values[0][:, :48].sum(axis=1) / 2)[has] / cap[has]
     assert abs(yield_kwh.mean() / 1.06 - 1) < 0.10
+
+
+def test_battery_soc_limits_hold_and_bounds_keep_them(ieee):
+    """SoC stays in [soc_min, soc_max] at every step; moving any one half-hour
+    to its bound (the rest unchanged) keeps every later SoC within limits."""
+    text = load_priors("summer").text.replace("penetration = 0.1            #", "penetration = 1.0 #")
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "bat.toml"
+    path.write_text(text)
+    ds = sample_priors(ieee, path, draws=40, seed=2)
+    soc = ds.battery_soc.values[0]  # (draw, time, agent)
+    assert np.nanmin(soc) >= 0.1 - 1e-9 and np.nanmax(soc) <= 0.95 + 1e-9
+    b = ds.p_battery_kw.sum("phase").values[0].astype(float)
+    lb, ub = ds.battery_p_lb_kw.values[0].astype(float), ds.battery_p_ub_kw.values[0].astype(float)
+    cap = ds.battery_capacity_kwh.values[0][:, None, :]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        d, t, a = rng.integers(40), rng.integers(96), rng.integers(ieee.n_agent)
+        for bound in (lb[d, t, a], ub[d, t, a]):
+            moved = soc[d, t:, a] + (bound - b[d, t, a]) * 0.5 / cap[d, 0, a]
+            assert moved.min() >= 0.1 - 1e-4 and moved.max() <= 0.95 + 1e-4
+    # with PV in summer the battery charges by day and discharges in the evening
+    day, evening = b[:, 22:30].mean(), b[:, 38:44].mean()
+    assert day > 0 > evening

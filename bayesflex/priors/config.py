@@ -53,10 +53,15 @@ SCHEMA: dict[str, dict[str, str]] = {
         "temp_error_sd": "positive",
         "temp_error_rho": "unit",
     },
+    "battery": {
+        "capacity_kwh": "positive",
+        "power_kw": "positive",
+        "initial_soc": "unit",
+    },
 }
 #: technologies a later version will model; named so that a file using them
 #: gets a clear error instead of being silently ignored
-NOT_YET = ("battery", "refrigeration")
+NOT_YET = ("refrigeration",)
 _EXTRA_KEYS = {
     "baseload": {"shape_kw"},
     "pv": {"penetration", "agents", "tilt_deg", "azimuth_deg"},
@@ -64,6 +69,7 @@ _EXTRA_KEYS = {
            "charge_efficiency"},
     "heat_pump": {"penetration", "agents", "forecast_min_c", "forecast_max_c", "setback_k", "flow_temp_c",
                   "flex_fraction"},
+    "battery": {"penetration", "agents", "soc_min", "soc_max"},
 }
 
 
@@ -228,6 +234,11 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
         extra["setback_k"] = _number(tab, "setback_k", where, lo=0, hi=30, default=0.0)
         extra["flow_temp_c"] = _number(tab, "flow_temp_c", where, lo=20, hi=80, default=45.0)
         extra["flex_fraction"] = _number(tab, "flex_fraction", where, lo=0, hi=1, default=0.0)
+    if tech == "battery":
+        extra["soc_min"] = _number(tab, "soc_min", where, lo=0, hi=1, default=0.1)
+        extra["soc_max"] = _number(tab, "soc_max", where, lo=0, hi=1, default=0.95)
+        if not extra["soc_min"] < extra["soc_max"]:
+            raise ConfigError(f"{where}: soc_min {extra['soc_min']} must be below soc_max {extra['soc_max']}")
     if tech == "pv":
         extra["tilt_deg"] = _number(tab, "tilt_deg", where, lo=0, hi=90, default=35.0)
         extra["azimuth_deg"] = _number(tab, "azimuth_deg", where, lo=0, hi=360, default=180.0)
