@@ -58,10 +58,15 @@ SCHEMA: dict[str, dict[str, str]] = {
         "power_kw": "positive",
         "initial_soc": "unit",
     },
+    "refrigeration": {
+        "compressor_kw": "positive",
+        "duty": "unit",
+        "shelf_warming_c_per_min": "positive",
+    },
 }
 #: technologies a later version will model; named so that a file using them
 #: gets a clear error instead of being silently ignored
-NOT_YET = ("refrigeration",)
+NOT_YET: tuple[str, ...] = ()
 _EXTRA_KEYS = {
     "baseload": {"shape_kw"},
     "pv": {"penetration", "agents", "tilt_deg", "azimuth_deg"},
@@ -70,6 +75,7 @@ _EXTRA_KEYS = {
     "heat_pump": {"penetration", "agents", "forecast_min_c", "forecast_max_c", "setback_k", "flow_temp_c",
                   "flex_fraction"},
     "battery": {"penetration", "agents", "soc_min", "soc_max"},
+    "refrigeration": {"penetration", "agents", "setpoint_c", "cpt_max_c", "defrost_hours", "suction_flex"},
 }
 
 
@@ -239,6 +245,15 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
         extra["soc_max"] = _number(tab, "soc_max", where, lo=0, hi=1, default=0.95)
         if not extra["soc_min"] < extra["soc_max"]:
             raise ConfigError(f"{where}: soc_min {extra['soc_min']} must be below soc_max {extra['soc_max']}")
+    if tech == "refrigeration":
+        extra["setpoint_c"] = _number(tab, "setpoint_c", where, lo=-40, hi=20)
+        extra["cpt_max_c"] = _number(tab, "cpt_max_c", where, lo=extra["setpoint_c"] + 1e-6, hi=30)
+        extra["suction_flex"] = _number(tab, "suction_flex", where, lo=0, hi=1, default=0.0)
+        hours = tab.get("defrost_hours", [])
+        if not isinstance(hours, list) or not all(
+                isinstance(h, (int, float)) and not isinstance(h, bool) and 0 <= h < 24 for h in hours):
+            raise ConfigError(f"{where} defrost_hours: must be a list of hours of the day in [0, 24)")
+        extra["defrost_hours"] = tuple(float(h) for h in hours)
     if tech == "pv":
         extra["tilt_deg"] = _number(tab, "tilt_deg", where, lo=0, hi=90, default=35.0)
         extra["azimuth_deg"] = _number(tab, "azimuth_deg", where, lo=0, hi=360, default=180.0)

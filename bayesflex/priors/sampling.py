@@ -15,15 +15,17 @@ import xarray as xr
 
 from ..errors import ConfigError
 from ..feeder import PHASES, Feeder
-from . import baseload, battery, ev, heat_pump, pv
+from . import baseload, battery, ev, heat_pump, pv, refrigeration
 from .config import Priors, check_agents, load_priors
 
 __all__ = ["sample_priors", "draw_parameters"]
 
-MODELS = {"baseload": baseload, "pv": pv, "ev": ev, "heat_pump": heat_pump, "battery": battery}
+MODELS = {"baseload": baseload, "pv": pv, "ev": ev, "heat_pump": heat_pump, "battery": battery,
+          "refrigeration": refrigeration}
 #: position of each stream in SeedSequence(seed).spawn(...): never reorder
 STREAMS = {"pymc": 0, "baseload": 1, "pv": 2, "ownership": 3, "posterior": 4, "ev": 5, "ev_ownership": 6, "heat_pump": 7,
-           "heat_pump_ownership": 8, "battery_ownership": 9}
+           "heat_pump_ownership": 8, "battery_ownership": 9,
+           "refrigeration_ownership": 10}
 
 
 def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.SeedSequence,
@@ -181,13 +183,26 @@ def sample_priors(
         extra_vars["hp_outdoor_temp_c"] = (("chain", "draw", "time"), res["t_out_c"][None], {"units": "degC"})
         extra_vars["hp_unmet_kwh"] = (("chain", "draw", "agent"), res["unmet_kwh"][None], {"units": "kWh"})
 
+    p_ref = np.zeros_like(p_base)
+    ref_lb, ref_ub = np.zeros_like(p_base), np.zeros_like(p_base)
+    if "refrigeration" in pri:
+        tech = pri["refrigeration"]
+        owners = _owners(tech, feeder, draws, np.random.default_rng(streams[STREAMS["refrigeration_ownership"]]))
+        rp = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("refrigeration.")}
+        res = refrigeration.simulate(rp, tech.extra, baseload.half_hour_of_day(times.values) * 30, owners)
+        p_ref, ref_lb, ref_ub = res["p_kw"], res["p_lb_kw"], res["p_ub_kw"]
+        extra_vars["refrigeration_has"] = (("chain", "draw", "agent"), owners[None])
+        extra_vars["refrigeration_defrost_min"] = (("chain", "draw", "agent"), res["defrost_min"][None],
+                                                   {"units": "min"})
+        extra_vars["refrigeration_recovered"] = (("chain", "draw", "agent"), res["recovered"][None])
+
     p_bat = np.zeros_like(p_base)
     bat_lb, bat_ub = np.zeros_like(p_base), np.zeros_like(p_base)
     if "battery" in pri:
         tech = pri["battery"]
         owners = _owners(tech, feeder, draws, np.random.default_rng(streams[STREAMS["battery_ownership"]]))
         bp = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("battery.")}
-        res = battery.simulate(bp, tech.extra, p_base + p_pv + p_ev + p_hp, owners)
+        res = battery.simulate(bp, tech.extra, p_base + p_pv + p_ev + p_hp + p_ref, owners)
         p_bat, bat_lb, bat_ub = res["p_kw"], res["p_lb_kw"], res["p_ub_kw"]
         extra_vars["battery_has"] = (("chain", "draw", "agent"), owners[None])
         extra_vars["battery_soc"] = (("chain", "draw", "time", "agent"), res["soc"][None], {"units": "1"})
@@ -203,11 +218,12 @@ def sample_priors(
         np.multiply(x[..., None], split, out=out[0], casting="same_kind")
         return out
 
-    p_net = p_base + p_pv + p_ev + p_hp + p_bat
+    p_net = p_base + p_pv + p_ev + p_hp + p_ref + p_bat
     # flexibility: PV can be curtailed (up to its whole output), EV charging stopped or
     # raised to the charger's power while the car is at home and not full, a heat pump run
-    # a fraction below or above its demand, a battery within power and every later SoC
-    # limit; baseload cannot move
+    # a fraction below or above its demand, a shop's refrigeration by a defrost now or a
+    # lower suction pressure, a battery within power and every later SoC limit; baseload
+    # cannot move
     data = {
         "p_kw": (p_net, "kW", "net active power, load positive"),
         "q_kvar": (q_base, "kvar", "net reactive power, load positive"),
@@ -217,8 +233,9 @@ def sample_priors(
         "p_ev_kw": (p_ev, "kW", "EV charging"),
         "p_hp_kw": (p_hp, "kW", "heat pump"),
         "p_battery_kw": (p_bat, "kW", "battery, charging positive"),
-        "p_lb_kw": (p_base + p_pv + ev_lb + hp_lb + bat_lb, "kW", "lowest net power flexibility allows"),
-        "p_ub_kw": (p_base + ev_ub + hp_ub + bat_ub, "kW", "highest net power flexibility allows"),
+        "p_refrigeration_kw": (p_ref, "kW", "commercial refrigeration"),
+        "p_lb_kw": (p_base + p_pv + ev_lb + hp_lb + ref_lb + bat_lb, "kW", "lowest net power flexibility allows"),
+        "p_ub_kw": (p_base + ev_ub + hp_ub + ref_ub + bat_ub, "kW", "highest net power flexibility allows"),
     }
     dims5 = ("chain", "draw", "time", "agent", "phase")
     variables = {k: (dims5, phased(v), {"units": u, "long_name": d}) for k, (v, u, d) in data.items()}
