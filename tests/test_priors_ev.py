@@ -128,3 +128,25 @@ def test_conjugate_update_agrees_with_pymc():
     mcse = draws.std(axis=0) / np.sqrt(ess)
     assert (np.abs(draws.mean(axis=0) - exact_mean) < 4 * mcse).all()
     np.testing.assert_allclose(draws.std(axis=0), exact_sd, rtol=0.1)
+
+
+def test_charging_elsewhere_leaves_less_to_charge_at_home(ieee, tmp_path):
+    text = load_priors("default").text.replace("penetration = 0.2", "penetration = 1.0")
+    a, b = tmp_path / "home.toml", tmp_path / "away.toml"
+    a.write_text(text)
+    b.write_text(text.replace("charge_elsewhere = false", "charge_elsewhere = true"))
+    home = sample_priors(ieee, a, draws=100, seed=5).p_ev_kw.sum().item()
+    away = sample_priors(ieee, b, draws=100, seed=5).p_ev_kw.sum().item()
+    assert away < 0.95 * home
+
+
+def test_observations_from_netcdf(ieee, tmp_path):
+    import xarray as xr
+
+    from bayesflex.priors import read_observations
+
+    t = pd.date_range("2026-01-05", periods=4, freq="30min")
+    ds = xr.Dataset({"p_kw": (("agent", "time"), np.full((2, 4), 0.3))}, coords={"agent": ["LOAD1", "LOAD2"], "time": t})
+    ds.to_netcdf(tmp_path / "m.nc")
+    wide = read_observations(tmp_path / "m.nc", agents=ieee.agents)
+    assert wide.shape == (4, 2) and (wide.to_numpy() == 0.3).all()

@@ -71,7 +71,7 @@ _EXTRA_KEYS = {
     "baseload": {"shape_kw"},
     "pv": {"penetration", "agents", "tilt_deg", "azimuth_deg"},
     "ev": {"penetration", "agents", "concentration", "leave_home", "leave_other", "home_share", "keep_moving",
-           "charge_efficiency"},
+           "charge_efficiency", "charge_elsewhere"},
     "heat_pump": {"penetration", "agents", "forecast_min_c", "forecast_max_c", "setback_k", "flow_temp_c",
                   "flex_fraction"},
     "battery": {"penetration", "agents", "soc_min", "soc_max"},
@@ -234,6 +234,10 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
         extra["keep_moving"] = _number(tab, "keep_moving", where, lo=0, hi=1)
         extra["concentration"] = _number(tab, "concentration", where, lo=1e-6, hi=1e9)
         extra["charge_efficiency"] = _number(tab, "charge_efficiency", where, lo=1e-6, hi=1, default=0.9)
+        elsewhere = tab.get("charge_elsewhere", False)
+        if not isinstance(elsewhere, bool):
+            raise ConfigError(f"{where} charge_elsewhere = {elsewhere!r}: must be true or false")
+        extra["charge_elsewhere"] = elsewhere
     if tech == "heat_pump":
         extra["forecast_min_c"] = _number(tab, "forecast_min_c", where, lo=-60, hi=60)
         extra["forecast_max_c"] = _number(tab, "forecast_max_c", where, lo=extra["forecast_min_c"], hi=60)

@@ -16,7 +16,9 @@ from the chain's own dynamics rather than an arbitrary guess.
 
 Energy: a moving half-hour uses ``kwh_per_halfhour_moving`` from the battery
 (``battery_kwh``); a car parked at home charges at ``charger_kw`` (grid side,
-``charge_efficiency`` into the battery) until full.  A car whose battery would
+``charge_efficiency`` into the battery) until full.  With ``charge_elsewhere``
+it also charges while parked elsewhere (at work, at the shops), which is not
+load on its household's bus but leaves less to charge at home.  A car whose battery would
 go below empty records the missing energy as ``ev_shortfall_kwh``.
 Flexibility per half-hour: a car at home can stop charging (``p_lb = 0``) or
 charge at full power while not full (``p_ub = charger_kw``).  These bounds do
@@ -120,7 +122,7 @@ def periodic_occupancy(P: np.ndarray, first_slot: int) -> np.ndarray:
 
 
 def simulate(par: dict, P: np.ndarray, slots: np.ndarray, owners: np.ndarray, rng: np.random.Generator,
-             efficiency: float) -> dict[str, np.ndarray]:
+             efficiency: float, charge_elsewhere: bool = False) -> dict[str, np.ndarray]:
     """Run every car through the horizon.  Returns ``p_kw, p_lb_kw, p_ub_kw,
     soc (draw, time, agent)``, ``state (draw, time, agent)`` (int8, -1 without
     an EV) and ``shortfall_kwh (draw, agent)``."""
@@ -154,6 +156,9 @@ def simulate(par: dict, P: np.ndarray, slots: np.ndarray, owners: np.ndarray, rn
         room_kw = (1.0 - soc) * cap / (DT_H * efficiency)
         p = np.where(home, np.minimum(charger, room_kw), 0.0)
         soc = soc + p * DT_H * efficiency / cap
+        if charge_elsewhere:  # topped up while parked elsewhere: not this feeder's load
+            away = np.where(state == C, np.minimum(charger, (1.0 - soc) * cap / (DT_H * efficiency)), 0.0)
+            soc = soc + away * DT_H * efficiency / cap
         out["p_kw"][:, t] = p
         out["p_ub_kw"][:, t] = np.where(home & (room_kw > 0), charger, 0.0)
         out["soc"][:, t] = soc

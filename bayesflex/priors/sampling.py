@@ -159,7 +159,8 @@ def sample_priors(
         P = ev.assemble(par)
         evp = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("ev.") and not k.startswith("ev.row")}
         res = ev.simulate(evp, P, baseload.half_hour_of_day(times.values), owners,
-                          np.random.default_rng(streams[STREAMS["ev"]]), tech.extra["charge_efficiency"])
+                          np.random.default_rng(streams[STREAMS["ev"]]), tech.extra["charge_efficiency"],
+                          tech.extra["charge_elsewhere"])
         p_ev, ev_lb, ev_ub = res["p_kw"], res["p_lb_kw"], res["p_ub_kw"]
         extra_vars["ev_has"] = (("chain", "draw", "agent"), owners[None])
         extra_vars["ev_state"] = (("chain", "draw", "time", "agent"), res["state"][None],
