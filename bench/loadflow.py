@@ -110,7 +110,7 @@ def pgm_model(feeder):
 
 
 def bench_pgm(feeder, n):
-    from power_grid_model import CalculationMethod, CalculationType, ComponentType, DatasetType, PowerGridModel
+    from power_grid_model import CalculationMethod, ComponentType, DatasetType, PowerGridModel
     from power_grid_model import initialize_array
 
     data, load_ids = pgm_model(feeder)

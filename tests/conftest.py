@@ -30,3 +30,19 @@ def ieee() -> bf.Feeder:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261121)
+
+
+
+def edited_priors(directory: Path, edits: list[tuple[str, str]], name: str = "default",
+                  filename: str | None = None) -> Path:
+    """A copy of a built-in prior set with text replaced; each old text must occur exactly once."""
+    from bayesflex.priors import load_priors
+
+    text = load_priors(name).text
+    for old, new in edits:
+        assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times in priors/{name}.toml"
+        text = text.replace(old, new)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = Path(directory) / (filename or f"{name}_edited.toml")
+    path.write_text(text)
+    return path

@@ -218,15 +218,12 @@ def test_default_prior_predictive_matches_the_data_it_was_set_from(ieee):
     assert abs(yield_kwh.mean() / 1.06 - 1) < 0.10
 
 
-def test_battery_soc_limits_hold_and_bounds_keep_them(ieee):
+def test_battery_soc_limits_hold_and_bounds_keep_them(ieee, tmp_path):
     """SoC stays in [soc_min, soc_max] at every step; moving any one half-hour
     to its bound (the rest unchanged) keeps every later SoC within limits."""
-    text = load_priors("summer").text.replace("penetration = 0.1            #", "penetration = 1.0 #")
-    import tempfile
-    from pathlib import Path
+    from .conftest import edited_priors
 
-    path = Path(tempfile.mkdtemp()) / "bat.toml"
-    path.write_text(text)
+    path = edited_priors(tmp_path, [("penetration = 0.1            #", "penetration = 1.0 #")], name="summer")
     ds = sample_priors(ieee, path, draws=40, seed=2)
     soc = ds.battery_soc.values[0]  # (draw, time, agent)
     assert np.nanmin(soc) >= 0.1 - 1e-9 and np.nanmax(soc) <= 0.95 + 1e-9

@@ -10,13 +10,13 @@ from bayesflex.errors import ConfigError
 from bayesflex.priors import condition, load_priors, read_ev_states, sample_priors
 from bayesflex.priors.ev import periodic_occupancy, transition_counts
 
+from .conftest import edited_priors
+
 
 @pytest.fixture(scope="module")
 def all_ev(ieee, tmp_path_factory):
     """The default priors with an EV in every household, 200 draws."""
-    text = load_priors("default").text.replace("penetration = 0.2", "penetration = 1.0")
-    path = tmp_path_factory.mktemp("ev") / "all_ev.toml"
-    path.write_text(text)
+    path = edited_priors(tmp_path_factory.mktemp("ev"), [("penetration = 0.2", "penetration = 1.0")])
     return sample_priors(ieee, path, draws=200, seed=21)
 
 
@@ -131,10 +131,9 @@ def test_conjugate_update_agrees_with_pymc():
 
 
 def test_charging_elsewhere_leaves_less_to_charge_at_home(ieee, tmp_path):
-    text = load_priors("default").text.replace("penetration = 0.2", "penetration = 1.0")
-    a, b = tmp_path / "home.toml", tmp_path / "away.toml"
-    a.write_text(text)
-    b.write_text(text.replace("charge_elsewhere = false", "charge_elsewhere = true"))
+    all_ev = ("penetration = 0.2", "penetration = 1.0")
+    a = edited_priors(tmp_path, [all_ev], filename="home.toml")
+    b = edited_priors(tmp_path, [all_ev, ("charge_elsewhere = false", "charge_elsewhere = true")], filename="away.toml")
     home = sample_priors(ieee, a, draws=100, seed=5).p_ev_kw.sum().item()
     away = sample_priors(ieee, b, draws=100, seed=5).p_ev_kw.sum().item()
     assert away < 0.95 * home

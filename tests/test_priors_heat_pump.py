@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayesflex.priors import load_priors, sample_priors
+from bayesflex.priors import sample_priors
 from bayesflex.priors.heat_pump import cop
+
+from .conftest import edited_priors
 
 # hplib 1.9, HeatPump(get_parameters("Generic", group_id=1, ...)).simulate(...): COP of its
 # generic regulated air/water heat pump at outdoor -10..15 degC, flow 35 and 55 degC (run
@@ -25,9 +27,7 @@ def test_cop_matches_hplib(flow):
 
 @pytest.fixture(scope="module")
 def hp(ieee, tmp_path_factory):
-    text = load_priors("default").text.replace("penetration = 0.15", "penetration = 1.0")
-    path = tmp_path_factory.mktemp("hp") / "all_hp.toml"
-    path.write_text(text)
+    path = edited_priors(tmp_path_factory.mktemp("hp"), [("penetration = 0.15", "penetration = 1.0")])
     return sample_priors(ieee, path, draws=200, seed=8)
 
 

@@ -57,7 +57,6 @@ def simulate(par: dict, extra: dict, minutes_of_day: np.ndarray, owners: np.ndar
     kw, duty = par["compressor_kw"], par["duty"]
     d = defrost_minutes(extra["setpoint_c"], extra["cpt_max_c"], par["shelf_warming_c_per_min"])  # (draw, agent)
     rec = np.ceil(duty * d / np.maximum(1 - duty, 1e-6)).astype(int)
-    T = len(minutes_of_day)
     minute = (minutes_of_day[:, None] + np.arange(30)[None]) % 1440  # (time, 30)
     starts = np.array(extra["defrost_hours"], float) * 60
     # minutes since the latest defrost start (wrapping over midnight)

@@ -23,7 +23,7 @@ __all__ = ["sample_priors", "draw_parameters"]
 MODELS = {"baseload": baseload, "pv": pv, "ev": ev, "heat_pump": heat_pump, "battery": battery,
           "refrigeration": refrigeration}
 #: position of each stream in SeedSequence(seed).spawn(...): never reorder
-STREAMS = {"pymc": 0, "baseload": 1, "pv": 2, "ownership": 3, "posterior": 4, "ev": 5, "ev_ownership": 6, "heat_pump": 7,
+STREAMS = {"pymc": 0, "baseload": 1, "pv": 2, "pv_ownership": 3, "posterior": 4, "ev": 5, "ev_ownership": 6, "heat_pump": 7,
            "heat_pump_ownership": 8, "battery_ownership": 9,
            "refrigeration_ownership": 10}
 
@@ -61,6 +61,11 @@ def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.Se
             for name, v, shape in zip(names, values, shapes):
                 out[name] = np.asarray(v, float).reshape(shape)  # pm.draw drops the axis when draws == 1
     return out
+
+
+def _params(par: dict, tech: str) -> dict[str, np.ndarray]:
+    """One technology's parameters, without its ``tech.`` prefix."""
+    return {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith(f"{tech}.")}
 
 
 def _owners(tech, feeder: Feeder, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -137,74 +142,64 @@ def sample_priors(
     p_base, q_base = baseload.simulate(b, pri["baseload"].extra["shape_kw"], times.values, n_agent, rng)
     par["baseload.log_daily_kwh"] = b["log_daily_kwh"]
 
-    p_pv = np.zeros_like(p_base)
     extra_vars = {}
+    flex = {}  # technology -> (power, lowest, highest) (draw, time, agent), kW
+
+    def owners_of(name):
+        return _owners(pri[name], feeder, draws, np.random.default_rng(streams[STREAMS[f"{name}_ownership"]]))
+
     if "pv" in pri:
         tech = pri["pv"]
-        rng = np.random.default_rng(streams[STREAMS["pv"]])
-        owners = _owners(tech, feeder, draws, np.random.default_rng(streams[STREAMS["ownership"]]))
         cs = pv.clear_sky_kw_per_kwp(times, pri.latitude, pri.longitude, tech.extra["tilt_deg"],
                                      tech.extra["azimuth_deg"])
-        pvp = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("pv.")}
-        p_pv, k = pv.simulate(pvp, cs, owners, rng)
+        owners = owners_of("pv")
+        p_pv, k = pv.simulate(_params(par, "pv"), cs, owners, np.random.default_rng(streams[STREAMS["pv"]]))
+        flex["pv"] = (p_pv, p_pv, np.zeros_like(p_pv))  # curtailable down to nothing
         extra_vars["pv_has"] = (("chain", "draw", "agent"), owners[None])
         extra_vars["pv_clear_sky_index"] = (("chain", "draw", "time"), k[None], {"units": "1"})
         extra_vars["pv_clear_sky_kw_per_kwp"] = (("time",), cs, {"units": "kW/kWp"})
 
-    p_ev = np.zeros_like(p_base)
-    ev_lb, ev_ub = np.zeros_like(p_base), np.zeros_like(p_base)
     if "ev" in pri:
         tech = pri["ev"]
-        owners = _owners(tech, feeder, draws, np.random.default_rng(streams[STREAMS["ev_ownership"]]))
+        owners = owners_of("ev")
         P = ev.assemble(par)
-        evp = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("ev.") and not k.startswith("ev.row")}
-        res = ev.simulate(evp, P, baseload.half_hour_of_day(times.values), owners,
+        for key in ("ev.row_R", "ev.row_C", "ev.row_M"):
+            par.pop(key)
+        res = ev.simulate(_params(par, "ev"), P, baseload.half_hour_of_day(times.values), owners,
                           np.random.default_rng(streams[STREAMS["ev"]]), tech.extra["charge_efficiency"],
                           tech.extra["charge_elsewhere"])
-        p_ev, ev_lb, ev_ub = res["p_kw"], res["p_lb_kw"], res["p_ub_kw"]
+        flex["ev"] = (res["p_kw"], res["p_lb_kw"], res["p_ub_kw"])
         extra_vars["ev_has"] = (("chain", "draw", "agent"), owners[None])
         extra_vars["ev_state"] = (("chain", "draw", "time", "agent"), res["state"][None],
                                   {"flag_values": "-1 0 1 2", "flag_meanings": "no_ev moving parked_home parked_elsewhere"})
         extra_vars["ev_soc"] = (("chain", "draw", "time", "agent"), res["soc"][None], {"units": "1"})
         extra_vars["ev_shortfall_kwh"] = (("chain", "draw", "agent"), res["shortfall_kwh"][None], {"units": "kWh"})
         extra_vars["ev_transition"] = (("chain", "draw", "slot", "from_state", "to_state"), P[None])
-        for key in ("ev.row_R", "ev.row_C", "ev.row_M"):
-            par.pop(key)
 
-    p_hp = np.zeros_like(p_base)
-    hp_lb, hp_ub = np.zeros_like(p_base), np.zeros_like(p_base)
     if "heat_pump" in pri:
-        tech = pri["heat_pump"]
-        owners = _owners(tech, feeder, draws, np.random.default_rng(streams[STREAMS["heat_pump_ownership"]]))
-        hpp = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("heat_pump.")}
-        res = heat_pump.simulate(hpp, tech.extra, times.values, owners,
+        owners = owners_of("heat_pump")
+        res = heat_pump.simulate(_params(par, "heat_pump"), pri["heat_pump"].extra, times.values, owners,
                                  np.random.default_rng(streams[STREAMS["heat_pump"]]))
-        p_hp, hp_lb, hp_ub = res["p_kw"], res["p_lb_kw"], res["p_ub_kw"]
+        flex["heat_pump"] = (res["p_kw"], res["p_lb_kw"], res["p_ub_kw"])
         extra_vars["hp_has"] = (("chain", "draw", "agent"), owners[None])
         extra_vars["hp_outdoor_temp_c"] = (("chain", "draw", "time"), res["t_out_c"][None], {"units": "degC"})
         extra_vars["hp_unmet_kwh"] = (("chain", "draw", "agent"), res["unmet_kwh"][None], {"units": "kWh"})
 
-    p_ref = np.zeros_like(p_base)
-    ref_lb, ref_ub = np.zeros_like(p_base), np.zeros_like(p_base)
     if "refrigeration" in pri:
-        tech = pri["refrigeration"]
-        owners = _owners(tech, feeder, draws, np.random.default_rng(streams[STREAMS["refrigeration_ownership"]]))
-        rp = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("refrigeration.")}
-        res = refrigeration.simulate(rp, tech.extra, baseload.half_hour_of_day(times.values) * 30, owners)
-        p_ref, ref_lb, ref_ub = res["p_kw"], res["p_lb_kw"], res["p_ub_kw"]
+        owners = owners_of("refrigeration")
+        res = refrigeration.simulate(_params(par, "refrigeration"), pri["refrigeration"].extra,
+                                     baseload.half_hour_of_day(times.values) * 30, owners)
+        flex["refrigeration"] = (res["p_kw"], res["p_lb_kw"], res["p_ub_kw"])
         extra_vars["refrigeration_has"] = (("chain", "draw", "agent"), owners[None])
         extra_vars["refrigeration_defrost_min"] = (("chain", "draw", "agent"), res["defrost_min"][None],
                                                    {"units": "min"})
         extra_vars["refrigeration_recovered"] = (("chain", "draw", "agent"), res["recovered"][None])
 
-    p_bat = np.zeros_like(p_base)
-    bat_lb, bat_ub = np.zeros_like(p_base), np.zeros_like(p_base)
-    if "battery" in pri:
-        tech = pri["battery"]
-        owners = _owners(tech, feeder, draws, np.random.default_rng(streams[STREAMS["battery_ownership"]]))
-        bp = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("battery.")}
-        res = battery.simulate(bp, tech.extra, p_base + p_pv + p_ev + p_hp + p_ref, owners)
-        p_bat, bat_lb, bat_ub = res["p_kw"], res["p_lb_kw"], res["p_ub_kw"]
+    if "battery" in pri:  # last: it answers to the household's net power
+        owners = owners_of("battery")
+        net = p_base + sum(f[0] for f in flex.values())
+        res = battery.simulate(_params(par, "battery"), pri["battery"].extra, net, owners)
+        flex["battery"] = (res["p_kw"], res["p_lb_kw"], res["p_ub_kw"])
         extra_vars["battery_has"] = (("chain", "draw", "agent"), owners[None])
         extra_vars["battery_soc"] = (("chain", "draw", "time", "agent"), res["soc"][None], {"units": "1"})
         for k in ("p_lb_kw", "p_ub_kw"):
@@ -219,24 +214,26 @@ def sample_priors(
         np.multiply(x[..., None], split, out=out[0], casting="same_kind")
         return out
 
-    p_net = p_base + p_pv + p_ev + p_hp + p_ref + p_bat
+    zero = np.zeros_like(p_base)
+    part = {name: flex[name][0] if name in flex else zero for name in ("pv", "ev", "heat_pump", "battery",
+                                                                        "refrigeration")}
     # flexibility: PV can be curtailed (up to its whole output), EV charging stopped or
     # raised to the charger's power while the car is at home and not full, a heat pump run
     # a fraction below or above its demand, a shop's refrigeration by a defrost now or a
     # lower suction pressure, a battery within power and every later SoC limit; baseload
     # cannot move
     data = {
-        "p_kw": (p_net, "kW", "net active power, load positive"),
+        "p_kw": (p_base + sum(f[0] for f in flex.values()), "kW", "net active power, load positive"),
         "q_kvar": (q_base, "kvar", "net reactive power, load positive"),
         "p_base_kw": (p_base, "kW", "household baseload"),
         "q_base_kvar": (q_base, "kvar", "household baseload, reactive"),
-        "p_pv_kw": (p_pv, "kW", "PV generation (negative)"),
-        "p_ev_kw": (p_ev, "kW", "EV charging"),
-        "p_hp_kw": (p_hp, "kW", "heat pump"),
-        "p_battery_kw": (p_bat, "kW", "battery, charging positive"),
-        "p_refrigeration_kw": (p_ref, "kW", "commercial refrigeration"),
-        "p_lb_kw": (p_base + p_pv + ev_lb + hp_lb + ref_lb + bat_lb, "kW", "lowest net power flexibility allows"),
-        "p_ub_kw": (p_base + ev_ub + hp_ub + ref_ub + bat_ub, "kW", "highest net power flexibility allows"),
+        "p_pv_kw": (part["pv"], "kW", "PV generation (negative)"),
+        "p_ev_kw": (part["ev"], "kW", "EV charging"),
+        "p_hp_kw": (part["heat_pump"], "kW", "heat pump"),
+        "p_battery_kw": (part["battery"], "kW", "battery, charging positive"),
+        "p_refrigeration_kw": (part["refrigeration"], "kW", "commercial refrigeration"),
+        "p_lb_kw": (p_base + sum(f[1] for f in flex.values()), "kW", "lowest net power flexibility allows"),
+        "p_ub_kw": (p_base + sum(f[2] for f in flex.values()), "kW", "highest net power flexibility allows"),
     }
     dims5 = ("chain", "draw", "time", "agent", "phase")
     variables = {k: (dims5, phased(v), {"units": u, "long_name": d}) for k, (v, u, d) in data.items()}
