@@ -24,7 +24,7 @@ from .errors import SolverError
 from .feeder import Feeder
 from .network import BranchRows, NetworkModel
 
-__all__ = ["solve_loadflow", "LoadFlowResult", "LoadFlowSummary", "solve_load_nodes"]
+__all__ = ["solve_loadflow", "LoadFlowResult", "LoadFlowSummary", "solve_load_nodes", "voltage_sensitivity"]
 
 #: scenarios solved together (load nodes and expansion); bounds memory per call
 DEFAULT_CHUNK = 4096
@@ -351,3 +351,62 @@ def _expand_summary(model: NetworkModel, i_l: np.ndarray, chunk: int, dtype=np.c
         out["loading_max_pu"][a:b] = (_rows_abs(model.line_rows, il) / rating_per_row).max(axis=1)
         out["trafo_loading_pu"][a:b] = _trafo_loading(model, il)
     return out
+
+
+# ----------------------------------------------------------------------------
+# sensitivities of voltage magnitudes to agents' active power
+# ----------------------------------------------------------------------------
+def voltage_sensitivity(feeder: Feeder, p_kw: np.ndarray, q_kvar: np.ndarray, *, agents=None,
+                        tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """d|V|/dP of every bus and phase to each agent's active power, at the solved state.
+
+    The load-node equations ``F(V) = V - V0 - Z I(V, S) = 0`` are linearised
+    at the solution: ``dV - M conj(dV) = Z dI_S`` with ``M = Z
+    diag(conj(S)/conj(V)^2)`` (the Newton system, solved in real form) and
+    ``dI_S = -conj(dS)/conj(V)``; all buses follow through ``W``.  An agent's
+    dP is spread over its phases as its power is (equally over a three-phase
+    agent's phases).
+
+    Parameters
+    ----------
+    p_kw, q_kvar : (agent, phase) one scenario.
+    agents : indices of the agents to differentiate by (default: all).
+
+    Returns
+    -------
+    dv_dp : (bus, phase, agent) pu per kW; NaN if the scenario did not converge.
+    v_pu : (bus, phase) the solved voltage magnitudes.
+    """
+    model = feeder.model
+    p = np.asarray(p_kw, float)
+    q = np.asarray(q_kvar, float)
+    if p.shape != (feeder.n_agent, 3) or q.shape != p.shape:
+        raise SolverError(f"voltage_sensitivity takes one scenario: (agent={feeder.n_agent}, phase=3)")
+    agents = np.arange(feeder.n_agent) if agents is None else np.atleast_1d(np.asarray(agents, int))
+    m = model.agent_to_load / model.s_base_kva
+    s_l = (p.reshape(1, -1)[:, model.agent_cols] @ m + 1j * (q.reshape(1, -1)[:, model.agent_cols] @ m))
+    v_l, conv, _ = solve_load_nodes(model, s_l, tol=tol)
+    nb, nl = model.n_bus, model.n_load_nodes
+    if not conv[0]:
+        return np.full((nb, 3, len(agents)), np.nan), np.full((nb, 3), np.nan)
+    v, s = v_l[0], s_l[0]
+    z = model.z_ll
+    mm = z * (np.conj(s) / np.conj(v) ** 2)[None, :]
+    eye = np.eye(nl)
+    jac = np.block([[eye - mm.real, -mm.imag], [-mm.imag, eye + mm.real]])
+    # dS at the load nodes for 1 kW on each agent, split over its connected phases
+    split = (feeder.agent_phases / feeder.agent_phases.sum(axis=1, keepdims=True)).reshape(-1)
+    ds = np.zeros((3 * feeder.n_agent, len(agents)))
+    for j, a in enumerate(agents):
+        ds[3 * a: 3 * a + 3, j] = split[3 * a: 3 * a + 3]
+    ds_l = (ds[model.agent_cols].T @ m).T  # (L, agents), pu (real: active power)
+    di_s = -ds_l / np.conj(v)[:, None]  # -conj(dS)/conj(V), dS real
+    rhs = z @ di_s
+    dx = np.linalg.solve(jac, np.concatenate([rhs.real, rhs.imag]))
+    dv_l = dx[:nl] + 1j * dx[nl:]
+    i_l = -np.conj(s / v)
+    di_l = di_s + (np.conj(s) / np.conj(v) ** 2)[:, None] * np.conj(dv_l)
+    v_all = model.v0_all + i_l @ model.w_all_t
+    dv_all = di_l.T @ model.w_all_t  # (agents, nodes)
+    dmag = (np.conj(v_all)[None] * dv_all).real / np.abs(v_all)[None]
+    return dmag.T.reshape(nb, 3, len(agents)), np.abs(v_all).reshape(nb, 3)
