@@ -285,17 +285,18 @@ def runpp_3ph_reference(net, feeder: Feeder, p_kw: np.ndarray, q_kvar: np.ndarra
 
     where = pandapower_agent_tables(net, feeder)
     for (table, idx), p, q in zip(where, p_kw, q_kvar):
+        mw = (-1e-3 if table.endswith("sgen") else 1e-3) * np.asarray(p)  # pandapower: sgen is generation
+        mvar = (-1e-3 if table.endswith("sgen") else 1e-3) * np.asarray(q)
         if table.startswith("asymmetric"):
             for k, ph in enumerate("abc"):
-                net[table].at[idx, f"p_{ph}_mw"] = p[k] / 1e3 * (-1 if table.endswith("sgen") else 1)
-                net[table].at[idx, f"q_{ph}_mvar"] = q[k] / 1e3 * (-1 if table.endswith("sgen") else 1)
-            net[table].at[idx, "scaling"] = 1.0
+                net[table].at[idx, f"p_{ph}_mw"] = mw[k]
+                net[table].at[idx, f"q_{ph}_mvar"] = mvar[k]
         else:
             if not (np.allclose(p, p[0]) and np.allclose(q, q[0])):
                 raise ValueError(f"agent of {table} {idx} is balanced in pandapower; got unbalanced powers")
-            net[table].at[idx, "p_mw"] = p.sum() / 1e3 * (-1 if table.endswith("sgen") else 1)
-            net[table].at[idx, "q_mvar"] = q.sum() / 1e3 * (-1 if table.endswith("sgen") else 1)
-            net[table].at[idx, "scaling"] = 1.0
+            net[table].at[idx, "p_mw"] = mw.sum()
+            net[table].at[idx, "q_mvar"] = mvar.sum()
+        net[table].at[idx, "scaling"] = 1.0
     try:
         pp.runpp_3ph(net)
         ok = bool(net.converged)

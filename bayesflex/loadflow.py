@@ -129,6 +129,35 @@ def solve_loadflow(
     precision = precision or ("double" if full else "mixed")
     if precision not in ("double", "mixed"):
         raise SolverError(f"precision {precision!r} unknown (allowed: 'double', 'mixed')")
+    lead, p, q = _checked_powers(feeder, p_kw, q_kvar)
+    n = p.shape[0]
+    outer = chunk_size or DEFAULT_CHUNK
+    inner = max(1, int(32e6 // (16 * 3 * model.n_bus)))  # expansion rows per product: ~32 MB
+    parts = []
+    for a in range(0, max(n, 1), outer):  # an empty batch still runs once, on zero rows
+        b = min(n, a + outer)
+        s_l = _load_node_powers(model, p[a:b], q[a:b])
+        v_l, conv, its = solve_load_nodes(model, s_l, tol=tol, max_iter=max_iter)
+        with np.errstate(invalid="ignore"):  # rows that did not converge are NaN
+            i_l = np.where(conv[:, None], -np.conj(s_l / v_l), np.nan)
+        if full:
+            out = _expand_full(feeder, model, i_l, min(inner, outer), return_complex)
+        else:
+            out = _expand_summary(model, i_l, min(inner, outer),
+                                  np.complex64 if precision == "mixed" else np.complex128)
+        out["converged"], out["iterations"] = conv, its
+        parts.append(out)
+    shaped = {k: np.concatenate([pt[k] for pt in parts]) for k in parts[0]}
+    shaped = {k: v.reshape(lead + v.shape[1:]) for k, v in shaped.items()}
+    if full:
+        return LoadFlowResult(source_bus=feeder.source.bus, **shaped)
+    return LoadFlowSummary(**shaped)
+
+
+def _checked_powers(feeder: Feeder, p_kw, q_kvar):
+    """``(leading shape, p (n, 3*agent), q (n, 3*agent))``, or a SolverError
+    for the wrong shape, NaN, or power on a phase an agent is not connected to."""
+    model = feeder.model
     p = np.asarray(p_kw, dtype=float)
     q = np.asarray(q_kvar, dtype=float)
     shape = (feeder.n_agent, 3)
@@ -152,44 +181,26 @@ def solve_loadflow(
                 f"agent {feeder.agents[a]!r} has power on phase {'abc'[ph]}, which it is not "
                 f"connected to (its phases: {''.join(np.array(list('abc'))[feeder.agent_phases[a]])})"
             )
+    return lead, p, q
+
+
+def _load_node_powers(model: NetworkModel, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Complex power (pu, load positive) at the load nodes, ``(n, L)``, from
+    agent-phase powers ``(n, 3*agent)`` in kW/kvar."""
     m = model.agent_to_load / model.s_base_kva
-    n = p.shape[0]
-    outer = chunk_size or DEFAULT_CHUNK
-    inner = max(1, int(32e6 // (16 * 3 * model.n_bus)))  # expansion rows per product: ~32 MB
-    parts = []
-    for a in range(0, n, outer):
-        b = min(n, a + outer)
-        s_l = p[a:b, model.agent_cols] @ m + 1j * (q[a:b, model.agent_cols] @ m)
-        v_l, conv, its = solve_load_nodes(model, s_l, tol=tol, max_iter=max_iter)
-        with np.errstate(invalid="ignore"):  # rows that did not converge are NaN
-            i_l = np.where(conv[:, None], -np.conj(s_l / v_l), np.nan)
-        if full:
-            out = _expand_full(feeder, model, i_l, min(inner, outer), return_complex)
-        else:
-            out = _expand_summary(model, i_l, min(inner, outer),
-                                  np.complex64 if precision == "mixed" else np.complex128)
-        out["converged"], out["iterations"] = conv, its
-        parts.append(out)
-    parts = parts or [_empty(feeder, full, return_complex)]
-    shaped = {k: np.concatenate([pt[k] for pt in parts]) for k in parts[0]}
-    shaped = {k: v.reshape(lead + v.shape[1:]) for k, v in shaped.items()}
-    if full:
-        return LoadFlowResult(source_bus=feeder.source.bus, **shaped)
-    return LoadFlowSummary(**shaped)
+    return p[:, model.agent_cols] @ m + 1j * (q[:, model.agent_cols] @ m)
 
 
-def _empty(feeder: Feeder, full: bool, return_complex: bool) -> dict:
-    nb, nl = feeder.n_bus, feeder.n_line
-    if full:
-        out = {"v_pu": np.empty((0, nb, 3)), "i_line_a": np.empty((0, nl, 3)), "loading_pu": np.empty((0, nl)),
-               "trafo_loading_pu": np.empty(0), "p_source_kw": np.empty((0, 3)), "q_source_kvar": np.empty((0, 3))}
-        if return_complex:
-            out["v_complex_pu"] = np.empty((0, nb, 3), complex)
-    else:
-        out = {"v_min_pu": np.empty((0, 3)), "v_max_pu": np.empty((0, 3)), "loading_max_pu": np.empty(0),
-               "trafo_loading_pu": np.empty(0)}
-    out["converged"], out["iterations"] = np.empty(0, bool), np.empty(0, np.int64)
-    return out
+def _real_jacobian(z: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """d F / d(Re V, Im V) of F(V) = V - V0 - Z I(V), I = -conj(S)/conj(V).
+
+    I is not holomorphic: dF = dV - M conj(dV), M = Z diag(conj(S)/conj(V)^2),
+    written in real form.  ``s``, ``v``: (..., L); returns (..., 2L, 2L).
+    """
+    nl = z.shape[0]
+    eye = np.eye(nl)
+    m = z * (np.conj(s) / np.conj(v) ** 2)[..., None, :]
+    return np.block([[eye - m.real, -m.imag], [-m.imag, eye + m.real]])
 
 
 # ----------------------------------------------------------------------------
@@ -248,14 +259,12 @@ def solve_load_nodes(model: NetworkModel, s_l: np.ndarray, *, tol: float = 1e-10
 def _newton(model: NetworkModel, s: np.ndarray, *, tol: float, max_iter: int = 30):
     """Newton-Raphson on F(V) = V - V0 - Z I(V), from the no-load voltages.
 
-    I = -conj(S)/conj(V) is not holomorphic, so the step is solved in real
-    form: dF = dV - M conj(dV) with M = Z diag(conj(S)/conj(V)^2).
+    The step is solved in real form (:func:`_real_jacobian`).
     """
     n, nl = s.shape
     v = np.broadcast_to(model.v0_l, (n, nl)).copy()
     its = np.zeros(n, np.int64)
     ok = np.zeros(n, bool)
-    eye = np.eye(nl)
     z = model.z_ll
     with np.errstate(all="ignore"):
         for _ in range(max_iter):
@@ -270,20 +279,15 @@ def _newton(model: NetworkModel, s: np.ndarray, *, tol: float, max_iter: int = 3
             todo, vt, st, f = todo[~good], vt[~good], st[~good], f[~good]
             if todo.size == 0:
                 break
-            m = z[None] * (np.conj(st) / np.conj(vt) ** 2)[:, None, :]
-            jac = np.block([[eye - m.real, -m.imag], [-m.imag, eye + m.real]])
+            jac = _real_jacobian(z, st, vt)
             rhs = -np.concatenate([f.real, f.imag], axis=1)
             try:
                 dx = np.linalg.solve(jac, rhs[..., None])[..., 0]
             except np.linalg.LinAlgError:
-                dx = np.stack([_lstsq(j, r) for j, r in zip(jac, rhs)])
+                dx = np.stack([np.linalg.lstsq(j, r, rcond=None)[0] for j, r in zip(jac, rhs)])
             v[todo] = vt + dx[:, :nl] + 1j * dx[:, nl:]
             its[todo] += 1
     return v, ok, its
-
-
-def _lstsq(a, b):
-    return np.linalg.lstsq(a, b, rcond=None)[0]
 
 
 def _rows_abs(rows: BranchRows, i_l: np.ndarray) -> np.ndarray:
@@ -335,8 +339,6 @@ def _expand_summary(model: NetworkModel, i_l: np.ndarray, chunk: int, dtype=np.c
     n = len(i_l)
     w_t = model.vmon_w_t.astype(dtype)
     starts = model.vmon_phase_start
-    rating_per_row = np.full(model.line_rows.k_a.shape[0], np.inf)
-    np.minimum.at(rating_per_row, model.line_rows.inverse, np.tile(model.line_i_max_a, 2)[:, None].repeat(3, 1))
     out = {k: np.empty((n, 3)) for k in ("v_min_pu", "v_max_pu")}
     out["loading_max_pu"] = np.empty(n)
     out["trafo_loading_pu"] = np.empty(n)
@@ -348,7 +350,7 @@ def _expand_summary(model: NetworkModel, i_l: np.ndarray, chunk: int, dtype=np.c
         v2 += v.imag**2
         out["v_min_pu"][a:b] = np.sqrt(np.minimum.reduceat(v2, starts, axis=1))
         out["v_max_pu"][a:b] = np.sqrt(np.maximum.reduceat(v2, starts, axis=1))
-        out["loading_max_pu"][a:b] = (_rows_abs(model.line_rows, il) / rating_per_row).max(axis=1)
+        out["loading_max_pu"][a:b] = (_rows_abs(model.line_rows, il) / model.line_rating_per_row_a).max(axis=1)
         out["trafo_loading_pu"][a:b] = _trafo_loading(model, il)
     return out
 
@@ -361,8 +363,8 @@ def voltage_sensitivity(feeder: Feeder, p_kw: np.ndarray, q_kvar: np.ndarray, *,
     """d|V|/dP of every bus and phase to each agent's active power, at the solved state.
 
     The load-node equations ``F(V) = V - V0 - Z I(V, S) = 0`` are linearised
-    at the solution: ``dV - M conj(dV) = Z dI_S`` with ``M = Z
-    diag(conj(S)/conj(V)^2)`` (the Newton system, solved in real form) and
+    at the solution: ``dV - M conj(dV) = Z dI_S`` (the Newton system,
+    :func:`_real_jacobian`) with
     ``dI_S = -conj(dS)/conj(V)``; all buses follow through ``W``.  An agent's
     dP is spread over its phases as its power is (equally over a three-phase
     agent's phases).
@@ -378,28 +380,24 @@ def voltage_sensitivity(feeder: Feeder, p_kw: np.ndarray, q_kvar: np.ndarray, *,
     v_pu : (bus, phase) the solved voltage magnitudes.
     """
     model = feeder.model
-    p = np.asarray(p_kw, float)
-    q = np.asarray(q_kvar, float)
-    if p.shape != (feeder.n_agent, 3) or q.shape != p.shape:
+    if np.shape(p_kw) != (feeder.n_agent, 3):
         raise SolverError(f"voltage_sensitivity takes one scenario: (agent={feeder.n_agent}, phase=3)")
+    _, p, q = _checked_powers(feeder, p_kw, q_kvar)
     agents = np.arange(feeder.n_agent) if agents is None else np.atleast_1d(np.asarray(agents, int))
-    m = model.agent_to_load / model.s_base_kva
-    s_l = (p.reshape(1, -1)[:, model.agent_cols] @ m + 1j * (q.reshape(1, -1)[:, model.agent_cols] @ m))
+    s_l = _load_node_powers(model, p, q)
     v_l, conv, _ = solve_load_nodes(model, s_l, tol=tol)
     nb, nl = model.n_bus, model.n_load_nodes
     if not conv[0]:
         return np.full((nb, 3, len(agents)), np.nan), np.full((nb, 3), np.nan)
     v, s = v_l[0], s_l[0]
     z = model.z_ll
-    mm = z * (np.conj(s) / np.conj(v) ** 2)[None, :]
-    eye = np.eye(nl)
-    jac = np.block([[eye - mm.real, -mm.imag], [-mm.imag, eye + mm.real]])
+    jac = _real_jacobian(z, s, v)
     # dS at the load nodes for 1 kW on each agent, split over its connected phases
     split = (feeder.agent_phases / feeder.agent_phases.sum(axis=1, keepdims=True)).reshape(-1)
     ds = np.zeros((3 * feeder.n_agent, len(agents)))
     for j, a in enumerate(agents):
         ds[3 * a: 3 * a + 3, j] = split[3 * a: 3 * a + 3]
-    ds_l = (ds[model.agent_cols].T @ m).T  # (L, agents), pu (real: active power)
+    ds_l = _load_node_powers(model, ds.T, np.zeros_like(ds.T)).real.T  # (L, agents), pu
     di_s = -ds_l / np.conj(v)[:, None]  # -conj(dS)/conj(V), dS real
     rhs = z @ di_s
     dx = np.linalg.solve(jac, np.concatenate([rhs.real, rhs.imag]))

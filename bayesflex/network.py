@@ -66,6 +66,7 @@ class NetworkModel:
     vmon_phase_start: np.ndarray  # (3,) first row of each phase in vmon_*
     line_rows: BranchRows  # from end then to end, per line
     line_i_max_a: np.ndarray
+    line_rating_per_row_a: np.ndarray  # (rows,) the smallest rating among the branch ends sharing a row
     trafo_rows: BranchRows  # per transformer: hv end then lv end
     trafo_i_rated_a: np.ndarray  # (n_trafo, 2) hv, lv
     source_rows: BranchRows  # source current per phase (complex: the source power needs it)
@@ -147,11 +148,12 @@ def _assemble(feeder: Feeder):
     z_base, _ = _bus_bases(feeder)
     rows, cols, vals = [], [], []
 
-    def add(bi: np.ndarray, bj: np.ndarray, blocks: np.ndarray) -> None:
+    def add(bi, bj, blocks: np.ndarray) -> None:
         """Stamp 3x3 ``blocks (n, 3, 3)`` at bus pairs ``(bi, bj)``."""
+        shape = np.shape(blocks)
         ph = np.arange(3)
-        rows.append((3 * np.asarray(bi)[:, None, None] + ph[None, :, None] + 0 * ph).ravel())
-        cols.append((3 * np.asarray(bj)[:, None, None] + 0 * ph[:, None] + ph[None, None, :]).ravel())
+        rows.append(np.broadcast_to(3 * np.asarray(bi)[:, None, None] + ph[:, None], shape).ravel())
+        cols.append(np.broadcast_to(3 * np.asarray(bj)[:, None, None] + ph[None, :], shape).ravel())
         vals.append(np.asarray(blocks).ravel())
 
     zb = z_base[feeder.line_from]
@@ -273,6 +275,8 @@ def build_model(feeder: Feeder) -> NetworkModel:
     line_to_end = branch_rows(line_ff, line_ft, lt, lf, i_base[lt])
     both = np.concatenate([line_from_end, line_to_end]).reshape(-1, 1 + len(load_nodes))
     line_rows = _unique_rows(both[:, 0], both[:, 1:], (2 * feeder.n_line, 3))
+    rating_per_row = np.full(len(line_rows.i0_a), np.inf)
+    np.minimum.at(rating_per_row, line_rows.inverse, np.tile(feeder.line_i_max_a, 2)[:, None].repeat(3, 1))
 
     tr_list, rated = [], []
     for t, blk in zip(feeder.trafos, trafo_blocks):
@@ -313,6 +317,7 @@ def build_model(feeder: Feeder) -> NetworkModel:
         vmon_phase_start=np.array(starts),
         line_rows=line_rows,
         line_i_max_a=np.asarray(feeder.line_i_max_a, float),
+        line_rating_per_row_a=rating_per_row,
         trafo_rows=trafo_rows,
         trafo_i_rated_a=np.array(rated, float).reshape(-1, 2),
         source_rows=BranchRows(i0_a=src_a[:, 0].copy(), k_a=src_a[:, 1:].copy(),
