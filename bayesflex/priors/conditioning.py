@@ -25,7 +25,7 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import ConfigError
-from .baseload import FLOOR_KW, shape_factor
+from .baseload import FLOOR_KW, half_hour_of_day, shape_factor
 from .config import Priors, load_priors
 
 __all__ = ["Posterior", "condition", "read_observations"]
@@ -113,6 +113,16 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.Da
         raise ConfigError(f"{where}: p_kw = {p.iloc[row]} in row {row + 2} is negative "
                           "(demand readings must be >= 0; net metering with PV is not supported)")
     df["p_kw"] = p
+    wide = _wide(df, "p_kw", where, agents, "readings")
+    if len(wide) < 2:
+        raise ConfigError(f"{where}: at least two half-hours of readings are needed")
+    return wide
+
+
+def _wide(df: pd.DataFrame, column: str, where: str, agents, what: str) -> pd.DataFrame:
+    """Tidy rows (agent, time, column) -> time x agent, with the checks both
+    kinds of log need: known agents, half-hour times, one value per agent and
+    time, and a complete series for every agent over the same period."""
     if agents is not None:
         bad = sorted(set(df["agent"]) - set(agents))
         if bad:
@@ -122,8 +132,8 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.Da
         raise ConfigError(f"{where}: times must fall on half-hours (the start of each half-hour)")
     if df.duplicated(["agent", "time"]).any():
         a, t = df.loc[df.duplicated(["agent", "time"]), ["agent", "time"]].iloc[0]
-        raise ConfigError(f"{where}: agent {a!r} has two readings at {t}")
-    wide = df.pivot(index="time", columns="agent", values="p_kw").sort_index()
+        raise ConfigError(f"{where}: agent {a!r} has two {what} at {t}")
+    wide = df.pivot(index="time", columns="agent", values=column).sort_index()
     full = pd.date_range(wide.index[0], wide.index[-1], freq="30min")
     if len(full) != len(wide) or wide.isna().any().any():
         wide = wide.reindex(full)
@@ -131,8 +141,6 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.Da
         first_gap = wide.index[wide[agent].isna()][0]
         raise ConfigError(f"{where}: agent {agent!r} has a gap at {first_gap} "
                           "(every agent needs a complete half-hourly series over the same period)")
-    if len(wide) < 2:
-        raise ConfigError(f"{where}: at least two half-hours of readings are needed")
     return wide
 
 
@@ -157,20 +165,7 @@ def read_ev_states(source, *, agents: tuple[str, ...] | None = None) -> tuple[np
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: column time is not a date-time: {e}") from e
     df = df.assign(code=df["state"].astype(str).map(code).astype(float), time=times, agent=df["agent"].astype(str))
-    if agents is not None:
-        unknown = sorted(set(df["agent"]) - set(agents))
-        if unknown:
-            raise ConfigError(f"{where}: agent(s) {', '.join(map(repr, unknown[:5]))} not on the feeder")
-    if df.duplicated(["agent", "time"]).any():
-        raise ConfigError(f"{where}: an agent has two states at the same time")
-    wide = df.pivot(index="time", columns="agent", values="code").sort_index()
-    full = pd.date_range(wide.index[0], wide.index[-1], freq="30min")
-    if (wide.index != wide.index.floor("30min")).any():
-        raise ConfigError(f"{where}: times must fall on half-hours")
-    if len(full) != len(wide) or wide.isna().any().any():
-        wide = wide.reindex(full)
-        car = wide.columns[wide.isna().any()][0]
-        raise ConfigError(f"{where}: agent {car!r} has a gap at {wide.index[wide[car].isna()][0]}")
+    wide = _wide(df, "code", where, agents, "states")
     states = wide.to_numpy().astype(int)
     for i, j in IMPOSSIBLE:
         hit = np.argwhere((states[:-1] == i) & (states[1:] == j))
@@ -178,8 +173,6 @@ def read_ev_states(source, *, agents: tuple[str, ...] | None = None) -> tuple[np
             t, c = hit[0]
             raise ConfigError(f"{where}: agent {wide.columns[c]!r} goes from {STATES[i]} to {STATES[j]} at "
                               f"{wide.index[t + 1]} without moving (not possible in the model)")
-    from .baseload import half_hour_of_day
-
     return states, half_hour_of_day(wide.index.values)
 
 

@@ -64,9 +64,6 @@ SCHEMA: dict[str, dict[str, str]] = {
         "shelf_warming_c_per_min": "positive",
     },
 }
-#: technologies a later version will model; named so that a file using them
-#: gets a clear error instead of being silently ignored
-NOT_YET: tuple[str, ...] = ()
 _EXTRA_KEYS = {
     "baseload": {"shape_kw"},
     "pv": {"penetration", "agents", "tilt_deg", "azimuth_deg"},
@@ -149,12 +146,20 @@ def _number(tab: dict, key: str, where: str, *, lo: float, hi: float, default=No
     return float(v)
 
 
+def _numbers(tab: dict, key: str, where: str, *, lo: float, hi: float, n: int | None, what: str,
+             default=None) -> tuple[float, ...]:
+    """A list of numbers in [lo, hi] (``hi`` excluded when ``what`` says so), of length ``n`` if given."""
+    v = tab.get(key, default)
+    ok = isinstance(v, list) and (n is None or len(v) == n) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and lo <= x <= hi for x in v)
+    if not ok:
+        raise ConfigError(f"{where} {key}: must be {what}")
+    return tuple(float(x) for x in v)
+
+
 def parse_priors(cfg: dict, *, origin: str, text: str = "", name: str = "priors") -> Priors:
-    known = {"horizon", "site", *SCHEMA, *NOT_YET}
+    known = {"horizon", "site", *SCHEMA}
     for table in cfg:
-        if table in NOT_YET:
-            raise ConfigError(f"{origin}: [{table}] is not modelled yet in this version "
-                              f"(modelled: {', '.join(SCHEMA)}); remove the table")
         if table not in known:
             raise ConfigError(f"{origin}: unknown table [{table}] (allowed: horizon, site, {', '.join(SCHEMA)})")
     hz = cfg.get("horizon", {})
@@ -216,21 +221,14 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
             agents = tuple(agents)
     extra = {}
     if tech == "baseload":
-        shape = tab.get("shape_kw")
-        if (not isinstance(shape, list) or len(shape) != HALF_HOURS_PER_DAY
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in shape)
-                or sum(shape) <= 0):
-            raise ConfigError(f"{where} shape_kw: must be {HALF_HOURS_PER_DAY} non-negative numbers "
-                              "(mean kW per half-hour from 00:00), not all zero")
-        extra["shape_kw"] = tuple(float(x) for x in shape)
+        what = f"{HALF_HOURS_PER_DAY} non-negative numbers (mean kW per half-hour from 00:00), not all zero"
+        extra["shape_kw"] = _numbers(tab, "shape_kw", where, lo=0, hi=float("inf"), n=HALF_HOURS_PER_DAY, what=what)
+        if sum(extra["shape_kw"]) <= 0:
+            raise ConfigError(f"{where} shape_kw: must be {what}")
     if tech == "ev":
         for key in ("leave_home", "leave_other", "home_share"):
-            v = tab.get(key)
-            if (not isinstance(v, list) or len(v) != HALF_HOURS_PER_DAY
-                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in v)):
-                raise ConfigError(f"{where} {key}: must be {HALF_HOURS_PER_DAY} probabilities in [0, 1] "
-                                  "(one per half-hour from 00:00)")
-            extra[key] = tuple(float(x) for x in v)
+            extra[key] = _numbers(tab, key, where, lo=0, hi=1, n=HALF_HOURS_PER_DAY,
+                                  what=f"{HALF_HOURS_PER_DAY} probabilities in [0, 1] (one per half-hour from 00:00)")
         extra["keep_moving"] = _number(tab, "keep_moving", where, lo=0, hi=1)
         extra["concentration"] = _number(tab, "concentration", where, lo=1e-6, hi=1e9)
         extra["charge_efficiency"] = _number(tab, "charge_efficiency", where, lo=1e-6, hi=1, default=0.9)
@@ -253,11 +251,8 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
         extra["setpoint_c"] = _number(tab, "setpoint_c", where, lo=-40, hi=20)
         extra["cpt_max_c"] = _number(tab, "cpt_max_c", where, lo=extra["setpoint_c"] + 1e-6, hi=30)
         extra["suction_flex"] = _number(tab, "suction_flex", where, lo=0, hi=1, default=0.0)
-        hours = tab.get("defrost_hours", [])
-        if not isinstance(hours, list) or not all(
-                isinstance(h, (int, float)) and not isinstance(h, bool) and 0 <= h < 24 for h in hours):
-            raise ConfigError(f"{where} defrost_hours: must be a list of hours of the day in [0, 24)")
-        extra["defrost_hours"] = tuple(float(h) for h in hours)
+        extra["defrost_hours"] = _numbers(tab, "defrost_hours", where, lo=0, hi=24 - 1e-9, n=None, default=[],
+                                          what="a list of hours of the day in [0, 24)")
     if tech == "pv":
         extra["tilt_deg"] = _number(tab, "tilt_deg", where, lo=0, hi=90, default=35.0)
         extra["azimuth_deg"] = _number(tab, "azimuth_deg", where, lo=0, hi=360, default=180.0)

@@ -23,9 +23,10 @@ __all__ = ["sample_priors", "draw_parameters"]
 MODELS = {"baseload": baseload, "pv": pv, "ev": ev, "heat_pump": heat_pump, "battery": battery,
           "refrigeration": refrigeration}
 #: position of each stream in SeedSequence(seed).spawn(...): never reorder
-STREAMS = {"pymc": 0, "baseload": 1, "pv": 2, "pv_ownership": 3, "posterior": 4, "ev": 5, "ev_ownership": 6, "heat_pump": 7,
-           "heat_pump_ownership": 8, "battery_ownership": 9,
-           "refrigeration_ownership": 10}
+STREAMS = {
+    "pymc": 0, "baseload": 1, "pv": 2, "pv_ownership": 3, "posterior": 4, "ev": 5, "ev_ownership": 6,
+    "heat_pump": 7, "heat_pump_ownership": 8, "battery_ownership": 9, "refrigeration_ownership": 10,
+}
 
 
 def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.SeedSequence,
@@ -108,12 +109,15 @@ def sample_priors(
     predictive: attrs ``conditioned = 1``).
 
     Returns an ``xarray.Dataset`` with ``p_kw``, ``q_kvar`` (net, load
-    positive), the components ``p_base_kw``, ``q_base_kvar``, ``p_pv_kw``, the
+    positive), the components ``p_base_kw``, ``q_base_kvar``, ``p_pv_kw``,
+    ``p_ev_kw``, ``p_hp_kw``, ``p_battery_kw``, ``p_refrigeration_kw``, the
     flexibility bounds ``p_lb_kw``/``p_ub_kw`` — all ``(chain, draw, time,
-    agent, phase)`` in kW/kvar — and the sampled parameters (``chain, draw[,
-    agent]``), the PV ownership and the shared clear-sky index.  The power
-    arrays are float32 (kW to 7 significant digits: half the memory of
-    float64).  Same inputs and seed give identical numbers.
+    agent, phase)`` in kW/kvar — the sampled parameters (``chain, draw[,
+    agent]``) and each technology's state (ownership, the shared clear-sky
+    index and outdoor temperature, EV states and SoC, battery SoC...).  Only
+    the baseload draws reactive power; the other technologies run at unity
+    power factor.  The power arrays are float32 (kW to 7 significant digits:
+    half the memory of float64).  Same inputs and seed give identical numbers.
     """
     from .conditioning import Posterior
 
