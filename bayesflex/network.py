@@ -64,6 +64,8 @@ class NetworkModel:
     vmon_v0: np.ndarray  # (R,) distinct monitored voltage rows, phase a rows first, then b, c
     vmon_w_t: np.ndarray  # (L, R)
     vmon_phase_start: np.ndarray  # (3,) first row of each phase in vmon_*
+    vmon_bus: np.ndarray  # (M,) the monitored buses (all but the source bus)
+    vmon_row: np.ndarray  # (M, 3) each monitored bus-phase -> its row in vmon_*
     line_rows: BranchRows  # from end then to end, per line
     line_i_max_a: np.ndarray
     line_rating_per_row_a: np.ndarray  # (rows,) the smallest rating among the branch ends sharing a row
@@ -303,6 +305,7 @@ def build_model(feeder: Feeder) -> NetworkModel:
         u = _unique_rows(v0_all[nodes], w_all[nodes], (len(nodes), 1))
         starts.append(sum(len(r.i0_a) for r in v_rows))
         v_rows.append(u)
+    vmon_row = np.stack([u.inverse[:, 0] + s for u, s in zip(v_rows, starts)], axis=1)
     return NetworkModel(
         n_bus=nb,
         load_nodes=load_nodes,
@@ -315,6 +318,8 @@ def build_model(feeder: Feeder) -> NetworkModel:
         vmon_v0=np.concatenate([r.i0_a for r in v_rows]),
         vmon_w_t=np.ascontiguousarray(np.concatenate([r.k_a for r in v_rows]).T),
         vmon_phase_start=np.array(starts),
+        vmon_bus=mon,
+        vmon_row=vmon_row,
         line_rows=line_rows,
         line_i_max_a=np.asarray(feeder.line_i_max_a, float),
         line_rating_per_row_a=rating_per_row,
