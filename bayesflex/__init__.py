@@ -6,6 +6,7 @@ Public surface (see DESIGN.md):
     lf = bf.solve_loadflow(feeder, p_kw, q_kvar)            # full results
     lf = bf.solve_loadflow(feeder, p_kw, q_kvar, full=False)  # reductions only
     ds = bf.sample_priors(feeder, "default", draws=1000, seed=1)  # agent powers
+    tree = bf.run_study(feeder="ieee_eu_lv", priors="default", draws=1000, seed=1)  # xarray.DataTree
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -31,13 +32,15 @@ __all__ = [
     "Transformer",
     "load_feeder",
     "condition",
+    "run_study",
     "load_priors",
     "sample_priors",
     "solve_loadflow",
     "validate_feeder",
 ]
 
-_LAZY = {"sample_priors": "bayesflex.priors", "load_priors": "bayesflex.priors", "condition": "bayesflex.priors"}
+_LAZY = {"sample_priors": "bayesflex.priors", "load_priors": "bayesflex.priors", "condition": "bayesflex.priors",
+         "run_study": "bayesflex.engine"}
 
 
 def __getattr__(name: str):

@@ -1,0 +1,220 @@
+"""The study engine: chunks of draws through priors, load flow and heuristic, in parallel.
+
+Draws are cut into chunks of :data:`CHUNK_DRAWS` -- a fixed number, never the
+number of workers -- and chunk ``c`` takes its random stream from
+``SeedSequence(seed).spawn(...)[c]``.  Each chunk samples its agents' powers,
+runs the load flow, the heuristic and the headroom products, and returns
+per-draw arrays plus *counts* for the probability maps (so memory stays
+bounded whatever the number of draws).  Inside a chunk BLAS runs on one
+thread, so a chunk's numbers are the same bit for bit in any process:
+``jobs=1`` and ``jobs=4`` give identical results.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+from .feeder import Feeder, load_feeder
+from .heuristic import Limits, assess, headroom, resolve_congestion
+
+__all__ = ["run_study", "CHUNK_DRAWS", "StudyOptions"]
+
+#: draws per chunk; part of what a seed means, so changing it changes every number
+CHUNK_DRAWS = 50
+
+#: agent power arrays that go into the predictive group (when the technology is present)
+PREDICTIVE = ("p_kw", "q_kvar", "p_lb_kw", "p_ub_kw")
+COMPONENTS = {"baseload": "p_base_kw", "pv": "p_pv_kw", "ev": "p_ev_kw", "heat_pump": "p_hp_kw",
+              "battery": "p_battery_kw", "refrigeration": "p_refrigeration_kw"}
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """What a chunk needs besides its draws; travels to the workers."""
+
+    limits: Limits = Limits()
+    method: str = "analytic"
+    start: str | None = None
+    periods: int | None = None
+    full_voltages: bool = False
+    headroom: bool = True
+
+
+def _chunk_seed(seed: int, index: int) -> int:
+    """A 128-bit integer seed for chunk ``index``, from ``SeedSequence(seed)``."""
+    child = np.random.SeedSequence(seed).spawn(index + 1)[index]
+    return int.from_bytes(child.generate_state(4, np.uint32).tobytes(), "little")
+
+
+def _run_chunk(feeder: Feeder, priors, index: int, draws: int, seed: int, opts: StudyOptions) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    from .priors import sample_priors
+
+    with threadpool_limits(limits=1):
+        ds = sample_priors(feeder, priors, draws=draws, seed=_chunk_seed(seed, index), start=opts.start,
+                           periods=opts.periods)
+        keep = [k for k in ds.data_vars if k in PREDICTIVE or ds[k].dims[:2] == ("chain", "draw")
+                and ds[k].ndim < 5]
+        keep += [COMPONENTS[t] for t in COMPONENTS if t in _technologies(priors)]
+        return _physics(feeder, ds, opts) | {"draws": ds[keep]}
+
+
+def _technologies(priors) -> tuple[str, ...]:
+    pri = getattr(priors, "priors", priors)  # a Posterior carries its Priors
+    return tuple(pri.technologies)
+
+
+def _physics(feeder: Feeder, ds, opts: StudyOptions) -> dict:
+    """Load flow, congestion counts, heuristic and headroom for one chunk's draws."""
+    g = {k: ds[k].values[0].astype(float) for k in PREDICTIVE}  # (draw, time, agent, phase)
+    p, q, lb, ub = g["p_kw"], g["q_kvar"], g["p_lb_kw"], g["p_ub_kw"]
+    lim = opts.limits
+    st = assess(feeder, p, q, limits=lim)
+    bad = ~st.converged  # a draw without a solution counts against every limit
+    buses, v = st.bus_v_pu()
+    overloaded = st.line_overloaded(lim.loading_max_pu)
+    trafo = st.trafo_loading_pu()
+    n_under = np.zeros(v.shape[1:2] + (feeder.n_bus, 3), np.int32)
+    n_over = np.zeros_like(n_under)
+    with np.errstate(invalid="ignore"):
+        n_under[:, buses] = ((v < lim.v_min_pu) | bad[..., None, None]).sum(axis=0)
+        n_over[:, buses] = ((v > lim.v_max_pu) | bad[..., None, None]).sum(axis=0)
+        out = {
+            "n_undervoltage": n_under, "n_overvoltage": n_over,
+            "n_overload": (overloaded | bad[..., None]).sum(axis=0, dtype=np.int32),
+            "n_trafo_overload": ((trafo > lim.loading_max_pu) | bad).sum(axis=0, dtype=np.int32),
+        }
+    v_min, v_max = st.v_extremes_pu()
+    out |= {
+        "v_min_pu": v_min, "v_max_pu": v_max, "loading_max_pu": st.loading_max_pu(),
+        "trafo_loading_pu": trafo, "converged": st.converged, "iterations": st.iterations.astype(np.int32),
+    }
+    if opts.full_voltages:
+        full = np.full(v.shape[:2] + (feeder.n_bus, 3), np.nan, np.float32)
+        full[:, :, buses] = v
+        src = feeder.source.bus  # the source bus holds the source voltage (no load flow needed)
+        full[:, :, src] = np.where(st.converged[..., None], np.abs(feeder.model.v0_all[3 * src:3 * src + 3]), np.nan)
+        out["v_pu"] = full
+    del v, overloaded
+    adj = resolve_congestion(feeder, p, q, lb, ub, limits=lim, method=opts.method, start=st)
+    del st
+    out |= {
+        "adjust_up_kw": adj.adjust_up_kw.astype(np.float32),
+        "adjust_down_kw": adj.adjust_down_kw.astype(np.float32),
+        "sensitivity_rank": adj.rank, "congested": adj.congested, "resolved": adj.resolved,
+        "exceedance_pu": adj.exceedance_pu.astype(np.float32), "rounds": adj.rounds.astype(np.int16),
+    }
+    if opts.headroom:
+        up, down, ok_up, ok_dn = headroom(feeder, adj.p_kw, q, lb, ub, limits=lim, method=opts.method,
+                                          secure=adj.resolved)
+        out |= {"headroom_up_kw": up.astype(np.float32), "headroom_down_kw": down.astype(np.float32),
+                "headroom_ok": ok_up & ok_dn}
+    return out
+
+
+def _check_draws(draws) -> int:
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
+        raise ConfigError(f"draws = {draws!r}: must be a positive whole number")
+    return int(draws)
+
+
+def _check_jobs(jobs) -> int:
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs == 0 or jobs < -1:
+        raise ConfigError(f"jobs = {jobs!r}: must be a positive whole number, or -1 for every core")
+    return int(jobs)
+
+
+def run_study(
+    feeder: Feeder | str | Path = "ieee_eu_lv",
+    priors="default",
+    *,
+    draws: int = 1000,
+    seed: int = 1,
+    jobs: int = 1,
+    observations=None,
+    ev_states=None,
+    start: str | None = None,
+    periods: int | None = None,
+    limits: Limits | None = None,
+    method: str = "analytic",
+    full_voltages: bool = False,
+    headroom: bool = True,
+    backend: str | None = None,
+    progress: bool | None = None,
+    command: str | None = None,
+):
+    """Run a probabilistic congestion study.
+
+    Parameters
+    ----------
+    feeder : name of ``feeders/<name>.toml``, a path, or a :class:`Feeder`.
+    priors : name of ``priors/<name>.toml``, a path, a ``Priors`` or a ``Posterior``.
+    draws : number of draws (one chain).
+    seed : the study's seed; same inputs and seed give identical numbers.
+    jobs : parallel workers (-1: every core); the numbers do not depend on it.
+    observations, ev_states : metered readings / EV logs (CSV or NetCDF paths
+        or tables); when given, the priors are conditioned on them first
+        (:func:`bayesflex.condition`) and the draws come from the posterior.
+    start, periods : the horizon (default: the priors file's, 96 half-hours).
+    limits : voltage and thermal limits (default: the feeder's, 0.94-1.10 pu, and ratings).
+    method : sensitivity method of the heuristic, "analytic" or "perturb".
+    full_voltages : also keep every bus voltage of every draw (large).
+    headroom : compute the turn-up/turn-down headroom products.
+    backend : a joblib backend name ("loky" by default; "dask" on a cluster).
+    progress : show a progress bar (default: when stderr is a terminal).
+    command : the command line that produced the study, for provenance.
+
+    Returns
+    -------
+    xarray.DataTree with the groups described in :mod:`bayesflex.results`.
+    """
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    from . import priors as pri_mod
+    from .results import Collector, build_tree
+
+    draws = _check_draws(draws)
+    jobs = _check_jobs(jobs)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed = {seed!r}: must be a non-negative whole number")
+    if method not in ("analytic", "perturb"):
+        raise ConfigError(f"method {method!r} unknown (allowed: 'analytic', 'perturb')")
+    fd = feeder if isinstance(feeder, Feeder) else load_feeder(feeder)
+    pr = priors
+    if isinstance(pr, (str, Path)):
+        pr = pri_mod.load_priors(pr)
+    posterior = None
+    if observations is not None or ev_states is not None:
+        base = pr.priors if isinstance(pr, pri_mod.Posterior) else pr
+        posterior = pri_mod.condition(base, observations, ev_states=ev_states, agents=fd.agents, seed=int(seed))
+        pr = posterior
+    elif isinstance(pr, pri_mod.Posterior):
+        posterior = pr
+    limits = limits or Limits(v_min_pu=fd.v_min_pu, v_max_pu=fd.v_max_pu)
+    opts = StudyOptions(limits=limits, method=method, start=start, periods=periods,
+                        full_voltages=full_voltages, headroom=headroom)
+    _ = fd.model  # build once here, so that workers receive it with the feeder
+    chunks = [(c, a, min(draws, a + CHUNK_DRAWS)) for c, a in enumerate(range(0, draws, CHUNK_DRAWS))]
+    n_jobs = min(os.cpu_count() or 1, len(chunks)) if jobs == -1 else min(jobs, len(chunks))
+    tasks = (delayed(_run_chunk)(fd, pr, c, b - a, int(seed), opts) for c, a, b in chunks)
+    bar = tqdm(total=draws, unit="draw", desc=f"study {fd.name}", disable=(not progress) if progress is not None
+               else None, leave=False)
+    col = Collector(draws)
+    try:
+        if n_jobs == 1 and backend is None:
+            results = (_run_chunk(fd, pr, c, b - a, int(seed), opts) for c, a, b in chunks)
+        else:
+            results = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(tasks)
+        for (c, a, b), part in zip(chunks, results):
+            col.add(part, a, b)
+            bar.update(b - a)
+    finally:
+        bar.close()
+    return build_tree(fd, pr, posterior, col, draws=draws, seed=int(seed), opts=opts, command=command)

@@ -1,0 +1,304 @@
+"""A study's results as an ``xarray.DataTree`` with ArviZ group names, and its NetCDF file.
+
+Groups (dimensions in the order ``chain, draw, time, agent|bus|line, phase``):
+
+``prior_predictive`` (``posterior_predictive`` when conditioned)
+    agent powers: ``p_kw``, ``q_kvar``, ``p_lb_kw``, ``p_ub_kw`` and one
+    component per technology present (``p_base_kw``, ``p_pv_kw``...).
+``prior`` (``posterior``)
+    the sampled parameters and technology states.
+``observed_data``
+    the meter readings conditioned on, when there were any.
+``network``
+    per draw: ``v_min_pu``/``v_max_pu`` per phase, ``loading_max_pu``,
+    ``trafo_loading_pu``; probabilities with their Monte Carlo standard errors
+    (``*_mcse``): ``p_undervoltage``/``p_overvoltage (time, bus, phase)``,
+    ``p_overload (time, line)``, ``p_trafo_overload (time)``; with
+    ``full_voltages`` also ``v_pu``.
+``heuristic``
+    ``adjust_up_kw``, ``adjust_down_kw``, ``headroom_up_kw``,
+    ``headroom_down_kw``, ``sensitivity_rank`` per agent and phase;
+    ``congested`` per phase, ``resolved``, ``exceedance_pu``; portfolio sums.
+``summary``
+    probabilities of congestion per time and phase and over the horizon, of
+    unresolved congestion, and the portfolio flexibility at confidence levels.
+``sample_stats``
+    ``converged``, ``iterations`` of the load flow, heuristic ``rounds``.
+``constant_data``
+    the feeder's topology: agents' buses and phases, lines' ends and ratings.
+
+A draw whose load flow did not converge is kept: ``converged=False``, counted
+as congested on every phase and as violating every limit.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .errors import ConfigError
+from .feeder import PHASES, Feeder
+
+__all__ = ["build_tree", "save_study", "open_study", "mcse", "RESULT_FILE", "CONFIDENCE"]
+
+RESULT_FILE = "result.nc"
+#: confidence levels at which the portfolio flexibility is summarised
+CONFIDENCE = (0.5, 0.9, 0.95)
+_VERSIONS = ("numpy", "scipy", "xarray", "pandas", "pymc", "arviz", "joblib", "pandapower", "pvlib", "demandlib",
+             "h5netcdf")
+
+_PER_DRAW = {  # name -> (dims after chain, draw; group; attrs)
+    "v_min_pu": (("time", "phase"), "network", {"units": "pu", "long_name": "lowest bus voltage (source bus excluded)"}),
+    "v_max_pu": (("time", "phase"), "network", {"units": "pu", "long_name": "highest bus voltage (source bus excluded)"}),
+    "loading_max_pu": (("time",), "network", {"units": "pu", "long_name": "highest line current / rating"}),
+    "trafo_loading_pu": (("time",), "network", {"units": "pu", "long_name": "transformer current / rated current"}),
+    "v_pu": (("time", "bus", "phase"), "network", {"units": "pu", "long_name": "bus voltage, phase to neutral"}),
+    "adjust_up_kw": (("time", "agent", "phase"), "heuristic",
+                     {"units": "kW", "long_name": "turn-up the network asks of the agent"}),
+    "adjust_down_kw": (("time", "agent", "phase"), "heuristic",
+                       {"units": "kW", "long_name": "turn-down the network asks of the agent"}),
+    "headroom_up_kw": (("time", "agent", "phase"), "heuristic",
+                       {"units": "kW", "long_name": "turn-up deliverable with the whole portfolio turning up"}),
+    "headroom_down_kw": (("time", "agent", "phase"), "heuristic",
+                         {"units": "kW", "long_name": "turn-down deliverable with the whole portfolio turning down"}),
+    "sensitivity_rank": (("time", "agent", "phase"), "heuristic",
+                         {"units": "1", "long_name": "agent's rank for the phase's worst violation (1 = most "
+                                                     "effective, 0 = phase not congested)"}),
+    "congested": (("time", "phase"), "heuristic", {"long_name": "a limit is broken on the phase, or no load flow"}),
+    "exceedance_pu": (("time", "phase"), "heuristic",
+                      {"units": "pu", "long_name": "worst exceedance of a limit before adjustment (<= 0: within)"}),
+    "resolved": (("time",), "heuristic", {"long_name": "within limits after adjustment, confirmed by a load flow"}),
+    "headroom_ok": (("time",), "heuristic", {"long_name": "both headroom products were made secure"}),
+    "converged": (("time",), "sample_stats", {"long_name": "the load flow converged"}),
+    "iterations": (("time",), "sample_stats", {"units": "1"}),
+    "rounds": (("time",), "sample_stats", {"units": "1", "long_name": "heuristic adjust/re-solve rounds"}),
+}
+_COUNTS = {
+    "n_undervoltage": ("p_undervoltage", ("time", "bus", "phase")),
+    "n_overvoltage": ("p_overvoltage", ("time", "bus", "phase")),
+    "n_overload": ("p_overload", ("time", "line")),
+    "n_trafo_overload": ("p_trafo_overload", ("time",)),
+}
+
+
+def mcse(p, n: int):
+    """Monte Carlo standard error of a probability estimated from ``n`` independent draws."""
+    return np.sqrt(p * (1 - p) / n)
+
+
+class Collector:
+    """Gathers chunk results into preallocated arrays as they arrive (bounded memory)."""
+
+    def __init__(self, draws: int):
+        self.draws = draws
+        self.arrays: dict[str, np.ndarray] = {}
+        self.counts: dict[str, np.ndarray] = {}
+        self.pred: dict[str, np.ndarray] = {}
+        self.pred_attrs: dict[str, dict] = {}
+        self.rest: list[xr.Dataset] = []
+        self.coords = None
+        self.attrs = None
+
+    def add(self, part: dict, a: int, b: int) -> None:
+        ds = part.pop("draws")
+        for k, v in part.items():
+            if k in _COUNTS:
+                self.counts[k] = self.counts[k] + v if k in self.counts else v.astype(np.int64)
+            else:
+                if k not in self.arrays:
+                    self.arrays[k] = np.empty((self.draws,) + v.shape[1:], v.dtype)
+                self.arrays[k][a:b] = v
+        names = [n for n in ds.data_vars if ds[n].dims == ("chain", "draw", "time", "agent", "phase")]
+        for n in names:
+            if n not in self.pred:
+                self.pred[n] = np.empty((self.draws,) + ds[n].shape[2:], ds[n].dtype)
+                self.pred_attrs[n] = dict(ds[n].attrs)
+            self.pred[n][a:b] = ds[n].values[0]
+        self.rest.append(ds.drop_vars(names).assign_coords(draw=np.arange(a, b)))
+        if self.coords is None:
+            self.coords = {k: ds.coords[k].values for k in ("time", "agent", "phase")}
+            self.attrs = dict(ds.attrs)
+
+
+def _provenance(feeder: Feeder, priors, posterior, *, draws: int, seed: int, opts, command: str | None) -> dict:
+    from . import __version__
+    from .engine import CHUNK_DRAWS
+
+    pri = posterior.priors if posterior is not None else priors
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONS:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    lim = opts.limits
+    attrs = {
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "creation_library": "bayesflex",
+        "bayesflex_version": __version__,
+        "versions": json.dumps(versions, sort_keys=True),
+        "seed": int(seed), "draws": int(draws), "chunk_draws": CHUNK_DRAWS,
+        "feeder": feeder.name, "feeder_origin": str(feeder.origin), "feeder_sha256": feeder.sha256,
+        "priors": pri.name, "priors_origin": str(getattr(pri, "origin", "")), "priors_sha256": pri.sha256,
+        "priors_toml": pri.text,
+        "conditioned": int(posterior is not None),
+        "v_min_pu": lim.v_min_pu, "v_max_pu": lim.v_max_pu, "loading_max_pu": lim.loading_max_pu,
+        "sensitivity_method": opts.method,
+        "headroom_definition": "joint: every agent turns up (down) together; the heuristic takes back what breaks "
+                               "a limit, most effective agents first; confirmed by a load flow",
+        "command": command or "",
+    }
+    if posterior is not None:
+        attrs["observations_sha256"] = posterior.observations_sha256
+        attrs["observed_agents"] = ",".join(posterior.agents)
+        attrs["conditioning_ok"] = int(posterior.ok)
+        attrs["conditioning_diagnostics"] = json.dumps(posterior.diagnostics, sort_keys=True, default=float)
+    return attrs
+
+
+def _constant_data(feeder: Feeder) -> xr.Dataset:
+    agent_phases = np.asarray(feeder.agent_phases, bool)
+    return xr.Dataset(
+        {
+            "agent_bus": (("agent",), np.array([feeder.buses[i] for i in feeder.agent_bus], dtype=object)),
+            "agent_phases": (("agent", "phase"), agent_phases),
+            "line_from_bus": (("line",), np.array([feeder.buses[i] for i in feeder.line_from], dtype=object)),
+            "line_to_bus": (("line",), np.array([feeder.buses[i] for i in feeder.line_to], dtype=object)),
+            "line_i_max_a": (("line",), np.asarray(feeder.line_i_max_a, float), {"units": "A"}),
+            "source_bus": ((), feeder.buses[feeder.source.bus]),
+        },
+        coords={"agent": list(feeder.agents), "phase": list(PHASES), "line": list(feeder.lines),
+                "bus": list(feeder.buses)},
+    )
+
+
+def build_tree(feeder: Feeder, priors, posterior, col: Collector, *, draws: int, seed: int, opts,
+               command: str | None = None) -> xr.DataTree:
+    """Assemble the DataTree from a filled :class:`Collector`."""
+    n = draws  # one chain
+    coords = {"chain": [0], "draw": np.arange(draws), **col.coords, "bus": list(feeder.buses),
+              "line": list(feeder.lines)}
+    groups: dict[str, dict] = {"network": {}, "heuristic": {}, "sample_stats": {}}
+    for k, v in col.arrays.items():
+        dims, group, attrs = _PER_DRAW[k]
+        groups[group][k] = (("chain", "draw") + dims, v[None], attrs)
+    for k, c in col.counts.items():
+        name, dims = _COUNTS[k]
+        p = c / n
+        groups["network"][name] = (dims, p, {"units": "1", "long_name": f"probability ({n} draws)"})
+        groups["network"][f"{name}_mcse"] = (dims, mcse(p, n), {"units": "1", "long_name": "Monte Carlo SE"})
+    heur = groups["heuristic"]
+    pred = col.pred
+    heur["portfolio_p_kw"] = (("chain", "draw", "time"), pred["p_kw"].sum(axis=(2, 3), dtype=np.float64)[None],
+                              {"units": "kW", "long_name": "portfolio position P_T = sum of agent positions"})
+    for b in ("p_lb_kw", "p_ub_kw"):
+        heur[f"portfolio_{b}"] = (("chain", "draw", "time"), pred[b].sum(axis=(2, 3), dtype=np.float64)[None],
+                                  {"units": "kW", "long_name": "portfolio bound"})
+    summary = _summary(col, n)
+    for side in ("up", "down"):
+        if f"headroom_{side}_kw" in col.arrays:
+            tot = col.arrays[f"headroom_{side}_kw"].sum(axis=(2, 3), dtype=np.float64)  # (draw, time)
+            heur[f"portfolio_headroom_{side}_kw"] = (("chain", "draw", "time"), tot[None],
+                                                     {"units": "kW", "long_name": f"portfolio turn-{side} deliverable"})
+            # deliverable with confidence c: the (1 - c) quantile over draws
+            qs = np.quantile(tot, 1 - np.asarray(CONFIDENCE), axis=0)
+            summary[f"flex_{side}_kw"] = (("confidence", "time"), qs,
+                                          {"units": "kW", "long_name": f"portfolio turn-{side} deliverable with "
+                                                                       "at least this confidence"})
+    predictive = {k: (("chain", "draw", "time", "agent", "phase"), v[None], col.pred_attrs[k]) for k, v in pred.items()}
+    rest = xr.concat(col.rest, dim="draw", data_vars="minimal", coords="minimal", compat="override",
+                     join="override")
+    rest.attrs = {}
+    kind = "posterior" if posterior is not None else "prior"
+    tree = {
+        "/": xr.Dataset(attrs=_provenance(feeder, priors, posterior, draws=draws, seed=seed, opts=opts,
+                                          command=command)),
+        f"{kind}_predictive": xr.Dataset(predictive, coords=_sub(coords, "chain", "draw", "time", "agent", "phase")),
+        kind: rest,
+        "network": xr.Dataset(groups["network"], coords=_sub(coords, "chain", "draw", "time", "bus", "line", "phase")),
+        "heuristic": xr.Dataset(heur, coords=_sub(coords, "chain", "draw", "time", "agent", "phase")),
+        "summary": xr.Dataset(summary, coords={**_sub(coords, "time", "phase"), "confidence": list(CONFIDENCE)}),
+        "sample_stats": xr.Dataset(groups["sample_stats"], coords=_sub(coords, "chain", "draw", "time")),
+        "constant_data": _constant_data(feeder),
+    }
+    if posterior is not None and getattr(posterior, "idata", None) is not None and \
+            "observed_data" in posterior.idata.groups():
+        tree["observed_data"] = posterior.idata.observed_data
+    return xr.DataTree.from_dict(tree)
+
+
+def _sub(coords: dict, *names: str) -> dict:
+    return {k: coords[k] for k in names}
+
+
+def _summary(col: Collector, n: int) -> dict:
+    a = col.arrays
+    cong = a["congested"]  # (draw, time, phase)
+    out = {}
+
+    def prob(name, x, dims, what):
+        p = x.mean(axis=0)
+        out[name] = (dims, p, {"units": "1", "long_name": f"probability of {what} ({n} draws)"})
+        out[f"{name}_mcse"] = (dims, mcse(p, n), {"units": "1", "long_name": "Monte Carlo SE"})
+
+    prob("p_congested", cong, ("time", "phase"), "congestion on the phase")
+    prob("p_congested_any", cong.any(axis=2), ("time",), "congestion on any phase")
+    prob("p_congested_horizon", cong.any(axis=1), ("phase",), "congestion on the phase at least once in the horizon")
+    prob("p_unresolved", ~a["resolved"], ("time",), "congestion the agents' flexibility cannot resolve")
+    prob("p_nonconverged", ~a["converged"], ("time",), "no load-flow solution")
+    return out
+
+
+# ----------------------------------------------------------------------------
+# files
+# ----------------------------------------------------------------------------
+def save_study(tree: xr.DataTree, directory: str | Path) -> Path:
+    """Write ``directory/result.nc`` (NetCDF4 groups); written to a temporary
+    name and renamed, so a partial file is never taken for a finished one."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / RESULT_FILE
+    tmp = d / f".{RESULT_FILE}.partial-{os.getpid()}"
+    try:
+        tree.to_netcdf(tmp, engine="h5netcdf", encoding=_encoding(tree))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _encoding(tree: xr.DataTree) -> dict:
+    """Compress the large per-draw arrays (most agent-phase cells are zero)."""
+    enc = {}
+    for node in tree.subtree:
+        ds = node.dataset
+        group = {}
+        for name, var in ds.data_vars.items():
+            if var.ndim >= 3 and var.dtype.kind in "fiub" and var.size > 100_000:
+                group[name] = {"zlib": True, "complevel": 1, "shuffle": True}
+        if group:
+            enc[node.path] = group
+    return enc
+
+
+def open_study(path: str | Path) -> xr.DataTree:
+    """Open a study from its folder or its ``result.nc``; a clear error if it is not one."""
+    p = Path(path)
+    f = p / RESULT_FILE if p.is_dir() else p
+    if not f.is_file():
+        raise ConfigError(f"{f}: no study result here (expected {RESULT_FILE}, written by 'bayesflex run')")
+    try:
+        tree = xr.open_datatree(f, engine="h5netcdf")
+    except Exception as err:  # any reader failure means the same thing to the user
+        raise ConfigError(f"{f}: not a readable study result ({err})") from err
+    if tree.attrs.get("creation_library") != "bayesflex" or "heuristic" not in tree.children:
+        raise ConfigError(f"{f}: not a bayesflex study result (no provenance or no 'heuristic' group)")
+    return tree

@@ -1,0 +1,206 @@
+"""The study engine: probabilities against closed forms, reproducibility, parallel = serial."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from scipy.stats import norm
+
+import bayesflex as bf
+from bayesflex.engine import CHUNK_DRAWS, run_study
+from bayesflex.feeder import Source
+from bayesflex.heuristic import Limits
+from bayesflex.results import open_study, save_study
+
+V_BASE = 416 / math.sqrt(3)  # volts, phase to neutral
+PF = 0.95
+# ln p ~ Normal(MU - ln 24 - SD_NOISE^2 / 2, sqrt(SD_HOUSE^2 + SD_NOISE^2)): see priors/baseload.py
+MU, SD_HOUSE, SD_NOISE = math.log(24.0), 0.5, 0.5
+ONE_HOUSE_PRIORS = f"""
+[horizon]
+start = "2026-01-14T18:00"
+periods = 1
+[site]
+name = "test"
+latitude = 53.48
+longitude = -2.24
+[baseload]
+shape_kw = [{", ".join(["1.0"] * 48)}]
+log_daily_kwh_mean = {MU}
+log_daily_kwh_sd = {SD_HOUSE}
+noise_sd = {SD_NOISE}
+noise_rho = 0.4
+power_factor = {PF}
+"""
+
+
+def _one_house(z_aa_ohm: complex) -> bf.Feeder:
+    """A source, one line, one house on phase a.  Ideal source: the house's voltage
+    follows from V = E - Z_aa conj(S / V) alone (no current on phases b, c)."""
+    z = np.full((3, 3), 0.2 * z_aa_ohm)
+    np.fill_diagonal(z, z_aa_ohm)
+    feeder = bf.Feeder.build(
+        name="one_house", origin="tests/test_engine.py", f_hz=50.0, buses=("src", "house"),
+        bus_vn_kv=[0.416, 0.416], lines=("service",), line_from=[0], line_to=[1], line_z_ohm=[z],
+        line_y_s=np.zeros((1, 3, 3)), line_i_max_a=[1e4], trafos=(),
+        source=Source(bus=0, vm_pu=1.0, va_degree=0.0, z1_ohm=0j, z2_ohm=1e-6 + 0j, z0_ohm=1e-6 + 0j),
+        agents=("house",), agent_bus=[1], agent_phases=[[True, False, False]],
+        agent_p_kw=[[1.0, 0, 0]], agent_q_kvar=[[0.33, 0, 0]],
+    )
+    bf.validate_feeder(feeder)
+    return feeder
+
+
+def _a(z_aa_ohm: complex) -> complex:
+    return z_aa_ohm * (1 - 1j * math.tan(math.acos(PF)))
+
+
+def _p_at_voltage_kw(z_aa_ohm: complex, v_pu: float) -> float:
+    """Active power (kW) that puts the house at ``v_pu``: with V real,
+    E V = V^2 + Z (P - jQ), so |E|^2 V^2 = |V^2 + P a|^2, a = Z (1 - j tan phi)."""
+    a, v, e = _a(z_aa_ohm), v_pu * V_BASE, V_BASE
+    aa, ra = abs(a) ** 2, a.real
+    p_w = (-v * v * ra + math.sqrt((v * v * ra) ** 2 - aa * (v**4 - e * e * v * v))) / aa
+    return p_w / 1e3
+
+
+def _p_above(p_kw: float) -> float:
+    m = MU - math.log(24.0) - SD_NOISE**2 / 2
+    s = math.hypot(SD_HOUSE, SD_NOISE)
+    return float(norm.sf((math.log(p_kw) - m) / s))
+
+
+@pytest.fixture(scope="module")
+def one_house_priors(tmp_path_factory):
+    path = tmp_path_factory.mktemp("priors") / "one_house.toml"
+    path.write_text(ONE_HOUSE_PRIORS)
+    return path
+
+
+@pytest.mark.parametrize("v_min_pu", [0.99, 0.98, 0.97])
+def test_probability_of_undervoltage_matches_the_closed_form(one_house_priors, v_min_pu):
+    """P(V < v) = P(p > p*(v)) for a log-normal p: the estimate lies within 3
+    Monte Carlo standard errors (of the exact probability) of the exact value."""
+    z = 1.0 + 0.3j
+    feeder = _one_house(z)
+    n = 1000
+    tree = run_study(feeder, one_house_priors, draws=n, seed=7, limits=Limits(v_min_pu=v_min_pu), headroom=False)
+    exact = _p_above(_p_at_voltage_kw(z, v_min_pu))
+    assert 0.05 < exact < 0.95
+    se = math.sqrt(exact * (1 - exact) / n)
+    got = float(tree["network"]["p_undervoltage"].sel(bus="house", phase="a").item())
+    assert abs(got - exact) < 3 * se, (got, exact, se)
+    # the same number in the summary's congestion probability, with its standard error
+    s = tree["summary"]
+    assert float(s.p_congested.sel(phase="a").item()) == pytest.approx(got)
+    assert float(s.p_congested_mcse.sel(phase="a").item()) == pytest.approx(math.sqrt(got * (1 - got) / n))
+    # no flexibility in a baseload-only portfolio: every congested draw is unresolved
+    assert float(s.p_unresolved.item()) == pytest.approx(got)
+
+
+def test_draws_without_a_load_flow_solution_are_counted_as_congested(one_house_priors):
+    """Beyond the nose, P > E^2 / (2 (|a| + Re a)), there is no solution; the
+    engine must flag those draws, count them as congested, and not drop them."""
+    z = 25.0 + 8.0j
+    feeder = _one_house(z)
+    a = _a(z)
+    p_nose_kw = V_BASE**2 / (2 * (abs(a) + a.real)) / 1e3
+    n = 400
+    tree = run_study(feeder, one_house_priors, draws=n, seed=3, headroom=False)
+    conv = tree["sample_stats"]["converged"].values.ravel()
+    exact = _p_above(p_nose_kw)
+    assert abs((~conv).mean() - exact) < 3 * math.sqrt(exact * (1 - exact) / n)
+    h = tree["heuristic"]
+    assert h["congested"].values.reshape(n, 3)[~conv].all()
+    assert not h["resolved"].values.ravel()[~conv].any()
+    assert tree["heuristic"].sizes["draw"] == n
+    assert float(tree["summary"].p_nonconverged.item()) == pytest.approx((~conv).mean())
+    assert float(tree["network"]["p_undervoltage"].sel(bus="house", phase="a").item()) >= (~conv).mean()
+
+
+def _strip(tree: xr.DataTree) -> xr.DataTree:
+    out = tree.copy()
+    out.attrs = {k: v for k, v in tree.attrs.items() if k not in ("created_at", "command")}
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_study():
+    return run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, jobs=1)
+
+
+def test_parallel_equals_serial_bit_for_bit(small_study):
+    par = run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, jobs=2)
+    xr.testing.assert_identical(_strip(par), _strip(small_study))
+
+
+def test_same_seed_reproduces_the_file_and_another_seed_does_not(small_study, tmp_path):
+    save_study(small_study, tmp_path / "a")
+    again = run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4)
+    save_study(again, tmp_path / "b")
+    a, b = open_study(tmp_path / "a"), open_study(tmp_path / "b")
+    xr.testing.assert_identical(_strip(a), _strip(b))
+    for group in ("prior_predictive", "network", "heuristic", "summary", "sample_stats"):
+        xr.testing.assert_equal(a[group].to_dataset(), small_study[group].to_dataset())
+    other = run_study("ieee_eu_lv", "default", draws=10, seed=12, periods=4)
+    assert not np.array_equal(other["prior_predictive"]["p_kw"].values,
+                              small_study["prior_predictive"]["p_kw"].values[:, :10])
+    # more draws extend a study: the first chunk's numbers do not change
+    first = run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS, seed=11, periods=4)
+    xr.testing.assert_equal(first["heuristic"]["adjust_down_kw"],
+                            small_study["heuristic"]["adjust_down_kw"].isel(draw=slice(0, CHUNK_DRAWS)))
+
+
+def test_study_layout_follows_the_design(small_study, ieee):
+    t = small_study
+    assert {"prior_predictive", "prior", "network", "heuristic", "summary", "sample_stats",
+            "constant_data"} <= set(t.children)
+    assert "posterior_predictive" not in t.children and "posterior" not in t.children
+    pp = t["prior_predictive"]
+    assert pp["p_kw"].dims == ("chain", "draw", "time", "agent", "phase")
+    assert list(pp.phase.values) == ["a", "b", "c"] and pp.sizes["time"] == 4
+    assert pd.Timedelta(np.diff(pp.time.values)[0]) == pd.Timedelta("30min")
+    for name in ("adjust_up_kw", "adjust_down_kw", "headroom_up_kw", "headroom_down_kw", "sensitivity_rank"):
+        assert t["heuristic"][name].dims == ("chain", "draw", "time", "agent", "phase")
+    assert t["heuristic"]["congested"].dims == ("chain", "draw", "time", "phase")
+    assert t["network"]["p_undervoltage"].dims == ("time", "bus", "phase")
+    assert t["network"]["p_overload"].dims == ("time", "line")
+    assert t["network"]["p_undervoltage_mcse"].dims == ("time", "bus", "phase")
+    attrs = t.attrs
+    assert attrs["seed"] == 11 and attrs["feeder_sha256"] == ieee.sha256 and len(attrs["priors_sha256"]) == 64
+    assert "pymc" in attrs["versions"] and attrs["created_at"]
+    # the predictive draws are what the physics saw: the network's reductions follow from them
+    p = t["prior_predictive"]["p_kw"].values[0].astype(float)
+    q = t["prior_predictive"]["q_kvar"].values[0].astype(float)
+    lf = bf.solve_loadflow(ieee, p, q)
+    np.testing.assert_allclose(t["network"]["v_min_pu"].values[0], lf.v_min_pu, atol=1e-6)
+    np.testing.assert_allclose(t["network"]["loading_max_pu"].values[0], lf.loading_max_pu, rtol=1e-5)
+    # the portfolio position is the sum of the agents'
+    np.testing.assert_allclose(t["heuristic"]["portfolio_p_kw"].values, p.sum(axis=(2, 3))[None], rtol=1e-6)
+
+
+def test_conditioned_study_is_a_posterior(tmp_path):
+    log = "R" * 14 + "MM" + "C" * 16 + "M" + "R" * 15
+    logs = pd.DataFrame({"agent": "LOAD1", "time": pd.date_range("2026-01-05", periods=len(log), freq="30min"),
+                         "state": list(log)})
+    tree = run_study("ieee_eu_lv", "default", draws=5, seed=2, periods=2, ev_states=logs, headroom=False)
+    assert "posterior_predictive" in tree.children and "prior_predictive" not in tree.children
+    assert "posterior" in tree.children and tree.attrs["conditioned"] == 1
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"draws": 0}, "draws = 0"),
+    ({"jobs": 0}, "jobs = 0"),
+    ({"seed": -1}, "seed = -1"),
+    ({"method": "guess"}, "allowed: 'analytic', 'perturb'"),
+    ({"priors": "nope"}, "nope"),
+    ({"feeder": "atlantis"}, "atlantis"),
+])
+def test_bad_arguments_are_named(kw, words):
+    args = {"draws": 2, "periods": 1} | kw
+    with pytest.raises(bf.BayesflexError, match=words):
+        run_study(**args)
