@@ -1,90 +1,211 @@
-"""Command line: ``bayesflex run``.
+"""Command line: ``bayesflex run`` (a probabilistic study) and ``bayesflex query``.
 
-Until the probabilistic study engine lands, ``run`` is a deterministic
-48-hour half-hourly load-flow run on a feeder with standard household
-profiles (see :mod:`bayesflex.timeseries`).  It prints the minimum and
-maximum voltage per phase, the worst line and transformer loading, and the
-half-hours outside limits, and writes the time series to ``DIR/result.nc``.
+``bayesflex run`` with no arguments runs the default study: the IEEE European
+LV feeder, ``priors/default.toml``, 1,000 draws over 96 half-hours.  It writes
+``reports/<feeder>_<priors>/result.nc`` and prints what a DSO planner and an
+aggregator look at first.  ``bayesflex query DIR`` answers questions of a
+finished study.  Errors in what the user gave are printed in one line, with
+exit status 2 and no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import __version__
-from .errors import BayesflexError
+from .errors import BayesflexError, ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bayesflex", description="Probabilistic risk engine for LV networks")
     ap.add_argument("--version", action="version", version=f"bayesflex {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="48-hour half-hourly load-flow run on a feeder")
+
+    run = sub.add_parser("run", help="run a probabilistic congestion study",
+                         description="Sample agent powers, run the load flow and the network heuristic for "
+                                     "every draw and half-hour, and write DIR/result.nc.")
     run.add_argument("--feeder", default="ieee_eu_lv", help="feeder name or path (default: ieee_eu_lv)")
-    run.add_argument("--start", default="2026-01-14", help="first half-hour, e.g. 2026-01-14 (a winter weekday)")
-    run.add_argument("--periods", type=int, default=96, help="number of half-hours (default: 96 = 48 h)")
-    run.add_argument("--seed", type=int, default=1, help="seed of the per-household scale factors")
-    run.add_argument("--out", default=None, help="output folder (default: reports/<feeder>)")
+    run.add_argument("--priors", default="default", help="prior set name or path (default: default)")
+    run.add_argument("--draws", type=int, default=1000, help="number of draws (default: 1000)")
+    run.add_argument("--seed", type=int, default=1, help="seed; same inputs and seed give identical numbers")
+    run.add_argument("--jobs", type=int, default=-1, help="parallel workers, -1 = every core (default); "
+                                                          "the numbers do not depend on it")
+    run.add_argument("--observations", default=None, help="meter readings (CSV/NetCDF) to condition on")
+    run.add_argument("--ev-states", default=None, help="EV state logs (CSV) to condition on")
+    run.add_argument("--start", default=None, help="first half-hour (default: the priors file's)")
+    run.add_argument("--periods", type=int, default=None, help="half-hours (default: the priors file's, 96)")
+    run.add_argument("--method", default="analytic", choices=("analytic", "perturb"),
+                     help="sensitivity method of the heuristic (default: analytic)")
+    run.add_argument("--full-voltages", action="store_true", help="keep every bus voltage of every draw")
+    run.add_argument("--out", default=None, help="output folder (default: reports/<feeder>_<priors>)")
+
+    q = sub.add_parser("query", help="ask a finished study a question",
+                       description="Probabilities (with Monte Carlo error) and quantiles from DIR/result.nc.")
+    q.add_argument("dir", help="study folder (or its result.nc)")
+    q.add_argument("what", nargs="?", default="congestion",
+                   choices=("congestion", "adjustment", "flexibility", "agents"),
+                   help="congestion probability (default), an agent's adjustment quantiles, portfolio "
+                        "flexibility at risk, or the agents most often adjusted")
+    q.add_argument("--by", default="bus", choices=("bus", "line", "phase", "time", "trafo"),
+                   help="congestion: where (default: bus)")
+    q.add_argument("--kind", default="any", choices=("any", "under", "over"), help="congestion by bus: voltage side")
+    q.add_argument("--phase", default=None, choices=("a", "b", "c"))
+    q.add_argument("--time", default=None, help="a half-hour, e.g. '2026-01-14 18:00'")
+    q.add_argument("--agent", default=None, help="adjustment: the agent")
+    q.add_argument("--quantiles", default="0.5,0.9,0.95", help="adjustment: quantiles (default 0.5,0.9,0.95)")
+    q.add_argument("--confidence", type=float, default=0.9, help="flexibility: confidence (default 0.9)")
+    q.add_argument("--direction", default="up", choices=("up", "down"), help="flexibility: product direction")
+    q.add_argument("--top", type=int, default=20, help="congestion, agents: rows to show (default 20; 0 = all)")
+    q.add_argument("--format", default="table", choices=("table", "csv", "json"))
     return ap
 
 
-def _cmd_run(args) -> int:
+# ----------------------------------------------------------------------------
+# run
+# ----------------------------------------------------------------------------
+def _cmd_run(args, argv) -> int:
+    from .engine import run_study
     from .feeder import load_feeder
-    from .timeseries import profile_run
+    from .priors import load_priors
+    from .results import save_study
 
-    if args.periods < 1:
-        raise BayesflexError(f"--periods must be at least 1, got {args.periods}")
     t0 = time.perf_counter()
     feeder = load_feeder(args.feeder)
+    priors = load_priors(args.priors)
+    out = Path(args.out) if args.out else Path("reports") / f"{feeder.name}_{priors.name}"
+    command = "bayesflex " + " ".join(shlex.quote(a) for a in argv)
+    tree = run_study(feeder, priors, draws=args.draws, seed=args.seed, jobs=args.jobs,
+                     observations=args.observations, ev_states=args.ev_states, start=args.start,
+                     periods=args.periods, method=args.method, full_voltages=args.full_voltages,
+                     command=command)
     t1 = time.perf_counter()
-    ds = profile_run(feeder, start=args.start, periods=args.periods, seed=args.seed)
+    path = save_study(tree, out)
     t2 = time.perf_counter()
-    out = Path(args.out) if args.out else Path("reports") / feeder.name
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "result.nc"
-    ds.to_netcdf(path, engine="h5netcdf")
+    print_summary(tree, sys.stdout)
+    print(f"\n{args.draws} draws in {t1 - t0:.1f} s (write {t2 - t1:.1f} s); wrote {path}")
+    print(f"ask more: bayesflex query {out} [congestion|adjustment|flexibility|agents] --help")
+    return 0
 
-    lo, hi = feeder.v_min_pu, feeder.v_max_pu
-    print(f"bayesflex {__version__}: {feeder!r}")
-    print(f"{args.periods} half-hours from {ds.time.values[0]}: {ds.attrs['profile']}, seed {args.seed}")
-    print(f"feeder loaded in {t1 - t0:.1f} s; {args.periods} load flows in {t2 - t1:.2f} s "
-          f"({int(ds.converged.sum())} converged)")
-    print()
-    print(f"{'phase':<6}{'min V [pu]':>11}  {'when':<17}{'bus':<8}{'max V [pu]':>11}  {'when':<17}")
-    for ph in ds.phase.values:
-        vmin, vmax = ds.v_min_pu.sel(phase=ph), ds.v_max_pu.sel(phase=ph)
-        i = int(np.argmin(np.nan_to_num(vmin.values, nan=np.inf)))
-        j = int(np.argmax(np.nan_to_num(vmax.values, nan=-np.inf)))
-        print(f"{ph:<6}{float(vmin[i]):>11.4f}  {str(ds.time.values[i])[:16]:<17}"
-              f"{str(ds.v_min_bus.sel(phase=ph).values[i]):<8}{float(vmax[j]):>11.4f}  {str(ds.time.values[j])[:16]:<17}")
-    k = int(np.argmax(np.nan_to_num(ds.loading_max_pu.values, nan=-np.inf)))
-    print(f"worst line loading: {float(ds.loading_max_pu[k]):.3f} pu on {ds.loading_max_line.values[k]} "
-          f"at {str(ds.time.values[k])[:16]}")
-    print(f"worst transformer loading: {float(np.nanmax(ds.trafo_loading_pu.values)):.3f} pu")
-    under = (ds.v_min_pu < lo).any("phase")
-    over = (ds.v_max_pu > hi).any("phase")
-    overload = (ds.loading_max_pu > 1) | (ds.trafo_loading_pu > 1)
-    bad = under | over | overload | ~ds.converged
-    print(f"half-hours outside limits ({lo}-{hi} pu, ratings): {int(bad.sum())} of {args.periods}"
-          + (f" (under-voltage {int(under.sum())}, over-voltage {int(over.sum())}, overload "
-             f"{int(overload.sum())}, not converged {int((~ds.converged).sum())})" if bad.any() else ""))
-    print(f"wrote {path}")
+
+def _pct(p: float, se: float) -> str:
+    return f"{100 * p:5.1f} % ± {100 * se:.1f}"
+
+
+def print_summary(tree, f) -> None:
+    """The short summary of a study a person reads first."""
+    from .query import congestion_probability, n_draws, top_agents
+
+    a, s, h = tree.attrs, tree["summary"], tree["heuristic"]
+    n = n_draws(tree)
+    kind = "posterior" if a.get("conditioned") else "prior"
+    t = pd.to_datetime(s.time.values)
+    print(f"bayesflex {a['bayesflex_version']}: feeder {a['feeder']}, priors {a['priors']} ({kind}), {n} draws, "
+          f"{len(t)} half-hours from {t[0]:%Y-%m-%d %H:%M}, seed {a['seed']}", file=f)
+    print(f"limits {a['v_min_pu']}-{a['v_max_pu']} pu, loading {a['loading_max_pu']} pu; "
+          f"probabilities ± 1 Monte Carlo standard error", file=f)
+    print("\nprobability of congestion at least once in the horizon, per phase:", file=f)
+    for ph in s.phase.values:
+        print(f"  phase {ph}: {_pct(float(s.p_congested_horizon.sel(phase=ph)), float(s.p_congested_horizon_mcse.sel(phase=ph)))}",
+              file=f)
+    unres, nonc = h["resolved"], tree["sample_stats"]["converged"]
+    print(f"  congested half-hours the agents' flexibility cannot resolve: {int((~unres.values).sum())}; "
+          f"load flows without a solution: {int((~nonc.values).sum())} (counted as congested)", file=f)
+    worst = congestion_probability(tree, "time", top=5)
+    worst = worst[worst.probability > 0]
+    print("\nworst half-hours (any phase):" + ("  none congested in any draw" if worst.empty else ""), file=f)
+    for _, r in worst.iterrows():
+        print(f"  {pd.Timestamp(r.time):%a %H:%M}  {_pct(r.probability, r.mcse)}", file=f)
+    buses = congestion_probability(tree, "bus")
+    buses = buses.loc[buses.groupby(["bus", "phase"]).probability.idxmax()].sort_values(
+        "probability", ascending=False, kind="stable").head(5)
+    buses = buses[buses.probability > 0]
+    print("\nbuses most at risk (voltage, worst half-hour):" + ("  none" if buses.empty else ""), file=f)
+    for _, r in buses.iterrows():
+        print(f"  bus {r.bus:<8} phase {r.phase}  {_pct(r.probability, r.mcse)}  at {pd.Timestamp(r.time):%a %H:%M}",
+              file=f)
+    lines = congestion_probability(tree, "line")
+    lines = lines.loc[lines.groupby("line").probability.idxmax()].sort_values(
+        "probability", ascending=False, kind="stable").head(5)
+    lines = lines[lines.probability > 0]
+    tr = float(tree["network"]["p_trafo_overload"].max())
+    print("\nlines most at risk (overload, worst half-hour):" + ("  none" if lines.empty else ""), file=f)
+    for _, r in lines.iterrows():
+        print(f"  {r.line:<10} {_pct(r.probability, r.mcse)}  at {pd.Timestamp(r.time):%a %H:%M}", file=f)
+    print(f"  transformer overload, worst half-hour: {_pct(tr, float(np.sqrt(tr * (1 - tr) / n)))}", file=f)
+    agents = top_agents(tree, 5)
+    agents = agents[agents.p_adjusted_in_horizon > 0]
+    print("\nagents most often adjusted (at least once in the horizon):" + ("  none" if agents.empty else ""),
+          file=f)
+    for _, r in agents.iterrows():
+        print(f"  {r.agent:<10} {_pct(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_mcse)}   when adjusted: "
+              f"turn-down {r.down_kw_when_adjusted:.2f} kW, turn-up {r.up_kw_when_adjusted:.2f} kW", file=f)
+    if "flex_up_kw" in s:
+        print("\nportfolio flexibility deliverable after network limits (kW; lowest / median over the horizon):",
+              file=f)
+        print(f"  {'confidence':<12}{'turn-up':>18}{'turn-down':>20}", file=f)
+        for c in s.confidence.values:
+            up, dn = s.flex_up_kw.sel(confidence=c).values, s.flex_down_kw.sel(confidence=c).values
+            print(f"  P{100 * c:<11.0f}{up.min():>8.1f} / {np.median(up):<8.1f}{dn.min():>10.1f} / {np.median(dn):<8.1f}",
+                  file=f)
+
+
+# ----------------------------------------------------------------------------
+# query
+# ----------------------------------------------------------------------------
+def _cmd_query(args) -> int:
+    from . import query
+    from .results import open_study
+
+    tree = open_study(args.dir)
+    top = args.top or None
+    if args.what == "congestion":
+        df = query.congestion_probability(tree, args.by, phase=args.phase, time=args.time, kind=args.kind, top=top)
+    elif args.what == "adjustment":
+        if not args.agent:
+            agents = [str(a) for a in tree["heuristic"].agent.values]
+            raise ConfigError(f"query adjustment needs --agent (one of: {', '.join(agents[:8])}, ...)")
+        try:
+            qs = tuple(float(x) for x in args.quantiles.split(","))
+        except ValueError as err:
+            raise ConfigError(f"--quantiles {args.quantiles!r}: give numbers in (0, 1), e.g. 0.5,0.9") from err
+        if not all(0 <= x <= 1 for x in qs):
+            raise ConfigError(f"--quantiles {args.quantiles!r}: every quantile must lie in [0, 1]")
+        df = query.adjustment_quantiles(tree, args.agent, q=qs, time=args.time)
+    elif args.what == "flexibility":
+        df = query.flexibility_at_risk(tree, args.confidence, direction=args.direction, time=args.time)
+    else:
+        df = query.top_agents(tree, top or len(tree["heuristic"].agent))
+    if args.format == "csv":
+        df.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        print(df.to_json(orient="records", date_format="iso", double_precision=10))
+    else:
+        with pd.option_context("display.max_rows", None, "display.width", 160):
+            print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return _cmd_run(args)
+            return _cmd_run(args, argv)
+        if args.command == "query":
+            return _cmd_query(args)
     except BayesflexError as e:
         print(f"bayesflex: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bayesflex: interrupted", file=sys.stderr)
+        return 130
     return 1  # pragma: no cover
 
 

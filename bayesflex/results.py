@@ -51,7 +51,7 @@ __all__ = ["build_tree", "save_study", "open_study", "mcse", "RESULT_FILE", "CON
 RESULT_FILE = "result.nc"
 #: confidence levels at which the portfolio flexibility is summarised
 CONFIDENCE = (0.5, 0.9, 0.95)
-_VERSIONS = ("numpy", "scipy", "xarray", "pandas", "pymc", "arviz", "joblib", "pandapower", "pvlib", "demandlib",
+_VERSIONS = ("numpy", "scipy", "xarray", "pandas", "pymc", "arviz", "joblib", "pandapower", "pvlib",
              "h5netcdf")
 
 _PER_DRAW = {  # name -> (dims after chain, draw; group; attrs)

@@ -1,33 +1,78 @@
-"""The README's main command, as a user runs it."""
+"""The command line as a user runs it: ``bayesflex run`` and ``bayesflex query``."""
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
-import xarray as xr
+import pandas as pd
+import pytest
 
-import bayesflex as bf
 from bayesflex.cli import main
-from bayesflex.timeseries import TAN_PHI_095
+from bayesflex.results import open_study
 
 
-def test_run_prints_a_summary_and_writes_the_time_series(tmp_path, capsys):
-    assert main(["run", "--periods", "6", "--out", str(tmp_path)]) == 0
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    assert main(["run", "--draws", "20", "--periods", "6", "--seed", "4", "--jobs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def test_run_writes_the_study_and_prints_a_summary(study_dir, capsys):
+    tree = open_study(study_dir)
+    assert tree["heuristic"].sizes == {"chain": 1, "draw": 20, "time": 6, "agent": 55, "phase": 3}
+    assert tree.attrs["command"].startswith("bayesflex run --draws 20")
+    assert tree.attrs["seed"] == 4
+
+
+def test_run_summary_names_what_a_planner_looks_for(tmp_path, capsys):
+    assert main(["run", "--draws", "3", "--periods", "2", "--jobs", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "min V [pu]" in out and "worst line loading" in out and "result.nc" in out
-    ds = xr.open_dataset(tmp_path / "result.nc", engine="h5netcdf")
-    assert ds.sizes == {"time": 6, "agent": 55, "phase": 3}
-    assert bool(ds.converged.all())
-    # the file's numbers are the load flow of the file's own powers
-    feeder = bf.load_feeder("ieee_eu_lv")
-    p = ds.p_kw.values
-    lf = bf.solve_loadflow(feeder, p, p * TAN_PHI_095, full=False, precision="double")
-    np.testing.assert_allclose(ds.v_min_pu.values, lf.v_min_pu, rtol=1e-12)
-    np.testing.assert_allclose(ds.loading_max_pu.values, lf.loading_max_pu, rtol=1e-12)
-    # H0 in January: a household draws a few hundred watts on average
-    assert 0.1 < p.sum(axis=(1, 2)).mean() / 55 < 1.0
+    for words in ("probability of congestion at least once in the horizon", "phase a:", "worst half-hours",
+                  "buses most at risk", "lines most at risk", "agents most often adjusted",
+                  "portfolio flexibility deliverable", "P90", "wrote"):
+        assert words in out, words
 
 
-def test_run_reports_bad_input_without_a_traceback(capsys):
-    assert main(["run", "--feeder", "atlantis"]) == 2
+def _query(capsys, *args) -> str:
+    assert main(["query", *args]) == 0
+    return capsys.readouterr().out
+
+
+def test_query_answers_as_table_csv_and_json(study_dir, capsys):
+    tree = open_study(study_dir)
+    d = str(study_dir)
+    csv = pd.read_csv(io.StringIO(_query(capsys, d, "congestion", "--by", "phase", "--top", "0", "--format", "csv")))
+    assert len(csv) == 6 * 3 and set(csv.columns) == {"time", "phase", "probability", "mcse"}
+    # the numbers are the file's
+    p = tree["summary"]["p_congested"].to_series()
+    for _, r in csv.iterrows():
+        assert r.probability == pytest.approx(p.loc[(pd.Timestamp(r.time), r.phase)])
+    rows = json.loads(_query(capsys, d, "agents", "--top", "3", "--format", "json"))
+    assert len(rows) == 3 and {"agent", "p_adjusted_in_horizon", "p_adjusted_in_horizon_mcse"} <= set(rows[0])
+    flex = pd.read_csv(io.StringIO(_query(capsys, d, "flexibility", "--confidence", "0.9", "--format", "csv")))
+    tot = tree["heuristic"]["portfolio_headroom_up_kw"].values[0]
+    np.testing.assert_allclose(flex.deliverable_kw, np.quantile(tot, 0.1, axis=0))
+    table = _query(capsys, d, "adjustment", "--agent", "LOAD1")
+    assert "q0.9_kw" in table and "LOAD1" in table
+    assert "probability" in _query(capsys, d, "congestion", "--by", "line", "--top", "2")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["run", "--feeder", "atlantis"], "no feeder named 'atlantis'"),
+    (["run", "--draws", "0"], "draws = 0"),
+    (["query", "nowhere"], "no study result here"),
+])
+def test_bad_input_is_one_line_without_a_traceback(argv, words, capsys):
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "no feeder named 'atlantis'" in err and "Traceback" not in err
+    assert words in err and "Traceback" not in err
+
+
+def test_query_names_what_is_allowed(study_dir, capsys):
+    assert main(["query", str(study_dir), "adjustment", "--agent", "NOPE"]) == 2
+    assert "allowed: LOAD1" in capsys.readouterr().err
+    assert main(["query", str(study_dir), "congestion", "--time", "2030-01-01"]) == 2
+    assert "not a half-hour of the study" in capsys.readouterr().err

@@ -1,0 +1,173 @@
+"""Questions asked of a study result: probabilities with their Monte Carlo error, quantiles.
+
+Every function takes the ``xarray.DataTree`` of :func:`bayesflex.run_study`
+(or :func:`bayesflex.results.open_study`) and returns a ``pandas.DataFrame``,
+so that the CLI can print it as a table, CSV or JSON.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .errors import ConfigError
+from .results import mcse
+
+__all__ = ["congestion_probability", "adjustment_quantiles", "flexibility_at_risk", "top_agents",
+           "n_draws", "predictive"]
+
+_WHERE = ("bus", "line", "phase", "time", "trafo")
+
+
+def n_draws(tree: xr.DataTree) -> int:
+    h = tree["heuristic"]
+    return int(h.sizes["chain"] * h.sizes["draw"])
+
+
+def predictive(tree: xr.DataTree) -> xr.Dataset:
+    """The agent power draws (``prior_predictive`` or ``posterior_predictive``)."""
+    for g in ("posterior_predictive", "prior_predictive"):
+        if g in tree.children:
+            return tree[g].to_dataset()
+    raise ConfigError("study result has no prior_predictive or posterior_predictive group")
+
+
+def _pick(da, dim: str, value, what: str):
+    """Select ``value`` (one or a list) along ``dim``; a clear error naming what is allowed."""
+    if value is None:
+        return da
+    wanted = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    if dim == "time":
+        times = pd.to_datetime(da.time.values)
+        try:
+            stamps = [pd.Timestamp(v) for v in wanted]
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{what} {wanted[0]!r} is not a date-time (e.g. '{times[0]:%Y-%m-%d %H:%M}')") from err
+        bad = [w for w, t in zip(wanted, stamps) if t not in times]
+        if bad:
+            raise ConfigError(f"{what} {bad[0]!r} is not a half-hour of the study "
+                              f"({times[0]:%Y-%m-%d %H:%M} .. {times[-1]:%Y-%m-%d %H:%M}, every 30 min)")
+        return da.sel(time=[np.datetime64(t) for t in stamps])
+    values = [str(v) for v in da[dim].values]
+    missing = [v for v in wanted if v not in values]
+    if missing:
+        raise ConfigError(f"{what} {missing[0]!r} not in the study (allowed: {', '.join(values[:8])}"
+                          f"{', ...' if len(values) > 8 else ''})")
+    return da.sel({dim: wanted})
+
+
+def congestion_probability(tree: xr.DataTree, by: str = "bus", *, phase=None, time=None,
+                           kind: str = "any", top: int | None = None) -> pd.DataFrame:
+    """Probability of congestion, with its Monte Carlo standard error.
+
+    ``by``: "bus" (under-/over-voltage per time, bus and phase; ``kind`` "under",
+    "over" or "any" = the larger), "line" (overload per time and line),
+    "trafo" (transformer overload per time), "phase" (any limit on the phase,
+    per time), "time" (any limit, any phase).  Rows are sorted by probability
+    (highest first), cut to ``top`` rows if given.
+    """
+    net, summ = tree["network"], tree["summary"]
+    n = n_draws(tree)
+    if by == "bus":
+        if kind not in ("under", "over", "any"):
+            raise ConfigError(f"kind {kind!r} unknown (allowed: under, over, any)")
+        if kind == "any":
+            da = xr.concat([net["p_undervoltage"], net["p_overvoltage"]], "kind").max("kind")
+        else:
+            da = net[f"p_{kind}voltage"]
+        da = _pick(_pick(da, "phase", phase, "phase"), "time", time, "time")
+    elif by == "line":
+        da = _pick(net["p_overload"], "time", time, "time")
+    elif by == "trafo":
+        da = _pick(net["p_trafo_overload"], "time", time, "time")
+    elif by == "phase":
+        da = _pick(_pick(summ["p_congested"], "phase", phase, "phase"), "time", time, "time")
+    elif by == "time":
+        da = _pick(summ["p_congested_any"], "time", time, "time")
+    else:
+        raise ConfigError(f"by {by!r} unknown (allowed: {', '.join(_WHERE)})")
+    df = da.rename("probability").to_dataframe().reset_index()
+    df = df[[c for c in df.columns if c not in ("kind",)]]
+    df["mcse"] = mcse(df["probability"].to_numpy(), n)
+    df = df.sort_values("probability", ascending=False, kind="stable")
+    return (df.head(top) if top else df).reset_index(drop=True)
+
+
+def adjustment_quantiles(tree: xr.DataTree, agent: str, *, q=(0.5, 0.9, 0.95), time=None) -> pd.DataFrame:
+    """Quantiles over draws of one agent's turn-up and turn-down, per phase and time (kW),
+    with the probability that it is asked to move at all (and its MC error) and
+    the mean kW when it is."""
+    h = _pick(tree["heuristic"].to_dataset()[["adjust_up_kw", "adjust_down_kw"]], "agent", agent, "agent")
+    h = _pick(h, "time", time, "time").isel(agent=0)
+    phases = tree["constant_data"]["agent_phases"].sel(agent=agent).values
+    h = h.isel(phase=np.flatnonzero(phases))
+    n = n_draws(tree)
+    rows = []
+    for name, side in (("adjust_up_kw", "up"), ("adjust_down_kw", "down")):
+        da = h[name].stack(sample=("chain", "draw"))
+        qs = da.quantile(list(q), dim="sample")
+        moved = da > 0
+        p = moved.mean("sample")
+        when = (da.where(moved).mean("sample")).fillna(0.0)
+        for ph in da.phase.values:
+            for t in da.time.values:
+                row = {"agent": agent, "phase": str(ph), "time": pd.Timestamp(t), "direction": side,
+                       "p_adjusted": float(p.sel(phase=ph, time=t)),
+                       "p_adjusted_mcse": float(mcse(p.sel(phase=ph, time=t), n)),
+                       "kw_when_adjusted": float(when.sel(phase=ph, time=t))}
+                row |= {f"q{qq:g}_kw": float(qs.sel(quantile=qq, phase=ph, time=t)) for qq in q}
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def flexibility_at_risk(tree: xr.DataTree, confidence: float = 0.9, *, direction: str = "up",
+                        time=None) -> pd.DataFrame:
+    """Portfolio turn-up or turn-down (kW) deliverable with at least ``confidence``,
+    per half-hour: the (1 - confidence) quantile over draws of the jointly
+    deliverable headroom, beside its mean and the planned portfolio position."""
+    if direction not in ("up", "down"):
+        raise ConfigError(f"direction {direction!r} unknown (allowed: up, down)")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence {confidence!r} must lie strictly between 0 and 1")
+    h = tree["heuristic"]
+    name = f"portfolio_headroom_{direction}_kw"
+    if name not in h:
+        raise ConfigError("this study was run without headroom; rerun it with headroom")
+    da = _pick(h[name], "time", time, "time").stack(sample=("chain", "draw"))
+    pos = _pick(h["portfolio_p_kw"], "time", time, "time").stack(sample=("chain", "draw"))
+    return pd.DataFrame({
+        "time": pd.to_datetime(da.time.values),
+        "direction": direction,
+        "confidence": confidence,
+        "deliverable_kw": da.quantile(1 - confidence, dim="sample").values,
+        "mean_kw": da.mean("sample").values,
+        "portfolio_p_kw_median": pos.median("sample").values,
+    })
+
+
+def top_agents(tree: xr.DataTree, k: int = 10) -> pd.DataFrame:
+    """The agents most often asked to move: probability (over draws) of at
+    least one adjustment in the horizon, with its MC error, the probability
+    per half-hour, the mean turn-down and turn-up (kW) in the half-hours where
+    the agent is adjusted, and how often it ranks first for a violation."""
+    h = tree["heuristic"]
+    up_kw = h["adjust_up_kw"].sum("phase")  # chain, draw, time, agent
+    dn_kw = h["adjust_down_kw"].sum("phase")
+    moved = (up_kw > 0) | (dn_kw > 0)
+    n = n_draws(tree)
+    p_any = moved.any("time").mean(("chain", "draw"))
+    p_slot = moved.mean(("chain", "draw", "time"))
+    count = moved.sum(("chain", "draw", "time")).values
+    with np.errstate(invalid="ignore", divide="ignore"):
+        up = np.where(count > 0, up_kw.sum(("chain", "draw", "time")).values / count, 0.0)
+        dn = np.where(count > 0, dn_kw.sum(("chain", "draw", "time")).values / count, 0.0)
+    first = (h["sensitivity_rank"] == 1).any("phase").mean(("chain", "draw", "time"))
+    df = pd.DataFrame({
+        "agent": [str(a) for a in h.agent.values],
+        "p_adjusted_in_horizon": p_any.values, "p_adjusted_in_horizon_mcse": mcse(p_any.values, n),
+        "p_adjusted_per_half_hour": p_slot.values,
+        "down_kw_when_adjusted": dn, "up_kw_when_adjusted": up, "p_ranked_first": first.values,
+    })
+    df = df.sort_values(["p_adjusted_in_horizon", "p_adjusted_per_half_hour"], ascending=False, kind="stable")
+    return df.head(k).reset_index(drop=True)
