@@ -74,7 +74,7 @@ def _cmd_run(args, argv) -> int:
     from .engine import run_study
     from .feeder import load_feeder
     from .priors import load_priors
-    from .results import save_study
+    from .results import RESULT_FILE
 
     t0 = time.perf_counter()
     feeder = load_feeder(args.feeder)
@@ -84,12 +84,10 @@ def _cmd_run(args, argv) -> int:
     tree = run_study(feeder, priors, draws=args.draws, seed=args.seed, jobs=args.jobs,
                      observations=args.observations, ev_states=args.ev_states, start=args.start,
                      periods=args.periods, method=args.method, full_voltages=args.full_voltages,
-                     command=command)
+                     command=command, out=out)
     t1 = time.perf_counter()
-    path = save_study(tree, out)
-    t2 = time.perf_counter()
     print_summary(tree, sys.stdout)
-    print(f"\n{args.draws} draws in {t1 - t0:.1f} s (write {t2 - t1:.1f} s); wrote {path}")
+    print(f"\n{args.draws} draws in {t1 - t0:.1f} s; wrote {out / RESULT_FILE}")
     print(f"ask more: bayesflex query {out} [congestion|adjustment|flexibility|agents] --help")
     return 0
 

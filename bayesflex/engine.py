@@ -77,31 +77,26 @@ def _physics(feeder: Feeder, ds, opts: StudyOptions) -> dict:
     lim = opts.limits
     st = assess(feeder, p, q, limits=lim)
     bad = ~st.converged  # a draw without a solution counts against every limit
-    buses, v = st.bus_v_pu()
+    n_under, n_over = st.bus_voltage_counts(lim.v_min_pu, lim.v_max_pu)
     overloaded = st.line_overloaded(lim.loading_max_pu)
     trafo = st.trafo_loading_pu()
-    n_under = np.zeros(v.shape[1:2] + (feeder.n_bus, 3), np.int32)
-    n_over = np.zeros_like(n_under)
-    with np.errstate(invalid="ignore"):
-        n_under[:, buses] = ((v < lim.v_min_pu) | bad[..., None, None]).sum(axis=0)
-        n_over[:, buses] = ((v > lim.v_max_pu) | bad[..., None, None]).sum(axis=0)
-        out = {
-            "n_undervoltage": n_under, "n_overvoltage": n_over,
-            "n_overload": (overloaded | bad[..., None]).sum(axis=0, dtype=np.int32),
-            "n_trafo_overload": ((trafo > lim.loading_max_pu) | bad).sum(axis=0, dtype=np.int32),
-        }
     v_min, v_max = st.v_extremes_pu()
-    out |= {
+    out = {
+        "n_undervoltage": n_under, "n_overvoltage": n_over,
+        "n_overload": (overloaded | bad[..., None]).sum(axis=0),
+        "n_trafo_overload": ((trafo > lim.loading_max_pu) | bad).sum(axis=0),
         "v_min_pu": v_min, "v_max_pu": v_max, "loading_max_pu": st.loading_max_pu(),
         "trafo_loading_pu": trafo, "converged": st.converged, "iterations": st.iterations.astype(np.int32),
     }
     if opts.full_voltages:
+        buses, v = st.bus_v_pu()
         full = np.full(v.shape[:2] + (feeder.n_bus, 3), np.nan, np.float32)
         full[:, :, buses] = v
         src = feeder.source.bus  # the source bus holds the source voltage (no load flow needed)
         full[:, :, src] = np.where(st.converged[..., None], np.abs(feeder.model.v0_all[3 * src:3 * src + 3]), np.nan)
         out["v_pu"] = full
-    del v, overloaded
+        del v
+    st.state.q = None  # the values are read; the heuristic needs only the exceedances
     adj = resolve_congestion(feeder, p, q, lb, ub, limits=lim, method=opts.method, start=st)
     del st
     out |= {
@@ -148,6 +143,7 @@ def run_study(
     backend: str | None = None,
     progress: bool | None = None,
     command: str | None = None,
+    out: str | Path | None = None,
 ):
     """Run a probabilistic congestion study.
 
@@ -169,6 +165,9 @@ def run_study(
     backend : a joblib backend name ("loky" by default; "dask" on a cluster).
     progress : show a progress bar (default: when stderr is a terminal).
     command : the command line that produced the study, for provenance.
+    out : a folder: stream the results into ``out/result.nc`` as chunks
+        complete (memory stays bounded whatever the draws) and return the
+        tree opened from it; without, the tree is built in memory.
 
     Returns
     -------
@@ -178,7 +177,7 @@ def run_study(
     from tqdm.auto import tqdm
 
     from . import priors as pri_mod
-    from .results import Collector, build_tree
+    from .results import RESULT_FILE, StudyStore, build_tree
 
     draws = _check_draws(draws)
     jobs = _check_jobs(jobs)
@@ -206,15 +205,26 @@ def run_study(
     tasks = (delayed(_run_chunk)(fd, pr, c, b - a, int(seed), opts) for c, a, b in chunks)
     bar = tqdm(total=draws, unit="draw", desc=f"study {fd.name}", disable=(not progress) if progress is not None
                else None, leave=False)
-    col = Collector(draws)
+    kind = "posterior" if posterior is not None else "prior"
+    partial = None
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        partial = Path(out) / f".{RESULT_FILE}.partial-{os.getpid()}"
+    store = StudyStore(draws, kind, fd.buses, partial)
+    done = False
     try:
         if n_jobs == 1 and backend is None:
             results = (_run_chunk(fd, pr, c, b - a, int(seed), opts) for c, a, b in chunks)
         else:
             results = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(tasks)
         for (c, a, b), part in zip(chunks, results):
-            col.add(part, a, b)
+            store.add(part, a, b)
             bar.update(b - a)
+        bar.close()
+        tree = build_tree(fd, pr, posterior, store, draws=draws, seed=int(seed), opts=opts, command=command)
+        done = True
+        return tree
     finally:
         bar.close()
-    return build_tree(fd, pr, posterior, col, draws=draws, seed=int(seed), opts=opts, command=command)
+        if not done:
+            store.discard()

@@ -45,6 +45,8 @@ __all__ = ["Limits", "Constraints", "Assessment", "Adjustment", "constraints", "
 VOLTAGE, LINE, TRAFO = 0, 1, 2
 #: pu beyond the limit the adjustment aims for, so that rounding cannot leave a violation
 AIM_PU = 1e-4
+#: scenarios whose constraint values are formed together (bounds the temporaries)
+_ROWS = 1024
 #: the paper's step: 10 % of the agent's power, and at least this many kW
 PERTURB_MIN_KW = 0.01
 
@@ -113,11 +115,14 @@ class Constraints:
         q *= self._inv_scale32
         return q
 
-    def exceedance(self, q: np.ndarray) -> np.ndarray:
-        """How far each quantity is beyond its limits (n, Q): > 0 is a violation."""
+    def exceedance(self, q: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+        """How far each quantity is beyond its limits (n, Q): > 0 is a violation.
+        With ``overwrite``, ``q`` itself becomes the result (no second array)."""
         lo, hi = self.lo.astype(q.dtype), self.hi.astype(q.dtype)
-        out = q - hi
-        np.maximum(out, lo - q, out=out)
+        below = lo - q
+        out = q if overwrite else np.empty_like(q)
+        np.subtract(q, hi, out=out)
+        np.maximum(out, below, out=out)
         return out
 
     def per_phase(self, ex: np.ndarray, reduce=np.max) -> np.ndarray:
@@ -178,13 +183,19 @@ def _solve(model: NetworkModel, cons: Constraints, p_units: np.ndarray, q_units:
     s_l = p_units @ m + 1j * (q_units @ m)
     v_l, conv, its = solve_load_nodes(model, s_l)
     i_l = np.where(conv[:, None], -np.conj(s_l / np.where(conv[:, None], v_l, 1.0)), 0.0)
-    q = cons.values(i_l)
-    ex = cons.exceedance(q)
+    n_q = len(cons.c0)
+    ex = np.empty((len(i_l), n_q), np.float32)
+    q = np.empty_like(ex) if keep_values else None
+    for a in range(0, len(i_l), _ROWS):  # bounded temporaries (the complex product is 2x the result)
+        b = min(len(i_l), a + _ROWS)
+        qa = cons.values(i_l[a:b])
+        if keep_values:
+            q[a:b] = qa
+        ex[a:b] = cons.exceedance(qa, overwrite=True)
     ex[~conv] = np.inf
     if keep_values:
         q[~conv] = np.nan
-        return _State(s_l, v_l, conv, its, ex, q)
-    return _State(s_l, v_l, conv, its, ex)
+    return _State(s_l, v_l, conv, its, ex, q)
 
 
 @dataclass(frozen=True, eq=False)
@@ -247,6 +258,27 @@ class Assessment:
         """(...,) highest line current / rating."""
         q = self.state.q[:, self.cons.line_pos]
         return (q.max(axis=1) if q.shape[1] else np.zeros(len(q), np.float32)).reshape(self.lead)
+
+    def bus_voltage_counts(self, v_min_pu: float, v_max_pu: float) -> tuple[np.ndarray, np.ndarray]:
+        """Counts over the first leading axis (draws) of bus voltages below
+        ``v_min_pu`` and above ``v_max_pu``: ``(..., bus, phase)`` without the
+        first axis, for every bus (the source bus never counts).  A scenario
+        without a load flow counts at every bus.  Works on the distinct rows,
+        without forming every bus voltage."""
+        m, c, q = self.feeder.model, self.cons, self.state.q
+        rest = self.lead[1:]
+        bad = (~self.state.converged).reshape(self.lead).sum(axis=0)
+        under = np.zeros(rest + (self.feeder.n_bus, 3), np.int64)
+        over = np.zeros_like(under)
+        starts = list(m.vmon_phase_start) + [len(m.vmon_v0)]
+        for ph in range(3):
+            n_v = starts[ph + 1] - starts[ph]
+            qv = q[:, c.phase_start[ph]:c.phase_start[ph] + n_v].reshape(self.lead + (n_v,))
+            cols = m.vmon_row[:, ph] - starts[ph]
+            with np.errstate(invalid="ignore"):
+                under[..., m.vmon_bus, ph] = (qv < v_min_pu).sum(axis=0)[..., cols] + bad[..., None]
+                over[..., m.vmon_bus, ph] = (qv > v_max_pu).sum(axis=0)[..., cols] + bad[..., None]
+        return under, over
 
     def trafo_loading_pu(self) -> np.ndarray:
         q = self.state.q[:, self.cons.trafo_pos]

@@ -46,7 +46,7 @@ import xarray as xr
 from .errors import ConfigError
 from .feeder import PHASES, Feeder
 
-__all__ = ["build_tree", "save_study", "open_study", "mcse", "RESULT_FILE", "CONFIDENCE"]
+__all__ = ["CONFIDENCE", "RESULT_FILE", "StudyStore", "build_tree", "mcse", "open_study", "save_study"]
 
 RESULT_FILE = "result.nc"
 #: confidence levels at which the portfolio flexibility is summarised
@@ -93,38 +93,120 @@ def mcse(p, n: int):
     return np.sqrt(p * (1 - p) / n)
 
 
-class Collector:
-    """Gathers chunk results into preallocated arrays as they arrive (bounded memory)."""
+def _is_big(dims: tuple[str, ...]) -> bool:
+    """Per-draw arrays over agents or buses: streamed, never summed up in memory."""
+    return "draw" in dims and ("agent" in dims or "bus" in dims) and "time" in dims
 
-    def __init__(self, draws: int):
-        self.draws = draws
-        self.arrays: dict[str, np.ndarray] = {}
+
+class StudyStore:
+    """Gathers chunk results as they arrive, in bounded memory.
+
+    Arrays per draw over agents or buses (the agent powers, adjustments,
+    headroom, full voltages, agent states) go straight to their place: a
+    preallocated array in memory, or -- with ``path`` -- a compressed
+    variable of the NetCDF file being written, so that the main process holds
+    only the small per-draw reductions and the counts whatever the number of
+    draws.  :meth:`finish` writes or assembles the rest.
+    """
+
+    def __init__(self, draws: int, kind: str, buses: tuple[str, ...], path: Path | None = None):
+        self.draws, self.kind, self.buses, self.path = draws, kind, list(buses), path
+        self.small: dict[str, np.ndarray] = {}  # physics per draw, without agent/bus
         self.counts: dict[str, np.ndarray] = {}
-        self.pred: dict[str, np.ndarray] = {}
-        self.pred_attrs: dict[str, dict] = {}
+        self.big: dict[tuple[str, str], object] = {}  # (group, name) -> array or file variable
+        self.big_meta: dict[tuple[str, str], tuple] = {}  # -> (dims, attrs)
+        self.portfolio: dict[str, np.ndarray] = {}  # (draw, time) sums over agents
         self.rest: list[xr.Dataset] = []
-        self.coords = None
-        self.attrs = None
+        self.coords: dict | None = None
+        self.attrs: dict = {}
+        self._file = None
 
+    # -- arriving chunks --------------------------------------------------------------------
     def add(self, part: dict, a: int, b: int) -> None:
         ds = part.pop("draws")
+        if self.coords is None:
+            self._allocate(part, ds)
         for k, v in part.items():
             if k in _COUNTS:
                 self.counts[k] = self.counts[k] + v if k in self.counts else v.astype(np.int64)
+            elif _is_big(("draw",) + _PER_DRAW[k][0]):
+                self._put(("heuristic" if _PER_DRAW[k][1] == "heuristic" else "network", k), v, a, b)
             else:
-                if k not in self.arrays:
-                    self.arrays[k] = np.empty((self.draws,) + v.shape[1:], v.dtype)
-                self.arrays[k][a:b] = v
-        names = [n for n in ds.data_vars if ds[n].dims == ("chain", "draw", "time", "agent", "phase")]
-        for n in names:
-            if n not in self.pred:
-                self.pred[n] = np.empty((self.draws,) + ds[n].shape[2:], ds[n].dtype)
-                self.pred_attrs[n] = dict(ds[n].attrs)
-            self.pred[n][a:b] = ds[n].values[0]
-        self.rest.append(ds.drop_vars(names).assign_coords(draw=np.arange(a, b)))
-        if self.coords is None:
-            self.coords = {k: ds.coords[k].values for k in ("time", "agent", "phase")}
-            self.attrs = dict(ds.attrs)
+                if k not in self.small:
+                    self.small[k] = np.empty((self.draws,) + v.shape[1:], v.dtype)
+                self.small[k][a:b] = v
+        for name in ("p_kw", "p_lb_kw", "p_ub_kw"):
+            self._sum(f"portfolio_{name}", ds[name].values[0], a, b)
+        for side in ("up", "down"):
+            if f"headroom_{side}_kw" in part:
+                self._sum(f"portfolio_headroom_{side}_kw", part[f"headroom_{side}_kw"], a, b)
+        big = [n for n in ds.data_vars if _is_big(ds[n].dims)]
+        for n in big:
+            group = f"{self.kind}_predictive" if ds[n].dims[-1] == "phase" else self.kind
+            self._put((group, n), ds[n].values[0], a, b)
+        self.rest.append(ds.drop_vars(big).assign_coords(draw=np.arange(a, b)))
+
+    def _sum(self, name: str, v: np.ndarray, a: int, b: int) -> None:
+        if name not in self.portfolio:
+            self.portfolio[name] = np.empty((self.draws,) + v.shape[1:2])
+        self.portfolio[name][a:b] = v.sum(axis=(2, 3), dtype=np.float64)
+
+    def _put(self, key: tuple[str, str], v: np.ndarray, a: int, b: int) -> None:
+        store = self.big[key]
+        if self._file is not None and v.dtype == bool:
+            v = v.astype(np.int8)
+        store[0, a:b] = v
+
+    def _allocate(self, part: dict, ds: xr.Dataset) -> None:
+        self.coords = {"chain": [0], "draw": np.arange(self.draws),
+                       **{k: ds.coords[k].values for k in ("time", "agent", "phase")}}
+        self.attrs = dict(ds.attrs)
+        for k, v in part.items():
+            if k not in _COUNTS and _is_big(("draw",) + _PER_DRAW[k][0]):
+                dims, group, attrs = _PER_DRAW[k]
+                self.big_meta[(group, k)] = (("chain", "draw") + dims, v.shape[1:], v.dtype, attrs)
+        for n in ds.data_vars:
+            if _is_big(ds[n].dims):
+                group = f"{self.kind}_predictive" if ds[n].dims[-1] == "phase" else self.kind
+                self.big_meta[(group, n)] = (ds[n].dims, ds[n].shape[2:], ds[n].dtype, dict(ds[n].attrs))
+        if self.path is None:
+            for key, (dims, shape, dtype, _) in self.big_meta.items():
+                self.big[key] = np.empty((1, self.draws) + shape, dtype)
+            return
+        self._create_file(ds)
+
+    def _create_file(self, ds: xr.Dataset) -> None:
+        import h5netcdf
+
+        from .engine import CHUNK_DRAWS
+
+        groups = sorted({g for g, _ in self.big_meta})
+        for i, g in enumerate(groups):
+            dims = {d for (gg, _), (dd, *_rest) in self.big_meta.items() if gg == g for d in dd}
+            coords = {k: v for k, v in self.coords.items() if k in dims}
+            if "bus" in dims:
+                coords["bus"] = self.buses
+            xr.Dataset(coords=coords).to_netcdf(self.path, mode="w" if i == 0 else "a", group=g,
+                                               engine="h5netcdf")
+        self._file = h5netcdf.File(self.path, "a")
+        for (g, n), (dims, shape, dtype, attrs) in self.big_meta.items():
+            dt = np.int8 if dtype == bool else dtype
+            chunks = (1, min(CHUNK_DRAWS, self.draws)) + tuple(shape)
+            var = self._file[g].create_variable(n, dims, dt, chunks=chunks, compression="gzip",
+                                                compression_opts=1, shuffle=True)
+            var.attrs.update({**attrs, **({"dtype": "bool"} if dtype == bool else {})})
+            self.big[(g, n)] = var
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def discard(self) -> None:
+        """Close and delete an unfinished file: a partial study is never left to be taken for a result."""
+        self.close()
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
 
 
 def _provenance(feeder: Feeder, priors, posterior, *, draws: int, seed: int, opts, command: str | None) -> dict:
@@ -179,48 +261,44 @@ def _constant_data(feeder: Feeder) -> xr.Dataset:
     )
 
 
-def build_tree(feeder: Feeder, priors, posterior, col: Collector, *, draws: int, seed: int, opts,
+def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: int, seed: int, opts,
                command: str | None = None) -> xr.DataTree:
-    """Assemble the DataTree from a filled :class:`Collector`."""
+    """The study's DataTree from a filled :class:`StudyStore`.
+
+    In memory, or, when the store writes a file, by appending the small
+    groups to it; the file is then renamed to ``result.nc`` and opened.
+    """
     n = draws  # one chain
-    coords = {"chain": [0], "draw": np.arange(draws), **col.coords, "bus": list(feeder.buses),
-              "line": list(feeder.lines)}
+    coords = {**store.coords, "bus": list(feeder.buses), "line": list(feeder.lines)}
     groups: dict[str, dict] = {"network": {}, "heuristic": {}, "sample_stats": {}}
-    for k, v in col.arrays.items():
+    for k, v in store.small.items():
         dims, group, attrs = _PER_DRAW[k]
         groups[group][k] = (("chain", "draw") + dims, v[None], attrs)
-    for k, c in col.counts.items():
+    for k, c in store.counts.items():
         name, dims = _COUNTS[k]
         p = c / n
         groups["network"][name] = (dims, p, {"units": "1", "long_name": f"probability ({n} draws)"})
         groups["network"][f"{name}_mcse"] = (dims, mcse(p, n), {"units": "1", "long_name": "Monte Carlo SE"})
     heur = groups["heuristic"]
-    pred = col.pred
-    heur["portfolio_p_kw"] = (("chain", "draw", "time"), pred["p_kw"].sum(axis=(2, 3), dtype=np.float64)[None],
-                              {"units": "kW", "long_name": "portfolio position P_T = sum of agent positions"})
-    for b in ("p_lb_kw", "p_ub_kw"):
-        heur[f"portfolio_{b}"] = (("chain", "draw", "time"), pred[b].sum(axis=(2, 3), dtype=np.float64)[None],
-                                  {"units": "kW", "long_name": "portfolio bound"})
-    summary = _summary(col, n)
+    long = {"portfolio_p_kw": "portfolio position P_T = sum of agent positions",
+            "portfolio_p_lb_kw": "portfolio lower bound", "portfolio_p_ub_kw": "portfolio upper bound",
+            "portfolio_headroom_up_kw": "portfolio turn-up deliverable (joint headroom)",
+            "portfolio_headroom_down_kw": "portfolio turn-down deliverable (joint headroom)"}
+    for k, v in store.portfolio.items():
+        heur[k] = (("chain", "draw", "time"), v[None], {"units": "kW", "long_name": long[k]})
+    summary = _summary(store, n)
     for side in ("up", "down"):
-        if f"headroom_{side}_kw" in col.arrays:
-            tot = col.arrays[f"headroom_{side}_kw"].sum(axis=(2, 3), dtype=np.float64)  # (draw, time)
-            heur[f"portfolio_headroom_{side}_kw"] = (("chain", "draw", "time"), tot[None],
-                                                     {"units": "kW", "long_name": f"portfolio turn-{side} deliverable"})
-            # deliverable with confidence c: the (1 - c) quantile over draws
-            qs = np.quantile(tot, 1 - np.asarray(CONFIDENCE), axis=0)
-            summary[f"flex_{side}_kw"] = (("confidence", "time"), qs,
+        tot = store.portfolio.get(f"portfolio_headroom_{side}_kw")
+        if tot is not None:  # deliverable with confidence c: the (1 - c) quantile over draws
+            summary[f"flex_{side}_kw"] = (("confidence", "time"), np.quantile(tot, 1 - np.asarray(CONFIDENCE), axis=0),
                                           {"units": "kW", "long_name": f"portfolio turn-{side} deliverable with "
                                                                        "at least this confidence"})
-    predictive = {k: (("chain", "draw", "time", "agent", "phase"), v[None], col.pred_attrs[k]) for k, v in pred.items()}
-    rest = xr.concat(col.rest, dim="draw", data_vars="minimal", coords="minimal", compat="override",
+    rest = xr.concat(store.rest, dim="draw", data_vars="minimal", coords="minimal", compat="override",
                      join="override")
     rest.attrs = {}
-    kind = "posterior" if posterior is not None else "prior"
+    kind = store.kind
     tree = {
-        "/": xr.Dataset(attrs=_provenance(feeder, priors, posterior, draws=draws, seed=seed, opts=opts,
-                                          command=command)),
-        f"{kind}_predictive": xr.Dataset(predictive, coords=_sub(coords, "chain", "draw", "time", "agent", "phase")),
+        f"{kind}_predictive": xr.Dataset(coords=_sub(coords, "chain", "draw", "time", "agent", "phase")),
         kind: rest,
         "network": xr.Dataset(groups["network"], coords=_sub(coords, "chain", "draw", "time", "bus", "line", "phase")),
         "heuristic": xr.Dataset(heur, coords=_sub(coords, "chain", "draw", "time", "agent", "phase")),
@@ -231,15 +309,30 @@ def build_tree(feeder: Feeder, priors, posterior, col: Collector, *, draws: int,
     if posterior is not None and getattr(posterior, "idata", None) is not None and \
             "observed_data" in posterior.idata.groups():
         tree["observed_data"] = posterior.idata.observed_data
-    return xr.DataTree.from_dict(tree)
+    root = _provenance(feeder, priors, posterior, draws=draws, seed=seed, opts=opts, command=command)
+    if store.path is None:
+        for (g, name), arr in store.big.items():
+            dims, _, _, attrs = store.big_meta[(g, name)]
+            tree[g] = tree[g].assign({name: (dims, arr, attrs)})
+        tree["/"] = xr.Dataset(attrs=root)
+        return xr.DataTree.from_dict(tree)
+    store.close()
+    for g, ds in tree.items():
+        ds.to_netcdf(store.path, mode="a", group=g, engine="h5netcdf",
+                     encoding={k: {"zlib": True, "complevel": 1, "shuffle": True} for k, v in ds.data_vars.items()
+                               if v.size > 100_000 and v.dtype.kind in "fiub"})
+    xr.Dataset(attrs=root).to_netcdf(store.path, mode="a", engine="h5netcdf")
+    final = store.path.with_name(RESULT_FILE)
+    os.replace(store.path, final)
+    return open_study(final)
 
 
 def _sub(coords: dict, *names: str) -> dict:
     return {k: coords[k] for k in names}
 
 
-def _summary(col: Collector, n: int) -> dict:
-    a = col.arrays
+def _summary(store: StudyStore, n: int) -> dict:
+    a = store.small
     cong = a["congested"]  # (draw, time, phase)
     out = {}
 

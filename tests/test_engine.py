@@ -139,20 +139,37 @@ def test_parallel_equals_serial_bit_for_bit(small_study):
 
 
 def test_same_seed_reproduces_the_file_and_another_seed_does_not(small_study, tmp_path):
-    save_study(small_study, tmp_path / "a")
-    again = run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4)
-    save_study(again, tmp_path / "b")
-    a, b = open_study(tmp_path / "a"), open_study(tmp_path / "b")
-    xr.testing.assert_identical(_strip(a), _strip(b))
-    for group in ("prior_predictive", "network", "heuristic", "summary", "sample_stats"):
-        xr.testing.assert_equal(a[group].to_dataset(), small_study[group].to_dataset())
+    """A study streamed to its file equals the same study built in memory, and
+    the same again; another seed differs; more draws leave the first ones alone."""
+    streamed = run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, out=tmp_path / "a")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["result.nc"]
+    xr.testing.assert_identical(_strip(streamed), _strip(small_study))
+    save_study(small_study, tmp_path / "b")
+    xr.testing.assert_identical(_strip(open_study(tmp_path / "a")), _strip(open_study(tmp_path / "b")))
     other = run_study("ieee_eu_lv", "default", draws=10, seed=12, periods=4)
     assert not np.array_equal(other["prior_predictive"]["p_kw"].values,
                               small_study["prior_predictive"]["p_kw"].values[:, :10])
-    # more draws extend a study: the first chunk's numbers do not change
     first = run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS, seed=11, periods=4)
     xr.testing.assert_equal(first["heuristic"]["adjust_down_kw"],
                             small_study["heuristic"]["adjust_down_kw"].isel(draw=slice(0, CHUNK_DRAWS)))
+
+
+def test_a_failed_study_leaves_no_file_that_looks_finished(tmp_path, monkeypatch):
+    from bayesflex import engine
+
+    real = engine._physics
+    calls = []
+
+    def failing(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("worker died")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(engine, "_physics", failing)
+    with pytest.raises(RuntimeError, match="worker died"):
+        run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS + 5, seed=1, periods=2, out=tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_study_layout_follows_the_design(small_study, ieee):

@@ -51,6 +51,13 @@ def test_assessment_matches_the_full_loadflow(ieee, rng):
     v_min, v_max = st.v_extremes_pu()
     np.testing.assert_allclose(v_min, lf.v_min_pu, atol=1e-6)
     np.testing.assert_allclose(v_max, lf.v_max_pu, atol=1e-6)
+    under, over = st.bus_voltage_counts(0.94, 1.04)
+    vv = lf.v_pu.copy()
+    vv[:, ieee.source.bus] = 1.0  # the source bus never counts
+    near = (np.abs(vv - 0.94) < 1e-5).any(axis=0) | (np.abs(vv - 1.04) < 1e-5).any(axis=0)
+    assert under.sum() > 0 and over.sum() > 0 and not near.all()
+    np.testing.assert_array_equal(under[~near], (vv < 0.94).sum(axis=0)[~near])
+    np.testing.assert_array_equal(over[~near], (vv > 1.04).sum(axis=0)[~near])
     clear = np.abs(lf.loading_pu - 1) > 1e-5
     over = st.line_overloaded(1.0)
     assert over.any() and (~over).any()
