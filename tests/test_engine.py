@@ -221,3 +221,14 @@ def test_bad_arguments_are_named(kw, words):
     args = {"draws": 2, "periods": 1} | kw
     with pytest.raises(bf.BayesflexError, match=words):
         run_study(**args)
+
+
+def test_full_voltages_on_request_are_the_load_flow(ieee, tmp_path):
+    tree = run_study(ieee, "default", draws=3, seed=5, periods=2, full_voltages=True, headroom=False,
+                     out=tmp_path)
+    v = tree["network"]["v_pu"]
+    assert v.dims == ("chain", "draw", "time", "bus", "phase")
+    pp = tree["prior_predictive"]
+    lf = bf.solve_loadflow(ieee, pp["p_kw"].values[0].astype(float), pp["q_kvar"].values[0].astype(float))
+    np.testing.assert_allclose(v.values[0], lf.v_pu, atol=1e-6)
+    assert "v_pu" not in run_study(ieee, "default", draws=1, seed=5, periods=1, headroom=False)["network"]
