@@ -96,6 +96,19 @@ def _pct(p: float, se: float) -> str:
     return f"{100 * p:5.1f} % ± {100 * se:.1f}"
 
 
+def _worst_per(df: pd.DataFrame, keys: list[str], order, k: int = 5) -> tuple[pd.DataFrame, int]:
+    """Each element's worst half-hour, the ``k`` most likely first (ties in feeder
+    order: nearest the source first), and how many more tie with the last shown."""
+    worst = df.loc[df.groupby(keys).probability.idxmax()]
+    worst = worst[worst.probability > 0]
+    pos = {str(v): i for i, v in enumerate(order)}
+    worst = worst.assign(_pos=worst[keys[0]].astype(str).map(pos)).sort_values(
+        ["probability", "_pos"], ascending=[False, True], kind="stable")
+    shown = worst.head(k)
+    more = int((worst.probability.iloc[k:] == shown.probability.iloc[-1]).sum()) if len(worst) > k else 0
+    return shown, more
+
+
 def print_summary(tree, f) -> None:
     """The short summary of a study a person reads first."""
     from .query import congestion_probability, n_draws, top_agents
@@ -120,22 +133,20 @@ def print_summary(tree, f) -> None:
     print("\nworst half-hours (any phase):" + ("  none congested in any draw" if worst.empty else ""), file=f)
     for _, r in worst.iterrows():
         print(f"  {pd.Timestamp(r.time):%a %H:%M}  {_pct(r.probability, r.mcse)}", file=f)
-    buses = congestion_probability(tree, "bus")
-    buses = buses.loc[buses.groupby(["bus", "phase"]).probability.idxmax()].sort_values(
-        "probability", ascending=False, kind="stable").head(5)
-    buses = buses[buses.probability > 0]
-    print("\nbuses most at risk (voltage, worst half-hour):" + ("  none" if buses.empty else ""), file=f)
-    for _, r in buses.iterrows():
+    buses = _worst_per(congestion_probability(tree, "bus"), ["bus", "phase"], tree["network"].bus.values)
+    print("\nbuses most at risk (voltage, worst half-hour):" + ("  none" if buses[0].empty else ""), file=f)
+    for _, r in buses[0].iterrows():
         print(f"  bus {r.bus:<8} phase {r.phase}  {_pct(r.probability, r.mcse)}  at {pd.Timestamp(r.time):%a %H:%M}",
               file=f)
-    lines = congestion_probability(tree, "line")
-    lines = lines.loc[lines.groupby("line").probability.idxmax()].sort_values(
-        "probability", ascending=False, kind="stable").head(5)
-    lines = lines[lines.probability > 0]
+    if buses[1]:
+        print(f"  (and {buses[1]} more bus-phases at the same probability)", file=f)
+    lines = _worst_per(congestion_probability(tree, "line"), ["line"], tree["network"].line.values)
     tr = float(tree["network"]["p_trafo_overload"].max())
-    print("\nlines most at risk (overload, worst half-hour):" + ("  none" if lines.empty else ""), file=f)
-    for _, r in lines.iterrows():
+    print("\nlines most at risk (overload, worst half-hour):" + ("  none" if lines[0].empty else ""), file=f)
+    for _, r in lines[0].iterrows():
         print(f"  {r.line:<10} {_pct(r.probability, r.mcse)}  at {pd.Timestamp(r.time):%a %H:%M}", file=f)
+    if lines[1]:
+        print(f"  (and {lines[1]} more lines at the same probability)", file=f)
     print(f"  transformer overload, worst half-hour: {_pct(tr, float(np.sqrt(tr * (1 - tr) / n)))}", file=f)
     agents = top_agents(tree, 5)
     agents = agents[agents.p_adjusted_in_horizon > 0]
