@@ -1,9 +1,9 @@
-"""Command line: ``bayesflex run`` (a probabilistic study) and ``bayesflex query``.
+"""Command line: ``bayesflex run`` (a probabilistic study), ``query``, ``map`` and ``report``.
 
 ``bayesflex run`` with no arguments runs the default study: the IEEE European
 LV feeder, ``priors/default.toml``, 1,000 draws over 96 half-hours.  It writes
-``reports/<feeder>_<priors>/result.nc`` and prints what a DSO planner and an
-aggregator look at first.  ``bayesflex query DIR`` answers questions of a
+``reports/<feeder>_<priors>/result.nc`` and ``report.html`` and prints what a
+DSO planner and an aggregator look at first.  ``bayesflex query DIR`` answers questions of a
 finished study.  Errors in what the user gave are printed in one line, with
 exit status 2 and no traceback.
 """
@@ -46,6 +46,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--full-voltages", action="store_true", help="keep every bus voltage of every draw")
     run.add_argument("--out", default=None, help="output folder (default: reports/<feeder>_<priors>)")
 
+    r = sub.add_parser("report", help="rebuild DIR/report.html from DIR/result.nc",
+                       description="Rebuild the study's self-contained HTML report from its result file alone.")
+    r.add_argument("dir", help="study folder (or its result.nc)")
+
+    m = sub.add_parser("map", help="draw a congestion-probability map of a study",
+                       description="The feeder coloured by the probability of violations, one panel per phase.")
+    m.add_argument("dir", help="study folder (or its result.nc)")
+    m.add_argument("--kind", default="any", choices=("any", "undervoltage", "overvoltage", "overload"))
+    m.add_argument("--phase", default=None, choices=("a", "b", "c"), help="one phase (default: all three)")
+    m.add_argument("--time", default=None, help="a half-hour, e.g. '2026-01-14 19:00' (default: the worst over "
+                                                "the horizon)")
+    m.add_argument("--heatmap", action="store_true", help="probability by half-hour and bus instead of the map")
+    m.add_argument("--out", default=None, help="output file, .png or .svg (default: DIR/map_<kind>.png)")
+    m.add_argument("--dpi", type=int, default=120)
+
     q = sub.add_parser("query", help="ask a finished study a question",
                        description="Probabilities (with Monte Carlo error) and quantiles from DIR/result.nc.")
     q.add_argument("dir", help="study folder (or its result.nc)")
@@ -74,6 +89,7 @@ def _cmd_run(args, argv) -> int:
     from .engine import run_study
     from .feeder import load_feeder
     from .priors import load_priors
+    from .report import write_report
     from .results import RESULT_FILE
 
     t0 = time.perf_counter()
@@ -86,8 +102,9 @@ def _cmd_run(args, argv) -> int:
                      periods=args.periods, method=args.method, full_voltages=args.full_voltages,
                      command=command, out=out)
     t1 = time.perf_counter()
+    report = write_report(tree, out)
     print_summary(tree, sys.stdout)
-    print(f"\n{args.draws} draws in {t1 - t0:.1f} s; wrote {out / RESULT_FILE}")
+    print(f"\n{args.draws} draws in {t1 - t0:.1f} s; wrote {out / RESULT_FILE} and {report}")
     print(f"ask more: bayesflex query {out} [congestion|adjustment|flexibility|agents] --help")
     return 0
 
@@ -201,6 +218,32 @@ def _cmd_query(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_map(args) -> int:
+    from . import maps
+    from .results import open_study
+
+    tree = open_study(args.dir)
+    if args.heatmap:
+        fig = maps.congestion_heatmap(tree, kind="any" if args.kind == "overload" else args.kind, phase=args.phase)
+    else:
+        fig = maps.feeder_map(tree, kind=args.kind, phase=args.phase, time=args.time)
+    d = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
+    out = Path(args.out) if args.out else d / f"{'heatmap' if args.heatmap else 'map'}_{args.kind}.png"
+    if out.suffix.lower() not in (".png", ".svg"):
+        raise ConfigError(f"--out {out}: give a .png or .svg file")
+    fig.savefig(out, dpi=args.dpi)
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -209,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args, argv)
         if args.command == "query":
             return _cmd_query(args)
+        if args.command == "report":
+            return _cmd_report(args)
+        if args.command == "map":
+            return _cmd_map(args)
     except BayesflexError as e:
         print(f"bayesflex: error: {e}", file=sys.stderr)
         return 2

@@ -247,6 +247,7 @@ def _provenance(feeder: Feeder, priors, posterior, *, draws: int, seed: int, opt
 
 def _constant_data(feeder: Feeder) -> xr.Dataset:
     agent_phases = np.asarray(feeder.agent_phases, bool)
+    xy = np.full((feeder.n_bus, 2), np.nan) if feeder.bus_xy is None else np.asarray(feeder.bus_xy, float)
     return xr.Dataset(
         {
             "agent_bus": (("agent",), np.array([feeder.buses[i] for i in feeder.agent_bus], dtype=object)),
@@ -255,9 +256,13 @@ def _constant_data(feeder: Feeder) -> xr.Dataset:
             "line_to_bus": (("line",), np.array([feeder.buses[i] for i in feeder.line_to], dtype=object)),
             "line_i_max_a": (("line",), np.asarray(feeder.line_i_max_a, float), {"units": "A"}),
             "source_bus": ((), feeder.buses[feeder.source.bus]),
+            "trafo_hv_bus": (("trafo",), np.array([feeder.buses[t.hv_bus] for t in feeder.trafos], dtype=object)),
+            "trafo_lv_bus": (("trafo",), np.array([feeder.buses[t.lv_bus] for t in feeder.trafos], dtype=object)),
+            "bus_x": (("bus",), xy[:, 0], {"long_name": "bus coordinate (as the source gives it)"}),
+            "bus_y": (("bus",), xy[:, 1], {"long_name": "bus coordinate (as the source gives it)"}),
         },
         coords={"agent": list(feeder.agents), "phase": list(PHASES), "line": list(feeder.lines),
-                "bus": list(feeder.buses)},
+                "bus": list(feeder.buses), "trafo": [t.name for t in feeder.trafos]},
     )
 
 

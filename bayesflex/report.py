@@ -1,0 +1,213 @@
+"""``report.html``: one self-contained file a risk committee can read, trust and rebuild.
+
+Everything in it comes from the study's ``result.nc`` alone (its groups and
+provenance attributes), so ``bayesflex report DIR`` rebuilds the same file;
+only the line saying when the report was made differs.  Figures are PNG,
+embedded as base64 data URIs: the file has no outside references.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import maps
+from .errors import ConfigError
+from .query import congestion_probability, n_draws, top_agents
+from .results import open_study
+
+__all__ = ["REPORT_FILE", "build_report", "write_report"]
+
+REPORT_FILE = "report.html"
+#: the one line that differs between two builds of the same study's report
+CREATED_PREFIX = '<p class="created">report created '
+_DPI = 90
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #555; } pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto;
+font-size: 0.82em; } code { background: #f4f4f4; padding: 0 0.2em; } .created, .muted { color: #777; font-size: 0.85em; }
+.warn { color: #a40; }
+"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(fig, caption: str, name: str) -> str:
+    return (f'<figure id="fig-{name}"><img alt="{html.escape(caption)}" src="data:image/png;base64,{_png(fig)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _table(rows: list[tuple], header: tuple[str, ...] | None = None) -> str:
+    out = ["<table>"]
+    if header:
+        out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+    for r in rows:
+        cells = []
+        for v in r:
+            num = isinstance(v, (int, float, np.floating, np.integer))
+            cells.append(f'<td class="num">{html.escape(str(v))}</td>' if num else f"<td>{html.escape(str(v))}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _pct(p: float, se: float) -> str:
+    return f"{100 * p:.2f} % ± {100 * se:.2f}"
+
+
+def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
+    """The report's HTML, from a study's tree alone."""
+    a = tree.attrs
+    n = n_draws(tree)
+    s, h, net = tree["summary"], tree["heuristic"], tree["network"]
+    times = pd.to_datetime(s.time.values)
+    kind = "posterior" if a.get("conditioned") else "prior"
+    created = created_at or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    parts = [f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+             f"<title>bayesflex study: {html.escape(a['feeder'])}, {html.escape(a['priors'])}</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>Congestion risk: feeder {html.escape(a['feeder'])}, priors {html.escape(a['priors'])}</h1>",
+             f"<p>{n} draws ({kind}) of every agent's power, {len(times)} half-hours from "
+             f"{times[0]:%A %d %B %Y %H:%M}; seed {a['seed']}. Every probability is given ± one Monte Carlo "
+             f"standard error.</p>",
+             f"{CREATED_PREFIX}{html.escape(created)}; study created {html.escape(a['created_at'])}</p>"]
+
+    # -- headline numbers
+    rows = [(f"phase {ph}", _pct(float(s.p_congested_horizon.sel(phase=ph)),
+                                 float(s.p_congested_horizon_mcse.sel(phase=ph)))) for ph in s.phase.values]
+    any_h = float((h["congested"].any(("time", "phase"))).mean())
+    rows.append(("any phase", _pct(any_h, float(np.sqrt(any_h * (1 - any_h) / n)))))
+    parts += ["<h2>Headline</h2><p>Probability that the feeder is congested (a bus voltage outside "
+              f"{a['v_min_pu']}–{a['v_max_pu']} pu, a line or the transformer above {a['loading_max_pu']:g} × "
+              "its rating, or no load-flow solution) at least once in the horizon:</p>",
+              _table(rows, ("where", "probability"))]
+    worst = congestion_probability(tree, "time", top=5)
+    worst = worst[worst.probability > 0]
+    if not worst.empty:
+        parts.append("<p>Worst half-hours:</p>" + _table(
+            [(f"{pd.Timestamp(r.time):%a %H:%M}", _pct(r.probability, r.mcse)) for _, r in worst.iterrows()],
+            ("half-hour", "P(congestion, any phase)")))
+    if "flex_up_kw" in s:
+        rows = []
+        for c in s.confidence.values:
+            up, dn = s.flex_up_kw.sel(confidence=c).values, s.flex_down_kw.sel(confidence=c).values
+            rows.append((f"P{100 * c:.0f}", f"{up.min():.1f}", f"{np.median(up):.1f}", f"{dn.min():.1f}",
+                         f"{np.median(dn):.1f}"))
+        parts.append("<p>Portfolio flexibility deliverable after network limits (kW), with the confidence "
+                     "given:</p>" + _table(rows, ("confidence", "turn-up, every half-hour", "turn-up, median "
+                                                  "half-hour", "turn-down, every half-hour",
+                                                  "turn-down, median half-hour")))
+
+    # -- diagnostics
+    conv = tree["sample_stats"]["converged"].values
+    resolved = h["resolved"].values
+    cong = h["congested"].values.any(axis=-1)
+    mc = [float(net[f"{k}_mcse"].max()) for k in ("p_undervoltage", "p_overvoltage", "p_overload",
+                                                    "p_trafo_overload")]
+    rows = [("draws × half-hours", f"{n} × {len(times)} = {n * len(times):,}"),
+            ("load flows without a solution (counted as congested)", int((~conv).sum())),
+            ("congested half-hours", int(cong.sum())),
+            ("congested half-hours the agents' flexibility cannot resolve", int((cong & ~resolved).sum())),
+            ("largest Monte Carlo standard error of a bus/line/transformer probability", f"{max(mc):.4f}"),
+            ("Monte Carlo standard error of a probability p", f"√(p(1 − p)/{n})")]
+    diag = ["<h2>Diagnostics</h2>", _table(rows, ("check", "value"))]
+    if a.get("conditioned"):
+        ok = bool(a.get("conditioning_ok", 0))
+        d = json.loads(a.get("conditioning_diagnostics", "{}") or "{}")
+        diag.append(f"<p class='{'' if ok else 'warn'}'>Conditioned on observations (SHA-256 "
+                    f"<code>{html.escape(a.get('observations_sha256', ''))}</code>, agents "
+                    f"{html.escape(a.get('observed_agents', ''))}): R-hat ≤ 1.01 and bulk ESS ≥ 400 for every "
+                    f"parameter: {'yes' if ok else 'NO'}.</p>")
+        if d:
+            diag.append(_table([(k, f"{v.get('r_hat', float('nan')):.4f}", f"{v.get('ess_bulk', float('nan')):.0f}")
+                                for k, v in sorted(d.items())], ("parameter", "R-hat", "bulk ESS")))
+    parts += diag
+
+    # -- figures
+    parts.append("<h2>Where and when</h2>")
+    try:
+        parts.append(_figure(maps.feeder_map(tree), "Probability of a voltage (buses) or thermal (lines) violation, "
+                             "worst half-hour of the horizon, per phase.", "map-worst"))
+        if not worst.empty:
+            t = pd.Timestamp(worst.time.iloc[0])
+            parts.append(_figure(maps.feeder_map(tree, time=t), f"The same at the worst half-hour, {t:%a %H:%M}.",
+                                 "map-worst-half-hour"))
+    except ConfigError as err:
+        parts.append(f"<p class='warn'>No map: {html.escape(str(err))}</p>")
+    parts.append(_figure(maps.congestion_heatmap(tree), "Probability of a voltage violation by half-hour and bus, "
+                         "per phase.", "heatmap"))
+    parts.append(_figure(maps.voltage_fan_chart(tree), "Lowest and highest bus voltage per phase: median, 50 % and "
+                         "90 % bands over draws.", "voltage-fan"))
+    parts.append(_figure(maps.trafo_fan_chart(tree), "Transformer loading: median, 50 % and 90 % bands over "
+                         "draws.", "trafo-fan"))
+    parts.append("<h2>Agents and flexibility</h2>")
+    parts.append(_figure(maps.adjustment_figure(tree), "Adjustments the network heuristic asks of the agents most "
+                         "often adjusted.", "adjustments"))
+    top = top_agents(tree, 10)
+    top = top[top.p_adjusted_in_horizon > 0]
+    if not top.empty:
+        parts.append(_table([(r.agent, _pct(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_mcse),
+                              f"{r.down_kw_when_adjusted:.2f}", f"{r.up_kw_when_adjusted:.2f}",
+                              f"{r.p_ranked_first:.5f}") for _, r in top.iterrows()],
+                            ("agent", "P(adjusted in the horizon)", "turn-down kW when adjusted",
+                             "turn-up kW when adjusted", "P(ranked first, per half-hour)")))
+    if "portfolio_headroom_up_kw" in h:
+        parts.append(_figure(maps.flexibility_figure(tree), "Flexibility at risk: portfolio turn-up and turn-down "
+                             "deliverable after network limits, against the confidence of delivering it.",
+                             "flexibility"))
+
+    # -- inputs and reproduction
+    versions = json.loads(a.get("versions", "{}"))
+    rows = [("feeder", f"{a['feeder']} ({a['feeder_origin']})"), ("feeder SHA-256", a["feeder_sha256"]),
+            ("priors", f"{a['priors']} ({a.get('priors_origin', '')})"), ("priors SHA-256", a["priors_sha256"]),
+            ("seed", a["seed"]), ("draws", a["draws"]), ("draws per chunk", a["chunk_draws"]),
+            ("limits", f"{a['v_min_pu']}–{a['v_max_pu']} pu; loading {a['loading_max_pu']:g} pu"),
+            ("sensitivity method", a["sensitivity_method"]), ("headroom", a["headroom_definition"]),
+            ("bayesflex", a["bayesflex_version"])]
+    rows += [(k, v) for k, v in sorted(versions.items())]
+    parts += ["<h2>Inputs and reproduction</h2>", _table(rows, ("input", "value"))]
+    cmd = a.get("command") or ""
+    if cmd:
+        parts.append(f"<p>Reproduce the numbers with the same versions:</p><pre>{html.escape(cmd)}</pre>"
+                     f"<p>Rebuild this report from the result file: <code>bayesflex report DIR</code>.</p>")
+    parts.append(f"<p>The priors file as used:</p><pre>{html.escape(a.get('priors_toml', ''))}</pre>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(study: str | Path | xr.DataTree, directory: str | Path | None = None) -> Path:
+    """Write ``report.html`` beside ``result.nc`` (or into ``directory``)."""
+    if isinstance(study, xr.DataTree):
+        if directory is None:
+            raise ConfigError("write_report needs a directory when given a tree")
+        tree = study
+    else:
+        tree = open_study(study)
+        p = Path(study)
+        directory = directory or (p if p.is_dir() else p.parent)
+    out = Path(directory) / REPORT_FILE
+    text = build_report(tree)
+    tmp = out.with_name(f".{REPORT_FILE}.partial")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return out
+

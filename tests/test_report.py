@@ -1,0 +1,193 @@
+"""Maps and the HTML report: reproducible, self-contained, and looked at in a real browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from matplotlib.figure import Figure
+
+import bayesflex as bf
+from bayesflex import maps
+from bayesflex.cli import main
+from bayesflex.report import CREATED_PREFIX, REPORT_FILE, build_report
+from bayesflex.results import RESULT_FILE, open_study
+
+from .conftest import REPO
+
+ARTIFACTS = Path(os.environ.get("BAYESFLEX_ARTIFACTS", REPO / "test-artifacts"))
+RUN = ["run", "--draws", "20", "--periods", "6", "--start", "2026-01-14T17:00", "--seed", "9", "--jobs", "1"]
+
+
+@pytest.fixture(scope="module")
+def tight_feeder(tmp_path_factory) -> Path:
+    """The default feeder with a strict 0.99 pu lower limit, so that a small
+    study has violations on every phase for the maps and the report to show."""
+    text = (REPO / "feeders" / "ieee_eu_lv.toml").read_text()
+    assert text.count("v_min_pu = 0.94") == 1
+    path = tmp_path_factory.mktemp("feeder") / "ieee_eu_lv_tight.toml"
+    path.write_text(text.replace("v_min_pu = 0.94", "v_min_pu = 0.99").replace('name = "ieee_eu_lv"',
+                                                                                  'name = "ieee_eu_lv_tight"'))
+    return path
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tight_feeder) -> Path:
+    out = tmp_path_factory.mktemp("study")
+    assert main([*RUN, "--feeder", str(tight_feeder), "--out", str(out)]) == 0
+    tree = open_study(out)
+    assert tree.attrs["v_min_pu"] == 0.99
+    assert (tree["network"]["p_undervoltage"].max(("time", "bus")) > 0).all()  # every phase has something to map
+    assert float(tree["heuristic"]["adjust_down_kw"].sum() + tree["heuristic"]["adjust_up_kw"].sum()) > 0
+    return out
+
+
+def _without_created(text: str) -> str:
+    return re.sub(re.escape(CREATED_PREFIX) + r"[^<]*", CREATED_PREFIX, text)
+
+
+def test_run_writes_a_self_contained_report(study):
+    text = (study / REPORT_FILE).read_text()
+    # every figure embedded, nothing fetched from outside
+    assert text.count('src="data:image/png;base64,') == text.count("<img ") >= 6
+    assert not re.search(r'(src|href)="(https?:|//)', text)
+    for words in ("Headline", "Diagnostics", "Inputs and reproduction", "bayesflex run --draws 20",
+                  "priors file as used", "load flows without a solution", "cannot resolve"):
+        assert words in text, words
+    tree = open_study(study)
+    assert tree.attrs["feeder_sha256"] in text and tree.attrs["priors_sha256"] in text
+
+
+def test_report_rebuilt_from_the_result_file_is_identical_but_for_its_timestamp(study, tmp_path, capsys):
+    original = (study / REPORT_FILE).read_text()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(study / RESULT_FILE, copy / RESULT_FILE)  # the result file alone
+    assert main(["report", str(copy)]) == 0
+    rebuilt = (copy / REPORT_FILE).read_text()
+    assert rebuilt != original  # the creation line differs ...
+    assert _without_created(rebuilt) == _without_created(original)  # ... and nothing else
+
+
+def test_the_same_command_twice_gives_identical_numbers(study, tight_feeder, tmp_path):
+    assert main([*RUN, "--feeder", str(tight_feeder), "--out", str(tmp_path)]) == 0
+    a, b = open_study(study), open_study(tmp_path)
+    for group in a.children:
+        xr.testing.assert_identical(a[group].to_dataset(), b[group].to_dataset())
+    same = {k for k in a.attrs if a.attrs[k] == b.attrs[k]}
+    assert set(a.attrs) - same <= {"created_at", "command"}
+
+
+def test_the_file_opens_with_xarray_and_arviz_without_bayesflex(study):
+    code = (
+        "import sys; sys.modules['bayesflex'] = None\n"
+        "import arviz as az, xarray as xr\n"
+        f"path = {str(study / RESULT_FILE)!r}\n"
+        "t = xr.open_datatree(path, engine='h5netcdf')\n"
+        "assert t['heuristic']['adjust_up_kw'].dims == ('chain', 'draw', 'time', 'agent', 'phase')\n"
+        "idata = az.from_netcdf(path)\n"
+        "assert 'prior_predictive' in idata.groups()\n"
+        "print(float(idata.prior_predictive['p_kw'].sum()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
+    assert out.returncode == 0, out.stderr
+    total = float(open_study(study)["prior_predictive"]["p_kw"].sum())
+    assert float(out.stdout.strip().splitlines()[-1]) == pytest.approx(total, rel=1e-6)
+
+
+def test_maps_are_figures_with_a_panel_per_phase_and_a_colour_bar(study, tmp_path):
+    tree = open_study(study)
+    fig = maps.feeder_map(tree)
+    assert isinstance(fig, Figure) and len(fig.axes) == 4  # three phases and the colour bar
+    assert "probability" in fig.axes[-1].get_ylabel()
+    assert "0.99" in fig._suptitle.get_text() and "1.1" in fig._suptitle.get_text()
+    one = maps.feeder_map(tree, phase="b", time=str(tree["summary"].time.values[2]), kind="undervoltage")
+    assert len(one.axes) == 2
+    for name, f in (("map.png", fig), ("map.svg", one), ("heat.png", maps.congestion_heatmap(tree)),
+                    ("trafo.png", maps.trafo_fan_chart(tree)), ("volt.png", maps.voltage_fan_chart(tree)),
+                    ("adj.png", maps.adjustment_figure(tree)), ("flex.png", maps.flexibility_figure(tree))):
+        f.savefig(tmp_path / name)
+        assert (tmp_path / name).stat().st_size > 5_000, name
+    with pytest.raises(bf.ConfigError, match="not a half-hour of the study"):
+        maps.feeder_map(tree, time="2031-01-01 00:00")
+    with pytest.raises(bf.ConfigError, match="allowed: a, b, c"):
+        maps.feeder_map(tree, phase="d")
+
+
+def test_map_colours_follow_the_probabilities(study):
+    """The buses drawn in colour on a phase are exactly those with a non-zero
+    probability there, and their colour values are those probabilities."""
+    tree = open_study(study)
+    fig = maps.feeder_map(tree, kind="undervoltage", phase="a")
+    p = tree["network"]["p_undervoltage"].sel(phase="a").max("time").values
+    coloured = [c for c in fig.axes[0].collections if c.get_array() is not None]
+    got = np.concatenate([np.asarray(c.get_array()) for c in coloured]) if coloured else np.array([])
+    assert (p > 0).sum() >= 3
+    np.testing.assert_allclose(np.sort(got), np.sort(p[p > 0]))
+
+
+def test_a_feeder_without_coordinates_gets_a_clear_error_and_the_report_says_so(study):
+    tree = open_study(study)
+    cd = tree["constant_data"].to_dataset()
+    cd["bus_x"] = cd["bus_x"] * np.nan
+    tree["constant_data"] = xr.DataTree(cd)
+    with pytest.raises(bf.ConfigError, match="has no bus coordinates"):
+        maps.feeder_map(tree)
+    assert "No map: feeder" in build_report(tree)
+
+
+def test_map_command_writes_png_and_svg(study, tmp_path, capsys):
+    assert main(["map", str(study), "--phase", "a", "--out", str(tmp_path / "a.svg")]) == 0
+    assert (tmp_path / "a.svg").read_text().lstrip().startswith("<?xml")
+    assert main(["map", str(study), "--heatmap", "--out", str(tmp_path / "h.png")]) == 0
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["map", str(study), "--out", str(tmp_path / "m.pdf")]) == 2
+    assert ".png or .svg" in capsys.readouterr().err
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("headless Chromium not found (Debian package 'chromium'; .ci/run installs it)")
+
+
+def test_report_renders_in_headless_chromium(study):
+    """As a person sees it: every figure loads with a non-zero size, the console
+    stays clean, and a screenshot is kept in test-artifacts/."""
+    exe = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    errors = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((study / REPORT_FILE).resolve().as_uri())
+            page.wait_for_load_state("load")
+            figs = page.eval_on_selector_all(
+                "figure", "fs => fs.map(f => { const i = f.querySelector('img'); const r = i.getBoundingClientRect();"
+                " return [f.id, i.complete, i.naturalWidth, i.naturalHeight, r.width, r.height]; })")
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    ids = [f[0] for f in figs]
+    for expected in ("fig-map-worst", "fig-heatmap", "fig-voltage-fan", "fig-trafo-fan", "fig-adjustments",
+                     "fig-flexibility"):
+        assert expected in ids
+    for fid, complete, nw, nh, w, h in figs:
+        assert complete and nw > 100 and nh > 100 and w > 100 and h > 50, fid
+    assert (ARTIFACTS / "report.png").stat().st_size > 50_000
