@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from matplotlib.collections import LineCollection
-from matplotlib.colors import Normalize
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
 from .errors import ConfigError
@@ -24,7 +24,10 @@ __all__ = ["adjustment_figure", "congestion_heatmap", "feeder_map", "flexibility
            "voltage_fan_chart"]
 
 KINDS = ("any", "undervoltage", "overvoltage", "overload")
-CMAP = "YlOrRd"
+#: YlOrRd without its palest fifth, so that a small probability still shows against white;
+#: zero is drawn grey (lines) or not at all (buses, heatmap cells)
+CMAP = ListedColormap(matplotlib.colormaps["YlOrRd"](np.linspace(0.2, 1.0, 256)), name="YlOrRd_visible")
+CMAP.set_bad("white")
 QUANTILE_BANDS = ((0.05, 0.95), (0.25, 0.75))
 
 
@@ -91,13 +94,13 @@ def feeder_map(tree: xr.DataTree, *, kind: str = "any", phase: str | None = None
     p_line = _pick_time(tree["network"]["p_overload"], t).values if kind in ("any", "overload") else \
         np.zeros(len(fr))
     p_bus = _bus_probability(tree, kind, t) if kind != "overload" else None
-    vmax = max(0.01, float(np.nanmax(p_line)) if len(p_line) else 0.0,
-               float(p_bus.max()) if p_bus is not None else 0.0)
+    vmax = max(1.0 / n_draws(tree), float(np.nanmax(p_line)) if len(p_line) else 0.0,
+               float(p_bus.max()) if p_bus is not None else 0.0)  # the colours span the data
     norm = Normalize(0.0, vmax)
     fig = Figure(figsize=(5.2 * len(phases) + 0.8, 5.6), layout="constrained")
     axes = fig.subplots(1, len(phases), squeeze=False)[0]
     src = pos[str(cd["source_bus"].item())]
-    cm = matplotlib.colormaps[CMAP]
+    cm = CMAP
     for ax, ph in zip(axes, phases):
         hot = p_line > 0
         ax.add_collection(LineCollection(segs[~hot], colors="0.75", linewidths=0.8, zorder=1))
@@ -143,7 +146,7 @@ def congestion_heatmap(tree: xr.DataTree, *, kind: str = "any", phase: str | Non
     times = pd.to_datetime(da.time.values)
     fig = Figure(figsize=(10, 2.6 + 2.4 * len(phases)), layout="constrained")
     axes = fig.subplots(len(phases), 1, squeeze=False)[:, 0]
-    vmax = max(0.01, float(da.max()))
+    vmax = max(1.0 / n_draws(tree), float(da.max()))
     im = None
     for ax, ph in zip(axes, phases):
         m = da.sel(phase=ph).transpose("bus", "time").values
@@ -154,7 +157,7 @@ def congestion_heatmap(tree: xr.DataTree, *, kind: str = "any", phase: str | Non
             ax.set_xticks([])
             ax.set_yticks([])
             continue
-        im = ax.imshow(m[rows], aspect="auto", cmap=CMAP, vmin=0, vmax=vmax, interpolation="nearest",
+        im = ax.imshow(np.ma.masked_equal(m[rows], 0.0), aspect="auto", cmap=CMAP, vmin=0, vmax=vmax, interpolation="nearest",
                        extent=(-0.5, len(times) - 0.5, len(rows) - 0.5, -0.5))
         step = max(1, len(times) // 12)
         ax.set_xticks(range(0, len(times), step), [f"{t:%a %H:%M}" for t in times[::step]], fontsize=7, rotation=30)
