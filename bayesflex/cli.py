@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import __version__
@@ -128,7 +127,8 @@ def _worst_per(df: pd.DataFrame, keys: list[str], order, k: int = 5) -> tuple[pd
 
 def print_summary(tree, f) -> None:
     """The short summary of a study a person reads first."""
-    from .query import congestion_probability, n_draws, top_agents
+    from .query import congestion_probability, flexibility_summary, n_draws, top_agents
+    from .results import mcse
 
     a, s, h = tree.attrs, tree["summary"], tree["heuristic"]
     n = n_draws(tree)
@@ -164,7 +164,7 @@ def print_summary(tree, f) -> None:
         print(f"  {r.line:<10} {_pct(r.probability, r.mcse)}  at {pd.Timestamp(r.time):%a %H:%M}", file=f)
     if lines[1]:
         print(f"  (and {lines[1]} more lines at the same probability)", file=f)
-    print(f"  transformer overload, worst half-hour: {_pct(tr, float(np.sqrt(tr * (1 - tr) / n)))}", file=f)
+    print(f"  transformer overload, worst half-hour: {_pct(tr, float(mcse(tr, n)))}", file=f)
     agents = top_agents(tree, 5)
     agents = agents[agents.p_adjusted_in_horizon > 0]
     print("\nagents most often adjusted (at least once in the horizon):" + ("  none" if agents.empty else ""),
@@ -176,10 +176,9 @@ def print_summary(tree, f) -> None:
         print("\nportfolio flexibility deliverable after network limits (kW; lowest / median over the horizon):",
               file=f)
         print(f"  {'confidence':<12}{'turn-up':>18}{'turn-down':>20}", file=f)
-        for c in s.confidence.values:
-            up, dn = s.flex_up_kw.sel(confidence=c).values, s.flex_down_kw.sel(confidence=c).values
-            print(f"  P{100 * c:<11.0f}{up.min():>8.1f} / {np.median(up):<8.1f}{dn.min():>10.1f} / {np.median(dn):<8.1f}",
-                  file=f)
+        for _, r in flexibility_summary(tree).iterrows():
+            print(f"  P{100 * r.confidence:<11.0f}{r.up_every_kw:>8.1f} / {r.up_median_kw:<8.1f}"
+                  f"{r.down_every_kw:>10.1f} / {r.down_median_kw:<8.1f}", file=f)
 
 
 # ----------------------------------------------------------------------------

@@ -189,42 +189,37 @@ def run_study(
     pr = priors
     if isinstance(pr, (str, Path)):
         pr = pri_mod.load_priors(pr)
-    posterior = None
     if observations is not None or ev_states is not None:
         base = pr.priors if isinstance(pr, pri_mod.Posterior) else pr
-        posterior = pri_mod.condition(base, observations, ev_states=ev_states, agents=fd.agents, seed=int(seed))
-        pr = posterior
-    elif isinstance(pr, pri_mod.Posterior):
-        posterior = pr
+        pr = pri_mod.condition(base, observations, ev_states=ev_states, agents=fd.agents, seed=int(seed))
+    posterior = pr if isinstance(pr, pri_mod.Posterior) else None
     limits = limits or Limits(v_min_pu=fd.v_min_pu, v_max_pu=fd.v_max_pu)
     opts = StudyOptions(limits=limits, method=method, start=start, periods=periods,
                         full_voltages=full_voltages, headroom=headroom)
     _ = fd.model  # build once here, so that workers receive it with the feeder
     chunks = [(c, a, min(draws, a + CHUNK_DRAWS)) for c, a in enumerate(range(0, draws, CHUNK_DRAWS))]
     n_jobs = min(os.cpu_count() or 1, len(chunks)) if jobs == -1 else min(jobs, len(chunks))
-    tasks = (delayed(_run_chunk)(fd, pr, c, b - a, int(seed), opts) for c, a, b in chunks)
+    args = [(fd, pr, c, b - a, int(seed), opts) for c, a, b in chunks]
     bar = tqdm(total=draws, unit="draw", desc=f"study {fd.name}", disable=(not progress) if progress is not None
                else None, leave=False)
-    kind = "posterior" if posterior is not None else "prior"
     partial = None
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         partial = Path(out) / f".{RESULT_FILE}.partial-{os.getpid()}"
-    store = StudyStore(draws, kind, fd.buses, partial)
-    done = False
+    store = StudyStore(draws, "posterior" if posterior is not None else "prior", fd.buses, partial)
     try:
         if n_jobs == 1 and backend is None:
-            results = (_run_chunk(fd, pr, c, b - a, int(seed), opts) for c, a, b in chunks)
+            results = (_run_chunk(*a) for a in args)
         else:
-            results = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(tasks)
-        for (c, a, b), part in zip(chunks, results):
+            results = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(
+                delayed(_run_chunk)(*a) for a in args)
+        for (_, a, b), part in zip(chunks, results):
             store.add(part, a, b)
             bar.update(b - a)
         bar.close()
-        tree = build_tree(fd, pr, posterior, store, draws=draws, seed=int(seed), opts=opts, command=command)
-        done = True
-        return tree
+        return build_tree(fd, pr, posterior, store, draws=draws, seed=int(seed), opts=opts, command=command)
+    except BaseException:
+        store.discard()
+        raise
     finally:
         bar.close()
-        if not done:
-            store.discard()

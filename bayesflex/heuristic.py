@@ -30,13 +30,13 @@ Both are pure numpy on arrays whose axis 0 is the scenario.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
 from .errors import ConfigError
 from .feeder import Feeder
-from .loadflow import _checked_powers, _real_jacobian, solve_load_nodes
+from .loadflow import _checked_powers, _real_jacobian, solve_load_nodes, unit_node_powers
 from .network import NetworkModel
 
 __all__ = ["Limits", "Constraints", "Assessment", "Adjustment", "constraints", "assess", "resolve_congestion",
@@ -84,6 +84,7 @@ class Constraints:
     phase: np.ndarray  # (Q,) int
     kind: np.ndarray  # (Q,) int
     phase_start: np.ndarray  # (4,)
+    v_stop: np.ndarray  # (3,) end of each phase's voltage rows
     v_pos: np.ndarray
     line_pos: np.ndarray
     trafo_pos: np.ndarray
@@ -125,15 +126,20 @@ class Constraints:
         np.maximum(out, below, out=out)
         return out
 
-    def per_phase(self, ex: np.ndarray, reduce=np.max) -> np.ndarray:
-        """``reduce`` of (n, Q) over each phase's rows: (n, 3)."""
+    def per_phase(self, ex: np.ndarray) -> np.ndarray:
+        """Largest of (n, Q) over each phase's rows: (n, 3)."""
         s = self.phase_start
-        return np.stack([reduce(ex[:, s[ph]:s[ph + 1]], axis=1, initial=-np.inf) if reduce is np.max else
-                         reduce(ex[:, s[ph]:s[ph + 1]], axis=1) for ph in range(3)], axis=1)
+        return np.stack([ex[:, s[ph]:s[ph + 1]].max(axis=1, initial=-np.inf) for ph in range(3)], axis=1)
+
+    def voltage_rows(self, ph: int) -> slice:
+        """The voltage rows of phase ``ph`` (the model's ``vmon`` rows of that phase, in order)."""
+        return slice(self.phase_start[ph], self.v_stop[ph])
 
 
+@lru_cache(maxsize=8)
 def constraints(model: NetworkModel, limits: Limits = Limits()) -> Constraints:
-    """The constraint table of a network model under ``limits``."""
+    """The constraint table of a network model under ``limits`` (built once per
+    model and limits: every load flow of a study uses it)."""
     n_v = len(model.vmon_v0)
     v_phase = np.searchsorted(model.vmon_phase_start, np.arange(n_v), side="right") - 1
     lr = model.line_rows
@@ -150,6 +156,7 @@ def constraints(model: NetworkModel, limits: Limits = Limits()) -> Constraints:
     order = np.lexsort((kind, phase))  # by phase, then kind (stable within)
     pos = np.empty_like(order)
     pos[order] = np.arange(len(order))
+    start = np.searchsorted(phase[order], np.arange(4))
     return Constraints(
         c0=np.concatenate([model.vmon_v0, lr.i0_a, tr.i0_a])[order],
         c_t=np.ascontiguousarray(np.concatenate([model.vmon_w_t, lr.k_a.T, tr.k_a.T], axis=1)[:, order]),
@@ -158,7 +165,8 @@ def constraints(model: NetworkModel, limits: Limits = Limits()) -> Constraints:
         hi=np.concatenate([np.full(n_v, limits.v_max_pu),
                            np.full(len(l_phase) + n_t, limits.loading_max_pu)])[order],
         phase=phase[order], kind=kind[order],
-        phase_start=np.searchsorted(phase[order], np.arange(4)),
+        phase_start=start,
+        v_stop=start[:3] + np.bincount(v_phase, minlength=3),
         v_pos=pos[:n_v], line_pos=pos[n_v:n_v + len(l_phase)], trafo_pos=pos[n_v + len(l_phase):],
     )
 
@@ -179,8 +187,7 @@ class _State:
 def _solve(model: NetworkModel, cons: Constraints, p_units: np.ndarray, q_units: np.ndarray,
            keep_values: bool = False) -> _State:
     """Load flow and constraint exceedances for unit powers (n, C) kW/kvar."""
-    m = model.agent_to_load / model.s_base_kva
-    s_l = p_units @ m + 1j * (q_units @ m)
+    s_l = unit_node_powers(model, p_units, q_units)
     v_l, conv, its = solve_load_nodes(model, s_l)
     i_l = np.where(conv[:, None], -np.conj(s_l / np.where(conv[:, None], v_l, 1.0)), 0.0)
     n_q = len(cons.c0)
@@ -245,7 +252,7 @@ class Assessment:
         m, c = self.feeder.model, self.cons
         nl = self.feeder.n_line
         q = self.state.q[:, c.line_pos]
-        hot = np.flatnonzero(np.nanmax(np.where(np.isnan(q), -np.inf, q), axis=0) > limit_pu) \
+        hot = np.flatnonzero(np.where(np.isnan(q), -np.inf, q).max(axis=0) > limit_pu) \
             if len(q) else np.zeros(0, int)
         out = np.zeros((len(q), nl), bool)
         if hot.size:
@@ -270,11 +277,9 @@ class Assessment:
         bad = (~self.state.converged).reshape(self.lead).sum(axis=0)
         under = np.zeros(rest + (self.feeder.n_bus, 3), np.int64)
         over = np.zeros_like(under)
-        starts = list(m.vmon_phase_start) + [len(m.vmon_v0)]
         for ph in range(3):
-            n_v = starts[ph + 1] - starts[ph]
-            qv = q[:, c.phase_start[ph]:c.phase_start[ph] + n_v].reshape(self.lead + (n_v,))
-            cols = m.vmon_row[:, ph] - starts[ph]
+            qv = q[:, c.voltage_rows(ph)].reshape(self.lead + (-1,))
+            cols = m.vmon_row[:, ph] - m.vmon_phase_start[ph]
             with np.errstate(invalid="ignore"):
                 under[..., m.vmon_bus, ph] = (qv < v_min_pu).sum(axis=0)[..., cols] + bad[..., None]
                 over[..., m.vmon_bus, ph] = (qv > v_max_pu).sum(axis=0)[..., cols] + bad[..., None]
@@ -289,10 +294,8 @@ class Assessment:
         c, q = self.cons, self.state.q
         lo, hi = [], []
         for ph in range(3):
-            cols = slice(c.phase_start[ph], c.phase_start[ph] + int((c.kind[c.phase_start[ph]:c.phase_start[ph + 1]]
-                                                                    == VOLTAGE).sum()))
-            lo.append(q[:, cols].min(axis=1))
-            hi.append(q[:, cols].max(axis=1))
+            lo.append(q[:, c.voltage_rows(ph)].min(axis=1))
+            hi.append(q[:, c.voltage_rows(ph)].max(axis=1))
         return np.stack(lo, 1).reshape(self.lead + (3,)), np.stack(hi, 1).reshape(self.lead + (3,))
 
 
@@ -327,10 +330,9 @@ def _sens_analytic(model: NetworkModel, cons: Constraints, s_l, v_l, k, *, tol=1
     d = np.conj(s_l) / np.conj(v_l) ** 2
     a = w * d
     lam = a.copy()
-    zt = z  # conj(lam) @ z  ==  (Z^T conj(lam)) as rows
     done = np.zeros(len(a), bool)
     for _ in range(max_iter):
-        new = a + d * (np.conj(lam) @ zt)
+        new = a + d * (np.conj(lam) @ z)  # rows of Z^T conj(lam)
         step = np.abs(new - lam).max(axis=1)
         lam = new
         done = step <= tol * np.maximum(np.abs(lam).max(axis=1), 1e-300)
@@ -351,7 +353,7 @@ def _sens_perturb(model: NetworkModel, cons: Constraints, p_units, q_units, stat
     """The paper's sensitivity per unit (m, C): +10 % of the unit's power, re-solve, dq/dP."""
     m_, c_ = len(rows), p_units.shape[1]
     dp = np.maximum(0.1 * np.abs(p_units[rows]), PERTURB_MIN_KW)  # (m, C)
-    node = np.argmax(model.agent_to_load, axis=1)  # unit -> load node
+    node = _unit_node(model)
     s = np.repeat(state.s_l[rows][:, None, :], c_, axis=1)  # (m, C, L)
     s[:, np.arange(c_), node] += dp / model.s_base_kva
     v_l, conv, _ = solve_load_nodes(model, s.reshape(m_ * c_, -1))
@@ -367,11 +369,15 @@ def _sens_perturb(model: NetworkModel, cons: Constraints, p_units, q_units, stat
     return out
 
 
+def _unit_node(model: NetworkModel) -> np.ndarray:
+    """The load node of every unit (connected agent-phase column)."""
+    return np.argmax(model.agent_to_load, axis=1)
+
+
 def _unit_sensitivity(model, cons, method, p_units, q_units, state: _State, rows, k):
     """dq_k/dP per unit (m, C), pu per kW."""
     if method == "analytic":
-        node = np.argmax(model.agent_to_load, axis=1)
-        return _sens_analytic(model, cons, state.s_l[rows], state.v_l[rows], k)[:, node]
+        return _sens_analytic(model, cons, state.s_l[rows], state.v_l[rows], k)[:, _unit_node(model)]
     if method == "perturb":
         return _sens_perturb(model, cons, p_units, q_units, state, rows, k)
     raise ConfigError(f"sensitivity method {method!r} unknown (allowed: 'analytic', 'perturb')")
@@ -487,9 +493,8 @@ def resolve_congestion(
         caller has it already.
     """
     model = feeder.model
-    lead, _, _ = _checked_powers(feeder, p_kw, q_kvar)
-    x0 = _units(feeder, p_kw, "p_kw")
-    qu = _units(feeder, q_kvar, "q_kvar")
+    lead, p, q = _checked_powers(feeder, p_kw, q_kvar)
+    x0, qu = p[:, model.agent_cols], q[:, model.agent_cols]
     lo = np.minimum(_units(feeder, p_lb_kw, "p_lb_kw"), x0)
     hi = np.maximum(_units(feeder, p_ub_kw, "p_ub_kw"), x0)
     n = len(x0)
@@ -605,9 +610,9 @@ def headroom(
 
 
 def _secure(feeder: Feeder, p_kw, q_kvar, limits: Limits) -> np.ndarray:
-    lead, _, _ = _checked_powers(feeder, p_kw, q_kvar)
+    lead, p, q = _checked_powers(feeder, p_kw, q_kvar)
     model = feeder.model
-    st = _solve(model, constraints(model, limits), _units(feeder, p_kw, "p_kw"), _units(feeder, q_kvar, "q_kvar"))
+    st = _solve(model, constraints(model, limits), p[:, model.agent_cols], q[:, model.agent_cols])
     return (st.converged & (st.ex.max(axis=1) <= 0)).reshape(lead)
 
 

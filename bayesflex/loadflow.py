@@ -187,8 +187,13 @@ def _checked_powers(feeder: Feeder, p_kw, q_kvar):
 def _load_node_powers(model: NetworkModel, p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Complex power (pu, load positive) at the load nodes, ``(n, L)``, from
     agent-phase powers ``(n, 3*agent)`` in kW/kvar."""
+    return unit_node_powers(model, p[:, model.agent_cols], q[:, model.agent_cols])
+
+
+def unit_node_powers(model: NetworkModel, p_units: np.ndarray, q_units: np.ndarray) -> np.ndarray:
+    """The same from the connected agent-phase columns only, ``(n, C)`` kW/kvar."""
     m = model.agent_to_load / model.s_base_kva
-    return p[:, model.agent_cols] @ m + 1j * (q[:, model.agent_cols] @ m)
+    return p_units @ m + 1j * (q_units @ m)
 
 
 def _real_jacobian(z: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:

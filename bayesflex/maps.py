@@ -18,7 +18,8 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
 from .errors import ConfigError
-from .query import n_draws
+from .query import half_hour, n_draws
+from .results import mcse
 
 __all__ = ["adjustment_figure", "congestion_heatmap", "feeder_map", "flexibility_figure", "trafo_fan_chart",
            "voltage_fan_chart"]
@@ -37,17 +38,10 @@ def _limits_text(tree: xr.DataTree) -> str:
             f"I > {a['loading_max_pu']:g} x rating; {n_draws(tree)} draws")
 
 
-def _when(tree: xr.DataTree, time) -> tuple[xr.DataArray | None, str]:
+def _when(tree: xr.DataTree, time) -> tuple[np.datetime64 | None, str]:
     if time is None:
         return None, "worst half-hour of the horizon"
-    times = pd.to_datetime(tree["summary"].time.values)
-    try:
-        t = pd.Timestamp(time)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"time {time!r} is not a date-time (e.g. '{times[0]:%Y-%m-%d %H:%M}')") from err
-    if t not in times:
-        raise ConfigError(f"time {time!r} is not a half-hour of the study "
-                          f"({times[0]:%Y-%m-%d %H:%M} .. {times[-1]:%Y-%m-%d %H:%M}, every 30 min)")
+    t = half_hour(tree["summary"].time.values, time)
     return np.datetime64(t), f"{t:%a %d %b %H:%M}"
 
 
@@ -195,7 +189,7 @@ def trafo_fan_chart(tree: xr.DataTree) -> Figure:
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, ncol=3, loc="upper left")
     ax.set_title(f"transformer loading fan chart; P(overload) at most {p.max():.3f} "
-                 f"± {np.sqrt(p.max() * (1 - p.max()) / n_draws(tree)):.3f} in any half-hour", fontsize=10)
+                 f"± {mcse(p.max(), n_draws(tree)):.3f} in any half-hour", fontsize=10)
     return fig
 
 
@@ -220,12 +214,13 @@ def voltage_fan_chart(tree: xr.DataTree) -> Figure:
     return fig
 
 
-def adjustment_figure(tree: xr.DataTree, k: int = 8) -> Figure:
+def adjustment_figure(tree: xr.DataTree, k: int = 8, *, top=None) -> Figure:
     """For the ``k`` agents most often adjusted: the distribution of their turn-down
-    and turn-up (kW per half-hour when adjusted), with how often they are adjusted."""
+    and turn-up (kW per half-hour when adjusted), with how often they are adjusted.
+    ``top``: :func:`bayesflex.query.top_agents` of this tree, if already at hand."""
     from .query import top_agents
 
-    top = top_agents(tree, k)
+    top = (top_agents(tree, k) if top is None else top).head(k)
     top = top[top.p_adjusted_in_horizon > 0]
     fig = Figure(figsize=(10, 1.2 + 0.45 * max(len(top), 2)), layout="constrained")
     ax = fig.subplots()

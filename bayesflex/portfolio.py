@@ -29,7 +29,7 @@ optimum:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -75,9 +75,9 @@ class EVCharger:
 
 @dataclass(frozen=True)
 class _Block:
-    """One device's LP: min c x, A_ub x <= b_ub, A_eq x = b_eq, bounds; power = P x (kW per step)."""
+    """One device's LP: A_ub x <= b_ub, A_eq x = b_eq, bounds; power = P x (kW per step).
+    Its cost is that of its power, ``dt * price @ (P x)``."""
 
-    c_x: np.ndarray  # cost of x apart from power (zero here)
     a_ub: sp.csr_matrix
     b_ub: np.ndarray
     a_eq: sp.csr_matrix
@@ -99,7 +99,6 @@ class Schedule:
     shadow_price: np.ndarray
     method: str
     iterations: int = 1
-    states: dict = field(default_factory=dict)
 
     @property
     def portfolio_kw(self) -> np.ndarray:
@@ -120,7 +119,7 @@ def _battery(d: Battery, n: int, dt: float) -> _Block:
     cum = sp.csr_matrix(np.tril(np.ones((n, n))) * dt / d.capacity_kwh)
     a_ub = sp.vstack([cum, -cum, -cum[-1:]]).tocsr()  # SoC <= max, SoC >= min, end SoC >= start
     b_ub = np.concatenate([np.full(n, d.soc_max - d.soc0), np.full(n, d.soc0 - d.soc_min), [0.0]])
-    return _Block(np.zeros(n), a_ub, b_ub, sp.csr_matrix((0, n)), np.zeros(0),
+    return _Block(a_ub, b_ub, sp.csr_matrix((0, n)), np.zeros(0),
                   np.tile([-d.power_kw, d.power_kw], (n, 1)), sp.identity(n, format="csr"))
 
 
@@ -146,7 +145,7 @@ def _heat_pump(d: HeatPump, n: int, dt: float) -> _Block:
             b[0] += a * d.t_init_c
     bounds = np.vstack([np.tile([0.0, d.rating_kw], (n, 1)), np.c_[lo, hi]])
     power = sp.hstack([sp.identity(n), sp.csr_matrix((n, n))]).tocsr()
-    return _Block(np.zeros(2 * n), sp.csr_matrix((0, 2 * n)), np.zeros(0), eq.tocsr(), b, bounds, power)
+    return _Block(sp.csr_matrix((0, 2 * n)), np.zeros(0), eq.tocsr(), b, bounds, power)
 
 
 def _ev(d: EVCharger, n: int, dt: float) -> _Block:
@@ -159,7 +158,7 @@ def _ev(d: EVCharger, n: int, dt: float) -> _Block:
     row = np.zeros((1, n))
     row[0, :d.departure] = -dt * d.efficiency * home[:d.departure]
     bounds = np.c_[np.zeros(n), d.power_kw * home]
-    return _Block(np.zeros(n), sp.csr_matrix(row), np.array([-d.energy_kwh]), sp.csr_matrix((0, n)), np.zeros(0),
+    return _Block(sp.csr_matrix(row), np.array([-d.energy_kwh]), sp.csr_matrix((0, n)), np.zeros(0),
                   bounds, sp.identity(n, format="csr"))
 
 
@@ -212,7 +211,7 @@ def schedule(devices, price_per_kwh, *, dt_h: float = 0.5, limit_kw=None, method
 
 def _central(blocks, price, dt, lim, agents) -> Schedule:
     n = len(price)
-    c = np.concatenate([b.c_x + dt * (b.power.T @ price) for b in blocks])
+    c = np.concatenate([dt * (b.power.T @ price) for b in blocks])
     a_ub = sp.block_diag([b.a_ub for b in blocks], format="csr")
     b_ub = np.concatenate([b.b_ub for b in blocks])
     power = sp.hstack([b.power for b in blocks]).tocsr()
@@ -235,26 +234,25 @@ def _dantzig_wolfe(blocks, price, dt, lim, agents, *, tol: float, max_iter: int)
     """Column generation: agents propose schedules for prices; the master mixes them."""
     n, m = len(price), len(blocks)
 
-    def own(b, dual):  # agent's LP for prices price + dual (the limit's shadow price, <= 0 ... )
-        c = b.c_x + dt * (b.power.T @ (price - dual / dt))
-        res = _solve(c, b.a_ub, b.b_ub, b.a_eq, b.b_eq, b.bounds, "an agent's own schedule")
-        x = res.x
-        return x, float(b.c_x @ x + dt * price @ (b.power @ x)), b.power @ x
+    def own(b, dual):  # the agent's LP for the market price less the limit's shadow price (dual <= 0)
+        c = dt * (b.power.T @ (price - dual / dt))
+        p = b.power @ _solve(c, b.a_ub, b.b_ub, b.a_eq, b.b_eq, b.bounds, "an agent's own schedule").x
+        return float(dt * price @ p), p
 
-    cols = [[own(b, np.zeros(n))] for b in blocks]  # (x, true cost, power)
+    cols = [[own(b, np.zeros(n))] for b in blocks]  # each agent's proposals: (cost at market price, power)
     big = 1e3 * (np.abs(price).max() + 1.0) * dt  # penalty on exceeding the limit: phase I inside the master
     iterations = 0
     for iterations in range(1, max_iter + 1):
         k = [len(cs) for cs in cols]
         nl = sum(k)
-        cost = np.concatenate([[c[1] for c in cs] for cs in cols] + ([np.full(n, big)] if lim is not None else []))
+        cost = np.concatenate([[c[0] for c in cs] for cs in cols] + ([np.full(n, big)] if lim is not None else []))
         conv = sp.lil_matrix((m, nl + (n if lim is not None else 0)))
         j = 0
         for a, cs in enumerate(cols):
             conv[a, j:j + len(cs)] = 1.0
             j += len(cs)
         if lim is not None:
-            pw = np.concatenate([np.stack([c[2] for c in cs], axis=1) for cs in cols], axis=1)  # (n, nl)
+            pw = np.concatenate([np.stack([c[1] for c in cs], axis=1) for cs in cols], axis=1)  # (n, nl)
             a_ub = sp.hstack([sp.csr_matrix(pw), -sp.identity(n)]).tocsr()  # sum lambda P - slack <= lim
             res = _solve(cost, a_ub, lim, conv.tocsr(), np.ones(m), [(0, None)] * (nl + n), "master")
             dual = res.ineqlin.marginals  # <= 0
@@ -265,10 +263,10 @@ def _dantzig_wolfe(blocks, price, dt, lim, agents, *, tol: float, max_iter: int)
         mu = res.eqlin.marginals
         improved = False
         for a, b in enumerate(blocks):
-            x, true_cost, p = own(b, dual)
+            true_cost, p = own(b, dual)
             reduced = true_cost - dual @ p - mu[a]
             if reduced < -tol * max(1.0, abs(res.fun)):
-                cols[a].append((x, true_cost, p))
+                cols[a].append((true_cost, p))
                 improved = True
         if not improved:
             break
@@ -281,7 +279,7 @@ def _dantzig_wolfe(blocks, price, dt, lim, agents, *, tol: float, max_iter: int)
     p, j = [], 0
     for cs in cols:
         w = lam[j:j + len(cs)]
-        p.append(sum(wi * c[2] for wi, c in zip(w, cs)))
+        p.append(sum(wi * c[1] for wi, c in zip(w, cs)))
         j += len(cs)
     p = np.array(p)
     total = float(dt * price @ p.sum(axis=0))

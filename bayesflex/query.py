@@ -14,8 +14,8 @@ import xarray as xr
 from .errors import ConfigError
 from .results import mcse
 
-__all__ = ["congestion_probability", "adjustment_quantiles", "flexibility_at_risk", "top_agents",
-           "n_draws", "predictive"]
+__all__ = ["adjustment_quantiles", "congestion_probability", "flexibility_at_risk", "flexibility_summary",
+           "half_hour", "n_draws", "predictive", "top_agents"]
 
 _WHERE = ("bus", "line", "phase", "time", "trafo")
 
@@ -33,22 +33,26 @@ def predictive(tree: xr.DataTree) -> xr.Dataset:
     raise ConfigError("study result has no prior_predictive or posterior_predictive group")
 
 
+def half_hour(times, value, what: str = "time") -> pd.Timestamp:
+    """``value`` as one of the study's half-hours ``times``; a clear error otherwise."""
+    times = pd.to_datetime(times)
+    try:
+        t = pd.Timestamp(str(value))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{what} {str(value)!r} is not a date-time (e.g. '{times[0]:%Y-%m-%d %H:%M}')") from err
+    if t not in times:
+        raise ConfigError(f"{what} {str(value)!r} is not a half-hour of the study "
+                          f"({times[0]:%Y-%m-%d %H:%M} .. {times[-1]:%Y-%m-%d %H:%M}, every 30 min)")
+    return t
+
+
 def _pick(da, dim: str, value, what: str):
     """Select ``value`` (one or a list) along ``dim``; a clear error naming what is allowed."""
     if value is None:
         return da
     wanted = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
     if dim == "time":
-        times = pd.to_datetime(da.time.values)
-        try:
-            stamps = [pd.Timestamp(v) for v in wanted]
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{what} {wanted[0]!r} is not a date-time (e.g. '{times[0]:%Y-%m-%d %H:%M}')") from err
-        bad = [w for w, t in zip(wanted, stamps) if t not in times]
-        if bad:
-            raise ConfigError(f"{what} {bad[0]!r} is not a half-hour of the study "
-                              f"({times[0]:%Y-%m-%d %H:%M} .. {times[-1]:%Y-%m-%d %H:%M}, every 30 min)")
-        return da.sel(time=[np.datetime64(t) for t in stamps])
+        return da.sel(time=[np.datetime64(half_hour(da.time.values, w, what)) for w in wanted])
     values = [str(v) for v in da[dim].values]
     missing = [v for v in wanted if v not in values]
     if missing:
@@ -144,6 +148,18 @@ def flexibility_at_risk(tree: xr.DataTree, confidence: float = 0.9, *, direction
         "mean_kw": da.mean("sample").values,
         "portfolio_p_kw_median": pos.median("sample").values,
     })
+
+
+def flexibility_summary(tree: xr.DataTree) -> pd.DataFrame:
+    """Per confidence level of the study's summary: portfolio turn-up and turn-down
+    deliverable (kW) in every half-hour (the horizon's lowest) and in the median one."""
+    s = tree["summary"]
+    rows = []
+    for c in s.confidence.values:
+        up, dn = s.flex_up_kw.sel(confidence=c).values, s.flex_down_kw.sel(confidence=c).values
+        rows.append({"confidence": float(c), "up_every_kw": up.min(), "up_median_kw": np.median(up),
+                     "down_every_kw": dn.min(), "down_median_kw": np.median(dn)})
+    return pd.DataFrame(rows)
 
 
 def top_agents(tree: xr.DataTree, k: int = 10) -> pd.DataFrame:

@@ -21,8 +21,8 @@ import xarray as xr
 
 from . import maps
 from .errors import ConfigError
-from .query import congestion_probability, n_draws, top_agents
-from .results import open_study
+from .query import congestion_probability, flexibility_summary, n_draws, top_agents
+from .results import mcse, open_study
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
 
@@ -95,7 +95,7 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
     rows = [(f"phase {ph}", _pct(float(s.p_congested_horizon.sel(phase=ph)),
                                  float(s.p_congested_horizon_mcse.sel(phase=ph)))) for ph in s.phase.values]
     any_h = float((h["congested"].any(("time", "phase"))).mean())
-    rows.append(("any phase", _pct(any_h, float(np.sqrt(any_h * (1 - any_h) / n)))))
+    rows.append(("any phase", _pct(any_h, float(mcse(any_h, n)))))
     parts += ["<h2>Headline</h2><p>Probability that the feeder is congested (a bus voltage outside "
               f"{a['v_min_pu']}–{a['v_max_pu']} pu, a line or the transformer above {a['loading_max_pu']:g} × "
               "its rating, or no load-flow solution) at least once in the horizon:</p>",
@@ -107,11 +107,8 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
             [(f"{pd.Timestamp(r.time):%a %H:%M}", _pct(r.probability, r.mcse)) for _, r in worst.iterrows()],
             ("half-hour", "P(congestion, any phase)")))
     if "flex_up_kw" in s:
-        rows = []
-        for c in s.confidence.values:
-            up, dn = s.flex_up_kw.sel(confidence=c).values, s.flex_down_kw.sel(confidence=c).values
-            rows.append((f"P{100 * c:.0f}", f"{up.min():.1f}", f"{np.median(up):.1f}", f"{dn.min():.1f}",
-                         f"{np.median(dn):.1f}"))
+        rows = [(f"P{100 * f.confidence:.0f}", f"{f.up_every_kw:.1f}", f"{f.up_median_kw:.1f}",
+                 f"{f.down_every_kw:.1f}", f"{f.down_median_kw:.1f}") for _, f in flexibility_summary(tree).iterrows()]
         parts.append("<p>Portfolio flexibility deliverable after network limits (kW), with the confidence "
                      "given:</p>" + _table(rows, ("confidence", "turn-up, every half-hour", "turn-up, median "
                                                   "half-hour", "turn-down, every half-hour",
@@ -160,9 +157,9 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
     parts.append(_figure(maps.trafo_fan_chart(tree), "Transformer loading: median, 50 % and 90 % bands over "
                          "draws.", "trafo-fan"))
     parts.append("<h2>Agents and flexibility</h2>")
-    parts.append(_figure(maps.adjustment_figure(tree), "Adjustments the network heuristic asks of the agents most "
-                         "often adjusted.", "adjustments"))
     top = top_agents(tree, 10)
+    parts.append(_figure(maps.adjustment_figure(tree, 8, top=top), "Adjustments the network heuristic asks of the "
+                         "agents most often adjusted.", "adjustments"))
     top = top[top.p_adjusted_in_horizon > 0]
     if not top.empty:
         parts.append(_table([(r.agent, _pct(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_mcse),

@@ -88,6 +88,11 @@ _COUNTS = {
 }
 
 
+#: per-agent arrays summed over agents and phases into the portfolio's (draw, time) totals
+_PORTFOLIO = {"p_kw": "portfolio_p_kw", "p_lb_kw": "portfolio_p_lb_kw", "p_ub_kw": "portfolio_p_ub_kw",
+              "headroom_up_kw": "portfolio_headroom_up_kw", "headroom_down_kw": "portfolio_headroom_down_kw"}
+
+
 def mcse(p, n: int):
     """Monte Carlo standard error of a probability estimated from ``n`` independent draws."""
     return np.sqrt(p * (1 - p) / n)
@@ -106,7 +111,7 @@ class StudyStore:
     preallocated array in memory, or -- with ``path`` -- a compressed
     variable of the NetCDF file being written, so that the main process holds
     only the small per-draw reductions and the counts whatever the number of
-    draws.  :meth:`finish` writes or assembles the rest.
+    draws.  :func:`build_tree` writes or assembles the rest.
     """
 
     def __init__(self, draws: int, kind: str, buses: tuple[str, ...], path: Path | None = None):
@@ -114,11 +119,10 @@ class StudyStore:
         self.small: dict[str, np.ndarray] = {}  # physics per draw, without agent/bus
         self.counts: dict[str, np.ndarray] = {}
         self.big: dict[tuple[str, str], object] = {}  # (group, name) -> array or file variable
-        self.big_meta: dict[tuple[str, str], tuple] = {}  # -> (dims, attrs)
+        self.big_meta: dict[tuple[str, str], tuple] = {}  # -> (dims, shape, dtype, attrs, from physics?)
         self.portfolio: dict[str, np.ndarray] = {}  # (draw, time) sums over agents
         self.rest: list[xr.Dataset] = []
         self.coords: dict | None = None
-        self.attrs: dict = {}
         self._file = None
 
     # -- arriving chunks --------------------------------------------------------------------
@@ -126,24 +130,21 @@ class StudyStore:
         ds = part.pop("draws")
         if self.coords is None:
             self._allocate(part, ds)
+        for (g, n), (_, _, _, _, from_physics) in self.big_meta.items():
+            v = part.pop(n) if from_physics else ds[n].values[0]
+            if n in _PORTFOLIO:
+                self._sum(_PORTFOLIO[n], v, a, b)
+            if self._file is not None and v.dtype == bool:
+                v = v.astype(np.int8)
+            self.big[(g, n)][0, a:b] = v
         for k, v in part.items():
             if k in _COUNTS:
                 self.counts[k] = self.counts[k] + v if k in self.counts else v.astype(np.int64)
-            elif _is_big(("draw",) + _PER_DRAW[k][0]):
-                self._put(("heuristic" if _PER_DRAW[k][1] == "heuristic" else "network", k), v, a, b)
             else:
                 if k not in self.small:
                     self.small[k] = np.empty((self.draws,) + v.shape[1:], v.dtype)
                 self.small[k][a:b] = v
-        for name in ("p_kw", "p_lb_kw", "p_ub_kw"):
-            self._sum(f"portfolio_{name}", ds[name].values[0], a, b)
-        for side in ("up", "down"):
-            if f"headroom_{side}_kw" in part:
-                self._sum(f"portfolio_headroom_{side}_kw", part[f"headroom_{side}_kw"], a, b)
-        big = [n for n in ds.data_vars if _is_big(ds[n].dims)]
-        for n in big:
-            group = f"{self.kind}_predictive" if ds[n].dims[-1] == "phase" else self.kind
-            self._put((group, n), ds[n].values[0], a, b)
+        big = [n for g, n in self.big_meta if g not in ("heuristic", "network")]
         self.rest.append(ds.drop_vars(big).assign_coords(draw=np.arange(a, b)))
 
     def _sum(self, name: str, v: np.ndarray, a: int, b: int) -> None:
@@ -151,31 +152,24 @@ class StudyStore:
             self.portfolio[name] = np.empty((self.draws,) + v.shape[1:2])
         self.portfolio[name][a:b] = v.sum(axis=(2, 3), dtype=np.float64)
 
-    def _put(self, key: tuple[str, str], v: np.ndarray, a: int, b: int) -> None:
-        store = self.big[key]
-        if self._file is not None and v.dtype == bool:
-            v = v.astype(np.int8)
-        store[0, a:b] = v
-
     def _allocate(self, part: dict, ds: xr.Dataset) -> None:
         self.coords = {"chain": [0], "draw": np.arange(self.draws),
                        **{k: ds.coords[k].values for k in ("time", "agent", "phase")}}
-        self.attrs = dict(ds.attrs)
         for k, v in part.items():
             if k not in _COUNTS and _is_big(("draw",) + _PER_DRAW[k][0]):
                 dims, group, attrs = _PER_DRAW[k]
-                self.big_meta[(group, k)] = (("chain", "draw") + dims, v.shape[1:], v.dtype, attrs)
+                self.big_meta[(group, k)] = (("chain", "draw") + dims, v.shape[1:], v.dtype, attrs, True)
         for n in ds.data_vars:
             if _is_big(ds[n].dims):
                 group = f"{self.kind}_predictive" if ds[n].dims[-1] == "phase" else self.kind
-                self.big_meta[(group, n)] = (ds[n].dims, ds[n].shape[2:], ds[n].dtype, dict(ds[n].attrs))
+                self.big_meta[(group, n)] = (ds[n].dims, ds[n].shape[2:], ds[n].dtype, dict(ds[n].attrs), False)
         if self.path is None:
-            for key, (dims, shape, dtype, _) in self.big_meta.items():
+            for key, (_, shape, dtype, _, _) in self.big_meta.items():
                 self.big[key] = np.empty((1, self.draws) + shape, dtype)
             return
-        self._create_file(ds)
+        self._create_file()
 
-    def _create_file(self, ds: xr.Dataset) -> None:
+    def _create_file(self) -> None:
         import h5netcdf
 
         from .engine import CHUNK_DRAWS
@@ -189,7 +183,7 @@ class StudyStore:
             xr.Dataset(coords=coords).to_netcdf(self.path, mode="w" if i == 0 else "a", group=g,
                                                engine="h5netcdf")
         self._file = h5netcdf.File(self.path, "a")
-        for (g, n), (dims, shape, dtype, attrs) in self.big_meta.items():
+        for (g, n), (dims, shape, dtype, attrs, _) in self.big_meta.items():
             dt = np.int8 if dtype == bool else dtype
             chunks = (1, min(CHUNK_DRAWS, self.draws)) + tuple(shape)
             var = self._file[g].create_variable(n, dims, dt, chunks=chunks, compression="gzip",
@@ -317,15 +311,13 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
     root = _provenance(feeder, priors, posterior, draws=draws, seed=seed, opts=opts, command=command)
     if store.path is None:
         for (g, name), arr in store.big.items():
-            dims, _, _, attrs = store.big_meta[(g, name)]
+            dims, _, _, attrs, _ = store.big_meta[(g, name)]
             tree[g] = tree[g].assign({name: (dims, arr, attrs)})
         tree["/"] = xr.Dataset(attrs=root)
         return xr.DataTree.from_dict(tree)
     store.close()
     for g, ds in tree.items():
-        ds.to_netcdf(store.path, mode="a", group=g, engine="h5netcdf",
-                     encoding={k: {"zlib": True, "complevel": 1, "shuffle": True} for k, v in ds.data_vars.items()
-                               if v.size > 100_000 and v.dtype.kind in "fiub"})
+        ds.to_netcdf(store.path, mode="a", group=g, engine="h5netcdf", encoding=_compressed(ds))
     xr.Dataset(attrs=root).to_netcdf(store.path, mode="a", engine="h5netcdf")
     final = store.path.with_name(RESULT_FILE)
     os.replace(store.path, final)
@@ -365,7 +357,8 @@ def save_study(tree: xr.DataTree, directory: str | Path) -> Path:
     path = d / RESULT_FILE
     tmp = d / f".{RESULT_FILE}.partial-{os.getpid()}"
     try:
-        tree.to_netcdf(tmp, engine="h5netcdf", encoding=_encoding(tree))
+        enc = {node.path: _compressed(node.dataset) for node in tree.subtree}
+        tree.to_netcdf(tmp, engine="h5netcdf", encoding={k: v for k, v in enc.items() if v})
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -373,18 +366,10 @@ def save_study(tree: xr.DataTree, directory: str | Path) -> Path:
     return path
 
 
-def _encoding(tree: xr.DataTree) -> dict:
-    """Compress the large per-draw arrays (most agent-phase cells are zero)."""
-    enc = {}
-    for node in tree.subtree:
-        ds = node.dataset
-        group = {}
-        for name, var in ds.data_vars.items():
-            if var.ndim >= 3 and var.dtype.kind in "fiub" and var.size > 100_000:
-                group[name] = {"zlib": True, "complevel": 1, "shuffle": True}
-        if group:
-            enc[node.path] = group
-    return enc
+def _compressed(ds: xr.Dataset) -> dict:
+    """Encoding that compresses a dataset's large numeric arrays (most agent-phase cells are zero)."""
+    return {k: {"zlib": True, "complevel": 1, "shuffle": True} for k, v in ds.data_vars.items()
+            if v.size > 100_000 and v.dtype.kind in "fiub"}
 
 
 def open_study(path: str | Path) -> xr.DataTree:
