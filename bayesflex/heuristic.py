@@ -29,8 +29,9 @@ Both are pure numpy on arrays whose axis 0 is the scenario.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 import numpy as np
 
@@ -136,10 +137,21 @@ class Constraints:
         return slice(self.phase_start[ph], self.v_stop[ph])
 
 
-@lru_cache(maxsize=8)
+#: constraint tables per model (and limits), dropped with their model
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def constraints(model: NetworkModel, limits: Limits = Limits()) -> Constraints:
-    """The constraint table of a network model under ``limits`` (built once per
-    model and limits: every load flow of a study uses it)."""
+    """The constraint table of a network model under ``limits``, built once per
+    model and limits (every load flow of a study uses it) and kept only as long
+    as the model lives."""
+    per_model = _TABLES.setdefault(model, {})
+    if limits not in per_model:
+        per_model[limits] = _build_constraints(model, limits)
+    return per_model[limits]
+
+
+def _build_constraints(model: NetworkModel, limits: Limits) -> Constraints:
     n_v = len(model.vmon_v0)
     v_phase = np.searchsorted(model.vmon_phase_start, np.arange(n_v), side="right") - 1
     lr = model.line_rows
