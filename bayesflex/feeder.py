@@ -327,7 +327,7 @@ def check_feeder(feeder: Feeder) -> Feeder:
 # ----------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------
-_SOURCE_TYPES = ("pandapower", "pandapower_json", "opendss")
+_SOURCE_TYPES = ("pandapower", "pandapower_json", "opendss", "pandapower_elements")
 
 
 def load_feeder(name_or_path: str | Path) -> Feeder:
@@ -413,6 +413,12 @@ def _load_toml(path: Path) -> Feeder:
             feeder = feeder_from_pandapower_json(target, name=name)
         if target.is_file():
             digests.append(hashlib.sha256(target.read_bytes()).hexdigest())
+    elif kind == "pandapower_elements":
+        from ._builder import net_from_elements
+        from ._pandapower import feeder_from_pandapower
+
+        net = net_from_elements(src, origin=str(path))
+        feeder = feeder_from_pandapower(net, name=name, origin=str(path))
     else:
         raise ConfigError(f"{path}: [source] type {kind!r} unknown (allowed: {', '.join(_SOURCE_TYPES)})")
     limits = cfg.get("limits", {})
