@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ev-states", default=None, help="EV state logs (CSV) to condition on")
     run.add_argument("--start", default=None, help="first half-hour (default: the priors file's)")
     run.add_argument("--periods", type=int, default=None, help="half-hours (default: the priors file's, 96)")
+    run.add_argument("--positions", default=None, help="the aggregator's planned positions (CSV/NetCDF: agent, time, "
+                                                       "p_kw, p_lb_kw, p_ub_kw[, offer_price])")
     run.add_argument("--method", default="analytic", choices=("analytic", "perturb"),
                      help="sensitivity method of the heuristic (default: analytic)")
     run.add_argument("--full-voltages", action="store_true", help="keep every bus voltage of every draw")
@@ -64,9 +66,10 @@ def _parser() -> argparse.ArgumentParser:
                        description="Probabilities (with Monte Carlo error) and quantiles from DIR/result.nc.")
     q.add_argument("dir", help="study folder (or its result.nc)")
     q.add_argument("what", nargs="?", default="congestion",
-                   choices=("congestion", "adjustment", "flexibility", "agents"),
+                   choices=("congestion", "adjustment", "flexibility", "product", "agents"),
                    help="congestion probability (default), an agent's adjustment quantiles, portfolio "
-                        "flexibility at risk, or the agents most often adjusted")
+                        "flexibility at risk per half-hour, a market product's delivery (--direction, --kw, "
+                        "--start, --end), or the agents most often adjusted")
     q.add_argument("--by", default="bus", choices=("bus", "line", "phase", "time", "trafo"),
                    help="congestion: where (default: bus)")
     q.add_argument("--kind", default="any", choices=("any", "under", "over"), help="congestion by bus: voltage side")
@@ -74,8 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--time", default=None, help="a half-hour, e.g. '2026-01-14 18:00'")
     q.add_argument("--agent", default=None, help="adjustment: the agent")
     q.add_argument("--quantiles", default="0.5,0.9,0.95", help="adjustment: quantiles (default 0.5,0.9,0.95)")
-    q.add_argument("--confidence", type=float, default=0.9, help="flexibility: confidence (default 0.9)")
-    q.add_argument("--direction", default="up", choices=("up", "down"), help="flexibility: product direction")
+    q.add_argument("--confidence", default=None,
+                   help="flexibility: confidence (default 0.9); product: levels (default 0.5,0.9,0.95)")
+    q.add_argument("--direction", default="up", choices=("up", "down"), help="flexibility, product: direction")
+    q.add_argument("--kw", type=float, default=None, help="product: the power offered, kW")
+    q.add_argument("--start", default=None, help="product: first half-hour, e.g. '2026-01-14 17:00'")
+    q.add_argument("--end", default=None, help="product: last half-hour (default: --start)")
     q.add_argument("--top", type=int, default=20, help="congestion, agents: rows to show (default 20; 0 = all)")
     q.add_argument("--format", default="table", choices=("table", "csv", "json"))
     return ap
@@ -99,12 +106,12 @@ def _cmd_run(args, argv) -> int:
     tree = run_study(feeder, priors, draws=args.draws, seed=args.seed, jobs=args.jobs,
                      observations=args.observations, ev_states=args.ev_states, start=args.start,
                      periods=args.periods, method=args.method, full_voltages=args.full_voltages,
-                     command=command, out=out)
+                     command=command, out=out, positions=args.positions)
     t1 = time.perf_counter()
     report = write_report(tree, out)
     print_summary(tree, sys.stdout)
     print(f"\n{args.draws} draws in {t1 - t0:.1f} s; wrote {out / RESULT_FILE} and {report}")
-    print(f"ask more: bayesflex query {out} [congestion|adjustment|flexibility|agents] --help")
+    print(f"ask more: bayesflex query {out} [congestion|adjustment|flexibility|product|agents] --help")
     return 0
 
 
@@ -172,9 +179,15 @@ def print_summary(tree, f) -> None:
     for _, r in agents.iterrows():
         print(f"  {r.agent:<10} {_pct(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_mcse)}   when adjusted: "
               f"turn-down {r.down_kw_when_adjusted:.2f} kW, turn-up {r.up_kw_when_adjusted:.2f} kW", file=f)
-    if "flex_up_kw" in s:
-        print("\nportfolio flexibility deliverable after network limits (kW; lowest / median over the horizon):",
+    if "portfolio_position_p_kw" in s:
+        pt = s["portfolio_position_p_kw"].values
+        print(f"\nportfolio: {tree['positions'].sizes['agent']} agents with positions; planned P_T "
+              f"{pt.min():.1f} .. {pt.max():.1f} kW over the horizon, bounds "
+              f"{float(s['portfolio_position_p_lb_kw'].min()):.1f} .. {float(s['portfolio_position_p_ub_kw'].max()):.1f} kW",
               file=f)
+    if "flex_up_kw" in s:
+        print("\nportfolio flexibility sellable against the plan after network limits "
+              "(kW; lowest / median over the horizon):", file=f)
         print(f"  {'confidence':<12}{'turn-up':>18}{'turn-down':>20}", file=f)
         for _, r in flexibility_summary(tree).iterrows():
             print(f"  P{100 * r.confidence:<11.0f}{r.up_every_kw:>8.1f} / {r.up_median_kw:<8.1f}"
@@ -204,7 +217,16 @@ def _cmd_query(args) -> int:
             raise ConfigError(f"--quantiles {args.quantiles!r}: every quantile must lie in [0, 1]")
         df = query.adjustment_quantiles(tree, args.agent, q=qs, time=args.time)
     elif args.what == "flexibility":
-        df = query.flexibility_at_risk(tree, args.confidence, direction=args.direction, time=args.time)
+        conf = _levels(args.confidence or "0.9")
+        if len(conf) != 1:
+            raise ConfigError(f"--confidence {args.confidence!r}: flexibility takes one level")
+        df = query.flexibility_at_risk(tree, conf[0], direction=args.direction, time=args.time)
+    elif args.what == "product":
+        if args.kw is None or args.start is None:
+            raise ConfigError("query product needs --kw and --start (and --end for more than one half-hour), "
+                              "e.g. --direction up --kw 20 --start '2026-01-14 17:00' --end '2026-01-14 18:30'")
+        df = query.product_at_risk(tree, args.direction, args.kw, start=args.start, end=args.end,
+                                   confidence=_levels(args.confidence or "0.5,0.9,0.95"))
     else:
         df = query.top_agents(tree, top or len(tree["heuristic"].agent))
     if args.format == "csv":
@@ -215,6 +237,13 @@ def _cmd_query(args) -> int:
         with pd.option_context("display.max_rows", None, "display.width", 160):
             print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return 0
+
+
+def _levels(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in str(text).split(","))
+    except ValueError as err:
+        raise ConfigError(f"--confidence {text!r}: give numbers in (0, 1), e.g. 0.9 or 0.5,0.9") from err
 
 
 def _cmd_report(args) -> int:

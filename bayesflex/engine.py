@@ -43,6 +43,7 @@ class StudyOptions:
     periods: int | None = None
     full_voltages: bool = False
     headroom: bool = True
+    positions: object = None  # bayesflex.positions.Positions, on the study's half-hours
 
 
 def _chunk_seed(seed: int, index: int) -> int:
@@ -59,6 +60,10 @@ def _run_chunk(feeder: Feeder, priors, index: int, draws: int, seed: int, opts: 
     with threadpool_limits(limits=1):
         ds = sample_priors(feeder, priors, draws=draws, seed=_chunk_seed(seed, index), start=opts.start,
                            periods=opts.periods)
+        if opts.positions is not None:
+            from .positions import apply_positions
+
+            ds = apply_positions(ds, opts.positions, feeder.agent_phases)
         keep = [k for k in ds.data_vars if k in PREDICTIVE or ds[k].dims[:2] == ("chain", "draw")
                 and ds[k].ndim < 5]
         keep += [COMPONENTS[t] for t in COMPONENTS if t in _technologies(priors)]
@@ -113,6 +118,24 @@ def _physics(feeder: Feeder, ds, opts: StudyOptions) -> dict:
     return out
 
 
+def _positions(positions, fd: Feeder, pr, start, periods):
+    """The positions on the study's half-hours, and the horizon (the positions' unless given)."""
+    import pandas as pd
+
+    from .positions import Positions, read_positions
+
+    pos = positions if isinstance(positions, Positions) else read_positions(positions, agents=fd.agents)
+    unknown = [a for a in pos.agents if a not in fd.agents]
+    if unknown:
+        raise ConfigError(f"{pos.origin}: agent {unknown[0]!r} is not on feeder {fd.name!r}")
+    if start is None and periods is None:
+        start, periods = str(pos.times[0]), len(pos.times)
+    pri = getattr(pr, "priors", pr)
+    t0 = pd.Timestamp(start) if start is not None else pri.start
+    times = pd.date_range(t0, periods=int(periods) if periods is not None else pri.periods, freq="30min")
+    return pos.on(times), start, periods
+
+
 def _check_draws(draws) -> int:
     if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
         raise ConfigError(f"draws = {draws!r}: must be a positive whole number")
@@ -144,6 +167,7 @@ def run_study(
     progress: bool | None = None,
     command: str | None = None,
     out: str | Path | None = None,
+    positions=None,
 ):
     """Run a probabilistic congestion study.
 
@@ -165,6 +189,11 @@ def run_study(
     backend : a joblib backend name ("loky" by default; "dask" on a cluster).
     progress : show a progress bar (default: when stderr is a terminal).
     command : the command line that produced the study, for provenance.
+    positions : the aggregator's planned positions (CSV or NetCDF path, a
+        ``DataFrame`` or :class:`~bayesflex.positions.Positions`): the listed
+        agents' controllable power and bounds (:mod:`bayesflex.positions`);
+        the portfolio is then those agents.  Without ``start``/``periods`` the
+        horizon is the positions'.
     out : a folder: stream the results into ``out/result.nc`` as chunks
         complete (memory stays bounded whatever the draws) and return the
         tree opened from it; without, the tree is built in memory.
@@ -194,8 +223,11 @@ def run_study(
         pr = pri_mod.condition(base, observations, ev_states=ev_states, agents=fd.agents, seed=int(seed))
     posterior = pr if isinstance(pr, pri_mod.Posterior) else None
     limits = limits or Limits(v_min_pu=fd.v_min_pu, v_max_pu=fd.v_max_pu)
+    pos = None
+    if positions is not None:
+        pos, start, periods = _positions(positions, fd, pr, start, periods)
     opts = StudyOptions(limits=limits, method=method, start=start, periods=periods,
-                        full_voltages=full_voltages, headroom=headroom)
+                        full_voltages=full_voltages, headroom=headroom, positions=pos)
     _ = fd.model  # build once here, so that workers receive it with the feeder
     chunks = [(c, a, min(draws, a + CHUNK_DRAWS)) for c, a in enumerate(range(0, draws, CHUNK_DRAWS))]
     n_jobs = min(os.cpu_count() or 1, len(chunks)) if jobs == -1 else min(jobs, len(chunks))
@@ -206,7 +238,9 @@ def run_study(
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         partial = Path(out) / f".{RESULT_FILE}.partial-{os.getpid()}"
-    store = StudyStore(draws, "posterior" if posterior is not None else "prior", fd.buses, partial)
+    portfolio = None if pos is None else np.array([fd.agents.index(a) for a in pos.agents])
+    store = StudyStore(draws, "posterior" if posterior is not None else "prior", fd.buses, partial,
+                       portfolio=portfolio)
     try:
         if n_jobs == 1 and backend is None:
             results = (_run_chunk(*a) for a in args)

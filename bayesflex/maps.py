@@ -27,8 +27,8 @@ __all__ = ["adjustment_figure", "congestion_heatmap", "feeder_map", "flexibility
 KINDS = ("any", "undervoltage", "overvoltage", "overload")
 #: YlOrRd without its palest fifth, so that a small probability still shows against white;
 #: zero is drawn grey (lines) or not at all (buses, heatmap cells)
-CMAP = ListedColormap(matplotlib.colormaps["YlOrRd"](np.linspace(0.2, 1.0, 256)), name="YlOrRd_visible")
-CMAP.set_bad("white")
+CMAP = ListedColormap(matplotlib.colormaps["YlOrRd"](np.linspace(0.2, 1.0, 256)),
+                      name="YlOrRd_visible").with_extremes(bad="white")
 QUANTILE_BANDS = ((0.05, 0.95), (0.25, 0.75))
 
 
@@ -250,15 +250,16 @@ def adjustment_figure(tree: xr.DataTree, k: int = 8, *, top=None) -> Figure:
 
 
 def flexibility_figure(tree: xr.DataTree) -> Figure:
-    """The aggregator's flexibility at risk: portfolio turn-up and turn-down deliverable
-    after network limits against the confidence of delivering it, for every half-hour
+    """The aggregator's flexibility at risk: portfolio turn-up and turn-down it can sell
+    against its planned position after network limits (:func:`bayesflex.results.deliverable`),
+    against the confidence of delivering it, for every half-hour
     of the horizon (its minimum) and for the median half-hour."""
     h = tree["heuristic"]
     conf = np.linspace(0.5, 0.99, 50)
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax = fig.subplots()
     for side, color in (("up", "tab:green"), ("down", "tab:purple")):
-        name = f"portfolio_headroom_{side}_kw"
+        name = f"portfolio_deliverable_{side}_kw"
         if name not in h:
             continue
         tot = h[name].values.reshape(-1, h.sizes["time"])

@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .results import mcse
 
 __all__ = ["adjustment_quantiles", "congestion_probability", "flexibility_at_risk", "flexibility_summary",
-           "half_hour", "n_draws", "predictive", "top_agents"]
+           "half_hour", "n_draws", "predictive", "product_at_risk", "top_agents"]
 
 _WHERE = ("bus", "line", "phase", "time", "trafo")
 
@@ -128,17 +128,15 @@ def adjustment_quantiles(tree: xr.DataTree, agent: str, *, q=(0.5, 0.9, 0.95), t
 def flexibility_at_risk(tree: xr.DataTree, confidence: float = 0.9, *, direction: str = "up",
                         time=None) -> pd.DataFrame:
     """Portfolio turn-up or turn-down (kW) deliverable with at least ``confidence``,
-    per half-hour: the (1 - confidence) quantile over draws of the jointly
-    deliverable headroom, beside its mean and the planned portfolio position."""
+    per half-hour: the (1 - confidence) quantile over draws of what the portfolio
+    can sell against its planned position after network adjustments
+    (:func:`bayesflex.results.deliverable`), beside its mean and the portfolio power."""
     if direction not in ("up", "down"):
         raise ConfigError(f"direction {direction!r} unknown (allowed: up, down)")
     if not 0 < confidence < 1:
         raise ConfigError(f"confidence {confidence!r} must lie strictly between 0 and 1")
     h = tree["heuristic"]
-    name = f"portfolio_headroom_{direction}_kw"
-    if name not in h:
-        raise ConfigError("this study was run without headroom; rerun it with headroom")
-    da = _pick(h[name], "time", time, "time").stack(sample=("chain", "draw"))
+    da = _pick(_deliverable(tree, direction), "time", time, "time").stack(sample=("chain", "draw"))
     pos = _pick(h["portfolio_p_kw"], "time", time, "time").stack(sample=("chain", "draw"))
     return pd.DataFrame({
         "time": pd.to_datetime(da.time.values),
@@ -148,6 +146,54 @@ def flexibility_at_risk(tree: xr.DataTree, confidence: float = 0.9, *, direction
         "mean_kw": da.mean("sample").values,
         "portfolio_p_kw_median": pos.median("sample").values,
     })
+
+
+def _deliverable(tree: xr.DataTree, direction: str) -> xr.DataArray:
+    h = tree["heuristic"]
+    name = f"portfolio_deliverable_{direction}_kw"
+    if name not in h:
+        raise ConfigError("this study was run without headroom; rerun it with headroom")
+    return h[name]
+
+
+def product_at_risk(tree: xr.DataTree, direction: str, kw: float, *, start, end=None,
+                    confidence=(0.5, 0.9, 0.95)) -> pd.DataFrame:
+    """A market product: turn-``direction`` of ``kw`` kW in every half-hour from
+    ``start`` to ``end`` (inclusive; default: ``start`` alone).
+
+    Per draw, the portfolio delivers the lowest, over the product's half-hours,
+    of what it can sell against its planned position after network adjustments
+    (:func:`bayesflex.results.deliverable`).  One row per ``confidence``:
+    ``commitment_kw``, the most that can be committed with at least that
+    confidence (the (1 - c) quantile of the delivery); and, the same in every
+    row, the probability of delivering the ``kw`` asked, with its Monte Carlo
+    error, the delivery's mean and its 5/50/95 % quantiles."""
+    if direction not in ("up", "down"):
+        raise ConfigError(f"direction {direction!r} unknown (allowed: up, down)")
+    try:
+        kw = float(kw)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"kw {kw!r} is not a number") from err
+    if not kw >= 0:
+        raise ConfigError(f"kw {kw!r}: the product's power must be a non-negative number of kW")
+    conf = [float(c) for c in np.atleast_1d(confidence)]
+    if not all(0 < c < 1 for c in conf):
+        raise ConfigError(f"confidence {confidence!r}: every level must lie strictly between 0 and 1")
+    da = _deliverable(tree, direction)
+    t0 = half_hour(da.time.values, start, "start")
+    t1 = half_hour(da.time.values, end if end is not None else start, "end")
+    if t1 < t0:
+        raise ConfigError(f"end {t1:%Y-%m-%d %H:%M} is before start {t0:%Y-%m-%d %H:%M}")
+    delivered = da.sel(time=slice(t0, t1)).min("time").values.ravel()
+    n = delivered.size
+    p = float((delivered >= kw - 1e-9).mean())
+    q05, q50, q95 = np.quantile(delivered, [0.05, 0.5, 0.95])
+    common = {"direction": direction, "kw": kw, "start": t0, "end": t1,
+              "half_hours": int(da.sel(time=slice(t0, t1)).sizes["time"]),
+              "p_deliver": p, "p_deliver_mcse": float(mcse(p, n)), "mean_kw": float(delivered.mean()),
+              "q05_kw": q05, "q50_kw": q50, "q95_kw": q95}
+    return pd.DataFrame([{"confidence": c, "commitment_kw": float(np.quantile(delivered, 1 - c)),
+                          "meets_kw": bool(np.quantile(delivered, 1 - c) >= kw - 1e-9), **common} for c in conf])
 
 
 def flexibility_summary(tree: xr.DataTree) -> pd.DataFrame:

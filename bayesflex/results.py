@@ -18,10 +18,17 @@ Groups (dimensions in the order ``chain, draw, time, agent|bus|line, phase``):
 ``heuristic``
     ``adjust_up_kw``, ``adjust_down_kw``, ``headroom_up_kw``,
     ``headroom_down_kw``, ``sensitivity_rank`` per agent and phase;
-    ``congested`` per phase, ``resolved``, ``exceedance_pu``; portfolio sums.
+    ``congested`` per phase, ``resolved``, ``exceedance_pu``; portfolio sums
+    per draw and half-hour (the portfolio is every agent, or the agents with
+    positions): power ``portfolio_p_kw`` and bounds, the network's turn-up and
+    turn-down, the joint headroom and what can be sold against the planned
+    position (``portfolio_deliverable_up_kw``/``_down_kw``, :func:`deliverable`).
 ``summary``
     probabilities of congestion per time and phase and over the horizon, of
-    unresolved congestion, and the portfolio flexibility at confidence levels.
+    unresolved congestion, and the portfolio flexibility at confidence levels;
+    with positions, the portfolio position ``P_T`` and its bounds.
+``positions``
+    the aggregator's planned positions, when the study was given them.
 ``sample_stats``
     ``converged``, ``iterations`` of the load flow, heuristic ``rounds``.
 ``constant_data``
@@ -90,7 +97,20 @@ _COUNTS = {
 
 #: per-agent arrays summed over agents and phases into the portfolio's (draw, time) totals
 _PORTFOLIO = {"p_kw": "portfolio_p_kw", "p_lb_kw": "portfolio_p_lb_kw", "p_ub_kw": "portfolio_p_ub_kw",
+              "adjust_up_kw": "portfolio_adjust_up_kw", "adjust_down_kw": "portfolio_adjust_down_kw",
               "headroom_up_kw": "portfolio_headroom_up_kw", "headroom_down_kw": "portfolio_headroom_down_kw"}
+_PORTFOLIO_LONG = {
+    "portfolio_p_kw": "portfolio power P_T = sum of the portfolio agents' powers",
+    "portfolio_p_lb_kw": "portfolio lower bound", "portfolio_p_ub_kw": "portfolio upper bound",
+    "portfolio_adjust_up_kw": "turn-up the network asks of the portfolio",
+    "portfolio_adjust_down_kw": "turn-down the network asks of the portfolio",
+    "portfolio_headroom_up_kw": "portfolio turn-up deliverable from the secure positions (joint headroom)",
+    "portfolio_headroom_down_kw": "portfolio turn-down deliverable from the secure positions (joint headroom)",
+    "portfolio_deliverable_up_kw": "turn-up the portfolio can sell against its planned position: headroom less "
+                                   "any net turn-down the network forced",
+    "portfolio_deliverable_down_kw": "turn-down the portfolio can sell against its planned position: headroom "
+                                     "less any net turn-up the network forced",
+}
 
 
 def mcse(p, n: int):
@@ -114,8 +134,10 @@ class StudyStore:
     draws.  :func:`build_tree` writes or assembles the rest.
     """
 
-    def __init__(self, draws: int, kind: str, buses: tuple[str, ...], path: Path | None = None):
+    def __init__(self, draws: int, kind: str, buses: tuple[str, ...], path: Path | None = None, *,
+                 portfolio: np.ndarray | None = None):
         self.draws, self.kind, self.buses, self.path = draws, kind, list(buses), path
+        self.portfolio_agents = portfolio  # agent indices of the portfolio (None: every agent)
         self.small: dict[str, np.ndarray] = {}  # physics per draw, without agent/bus
         self.counts: dict[str, np.ndarray] = {}
         self.big: dict[tuple[str, str], object] = {}  # (group, name) -> array or file variable
@@ -150,6 +172,8 @@ class StudyStore:
     def _sum(self, name: str, v: np.ndarray, a: int, b: int) -> None:
         if name not in self.portfolio:
             self.portfolio[name] = np.empty((self.draws,) + v.shape[1:2])
+        if self.portfolio_agents is not None:
+            v = v[:, :, self.portfolio_agents]
         self.portfolio[name][a:b] = v.sum(axis=(2, 3), dtype=np.float64)
 
     def _allocate(self, part: dict, ds: xr.Dataset) -> None:
@@ -230,7 +254,11 @@ def _provenance(feeder: Feeder, priors, posterior, *, draws: int, seed: int, opt
         "headroom_definition": "joint: every agent turns up (down) together; the heuristic takes back what breaks "
                                "a limit, most effective agents first; confirmed by a load flow",
         "command": command or "",
+        "portfolio": "the agents with positions" if opts.positions is not None else "every agent",
     }
+    if opts.positions is not None:
+        attrs["positions_origin"] = opts.positions.origin
+        attrs["positions_sha256"] = opts.positions.sha256
     if posterior is not None:
         attrs["observations_sha256"] = posterior.observations_sha256
         attrs["observed_agents"] = ",".join(posterior.agents)
@@ -279,15 +307,20 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
         groups["network"][name] = (dims, p, {"units": "1", "long_name": f"probability ({n} draws)"})
         groups["network"][f"{name}_mcse"] = (dims, mcse(p, n), {"units": "1", "long_name": "Monte Carlo SE"})
     heur = groups["heuristic"]
-    long = {"portfolio_p_kw": "portfolio position P_T = sum of agent positions",
-            "portfolio_p_lb_kw": "portfolio lower bound", "portfolio_p_ub_kw": "portfolio upper bound",
-            "portfolio_headroom_up_kw": "portfolio turn-up deliverable (joint headroom)",
-            "portfolio_headroom_down_kw": "portfolio turn-down deliverable (joint headroom)"}
-    for k, v in store.portfolio.items():
-        heur[k] = (("chain", "draw", "time"), v[None], {"units": "kW", "long_name": long[k]})
+    port = dict(store.portfolio)
+    if "portfolio_headroom_up_kw" in port:
+        port.update(deliverable(port))
+    for k, v in port.items():
+        heur[k] = (("chain", "draw", "time"), v[None], {"units": "kW", "long_name": _PORTFOLIO_LONG[k]})
     summary = _summary(store, n)
+    if opts.positions is not None:
+        pos = opts.positions
+        for k, what in (("p_kw", "position"), ("p_lb_kw", "lowest position"), ("p_ub_kw", "highest position")):
+            summary[f"portfolio_position_{k}"] = (("time",), getattr(pos, k).sum(axis=1),
+                                                  {"units": "kW", "long_name": f"portfolio {what}, sum over the "
+                                                                               "agents' planned positions"})
     for side in ("up", "down"):
-        tot = store.portfolio.get(f"portfolio_headroom_{side}_kw")
+        tot = port.get(f"portfolio_deliverable_{side}_kw")
         if tot is not None:  # deliverable with confidence c: the (1 - c) quantile over draws
             summary[f"flex_{side}_kw"] = (("confidence", "time"), np.quantile(tot, 1 - np.asarray(CONFIDENCE), axis=0),
                                           {"units": "kW", "long_name": f"portfolio turn-{side} deliverable with "
@@ -305,6 +338,8 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
         "sample_stats": xr.Dataset(groups["sample_stats"], coords=_sub(coords, "chain", "draw", "time")),
         "constant_data": _constant_data(feeder),
     }
+    if opts.positions is not None:
+        tree["positions"] = opts.positions.to_dataset()
     if posterior is not None and getattr(posterior, "idata", None) is not None and \
             "observed_data" in posterior.idata.groups():
         tree["observed_data"] = posterior.idata.observed_data
@@ -322,6 +357,18 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
     final = store.path.with_name(RESULT_FILE)
     os.replace(store.path, final)
     return open_study(final)
+
+
+def deliverable(port: dict) -> dict:
+    """Per draw and half-hour, what the portfolio can sell against its *planned*
+    position: the joint headroom from the secure positions, less the net move
+    the network forced against the product's direction (a forced turn-down
+    uses up turn-up, and the other way round).  A move the network forces in the
+    product's direction is not counted: the DSO has it already."""
+    up, dn = port["portfolio_adjust_up_kw"], port["portfolio_adjust_down_kw"]
+    return {"portfolio_deliverable_up_kw": np.maximum(port["portfolio_headroom_up_kw"] - np.maximum(dn - up, 0), 0),
+            "portfolio_deliverable_down_kw": np.maximum(port["portfolio_headroom_down_kw"] - np.maximum(up - dn, 0),
+                                                        0)}
 
 
 def _sub(coords: dict, *names: str) -> dict:

@@ -32,7 +32,7 @@ def test_run_summary_names_what_a_planner_looks_for(tmp_path, capsys):
     out = capsys.readouterr().out
     for words in ("probability of congestion at least once in the horizon", "phase a:", "worst half-hours",
                   "buses most at risk", "lines most at risk", "agents most often adjusted",
-                  "portfolio flexibility deliverable", "P90", "wrote"):
+                  "portfolio flexibility sellable", "P90", "wrote"):
         assert words in out, words
 
 
@@ -53,7 +53,7 @@ def test_query_answers_as_table_csv_and_json(study_dir, capsys):
     rows = json.loads(_query(capsys, d, "agents", "--top", "3", "--format", "json"))
     assert len(rows) == 3 and {"agent", "p_adjusted_in_horizon", "p_adjusted_in_horizon_mcse"} <= set(rows[0])
     flex = pd.read_csv(io.StringIO(_query(capsys, d, "flexibility", "--confidence", "0.9", "--format", "csv")))
-    tot = tree["heuristic"]["portfolio_headroom_up_kw"].values[0]
+    tot = tree["heuristic"]["portfolio_deliverable_up_kw"].values[0]
     np.testing.assert_allclose(flex.deliverable_kw, np.quantile(tot, 0.1, axis=0))
     table = _query(capsys, d, "adjustment", "--agent", "LOAD1")
     assert "q0.9_kw" in table and "LOAD1" in table
