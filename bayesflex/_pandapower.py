@@ -276,7 +276,7 @@ def runpp_3ph_reference(net, feeder: Feeder, p_kw: np.ndarray, q_kvar: np.ndarra
 
     ``p_kw``, ``q_kvar``: (agent, phase).  Returns a dict with ``v_pu (bus,
     phase)``, ``i_line_a (line, phase)``, ``loading_pu (line,)``,
-    ``trafo_loading_pu``, ``p_source_kw``/``q_source_kvar`` (into the network
+    ``trafo_loading_pu`` (the most loaded) and ``trafo_loading_each_pu (trafo,)``, ``p_source_kw``/``q_source_kvar`` (into the network
     at the ext_grid, summed over phases) and ``converged``.  ``converged`` is
     False when pandapower says so *or* when it returns any NaN (pandapower can
     report convergence with NaN voltages, its issue 3068).
@@ -316,6 +316,7 @@ def runpp_3ph_reference(net, feeder: Feeder, p_kw: np.ndarray, q_kvar: np.ndarra
     out = {
         "v_pu": v, "i_line_a": i, "loading_pu": rl.loading_percent.to_numpy(float) / 100,
         "trafo_loading_pu": float(net.res_trafo_3ph.loading_percent.max() / 100),
+        "trafo_loading_each_pu": net.res_trafo_3ph.loc[net.trafo.index].loading_percent.to_numpy(float) / 100,
         "p_source_kw": p_src, "q_source_kvar": q_src,
     }
     out["converged"] = bool(np.isfinite(v).all() and np.isfinite(i).all())

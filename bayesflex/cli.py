@@ -165,13 +165,14 @@ def print_summary(tree, f) -> None:
     if buses[1]:
         print(f"  (and {buses[1]} more bus-phases at the same probability)", file=f)
     lines = _worst_per(congestion_probability(tree, "line"), ["line"], tree["network"].line.values)
-    tr = float(tree["network"]["p_trafo_overload"].max())
+    p_tr = tree["network"]["p_trafo_overload"]
+    tr = float(p_tr.max()) if p_tr.size else 0.0
     print("\nlines most at risk (overload, worst half-hour):" + ("  none" if lines[0].empty else ""), file=f)
     for _, r in lines[0].iterrows():
         print(f"  {r.line:<10} {_pct(r.probability, r.mcse)}  at {pd.Timestamp(r.time):%a %H:%M}", file=f)
     if lines[1]:
         print(f"  (and {lines[1]} more lines at the same probability)", file=f)
-    print(f"  transformer overload, worst half-hour: {_pct(tr, float(mcse(tr, n)))}", file=f)
+    print(f"  transformer overload, worst transformer and half-hour: {_pct(tr, float(mcse(tr, n)))}", file=f)
     agents = top_agents(tree, 5)
     agents = agents[agents.p_adjusted_in_horizon > 0]
     print("\nagents most often adjusted (at least once in the horizon):" + ("  none" if agents.empty else ""),

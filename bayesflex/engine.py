@@ -84,12 +84,12 @@ def _physics(feeder: Feeder, ds, opts: StudyOptions) -> dict:
     bad = ~st.converged  # a draw without a solution counts against every limit
     n_under, n_over = st.bus_voltage_counts(lim.v_min_pu, lim.v_max_pu)
     overloaded = st.line_overloaded(lim.loading_max_pu)
-    trafo = st.trafo_loading_pu()
+    trafo = st.trafo_loading_each_pu()  # (draw, time, trafo)
     v_min, v_max = st.v_extremes_pu()
     out = {
         "n_undervoltage": n_under, "n_overvoltage": n_over,
         "n_overload": (overloaded | bad[..., None]).sum(axis=0),
-        "n_trafo_overload": ((trafo > lim.loading_max_pu) | bad).sum(axis=0),
+        "n_trafo_overload": ((trafo > lim.loading_max_pu) | bad[..., None]).sum(axis=0),
         "v_min_pu": v_min, "v_max_pu": v_max, "loading_max_pu": st.loading_max_pu(),
         "trafo_loading_pu": trafo, "converged": st.converged, "iterations": st.iterations.astype(np.int32),
     }

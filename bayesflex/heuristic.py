@@ -298,8 +298,14 @@ class Assessment:
         return under, over
 
     def trafo_loading_pu(self) -> np.ndarray:
-        q = self.state.q[:, self.cons.trafo_pos]
-        return (q.max(axis=1) if q.shape[1] else np.zeros(len(q))).reshape(self.lead)
+        """The most loaded transformer's current / rated current (...,)."""
+        each = self.trafo_loading_each_pu()
+        return each.max(axis=-1) if each.shape[-1] else np.zeros(self.lead)
+
+    def trafo_loading_each_pu(self) -> np.ndarray:
+        """Each transformer's highest current / rated current over its phases and sides (..., trafo)."""
+        q = self.state.q[:, self.cons.trafo_pos]  # 6 rows per transformer: hv a b c, lv a b c
+        return q.reshape(len(q), -1, 6).max(axis=2).reshape(self.lead + (-1,))
 
     def v_extremes_pu(self) -> tuple[np.ndarray, np.ndarray]:
         """Lowest and highest bus voltage per phase (..., phase), source bus excluded."""

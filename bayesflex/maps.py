@@ -176,20 +176,27 @@ def _fan(ax, times, draws: np.ndarray, color: str, label: str) -> None:
 
 
 def trafo_fan_chart(tree: xr.DataTree) -> Figure:
-    """Transformer loading over the horizon: median and 50 % / 90 % bands over
-    draws, the rating, and the probability of overload per half-hour."""
-    load = tree["network"]["trafo_loading_pu"].values.reshape(-1, tree["network"].sizes["time"])
-    times = pd.to_datetime(tree["network"].time.values)
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    ax = fig.subplots()
-    _fan(ax, times, load, "tab:blue", "loading")
-    ax.axhline(tree.attrs["loading_max_pu"], color="tab:red", linestyle="--", linewidth=1, label="rating")
-    p = tree["network"]["p_trafo_overload"].values
-    ax.set_ylabel("transformer current / rated current (pu)")
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8, ncol=3, loc="upper left")
-    ax.set_title(f"transformer loading fan chart; P(overload) at most {p.max():.3f} "
-                 f"± {mcse(p.max(), n_draws(tree)):.3f} in any half-hour", fontsize=10)
+    """Transformer loading over the horizon, one panel per transformer: median
+    and 50 % / 90 % bands over draws, the rating, and the probability of
+    overload in the worst half-hour."""
+    net = tree["network"]
+    times = pd.to_datetime(net.time.values)
+    names = [str(t) for t in net.trafo.values]
+    fig = Figure(figsize=(10, 1 + 3 * max(len(names), 1)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(max(len(names), 1), 1, sharex=True, squeeze=False)[:, 0])
+    if not names:
+        axes[0].text(0.5, 0.5, "this feeder has no transformer", ha="center", va="center")
+        return fig
+    for ax, name in zip(axes, names):
+        load = net["trafo_loading_pu"].sel(trafo=name).values.reshape(-1, len(times))
+        _fan(ax, times, load, "tab:blue", "loading")
+        ax.axhline(tree.attrs["loading_max_pu"], color="tab:red", linestyle="--", linewidth=1, label="rating")
+        p = float(net["p_trafo_overload"].sel(trafo=name).max())
+        ax.set_ylabel("current / rated (pu)")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"transformer {name}: P(overload) at most {p:.3f} ± {mcse(p, n_draws(tree)):.3f} "
+                     "in any half-hour", fontsize=10)
+    axes[0].legend(fontsize=8, ncol=3, loc="upper left")
     return fig
 
 

@@ -1,7 +1,7 @@
-"""Stage 1 of the two-stage coordination: the aggregator schedules its agents for cost.
+"""The aggregator's cost-optimal schedules: stage 1 and stage 2 of the DSO-aggregator coordination.
 
 Each controllable device is a small linear programme over the horizon
-(``dt_h`` hours per step):
+(``dt_h`` hours per step; power in kW, > 0 drawn from the grid):
 
 * :class:`Battery` -- the paper's linear state of charge
   ``soc_min <= soc0 + dt/E * sum_{t<=s} B_t <= soc_max`` for every ``s``,
@@ -12,24 +12,37 @@ Each controllable device is a small linear programme over the horizon
 * :class:`EVCharger` -- charging only while the car is home, the energy
   needed delivered by the departure step.
 
-The portfolio minimises ``sum_t price_t * dt * sum_a P_a,t`` (kWh bought minus
-kWh sold at the same price), optionally under a limit on the portfolio's
-power per step -- what the DSO returns in stage 2.  Two ways to the same
-optimum:
+The portfolio minimises its energy cost ``sum_t price_t * dt * P_T,t``
+(``P_T = sum_a P_a``: kWh bought minus kWh sold at the same price) plus, once
+it holds a market position ``commitment_kw``, the imbalance penalty
+``sum_t imbalance_price_t * dt * |P_T,t - commitment_t|``.  Stage 1 may limit
+the portfolio's power per step; in stage 2 the DSO returns
+
+* a limit and a floor on the portfolio's power per step (``limit_kw``,
+  ``floor_portfolio_kw``), and
+* a cap and a floor on each device's power per step (``cap_kw``,
+  ``floor_kw``) -- bounds on the device's own LP variables.
+
+Two ways to the same optimum:
 
 ``"central"``
     one LP with every device (HiGHS through ``scipy.optimize.linprog``);
 ``"distributed"``
-    Dantzig-Wolfe decomposition: each agent solves only its own LP, for
-    prices the aggregator's small master LP sends it (the market price plus
-    the shadow price of the limit); proposals are combined by the master
-    until no agent can lower the portfolio cost any more.  It reaches the
-    central optimum to the LP tolerance (a test).
+    Dantzig-Wolfe decomposition: each agent solves only its own LP (its caps
+    and floors included), for prices the aggregator's small master LP sends
+    it -- the market price less the shadow prices of the portfolio rows
+    (limit, floor, commitment), which are the only rows linking the agents;
+    the imbalance deviations live in the master.  Proposals are combined by
+    the master until no agent can lower the portfolio cost any more.  It
+    reaches the central optimum to the LP tolerance (a test).
+
+:func:`step_bounds` gives, around a schedule, the range each device's power
+could take at one step alone, the rest of its schedule held.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,7 +50,7 @@ from scipy.optimize import linprog
 
 from .errors import ConfigError, SolverError
 
-__all__ = ["Battery", "EVCharger", "HeatPump", "Schedule", "schedule"]
+__all__ = ["Battery", "EVCharger", "HeatPump", "Schedule", "schedule", "step_bounds"]
 
 
 @dataclass(frozen=True)
@@ -88,21 +101,37 @@ class _Block:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Optimal schedules: ``p_kw (device, step)``, the portfolio power, its cost
-    (currency of ``price``), the shadow price of the limit per step (currency
-    per kWh, <= 0: what one more kW of limit would save), and for the
-    distributed method its iterations."""
+    """Optimal schedules.
+
+    ``p_kw``: power per (device, step), kW.  ``cost``: the energy cost alone,
+    ``dt * price @ portfolio_kw`` (currency of ``price``).  ``imbalance_cost``:
+    the penalty for deviating from the commitment,
+    ``dt * imbalance_price @ |shortfall_kw|`` (0 without one); the LP minimises
+    :attr:`total_cost` = ``cost + imbalance_cost``.  ``shortfall_kw``: per step,
+    the portfolio power less the commitment (kW; 0 where there is none).
+    ``shadow_price``: per step, of the portfolio limit (currency per kWh, <= 0:
+    what one more kW of limit would save); ``floor_shadow_price``: of the
+    portfolio floor (>= 0: what one kW less floor would save).
+    ``iterations``: master rounds of the distributed method (1 for central).
+    """
 
     agents: tuple[str, ...]
     p_kw: np.ndarray
     cost: float
+    imbalance_cost: float
+    shortfall_kw: np.ndarray
     shadow_price: np.ndarray
+    floor_shadow_price: np.ndarray
     method: str
     iterations: int = 1
 
     @property
     def portfolio_kw(self) -> np.ndarray:
         return self.p_kw.sum(axis=0)
+
+    @property
+    def total_cost(self) -> float:
+        return self.cost + self.imbalance_cost
 
 
 def _steps(v, n: int, name: str) -> np.ndarray:
@@ -175,112 +204,296 @@ def _blocks(devices, n: int, dt: float) -> list[_Block]:
     return out
 
 
+class _Infeasible(SolverError):
+    """No schedule meets the constraints (``schedule`` then looks for a device to blame)."""
+
+
 def _solve(c, a_ub, b_ub, a_eq, b_eq, bounds, what: str):
     res = linprog(c, A_ub=a_ub if a_ub.shape[0] else None, b_ub=b_ub if a_ub.shape[0] else None,
                   A_eq=a_eq if a_eq.shape[0] else None, b_eq=b_eq if a_eq.shape[0] else None,
                   bounds=bounds, method="highs")
     if res.status == 2:
-        raise SolverError(f"{what}: no feasible schedule (HiGHS: {res.message})")
+        raise _Infeasible(f"{what}: no feasible schedule (HiGHS: {res.message})")
     if res.status != 0:
         raise SolverError(f"{what}: the LP was not solved (HiGHS status {res.status}: {res.message})")
     return res
 
 
-def schedule(devices, price_per_kwh, *, dt_h: float = 0.5, limit_kw=None, method: str = "central",
-             tol: float = 1e-7, max_iter: int = 500) -> Schedule:
-    """Cost-optimal schedules of ``devices`` against ``price_per_kwh`` (one per step).
+def _feasible(b: _Block) -> bool:
+    try:
+        _solve(np.zeros(b.bounds.shape[0]), b.a_ub, b.b_ub, b.a_eq, b.b_eq, b.bounds, "")
+    except _Infeasible:
+        return False
+    return True
 
-    ``limit_kw`` (one per step, optional): the portfolio's controllable power
-    may not exceed it.  ``method``: "central" or "distributed" (module
-    docstring).  Raises :class:`SolverError` if no schedule meets the devices'
-    constraints and the limit.
+
+def _per_device(v, m: int, n: int, name: str, none: float) -> np.ndarray:
+    """A (device, step) array in kW; NaN (and ``none``) mean no bound."""
+    if v is None:
+        return np.full((m, n), none)
+    a = np.asarray(v, float)
+    if a.shape != (m, n):
+        raise ConfigError(f"{name}: needs one value per (device, step) = ({m}, {n}), got shape {a.shape}")
+    return np.where(np.isnan(a), none, a)
+
+
+def _tighten(b: _Block, agent: str, floor: np.ndarray, cap: np.ndarray) -> _Block:
+    """The block with its power (its first n variables) kept in [floor, cap] kW per step."""
+    n = len(cap)
+    bounds = b.bounds.copy()
+    lo, hi = np.maximum(bounds[:n, 0], floor), np.minimum(bounds[:n, 1], cap)
+    bad = np.flatnonzero(lo > hi + 1e-9)
+    if bad.size:
+        t = bad[0]
+        raise SolverError(f"agent {agent!r}, step {t}: no feasible schedule: its cap {cap[t]:g} kW and floor "
+                          f"{floor[t]:g} kW leave nothing of its own range [{bounds[t, 0]:g}, {bounds[t, 1]:g}] kW")
+    bounds[:n, 0], bounds[:n, 1] = lo, np.maximum(hi, lo)
+    return replace(b, bounds=bounds)
+
+
+def _culprit(raw, agents, floor, cap) -> str | None:
+    """The first device whose own LP is infeasible under its bounds, and the first step whose
+    bounds (with those before) make it so -- or None if each device alone is feasible."""
+    for b, agent, lo, hi in zip(raw, agents, floor, cap):
+        if _feasible(_tighten(b, agent, lo, hi)):
+            continue
+        if not _feasible(b):
+            return f"agent {agent!r} cannot meet its own constraints"
+        ok, bad = 0, len(hi)  # bounds on the steps before `ok` leave a schedule, before `bad` none
+        while bad - ok > 1:
+            mid = (ok + bad) // 2
+            before = np.arange(len(hi)) < mid
+            if _feasible(_tighten(b, agent, np.where(before, lo, -np.inf), np.where(before, hi, np.inf))):
+                ok = mid
+            else:
+                bad = mid
+        return (f"agent {agent!r}, step {bad - 1}: its cap/floor there, with those before, "
+                f"leave its own constraints unmet")
+    return None
+
+
+@dataclass(frozen=True)
+class _Link:
+    """The portfolio rows, on P_T (kW per step): ``g @ P_T <= h`` (the limit's rows at ``lim``, then
+    the floor's at ``flo``) and ``e @ P_T - d+ + d- = commit`` at the steps ``com``, each deviation
+    (d+, d- >= 0, kW) costing ``dev`` (= dt * imbalance price) per kW."""
+
+    g: sp.csr_matrix
+    h: np.ndarray
+    lim: np.ndarray
+    flo: np.ndarray
+    e: sp.csr_matrix
+    commit: np.ndarray
+    com: np.ndarray
+    dev: np.ndarray
+
+
+def _link(n: int, dt: float, limit, floor, commitment, imbalance) -> _Link:
+    def steps(v):
+        return np.zeros(0, int) if v is None else np.flatnonzero(np.isfinite(v))
+
+    lim, flo, com = steps(limit), steps(floor), steps(commitment)
+    eye = sp.identity(n, format="csr")
+    h = np.concatenate([limit[lim] if lim.size else [], -floor[flo] if flo.size else []])
+    return _Link(sp.vstack([eye[lim], -eye[flo]]).tocsr(), h, lim, flo, eye[com],
+                 commitment[com] if com.size else np.zeros(0), com, dt * imbalance[com])
+
+
+def _result(agents, p, price, dt, link: _Link, y_g, method, iterations=1) -> Schedule:
+    """The schedule from the devices' powers ``p`` (device, step) and the duals of the ``g`` rows."""
+    n = len(price)
+    total = p.sum(axis=0)
+    short, shadow, floor_shadow = np.zeros(n), np.zeros(n), np.zeros(n)
+    short[link.com] = total[link.com] - link.commit
+    shadow[link.lim] = y_g[:link.lim.size] / dt
+    floor_shadow[link.flo] = -y_g[link.lim.size:] / dt
+    return Schedule(agents, p, float(dt * price @ total), float(link.dev @ np.abs(short[link.com])), short,
+                    shadow, floor_shadow, method, iterations)
+
+
+def schedule(devices, price_per_kwh, *, dt_h: float = 0.5, limit_kw=None, floor_portfolio_kw=None,
+             cap_kw=None, floor_kw=None, commitment_kw=None, imbalance_price_per_kwh=None,
+             method: str = "central", tol: float = 1e-7, max_iter: int = 500) -> Schedule:
+    """Cost-optimal schedules of ``devices`` against ``price_per_kwh`` (currency per kWh, one per step).
+
+    ``limit_kw``, ``floor_portfolio_kw`` (kW per step): the portfolio's power may not exceed the limit
+    nor fall below the floor.  ``cap_kw``, ``floor_kw`` (kW per (device, step)): the same for each
+    device's power.  ``commitment_kw`` (kW per step): the portfolio power sold or bought in the market;
+    every kW off it costs ``imbalance_price_per_kwh`` (currency per kWh, scalar or per step, >= 0;
+    default twice the largest |price|) per hour.  NaN or +-inf anywhere means no bound (or no
+    commitment) there.  ``method``: "central" or "distributed" (module docstring); ``tol``: the
+    distributed method stops when the master's cost is within ``tol`` (relative) of its lower bound.
+
+    Raises :class:`SolverError` if no schedule meets the constraints, naming the agent and step when
+    one device's own bounds are to blame.
     """
     price = np.asarray(price_per_kwh, float)
-    n = len(price)
-    if not len(devices):
+    n, m = len(price), len(devices)
+    if not m:
         raise ConfigError("schedule needs at least one device")
-    blocks = _blocks(devices, n, dt_h)
-    lim = None if limit_kw is None else _steps(limit_kw, n, "limit_kw")
+    raw = _blocks(devices, n, dt_h)
     agents = tuple(d.agent for d in devices)
-    if method == "central":
-        return _central(blocks, price, dt_h, lim, agents)
-    if method == "distributed":
-        return _dantzig_wolfe(blocks, price, dt_h, lim, agents, tol=tol, max_iter=max_iter)
-    raise ConfigError(f"method {method!r} unknown (allowed: 'central', 'distributed')")
+    floor = _per_device(floor_kw, m, n, "floor_kw", -np.inf)
+    cap = _per_device(cap_kw, m, n, "cap_kw", np.inf)
+    blocks = [_tighten(b, a, lo, hi) for b, a, lo, hi in zip(raw, agents, floor, cap)]
+    if imbalance_price_per_kwh is None:
+        imbalance_price_per_kwh = 2 * np.abs(price).max()
+    imbalance = _steps(imbalance_price_per_kwh, n, "imbalance_price_per_kwh")
+    if not np.all((imbalance >= 0) & np.isfinite(imbalance)):
+        raise ConfigError("imbalance_price_per_kwh: needs finite values >= 0")
+    link = _link(n, dt_h, *(None if v is None else _steps(v, n, name) for v, name in
+                            [(limit_kw, "limit_kw"), (floor_portfolio_kw, "floor_portfolio_kw"),
+                             (commitment_kw, "commitment_kw")]), imbalance)
+    if method not in ("central", "distributed"):
+        raise ConfigError(f"method {method!r} unknown (allowed: 'central', 'distributed')")
+    try:
+        if method == "central":
+            return _central(blocks, price, dt_h, link, agents)
+        return _dantzig_wolfe(blocks, price, dt_h, link, agents, tol=tol, max_iter=max_iter)
+    except _Infeasible as e:
+        why = _culprit(raw, agents, floor, cap)
+        if why is None:
+            raise
+        raise SolverError(f"portfolio schedule: no feasible schedule: {why}") from e
 
 
-def _central(blocks, price, dt, lim, agents) -> Schedule:
-    n = len(price)
-    c = np.concatenate([dt * (b.power.T @ price) for b in blocks])
-    a_ub = sp.block_diag([b.a_ub for b in blocks], format="csr")
-    b_ub = np.concatenate([b.b_ub for b in blocks])
-    power = sp.hstack([b.power for b in blocks]).tocsr()
-    if lim is not None:
-        a_ub = sp.vstack([a_ub, power]).tocsr()
-        b_ub = np.concatenate([b_ub, lim])
-    a_eq = sp.block_diag([b.a_eq for b in blocks], format="csr")
-    b_eq = np.concatenate([b.b_eq for b in blocks])
-    res = _solve(c, a_ub, b_ub, a_eq, b_eq, np.vstack([b.bounds for b in blocks]), "portfolio schedule")
-    x, p, i = res.x, [], 0
+def _central(blocks, price, dt, link: _Link, agents) -> Schedule:
+    """One LP: x = [every device's variables, d+, d-]."""
+    q = link.commit.size
+    power = sp.hstack([b.power for b in blocks]).tocsr()  # (step, variable)
+
+    def pad(a):  # no coefficients on the deviations
+        return sp.hstack([a, sp.csr_matrix((a.shape[0], 2 * q))])
+
+    eye = sp.identity(q)
+    c = np.concatenate([dt * (power.T @ price), link.dev, link.dev])
+    a_ub = pad(sp.vstack([sp.block_diag([b.a_ub for b in blocks]), link.g @ power])).tocsr()
+    b_ub = np.concatenate([b.b_ub for b in blocks] + [link.h])
+    a_eq = sp.vstack([pad(sp.block_diag([b.a_eq for b in blocks])),
+                      sp.hstack([link.e @ power, -eye, eye])]).tocsr()
+    b_eq = np.concatenate([b.b_eq for b in blocks] + [link.commit])
+    bounds = np.vstack([b.bounds for b in blocks] + [np.tile([0.0, np.inf], (2 * q, 1))])
+    res = _solve(c, a_ub, b_ub, a_eq, b_eq, bounds, "portfolio schedule")
+    p, i = [], 0
     for b in blocks:
         k = b.bounds.shape[0]
-        p.append(b.power @ x[i:i + k])
+        p.append(b.power @ res.x[i:i + k])
         i += k
-    shadow = res.ineqlin.marginals[-n:] / dt if lim is not None else np.zeros(n)
-    return Schedule(agents, np.array(p), float(res.fun), shadow, "central")
+    r = link.h.size
+    y_g = res.ineqlin.marginals[len(b_ub) - r:] if r else np.zeros(0)
+    return _result(agents, np.array(p), price, dt, link, y_g, "central")
 
 
-def _dantzig_wolfe(blocks, price, dt, lim, agents, *, tol: float, max_iter: int) -> Schedule:
-    """Column generation: agents propose schedules for prices; the master mixes them."""
+def _dantzig_wolfe(blocks, price, dt, link: _Link, agents, *, tol: float, max_iter: int) -> Schedule:
+    """Column generation: agents propose schedules for prices; the master mixes them.
+
+    Master variables: a convex weight per proposal of each agent, a slack per ``g`` row (at a
+    prohibitive cost: phase I inside the master), and the deviations d+, d-."""
     n, m = len(price), len(blocks)
+    r, q = link.h.size, link.commit.size
 
-    def own(b, dual):  # the agent's LP for the market price less the limit's shadow price (dual <= 0)
-        c = dt * (b.power.T @ (price - dual / dt))
+    def own(b, y):  # the agent's LP for the market price less the portfolio rows' shadow prices
+        c = b.power.T @ (dt * price - y)
         p = b.power @ _solve(c, b.a_ub, b.b_ub, b.a_eq, b.b_eq, b.bounds, "an agent's own schedule").x
         return float(dt * price @ p), p
 
-    cols = [[own(b, np.zeros(n))] for b in blocks]  # each agent's proposals: (cost at market price, power)
-    big = 1e3 * (np.abs(price).max() + 1.0) * dt  # penalty on exceeding the limit: phase I inside the master
-    iterations = 0
+    cols = [[own(b, np.zeros(n))] for b in blocks]  # each agent's proposals: (energy cost, power)
+    big = 1e3 * (np.abs(price).max() * dt + link.dev.max(initial=0.0) + dt)
+    z = sp.csr_matrix
     for iterations in range(1, max_iter + 1):
-        k = [len(cs) for cs in cols]
-        nl = sum(k)
-        cost = np.concatenate([[c[0] for c in cs] for cs in cols] + ([np.full(n, big)] if lim is not None else []))
-        conv = sp.lil_matrix((m, nl + (n if lim is not None else 0)))
-        j = 0
-        for a, cs in enumerate(cols):
-            conv[a, j:j + len(cs)] = 1.0
-            j += len(cs)
-        if lim is not None:
-            pw = np.concatenate([np.stack([c[1] for c in cs], axis=1) for cs in cols], axis=1)  # (n, nl)
-            a_ub = sp.hstack([sp.csr_matrix(pw), -sp.identity(n)]).tocsr()  # sum lambda P - slack <= lim
-            res = _solve(cost, a_ub, lim, conv.tocsr(), np.ones(m), [(0, None)] * (nl + n), "master")
-            dual = res.ineqlin.marginals  # <= 0
-        else:
-            res = _solve(cost, sp.csr_matrix((0, nl)), np.zeros(0), conv.tocsr(), np.ones(m),
-                         [(0, None)] * nl, "master")
-            dual = np.zeros(n)
-        mu = res.eqlin.marginals
-        improved = False
-        for a, b in enumerate(blocks):
-            true_cost, p = own(b, dual)
-            reduced = true_cost - dual @ p - mu[a]
-            if reduced < -tol * max(1.0, abs(res.fun)):
-                cols[a].append((true_cost, p))
-                improved = True
-        if not improved:
+        flat = [col for cs in cols for col in cs]
+        nl = len(flat)
+        pw = np.stack([col[1] for col in flat], axis=1)  # (step, proposal)
+        owner = np.repeat(np.arange(m), [len(cs) for cs in cols])
+        conv = z((np.ones(nl), (owner, np.arange(nl))), shape=(m, nl))
+        cost = np.concatenate([[col[0] for col in flat], np.full(r, big), link.dev, link.dev])
+        a_ub = sp.hstack([z(link.g @ pw), -sp.identity(r), z((r, 2 * q))]).tocsr()
+        a_eq = sp.vstack([sp.hstack([conv, z((m, r + 2 * q))]),
+                          sp.hstack([z(link.e @ pw), z((q, r)), -sp.identity(q), sp.identity(q)])]).tocsr()
+        res = _solve(cost, a_ub, link.h, a_eq, np.concatenate([np.ones(m), link.commit]),
+                     [(0, None)] * (nl + r + 2 * q), "the aggregator's master")
+        y_g = res.ineqlin.marginals if r else np.zeros(0)
+        mu, y_e = res.eqlin.marginals[:m], res.eqlin.marginals[m:]
+        y = link.g.T @ y_g + link.e.T @ y_e  # per step, objective per kW of P_T
+        props = [own(b, y) for b in blocks]
+        reduced = np.array([c - y @ p - mu[a] for a, (c, p) in enumerate(props)])
+        scale = tol * max(1.0, abs(res.fun))
+        if -reduced.clip(max=0).sum() <= scale:  # the Lagrangian bound: within tol of the optimum
             break
+        for a in np.flatnonzero(reduced < -scale / m):
+            cols[a].append(props[a])
     else:
         raise SolverError(f"distributed schedule did not converge in {max_iter} rounds")
     lam = res.x
-    if lim is not None and lam[-n:].max() > 1e-6:
-        raise SolverError("portfolio schedule: no feasible schedule meets the limit (distributed master needs "
-                          f"{lam[-n:].max():.3g} kW above it)")
-    p, j = [], 0
-    for cs in cols:
-        w = lam[j:j + len(cs)]
-        p.append(sum(wi * c[1] for wi, c in zip(w, cs)))
-        j += len(cs)
-    p = np.array(p)
-    total = float(dt * price @ p.sum(axis=0))
-    return Schedule(agents, p, total, dual / dt, "distributed", iterations)
+    if r and lam[nl:nl + r].max() > 1e-6:
+        raise _Infeasible("portfolio schedule: no feasible schedule meets the portfolio limit/floor "
+                          f"(the distributed master needs {lam[nl:nl + r].max():.3g} kW beyond it)")
+    p = np.array([pw[:, owner == a] @ lam[:nl][owner == a] for a in range(m)])
+    return _result(agents, p, price, dt, link, y_g, "distributed", iterations)
+
+
+def _later_min(x: np.ndarray) -> np.ndarray:
+    """Per t, the least of x[s] over s >= t."""
+    return np.minimum.accumulate(x[::-1])[::-1]
+
+
+def _battery_range(d: Battery, p, dt):
+    e = d.capacity_kwh / dt  # kW for one step to move the SoC by 1
+    soc = d.soc0 + np.cumsum(p) / e
+    up = np.maximum(_later_min(d.soc_max - soc), 0.0) * e
+    down = np.maximum(np.minimum(_later_min(soc - d.soc_min), soc[-1] - d.soc0), 0.0) * e
+    return np.maximum(-d.power_kw, p - down), np.minimum(d.power_kw, p + up)
+
+
+def _heat_pump_range(d: HeatPump, p, dt):
+    n = len(p)
+    cop, t_out = _steps(d.cop, n, "cop"), _steps(d.t_out_c, n, "t_out_c")
+    k = dt / d.c_kwh_per_k
+    a = 1 - k * d.h_kw_per_k
+    temp, prev = np.empty(n), d.t_init_c
+    for t in range(n):
+        prev = temp[t] = a * prev + k * (cop[t] * p[t] + d.h_kw_per_k * t_out[t])
+    lag = np.arange(n)[None, :] - np.arange(n)[:, None]  # s - t
+    g = np.where(lag >= 0, k * cop[:, None] * a ** np.maximum(lag, 0), 0.0)  # dT_s / dP_t, K per kW
+    up = np.maximum(_steps(d.t_max_c, n, "t_max_c") - temp, 0.0)
+    down = np.maximum(temp - _steps(d.t_min_c, n, "t_min_c"), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rise = np.where(g > 0, up / g, np.where(g < 0, -down / g, np.inf)).min(axis=1)
+        fall = np.where(g > 0, down / g, np.where(g < 0, -up / g, np.inf)).min(axis=1)
+    return np.maximum(0.0, p - fall), np.minimum(d.rating_kw, p + rise)
+
+
+def _ev_range(d: EVCharger, p, dt):
+    home = np.asarray(d.home, bool)
+    counts = home & (np.arange(len(p)) < d.departure)  # charging that counts towards the energy
+    slack = max(dt * d.efficiency * p[counts].sum() - d.energy_kwh, 0.0) / (dt * d.efficiency)
+    return np.where(counts, np.maximum(p - slack, 0.0), 0.0), d.power_kw * home
+
+
+_RANGE = {Battery: _battery_range, HeatPump: _heat_pump_range, EVCharger: _ev_range}
+
+
+def step_bounds(devices, sched, *, dt_h: float = 0.5, cap_kw=None, floor_kw=None):
+    """Per (device, step), the range ``(lb, ub)`` in kW the device's power could take at that step
+    alone, the rest of its schedule (``sched``: a :class:`Schedule` or its ``p_kw``) held:
+
+    * battery: within +-power_kw and the state-of-charge room over the rest of the day (more power
+      at step t raises the SoC at every later step by ``dt/E`` per kW; the day's end SoC no lower
+      than ``soc0``);
+    * heat pump: within 0..rating, the indoor temperature kept in the comfort band at every later
+      step (one kW more at t warms step s >= t by ``dt/C * COP_t * (1 - dt H / C)^(s-t)`` K);
+    * EV: within 0..power_kw while home (0 away), lowered at most by the surplus over the energy
+      needed by departure.
+
+    ``cap_kw``, ``floor_kw`` (kW per (device, step), NaN = none) narrow the ranges further.
+    """
+    p_kw = np.asarray(sched.p_kw if isinstance(sched, Schedule) else sched, float)
+    if p_kw.ndim != 2 or p_kw.shape[0] != len(devices):
+        raise ConfigError(f"step_bounds: needs one schedule row per device ({len(devices)}), got {p_kw.shape}")
+    m, n = p_kw.shape
+    for d in devices:
+        if type(d) not in _RANGE:
+            raise ConfigError(f"unknown device {d!r} (allowed: Battery, HeatPump, EVCharger)")
+    lb, ub = np.array([_RANGE[type(d)](d, p, dt_h) for d, p in zip(devices, p_kw)]).transpose(1, 0, 2)
+    return (np.maximum(lb, _per_device(floor_kw, m, n, "floor_kw", -np.inf)),
+            np.minimum(ub, _per_device(cap_kw, m, n, "cap_kw", np.inf)))

@@ -67,7 +67,7 @@ def congestion_probability(tree: xr.DataTree, by: str = "bus", *, phase=None, ti
 
     ``by``: "bus" (under-/over-voltage per time, bus and phase; ``kind`` "under",
     "over" or "any" = the larger), "line" (overload per time and line),
-    "trafo" (transformer overload per time), "phase" (any limit on the phase,
+    "trafo" (transformer overload per time and transformer), "phase" (any limit on the phase,
     per time), "time" (any limit, any phase).  Rows are sorted by probability
     (highest first), cut to ``top`` rows if given.
     """

@@ -118,8 +118,8 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
     conv = tree["sample_stats"]["converged"].values
     resolved = h["resolved"].values
     cong = h["congested"].values.any(axis=-1)
-    mc = [float(net[f"{k}_mcse"].max()) for k in ("p_undervoltage", "p_overvoltage", "p_overload",
-                                                    "p_trafo_overload")]
+    mc = [float(net[f"{k}_mcse"].max()) if net[k].size else 0.0
+          for k in ("p_undervoltage", "p_overvoltage", "p_overload", "p_trafo_overload")]
     rows = [("draws × half-hours", f"{n} × {len(times)} = {n * len(times):,}"),
             ("load flows without a solution (counted as congested)", int((~conv).sum())),
             ("congested half-hours", int(cong.sum())),

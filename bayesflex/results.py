@@ -13,7 +13,7 @@ Groups (dimensions in the order ``chain, draw, time, agent|bus|line, phase``):
     per draw: ``v_min_pu``/``v_max_pu`` per phase, ``loading_max_pu``,
     ``trafo_loading_pu``; probabilities with their Monte Carlo standard errors
     (``*_mcse``): ``p_undervoltage``/``p_overvoltage (time, bus, phase)``,
-    ``p_overload (time, line)``, ``p_trafo_overload (time)``; with
+    ``p_overload (time, line)``, ``p_trafo_overload (time, trafo)``; with
     ``full_voltages`` also ``v_pu``.
 ``heuristic``
     ``adjust_up_kw``, ``adjust_down_kw``, ``headroom_up_kw``,
@@ -65,7 +65,8 @@ _PER_DRAW = {  # name -> (dims after chain, draw; group; attrs)
     "v_min_pu": (("time", "phase"), "network", {"units": "pu", "long_name": "lowest bus voltage (source bus excluded)"}),
     "v_max_pu": (("time", "phase"), "network", {"units": "pu", "long_name": "highest bus voltage (source bus excluded)"}),
     "loading_max_pu": (("time",), "network", {"units": "pu", "long_name": "highest line current / rating"}),
-    "trafo_loading_pu": (("time",), "network", {"units": "pu", "long_name": "transformer current / rated current"}),
+    "trafo_loading_pu": (("time", "trafo"), "network",
+                         {"units": "pu", "long_name": "transformer current / rated current (worst phase and side)"}),
     "v_pu": (("time", "bus", "phase"), "network", {"units": "pu", "long_name": "bus voltage, phase to neutral"}),
     "adjust_up_kw": (("time", "agent", "phase"), "heuristic",
                      {"units": "kW", "long_name": "turn-up the network asks of the agent"}),
@@ -91,7 +92,7 @@ _COUNTS = {
     "n_undervoltage": ("p_undervoltage", ("time", "bus", "phase")),
     "n_overvoltage": ("p_overvoltage", ("time", "bus", "phase")),
     "n_overload": ("p_overload", ("time", "line")),
-    "n_trafo_overload": ("p_trafo_overload", ("time",)),
+    "n_trafo_overload": ("p_trafo_overload", ("time", "trafo")),
 }
 
 
@@ -296,7 +297,8 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
     groups to it; the file is then renamed to ``result.nc`` and opened.
     """
     n = draws  # one chain
-    coords = {**store.coords, "bus": list(feeder.buses), "line": list(feeder.lines)}
+    coords = {**store.coords, "bus": list(feeder.buses), "line": list(feeder.lines),
+              "trafo": [t.name for t in feeder.trafos]}
     groups: dict[str, dict] = {"network": {}, "heuristic": {}, "sample_stats": {}}
     for k, v in store.small.items():
         dims, group, attrs = _PER_DRAW[k]
@@ -332,7 +334,8 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
     tree = {
         f"{kind}_predictive": xr.Dataset(coords=_sub(coords, "chain", "draw", "time", "agent", "phase")),
         kind: rest,
-        "network": xr.Dataset(groups["network"], coords=_sub(coords, "chain", "draw", "time", "bus", "line", "phase")),
+        "network": xr.Dataset(groups["network"], coords=_sub(coords, "chain", "draw", "time", "bus", "line", "trafo",
+                                                             "phase")),
         "heuristic": xr.Dataset(heur, coords=_sub(coords, "chain", "draw", "time", "agent", "phase")),
         "summary": xr.Dataset(summary, coords={**_sub(coords, "time", "phase"), "confidence": list(CONFIDENCE)}),
         "sample_stats": xr.Dataset(groups["sample_stats"], coords=_sub(coords, "chain", "draw", "time")),

@@ -20,6 +20,7 @@ import bayesflex as bf
 from bayesflex._builder import net_from_elements
 from bayesflex._pandapower import runpp_3ph_reference
 from bayesflex.feeder import feeder_dir
+from bayesflex.heuristic import assess
 
 V_ATOL = 1e-9  # pu (measured: 2e-11)
 I_RTOL = 1e-5  # relative (measured: 3e-7)
@@ -90,6 +91,7 @@ def test_two_area_matches_pandapower_runpp_3ph(two_area):
     p[0] *= 1.8  # one heavy case: a transformer phase at ~1.8 times its rating
     q = p * np.tan(np.arccos(rng.uniform(0.9, 1.0, size=p.shape)))
     lf = bf.solve_loadflow(f, p, q)
+    each = assess(f, p, q).trafo_loading_each_pu()  # what a study records per transformer
     worst = 0.0
     for k in range(n):
         ref = runpp_3ph_reference(net, f, p[k], q[k])
@@ -98,6 +100,7 @@ def test_two_area_matches_pandapower_runpp_3ph(two_area):
         np.testing.assert_allclose(lf.v_pu[k], ref["v_pu"], rtol=0, atol=V_ATOL)
         np.testing.assert_allclose(lf.i_line_a[k], ref["i_line_a"], rtol=I_RTOL, atol=I_ATOL)
         np.testing.assert_allclose(lf.trafo_loading_pu[k], ref["trafo_loading_pu"], rtol=TRAFO_RTOL)
+        np.testing.assert_allclose(each[k], ref["trafo_loading_each_pu"], rtol=TRAFO_RTOL)
         np.testing.assert_allclose(lf.p_source_kw[k].sum(), ref["p_source_kw"], rtol=1e-6)
         worst = max(worst, np.abs(lf.v_pu[k] - ref["v_pu"]).max())
     assert lf.trafo_loading_pu[0] > 1.5  # the heavy case is heavy
