@@ -43,8 +43,8 @@ import pandas as pd
 
 from .errors import ConfigError, SolverError
 from .feeder import Feeder, load_feeder
-from .positions import Positions, positions_from_schedule
 from .portfolio import Battery, EVCharger, HeatPump, Schedule, schedule
+from .positions import Positions, positions_from_schedule
 
 __all__ = ["Aggregator", "Coordination", "Round", "coordinate", "power_range"]
 

@@ -106,11 +106,17 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
         parts.append("<p>Worst half-hours:</p>" + _table(
             [(f"{pd.Timestamp(r.time):%a %H:%M}", _pct(r.probability, r.mcse)) for _, r in worst.iterrows()],
             ("half-hour", "P(congestion, any phase)")))
+    if "portfolio_position_p_kw" in s:
+        pt = s["portfolio_position_p_kw"].values
+        parts.append(f"<p>Portfolio: {tree['positions'].sizes['agent']} agents with planned positions; P<sub>T</sub> "
+                     f"from {pt.min():.1f} to {pt.max():.1f} kW over the horizon, bounds "
+                     f"{float(s['portfolio_position_p_lb_kw'].min()):.1f} to "
+                     f"{float(s['portfolio_position_p_ub_kw'].max()):.1f} kW.</p>")
     if "flex_up_kw" in s:
         rows = [(f"P{100 * f.confidence:.0f}", f"{f.up_every_kw:.1f}", f"{f.up_median_kw:.1f}",
                  f"{f.down_every_kw:.1f}", f"{f.down_median_kw:.1f}") for _, f in flexibility_summary(tree).iterrows()]
-        parts.append("<p>Portfolio flexibility deliverable after network limits (kW), with the confidence "
-                     "given:</p>" + _table(rows, ("confidence", "turn-up, every half-hour", "turn-up, median "
+        parts.append("<p>Portfolio flexibility sellable against the planned position after network limits "
+                     "(kW), with the confidence given:</p>" + _table(rows, ("confidence", "turn-up, every half-hour", "turn-up, median "
                                                   "half-hour", "turn-down, every half-hour",
                                                   "turn-down, median half-hour")))
 

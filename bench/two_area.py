@@ -27,9 +27,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import bayesflex as bf  # noqa: E402
-from bayesflex.coordination import Aggregator, coordinate  # noqa: E402
-from bayesflex.portfolio import Battery, HeatPump  # noqa: E402
+import bayesflex as bf
+from bayesflex.coordination import Aggregator, coordinate
+from bayesflex.portfolio import Battery, HeatPump
 
 PAPER = {"peak_reduction_max": 0.27, "cost_increase": 0.046}
 

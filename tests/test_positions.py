@@ -140,6 +140,8 @@ def test_cli_runs_with_positions_and_answers_a_product(tmp_path, positions_csv, 
     assert main(["run", "--draws", "5", "--jobs", "1", "--positions", str(positions_csv), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "agents with positions" in text
+    assert f"{len(read_positions(positions_csv).agents)} agents with planned positions" in \
+        (out / "report.html").read_text()
     assert main(["query", str(out), "product", "--direction", "down", "--kw", "2", "--start", START,
                  "--end", "2026-01-14 18:00", "--format", "csv"]) == 0
     df = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
