@@ -113,6 +113,11 @@ def main(argv=None) -> int:
           f"(devices {sum(s.cost for s in res.first.values()):.2f} -> {sum(s.cost for s in res.final.values()):.2f} GBP, "
           f"own demand and PV {res.uncontrolled_cost:.2f} GBP); market commitments: shortfall {shortfall:.1f} kWh, "
           f"imbalance cost {sum(last.imbalance_cost.values()):.2f} GBP")
+    net, summ = res.tree["network"], res.tree["summary"]
+    print("what is left, worst half-hour: P(undervoltage) {:.3f}, P(overvoltage) {:.3f}, P(line overload) {:.3f}, "
+          "P(transformer overload) {:.3f}, P(unresolvable by the agents' flexibility) {:.3f}".format(
+              *(float(net[k].max()) for k in ("p_undervoltage", "p_overvoltage", "p_overload", "p_trafo_overload")),
+              float(summ["p_unresolved"].max())))
     print(f"paper: loading reduced by up to {100 * PAPER['peak_reduction_max']:.0f} %, cost up by about "
           f"{100 * PAPER['cost_increase']:.1f} %; here: up to {100 * res.peak_reduction().max():.1f} % and "
           f"{100 * res.customer_cost_increase():+.1f} %")
