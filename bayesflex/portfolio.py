@@ -208,10 +208,10 @@ class _Infeasible(SolverError):
     """No schedule meets the constraints (``schedule`` then looks for a device to blame)."""
 
 
-def _solve(c, a_ub, b_ub, a_eq, b_eq, bounds, what: str):
+def _solve(c, a_ub, b_ub, a_eq, b_eq, bounds, what: str, method: str = "highs"):
     res = linprog(c, A_ub=a_ub if a_ub.shape[0] else None, b_ub=b_ub if a_ub.shape[0] else None,
                   A_eq=a_eq if a_eq.shape[0] else None, b_eq=b_eq if a_eq.shape[0] else None,
-                  bounds=bounds, method="highs")
+                  bounds=bounds, method=method)
     if res.status == 2:
         raise _Infeasible(f"{what}: no feasible schedule (HiGHS: {res.message})")
     if res.status != 0:
@@ -245,8 +245,8 @@ def _tighten(b: _Block, agent: str, floor: np.ndarray, cap: np.ndarray) -> _Bloc
     bad = np.flatnonzero(lo > hi + 1e-9)
     if bad.size:
         t = bad[0]
-        raise SolverError(f"agent {agent!r}, step {t}: no feasible schedule: its cap {cap[t]:g} kW and floor "
-                          f"{floor[t]:g} kW leave nothing of its own range [{bounds[t, 0]:g}, {bounds[t, 1]:g}] kW")
+        raise SolverError(f"agent {agent!r}, step {t}: no feasible schedule: its floor {floor[t]:g} kW and cap "
+                          f"{cap[t]:g} kW leave no power in its own range [{bounds[t, 0]:g}, {bounds[t, 1]:g}] kW")
     bounds[:n, 0], bounds[:n, 1] = lo, np.maximum(hi, lo)
     return replace(b, bounds=bounds)
 
@@ -267,8 +267,7 @@ def _culprit(raw, agents, floor, cap) -> str | None:
                 ok = mid
             else:
                 bad = mid
-        return (f"agent {agent!r}, step {bad - 1}: its cap/floor there, with those before, "
-                f"leave its own constraints unmet")
+        return f"agent {agent!r}, step {bad - 1}: its caps and floors up to this step leave its own constraints unmet"
     return None
 
 
@@ -289,14 +288,11 @@ class _Link:
 
 
 def _link(n: int, dt: float, limit, floor, commitment, imbalance) -> _Link:
-    def steps(v):
-        return np.zeros(0, int) if v is None else np.flatnonzero(np.isfinite(v))
-
-    lim, flo, com = steps(limit), steps(floor), steps(commitment)
+    """The portfolio rows from per-step arrays (NaN or +-inf: none at that step)."""
+    lim, flo, com = (np.flatnonzero(np.isfinite(v)) for v in (limit, floor, commitment))
     eye = sp.identity(n, format="csr")
-    h = np.concatenate([limit[lim] if lim.size else [], -floor[flo] if flo.size else []])
-    return _Link(sp.vstack([eye[lim], -eye[flo]]).tocsr(), h, lim, flo, eye[com],
-                 commitment[com] if com.size else np.zeros(0), com, dt * imbalance[com])
+    return _Link(sp.vstack([eye[lim], -eye[flo]]).tocsr(), np.r_[limit[lim], -floor[flo]], lim, flo,
+                 eye[com], commitment[com], com, dt * imbalance[com])
 
 
 def _result(agents, p, price, dt, link: _Link, y_g, method, iterations=1) -> Schedule:
@@ -341,9 +337,9 @@ def schedule(devices, price_per_kwh, *, dt_h: float = 0.5, limit_kw=None, floor_
     imbalance = _steps(imbalance_price_per_kwh, n, "imbalance_price_per_kwh")
     if not np.all((imbalance >= 0) & np.isfinite(imbalance)):
         raise ConfigError("imbalance_price_per_kwh: needs finite values >= 0")
-    link = _link(n, dt_h, *(None if v is None else _steps(v, n, name) for v, name in
-                            [(limit_kw, "limit_kw"), (floor_portfolio_kw, "floor_portfolio_kw"),
-                             (commitment_kw, "commitment_kw")]), imbalance)
+    link = _link(n, dt_h, *(_steps(np.nan if v is None else v, n, name) for v, name in
+                             [(limit_kw, "limit_kw"), (floor_portfolio_kw, "floor_portfolio_kw"),
+                              (commitment_kw, "commitment_kw")]), imbalance)
     if method not in ("central", "distributed"):
         raise ConfigError(f"method {method!r} unknown (allowed: 'central', 'distributed')")
     try:
@@ -379,57 +375,77 @@ def _central(blocks, price, dt, link: _Link, agents) -> Schedule:
         k = b.bounds.shape[0]
         p.append(b.power @ res.x[i:i + k])
         i += k
-    r = link.h.size
-    y_g = res.ineqlin.marginals[len(b_ub) - r:] if r else np.zeros(0)
+    y_g = res.ineqlin.marginals[len(b_ub) - link.h.size:]  # the portfolio rows come last
     return _result(agents, np.array(p), price, dt, link, y_g, "central")
 
 
-def _dantzig_wolfe(blocks, price, dt, link: _Link, agents, *, tol: float, max_iter: int) -> Schedule:
-    """Column generation: agents propose schedules for prices; the master mixes them.
+_MASTER = "highs-ipm"  # its duals, nearer the centre of the optimal face, need fewer rounds
 
-    Master variables: a convex weight per proposal of each agent, a slack per ``g`` row (at a
-    prohibitive cost: phase I inside the master), and the deviations d+, d-."""
+
+def _dantzig_wolfe(blocks, price, dt, link: _Link, agents, *, tol: float, max_iter: int,
+                   smoothing: float = 0.7) -> Schedule:
+    """Column generation: agents propose schedules for prices; the aggregator's master mixes them.
+
+    Master variables: a convex weight per proposal of each agent, P_T (kW per step), a slack per
+    ``g`` row (at a prohibitive cost: phase I inside the master) and the deviations d+, d-; rows:
+    one convexity row per agent, ``sum of weighted proposals - P_T = 0`` (its dual ``y``: what one
+    kW more of P_T is worth), and the portfolio rows on P_T.  Agents are priced at the market price
+    less ``y``, with the duals smoothed towards those of the best lower bound so far (Wentges); the
+    rounds stop when the master's cost is within ``tol`` (relative) of that Lagrangian bound."""
     n, m = len(price), len(blocks)
     r, q = link.h.size, link.commit.size
+    rows = sp.vstack([link.g, link.e]).tocsr()  # y = rows.T @ pi, pi = duals of the portfolio rows
+    rhs = np.concatenate([link.h, link.commit])
 
-    def own(b, y):  # the agent's LP for the market price less the portfolio rows' shadow prices
+    def own(b, y):  # the agent's LP for the market price less y: (energy cost, power)
         c = b.power.T @ (dt * price - y)
         p = b.power @ _solve(c, b.a_ub, b.b_ub, b.a_eq, b.b_eq, b.bounds, "an agent's own schedule").x
         return float(dt * price @ p), p
 
-    cols = [[own(b, np.zeros(n))] for b in blocks]  # each agent's proposals: (energy cost, power)
+    first = [own(b, np.zeros(n)) for b in blocks]
+    cost, pw, owner = np.array([c for c, _ in first]), np.stack([p for _, p in first], axis=1), np.arange(m)
     big = 1e3 * (np.abs(price).max() * dt + link.dev.max(initial=0.0) + dt)
-    z = sp.csr_matrix
+    z, eye = sp.csr_matrix, sp.identity
+    fixed_ub = sp.hstack([link.g, -eye(r), z((r, 2 * q))])
+    fixed_eq = sp.vstack([sp.hstack([-eye(n), z((n, r + 2 * q))]),
+                          sp.hstack([link.e, z((q, r)), -eye(q), eye(q)])])
+    bounds = [(None, None)] * n + [(0, None)] * (r + 2 * q)
+    best, center = -np.inf, None
     for iterations in range(1, max_iter + 1):
-        flat = [col for cs in cols for col in cs]
-        nl = len(flat)
-        pw = np.stack([col[1] for col in flat], axis=1)  # (step, proposal)
-        owner = np.repeat(np.arange(m), [len(cs) for cs in cols])
+        nl = len(cost)
         conv = z((np.ones(nl), (owner, np.arange(nl))), shape=(m, nl))
-        cost = np.concatenate([[col[0] for col in flat], np.full(r, big), link.dev, link.dev])
-        a_ub = sp.hstack([z(link.g @ pw), -sp.identity(r), z((r, 2 * q))]).tocsr()
-        a_eq = sp.vstack([sp.hstack([conv, z((m, r + 2 * q))]),
-                          sp.hstack([z(link.e @ pw), z((q, r)), -sp.identity(q), sp.identity(q)])]).tocsr()
-        res = _solve(cost, a_ub, link.h, a_eq, np.concatenate([np.ones(m), link.commit]),
-                     [(0, None)] * (nl + r + 2 * q), "the aggregator's master")
-        y_g = res.ineqlin.marginals if r else np.zeros(0)
-        mu, y_e = res.eqlin.marginals[:m], res.eqlin.marginals[m:]
-        y = link.g.T @ y_g + link.e.T @ y_e  # per step, objective per kW of P_T
-        props = [own(b, y) for b in blocks]
-        reduced = np.array([c - y @ p - mu[a] for a, (c, p) in enumerate(props)])
+        a_eq = sp.vstack([sp.hstack([conv, z((m, n + r + 2 * q))]),
+                          sp.hstack([sp.vstack([z(pw), z((q, nl))]), fixed_eq])]).tocsr()
+        res = _solve(np.concatenate([cost, np.zeros(n), np.full(r, big), link.dev, link.dev]),
+                     sp.hstack([z((r, nl)), fixed_ub]).tocsr(), link.h, a_eq,
+                     np.concatenate([np.ones(m), np.zeros(n), link.commit]), [(0, None)] * nl + bounds,
+                     "the aggregator's master", method=_MASTER)
+        mu = res.eqlin.marginals[:m]
+        pi = np.concatenate([res.ineqlin.marginals[:r], res.eqlin.marginals[m + n:]])
+        y = rows.T @ pi
         scale = tol * max(1.0, abs(res.fun))
-        if -reduced.clip(max=0).sum() <= scale:  # the Lagrangian bound: within tol of the optimum
+        for at in ([pi] if center is None else [smoothing * center + (1 - smoothing) * pi, pi]):
+            y_at = rows.T @ at
+            props = [own(b, y_at) for b in blocks]
+            bound = sum(c - y_at @ p for c, p in props) + at @ rhs  # Lagrangian: <= the optimum
+            if bound > best:
+                best, center = bound, at
+            new = [a for a, (c, p) in enumerate(props) if c - y @ p - mu[a] < -scale / m]
+            if new or res.fun - best <= scale:  # else the smoothed prices found nothing: try the master's
+                break
+        if res.fun - best <= scale:
             break
-        for a in np.flatnonzero(reduced < -scale / m):
-            cols[a].append(props[a])
+        cost = np.concatenate([cost, [props[a][0] for a in new]])
+        pw = np.hstack([pw, np.stack([props[a][1] for a in new], axis=1)])
+        owner = np.concatenate([owner, new])
     else:
         raise SolverError(f"distributed schedule did not converge in {max_iter} rounds")
-    lam = res.x
-    if r and lam[nl:nl + r].max() > 1e-6:
+    slack = res.x[nl + n:nl + n + r]
+    if r and slack.max() > 1e-6:
         raise _Infeasible("portfolio schedule: no feasible schedule meets the portfolio limit/floor "
-                          f"(the distributed master needs {lam[nl:nl + r].max():.3g} kW beyond it)")
-    p = np.array([pw[:, owner == a] @ lam[:nl][owner == a] for a in range(m)])
-    return _result(agents, p, price, dt, link, y_g, "distributed", iterations)
+                          f"(the distributed master needs {slack.max():.3g} kW beyond it)")
+    p = np.array([pw[:, owner == a] @ res.x[:nl][owner == a] for a in range(m)])
+    return _result(agents, p, price, dt, link, res.ineqlin.marginals[:r], "distributed", iterations)
 
 
 def _later_min(x: np.ndarray) -> np.ndarray:
