@@ -134,7 +134,7 @@ def _worst_per(df: pd.DataFrame, keys: list[str], order, k: int = 5) -> tuple[pd
 
 def print_summary(tree, f) -> None:
     """The short summary of a study a person reads first."""
-    from .query import congestion_probability, flexibility_summary, n_draws, top_agents
+    from .query import congestion_probability, flexibility_summary, n_draws, portfolio_position, top_agents
     from .results import mcse
 
     a, s, h = tree.attrs, tree["summary"], tree["heuristic"]
@@ -180,11 +180,10 @@ def print_summary(tree, f) -> None:
     for _, r in agents.iterrows():
         print(f"  {r.agent:<10} {_pct(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_mcse)}   when adjusted: "
               f"turn-down {r.down_kw_when_adjusted:.2f} kW, turn-up {r.up_kw_when_adjusted:.2f} kW", file=f)
-    if "portfolio_position_p_kw" in s:
-        pt = s["portfolio_position_p_kw"].values
-        print(f"\nportfolio: {tree['positions'].sizes['agent']} agents with positions; planned P_T "
-              f"{pt.min():.1f} .. {pt.max():.1f} kW over the horizon, bounds "
-              f"{float(s['portfolio_position_p_lb_kw'].min()):.1f} .. {float(s['portfolio_position_p_ub_kw'].max()):.1f} kW",
+    pos = portfolio_position(tree)
+    if pos:
+        print(f"\nportfolio: {pos['agents']} agents with positions; planned P_T {pos['p_min_kw']:.1f} .. "
+              f"{pos['p_max_kw']:.1f} kW over the horizon, bounds {pos['lb_min_kw']:.1f} .. {pos['ub_max_kw']:.1f} kW",
               file=f)
     if "flex_up_kw" in s:
         print("\nportfolio flexibility sellable against the plan after network limits "

@@ -43,7 +43,7 @@ import pandas as pd
 
 from .errors import ConfigError, SolverError
 from .feeder import Feeder, load_feeder
-from .portfolio import Battery, EVCharger, HeatPump, Schedule, schedule
+from .portfolio import Schedule, check_device, schedule
 from .positions import Positions, positions_from_schedule
 
 __all__ = ["Aggregator", "Coordination", "Round", "coordinate", "power_range"]
@@ -150,23 +150,19 @@ def power_range(device, p_kw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     where the house is already warm, or a battery made to discharge in several
     half-hours, can leave no schedule that keeps the comfort band or the state
     of charge."""
-    if not isinstance(device, (Battery, HeatPump, EVCharger)):
-        raise ConfigError(f"unknown device {device!r} (allowed: Battery, HeatPump, EVCharger)")
+    check_device(device)
     p = np.asarray(p_kw, float)
     return np.minimum(p, 0.0), np.maximum(p, 0.0)
 
 
 def _positions(aggs, sched: dict, times, price, cap, floor) -> Positions:
-    """The schedules as positions; bounds: each device's power limits within the DSO's."""
-    parts = []
-    for agg in aggs:
-        s = sched[agg.name]
-        lb, ub = np.array([power_range(d, s.p_kw[i]) for i, d in enumerate(agg.devices)]).transpose(1, 0, 2)
-        lb, ub = np.maximum(lb, floor[agg.name]), np.minimum(ub, cap[agg.name])
-        parts.append(positions_from_schedule(s, times, lb_kw=lb, ub_kw=ub, offer_price=1000 * np.asarray(price)))
-    return Positions(sum((p.agents for p in parts), ()), pd.DatetimeIndex(times),
-                     *(np.concatenate([getattr(p, k) for p in parts], axis=1)
-                       for k in ("p_kw", "p_lb_kw", "p_ub_kw", "offer_price")), origin="coordination")
+    """The schedules as positions; bounds: each device's range (:func:`power_range`) within the DSO's limits."""
+    lb, ub = np.array([power_range(d, p) for a in aggs for d, p in zip(a.devices, sched[a.name].p_kw)]
+                      ).transpose(1, 0, 2)
+    lb = np.maximum(lb, np.concatenate([floor[a.name] for a in aggs]))
+    ub = np.minimum(ub, np.concatenate([cap[a.name] for a in aggs]))
+    return positions_from_schedule([sched[a.name] for a in aggs], times, lb_kw=lb, ub_kw=ub,
+                                   offer_price=1000 * np.asarray(price), origin="coordination")
 
 
 def coordinate(feeder: Feeder | str, priors, aggregators, price_per_kwh, *, risk: float = 0.05,
@@ -183,6 +179,7 @@ def coordinate(feeder: Feeder | str, priors, aggregators, price_per_kwh, *, risk
     """
     from .engine import run_study
     from .priors import load_priors
+    from .query import predictive
 
     fd = feeder if isinstance(feeder, Feeder) else load_feeder(feeder)
     aggs = tuple(aggregators)
@@ -220,7 +217,7 @@ def coordinate(feeder: Feeder | str, priors, aggregators, price_per_kwh, *, risk
             {k: float(np.abs(v.shortfall_kw).sum() * dt_h) for k, v in sched.items()},
             int(sum(np.isfinite(cap[k]).sum() + np.isfinite(floor[k]).sum() for k in cap))))
         if r == 0:
-            pred = tree[[g for g in ("posterior_predictive", "prior_predictive") if g in tree.children][0]]
+            pred = predictive(tree)
             own = (pred["p_base_kw"] + (pred["p_pv_kw"] if "p_pv_kw" in pred else 0)).sel(agent=list(pos.agents))
             uncontrolled = float(dt_h * (price * own.sum(("agent", "phase")).mean(("chain", "draw")).values).sum())
         bad = np.flatnonzero(p > risk)
@@ -258,14 +255,13 @@ def _limit(h, bad, p, risk, pos: Positions, sched, cap, floor, where) -> bool:
     most of it), never past an agent's own range."""
     agents = list(pos.agents)
     cong = h["congested"].values[0].any(axis=-1)  # (draw, time)
+    allowed = int(np.floor(risk * len(cong)))  # congested draws the DSO accepts
     changed = False
     for side, sign in (("down", -1.0), ("up", 1.0)):
         adj = h[f"adjust_{side}_kw"].sel(agent=agents).sum("phase").values[0]  # (draw, time, agent)
         for t in bad:
             rows = adj[cong[:, t], t]  # (congested draws, agent)
-            allowed = int(np.floor(risk * len(cong)))  # congested draws the DSO accepts
-            level = 1 - allowed / len(rows)
-            total = _MARGIN * np.quantile(rows.sum(axis=1), level, method="higher")
+            total = _MARGIN * np.quantile(rows.sum(axis=1), 1 - allowed / len(rows), method="higher")
             share = rows.mean(axis=0)
             if total <= _CUT_KW or share.sum() <= 0:
                 continue
@@ -273,13 +269,13 @@ def _limit(h, bad, p, risk, pos: Positions, sched, cap, floor, where) -> bool:
             cut = np.minimum(total * share / share.sum(), room)  # never past the agent's own range
             for j in np.flatnonzero(cut > _CUT_KW):
                 name, i = where[agents[j]]
-                level = sched[name].p_kw[i, t] + sign * cut[j]
-                if sign < 0 and level < cap[name][i, t] - _CUT_KW:
-                    cap[name][i, t] = level
-                    floor[name][i, t] = min(floor[name][i, t], level)  # the latest request wins
+                kw = sched[name].p_kw[i, t] + sign * cut[j]
+                if sign < 0 and kw < cap[name][i, t] - _CUT_KW:
+                    cap[name][i, t] = kw
+                    floor[name][i, t] = min(floor[name][i, t], kw)  # the latest request wins
                     changed = True
-                elif sign > 0 and level > floor[name][i, t] + _CUT_KW:
-                    floor[name][i, t] = level
-                    cap[name][i, t] = max(cap[name][i, t], level)
+                elif sign > 0 and kw > floor[name][i, t] + _CUT_KW:
+                    floor[name][i, t] = kw
+                    cap[name][i, t] = max(cap[name][i, t], kw)
                     changed = True
     return changed

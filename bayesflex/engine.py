@@ -122,12 +122,9 @@ def _positions(positions, fd: Feeder, pr, start, periods):
     """The positions on the study's half-hours, and the horizon (the positions' unless given)."""
     import pandas as pd
 
-    from .positions import Positions, read_positions
+    from .positions import read_positions
 
-    pos = positions if isinstance(positions, Positions) else read_positions(positions, agents=fd.agents)
-    unknown = [a for a in pos.agents if a not in fd.agents]
-    if unknown:
-        raise ConfigError(f"{pos.origin}: agent {unknown[0]!r} is not on feeder {fd.name!r}")
+    pos = read_positions(positions, agents=fd.agents)
     if start is None and periods is None:
         start, periods = str(pos.times[0]), len(pos.times)
     pri = getattr(pr, "priors", pr)

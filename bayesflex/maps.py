@@ -183,7 +183,7 @@ def trafo_fan_chart(tree: xr.DataTree) -> Figure:
     times = pd.to_datetime(net.time.values)
     names = [str(t) for t in net.trafo.values]
     fig = Figure(figsize=(10, 1 + 3 * max(len(names), 1)), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(max(len(names), 1), 1, sharex=True, squeeze=False)[:, 0])
+    axes = fig.subplots(max(len(names), 1), 1, sharex=True, squeeze=False)[:, 0]
     if not names:
         axes[0].text(0.5, 0.5, "this feeder has no transformer", ha="center", va="center")
         return fig

@@ -194,14 +194,16 @@ def _ev(d: EVCharger, n: int, dt: float) -> _Block:
 _BUILD = {Battery: _battery, HeatPump: _heat_pump, EVCharger: _ev}
 
 
+def check_device(d) -> None:
+    """A clear error unless ``d`` is one of the devices this module schedules."""
+    if type(d) not in _BUILD:
+        raise ConfigError(f"unknown device {d!r} (allowed: Battery, HeatPump, EVCharger)")
+
+
 def _blocks(devices, n: int, dt: float) -> list[_Block]:
-    out = []
     for d in devices:
-        build = _BUILD.get(type(d))
-        if build is None:
-            raise ConfigError(f"unknown device {d!r} (allowed: Battery, HeatPump, EVCharger)")
-        out.append(build(d, n, dt))
-    return out
+        check_device(d)
+    return [_BUILD[type(d)](d, n, dt) for d in devices]
 
 
 class _Infeasible(SolverError):
@@ -508,8 +510,7 @@ def step_bounds(devices, sched, *, dt_h: float = 0.5, cap_kw=None, floor_kw=None
         raise ConfigError(f"step_bounds: needs one schedule row per device ({len(devices)}), got {p_kw.shape}")
     m, n = p_kw.shape
     for d in devices:
-        if type(d) not in _RANGE:
-            raise ConfigError(f"unknown device {d!r} (allowed: Battery, HeatPump, EVCharger)")
+        check_device(d)
     lb, ub = np.array([_RANGE[type(d)](d, p, dt_h) for d, p in zip(devices, p_kw)]).transpose(1, 0, 2)
     return (np.maximum(lb, _per_device(floor_kw, m, n, "floor_kw", -np.inf)),
             np.minimum(ub, _per_device(cap_kw, m, n, "cap_kw", np.inf)))

@@ -75,7 +75,11 @@ class Positions:
 
 def read_positions(source, *, agents: tuple[str, ...] | None = None) -> Positions:
     """Positions from a CSV or NetCDF file, a long ``DataFrame`` or a ``Dataset``
-    (module docstring).  ``agents``: the feeder's agents, to check the names."""
+    (module docstring), or :class:`Positions` as they are.  ``agents``: the
+    feeder's agents, to check the names."""
+    if isinstance(source, Positions):
+        _check_agents(source.agents, known=agents, origin=source.origin)
+        return source
     origin, digest = "positions", ""
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -136,11 +140,7 @@ def _from_frame(df: pd.DataFrame, origin: str, digest: str, known) -> Positions:
     if dup.any():
         r = df.index[dup][0]
         raise ConfigError(f"{origin}: row {r + 2}: agent {df.agent.iloc[r]!r} at {df.time.iloc[r]} is given twice")
-    if known is not None:
-        unknown = sorted(set(df.agent) - set(known))
-        if unknown:
-            raise ConfigError(f"{origin}: agent {unknown[0]!r} is not on the feeder "
-                              f"(its agents are e.g. {', '.join(list(known)[:5])}, ...)")
+    _check_agents(df.agent, known=known, origin=origin)
     for lo, hi in (("p_lb_kw", "p_kw"), ("p_kw", "p_ub_kw")):
         bad = df[lo] > df[hi] + _TOL_KW
         if bad.any():
@@ -160,6 +160,15 @@ def _from_frame(df: pd.DataFrame, origin: str, digest: str, known) -> Positions:
     return Positions(agents, times, arr["p_kw"], arr["p_lb_kw"], arr["p_ub_kw"], arr["offer_price"], origin, digest)
 
 
+def _check_agents(names, *, known, origin: str) -> None:
+    if known is None:
+        return
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ConfigError(f"{origin}: agent {unknown[0]!r} is not on the feeder "
+                          f"(its agents are e.g. {', '.join(list(known)[:5])}, ...)")
+
+
 def write_positions(pos: Positions, path: str | Path) -> Path:
     """Write positions as CSV (long form) or NetCDF, by the file's suffix."""
     path = Path(path)
@@ -173,14 +182,18 @@ def write_positions(pos: Positions, path: str | Path) -> Path:
 
 
 def positions_from_schedule(schedule, times, *, lb_kw, ub_kw, offer_price=None, origin="schedule") -> Positions:
-    """Positions from a :class:`bayesflex.portfolio.Schedule` (device, step) with
-    per-step bounds ``lb_kw``/``ub_kw`` of the same shape; devices of one agent are summed."""
+    """Positions from a :class:`bayesflex.portfolio.Schedule` (device, step), or a list
+    of them (their devices stacked in order), with per-step bounds ``lb_kw``/``ub_kw``
+    of the same (device, step) shape; devices of one agent are summed."""
     times = pd.DatetimeIndex(times)
-    agents = tuple(dict.fromkeys(schedule.agents))
+    scheds = list(schedule) if isinstance(schedule, (list, tuple)) else [schedule]
+    devices = [a for s in scheds for a in s.agents]
+    p_kw = np.concatenate([s.p_kw for s in scheds])
+    agents = tuple(dict.fromkeys(devices))
     col = {a: i for i, a in enumerate(agents)}
     out = {k: np.zeros((len(times), len(agents))) for k in ("p", "lb", "ub")}
-    for d, a in enumerate(schedule.agents):
-        for k, v in (("p", schedule.p_kw), ("lb", lb_kw), ("ub", ub_kw)):
+    for d, a in enumerate(devices):
+        for k, v in (("p", p_kw), ("lb", lb_kw), ("ub", ub_kw)):
             out[k][:, col[a]] += np.asarray(v)[d]
     price = np.full((len(times), len(agents)), np.nan) if offer_price is None else \
         np.broadcast_to(np.asarray(offer_price, float).reshape(-1, 1), (len(times), len(agents))).copy()

@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .results import mcse
 
 __all__ = ["adjustment_quantiles", "congestion_probability", "flexibility_at_risk", "flexibility_summary",
-           "half_hour", "n_draws", "predictive", "product_at_risk", "top_agents"]
+           "half_hour", "n_draws", "portfolio_position", "predictive", "product_at_risk", "top_agents"]
 
 _WHERE = ("bus", "line", "phase", "time", "trafo")
 
@@ -131,12 +131,11 @@ def flexibility_at_risk(tree: xr.DataTree, confidence: float = 0.9, *, direction
     per half-hour: the (1 - confidence) quantile over draws of what the portfolio
     can sell against its planned position after network adjustments
     (:func:`bayesflex.results.deliverable`), beside its mean and the portfolio power."""
-    if direction not in ("up", "down"):
-        raise ConfigError(f"direction {direction!r} unknown (allowed: up, down)")
+    da = _deliverable(tree, direction)
     if not 0 < confidence < 1:
         raise ConfigError(f"confidence {confidence!r} must lie strictly between 0 and 1")
     h = tree["heuristic"]
-    da = _pick(_deliverable(tree, direction), "time", time, "time").stack(sample=("chain", "draw"))
+    da = _pick(da, "time", time, "time").stack(sample=("chain", "draw"))
     pos = _pick(h["portfolio_p_kw"], "time", time, "time").stack(sample=("chain", "draw"))
     return pd.DataFrame({
         "time": pd.to_datetime(da.time.values),
@@ -149,6 +148,8 @@ def flexibility_at_risk(tree: xr.DataTree, confidence: float = 0.9, *, direction
 
 
 def _deliverable(tree: xr.DataTree, direction: str) -> xr.DataArray:
+    if direction not in ("up", "down"):
+        raise ConfigError(f"direction {direction!r} unknown (allowed: up, down)")
     h = tree["heuristic"]
     name = f"portfolio_deliverable_{direction}_kw"
     if name not in h:
@@ -168,8 +169,7 @@ def product_at_risk(tree: xr.DataTree, direction: str, kw: float, *, start, end=
     confidence (the (1 - c) quantile of the delivery); and, the same in every
     row, the probability of delivering the ``kw`` asked, with its Monte Carlo
     error, the delivery's mean and its 5/50/95 % quantiles."""
-    if direction not in ("up", "down"):
-        raise ConfigError(f"direction {direction!r} unknown (allowed: up, down)")
+    da = _deliverable(tree, direction)
     try:
         kw = float(kw)
     except (TypeError, ValueError) as err:
@@ -179,21 +179,32 @@ def product_at_risk(tree: xr.DataTree, direction: str, kw: float, *, start, end=
     conf = [float(c) for c in np.atleast_1d(confidence)]
     if not all(0 < c < 1 for c in conf):
         raise ConfigError(f"confidence {confidence!r}: every level must lie strictly between 0 and 1")
-    da = _deliverable(tree, direction)
     t0 = half_hour(da.time.values, start, "start")
     t1 = half_hour(da.time.values, end if end is not None else start, "end")
     if t1 < t0:
         raise ConfigError(f"end {t1:%Y-%m-%d %H:%M} is before start {t0:%Y-%m-%d %H:%M}")
-    delivered = da.sel(time=slice(t0, t1)).min("time").values.ravel()
-    n = delivered.size
+    window = da.sel(time=slice(t0, t1))
+    delivered = window.min("time").values.ravel()
     p = float((delivered >= kw - 1e-9).mean())
     q05, q50, q95 = np.quantile(delivered, [0.05, 0.5, 0.95])
-    common = {"direction": direction, "kw": kw, "start": t0, "end": t1,
-              "half_hours": int(da.sel(time=slice(t0, t1)).sizes["time"]),
-              "p_deliver": p, "p_deliver_mcse": float(mcse(p, n)), "mean_kw": float(delivered.mean()),
+    common = {"direction": direction, "kw": kw, "start": t0, "end": t1, "half_hours": window.sizes["time"],
+              "p_deliver": p, "p_deliver_mcse": float(mcse(p, delivered.size)), "mean_kw": float(delivered.mean()),
               "q05_kw": q05, "q50_kw": q50, "q95_kw": q95}
-    return pd.DataFrame([{"confidence": c, "commitment_kw": float(np.quantile(delivered, 1 - c)),
-                          "meets_kw": bool(np.quantile(delivered, 1 - c) >= kw - 1e-9), **common} for c in conf])
+    commit = np.quantile(delivered, 1 - np.asarray(conf))
+    return pd.DataFrame([{"confidence": c, "commitment_kw": float(k), "meets_kw": bool(k >= kw - 1e-9), **common}
+                         for c, k in zip(conf, commit)])
+
+
+def portfolio_position(tree: xr.DataTree) -> dict | None:
+    """The planned portfolio of a study with positions: number of agents, the lowest and
+    highest P_T over the horizon and the widest bounds (kW); None without positions."""
+    s = tree["summary"]
+    if "portfolio_position_p_kw" not in s:
+        return None
+    pt = s["portfolio_position_p_kw"].values
+    return {"agents": tree["positions"].sizes["agent"], "p_min_kw": float(pt.min()), "p_max_kw": float(pt.max()),
+            "lb_min_kw": float(s["portfolio_position_p_lb_kw"].min()),
+            "ub_max_kw": float(s["portfolio_position_p_ub_kw"].max())}
 
 
 def flexibility_summary(tree: xr.DataTree) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import xarray as xr
 
 from . import maps
 from .errors import ConfigError
-from .query import congestion_probability, flexibility_summary, n_draws, top_agents
+from .query import congestion_probability, flexibility_summary, n_draws, portfolio_position, top_agents
 from .results import mcse, open_study
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
@@ -106,12 +106,11 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
         parts.append("<p>Worst half-hours:</p>" + _table(
             [(f"{pd.Timestamp(r.time):%a %H:%M}", _pct(r.probability, r.mcse)) for _, r in worst.iterrows()],
             ("half-hour", "P(congestion, any phase)")))
-    if "portfolio_position_p_kw" in s:
-        pt = s["portfolio_position_p_kw"].values
-        parts.append(f"<p>Portfolio: {tree['positions'].sizes['agent']} agents with planned positions; P<sub>T</sub> "
-                     f"from {pt.min():.1f} to {pt.max():.1f} kW over the horizon, bounds "
-                     f"{float(s['portfolio_position_p_lb_kw'].min()):.1f} to "
-                     f"{float(s['portfolio_position_p_ub_kw'].max()):.1f} kW.</p>")
+    pos = portfolio_position(tree)
+    if pos:
+        parts.append(f"<p>Portfolio: {pos['agents']} agents with planned positions; P<sub>T</sub> from "
+                     f"{pos['p_min_kw']:.1f} to {pos['p_max_kw']:.1f} kW over the horizon, bounds "
+                     f"{pos['lb_min_kw']:.1f} to {pos['ub_max_kw']:.1f} kW.</p>")
     if "flex_up_kw" in s:
         rows = [(f"P{100 * f.confidence:.0f}", f"{f.up_every_kw:.1f}", f"{f.up_median_kw:.1f}",
                  f"{f.down_every_kw:.1f}", f"{f.down_median_kw:.1f}") for _, f in flexibility_summary(tree).iterrows()]
