@@ -18,7 +18,7 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
 from .errors import ConfigError
-from .query import half_hour, n_draws
+from .query import BLOCK_DRAWS, draw_blocks, half_hour, n_draws
 from .results import mcse
 
 __all__ = ["adjustment_figure", "congestion_heatmap", "feeder_map", "flexibility_figure", "trafo_fan_chart",
@@ -221,6 +221,24 @@ def voltage_fan_chart(tree: xr.DataTree) -> Figure:
     return fig
 
 
+def _adjustments_when_adjusted(h: xr.Dataset | xr.DataTree, agents: list[str], *,
+                               block: int = BLOCK_DRAWS) -> list[np.ndarray]:
+    """Per agent, its net adjustment (turn-up less turn-down, summed over phases, kW) in every
+    (draw, half-hour) where it is adjusted, in draw order; read a block of draws at a time."""
+    idx = [int(i) for i in h.indexes["agent"].get_indexer(agents)]
+    if min(idx, default=0) < 0:
+        raise ConfigError(f"agent {agents[idx.index(-1)]!r} not in the study")
+    parts: list[list[np.ndarray]] = [[] for _ in agents]
+    dims = ("agent", "draw", "time", "phase")
+    for c, s in draw_blocks(h, block):
+        up = np.nansum(h["adjust_up_kw"].isel(chain=c, draw=s, agent=idx).transpose(*dims).values, axis=-1)
+        dn = np.nansum(h["adjust_down_kw"].isel(chain=c, draw=s, agent=idx).transpose(*dims).values, axis=-1)
+        for j in range(len(agents)):  # (draw, time) of agent j
+            moved = (up[j] > 0) | (dn[j] > 0)
+            parts[j].append(up[j][moved] - dn[j][moved])
+    return [np.concatenate(p) if p else np.zeros(0, np.float32) for p in parts]
+
+
 def adjustment_figure(tree: xr.DataTree, k: int = 8, *, top=None) -> Figure:
     """For the ``k`` agents most often adjusted: the distribution of their turn-down
     and turn-up (kW per half-hour when adjusted), with how often they are adjusted.
@@ -235,14 +253,8 @@ def adjustment_figure(tree: xr.DataTree, k: int = 8, *, top=None) -> Figure:
         ax.text(0.5, 0.5, "no agent is adjusted in any draw", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return fig
-    h = tree["heuristic"]
-    data, labels = [], []
-    for a in top.agent:
-        up = h["adjust_up_kw"].sel(agent=a).sum("phase").values.ravel()
-        dn = h["adjust_down_kw"].sel(agent=a).sum("phase").values.ravel()
-        moved = (up > 0) | (dn > 0)
-        data.append(up[moved] - dn[moved])
-        labels.append(a)
+    labels = list(top.agent)
+    data = _adjustments_when_adjusted(tree["heuristic"], labels)
     ax.boxplot(data[::-1], orientation="horizontal", tick_labels=labels[::-1], whis=(5, 95), showfliers=True,
                flierprops={"markersize": 2})
     ax.axvline(0, color="0.5", linewidth=0.8)

@@ -191,3 +191,40 @@ def test_report_renders_in_headless_chromium(study):
     for fid, complete, nw, nh, w, h in figs:
         assert complete and nw > 100 and nh > 100 and w > 100 and h > 50, fid
     assert (ARTIFACTS / "report.png").stat().st_size > 50_000
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 500])
+def test_agent_reductions_read_blocks_of_draws_and_equal_the_whole_arrays(study, block):
+    """top_agents and the adjustment figure's data read a block of draws at a time; whatever
+    the block (one draw, an uneven last block, every draw at once) they equal the same
+    statistics computed here on the whole arrays."""
+    from bayesflex.query import top_agents
+
+    tree = open_study(study)
+    h = tree["heuristic"]
+    up = h["adjust_up_kw"].values[0].astype(np.float64).sum(axis=-1)  # (draw, time, agent)
+    dn = h["adjust_down_kw"].values[0].astype(np.float64).sum(axis=-1)
+    first = (h["sensitivity_rank"].values[0] == 1).any(axis=-1)
+    moved = (up > 0) | (dn > 0)
+    assert moved.any() and first.any()
+    count = moved.sum(axis=(0, 1))
+    agents = [str(a) for a in h.agent.values]
+    df = top_agents(tree, len(agents), block=block)
+    assert sorted(df.agent) == sorted(agents)
+    assert (np.diff(df.p_adjusted_in_horizon) <= 0).all()
+    df = df.set_index("agent").loc[agents]
+    np.testing.assert_array_equal(df.p_adjusted_in_horizon, moved.any(axis=1).mean(axis=0))
+    np.testing.assert_array_equal(df.p_adjusted_per_half_hour, moved.mean(axis=(0, 1)))
+    np.testing.assert_array_equal(df.p_ranked_first, first.mean(axis=(0, 1)))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(df.up_kw_when_adjusted, np.where(count > 0, up.sum(axis=(0, 1)) / count, 0),
+                                   rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(df.down_kw_when_adjusted, np.where(count > 0, dn.sum(axis=(0, 1)) / count, 0),
+                                   rtol=1e-6, atol=1e-9)
+    some = [a for a in reversed(agents) if count[agents.index(a)] > 0][:4] + [agents[0]]  # not in feeder order
+    got = maps._adjustments_when_adjusted(h, some, block=block)
+    for a, g in zip(some, got):
+        j = agents.index(a)
+        np.testing.assert_allclose(g, (up[:, :, j] - dn[:, :, j])[moved[:, :, j]], rtol=1e-6, atol=1e-6)
+    with pytest.raises(bf.ConfigError, match="not in the study"):
+        maps._adjustments_when_adjusted(h, ["no-such-agent"])
