@@ -1,0 +1,118 @@
+"""Scale: the default study at 1,000 and 10,000 draws, its time and peak memory.
+
+Each size runs ``bayesflex run --draws N --out TMP`` (ieee_eu_lv,
+priors/default.toml, 96 half-hours, every core) as a user runs it, in a fresh
+process, while a thread samples with psutil, every 0.2 s, the resident set
+size (RSS) of the whole process tree -- the CLI's process and its joblib/loky
+workers -- and of the main process alone.  Printed per size: wall time
+(imports, PyMC's compilation, the study, ``report.html`` and the summary), time
+per draw, the study alone and the report plus summary (from the CLI's own
+"N draws in X s" line), peak total RSS, peak main RSS, the size of
+``result.nc``; then the time ratio between the largest and the smallest size
+(linear in draws: the ratio of the draws, 10 for 10,000 / 1,000) and whether
+every peak is within the budget (4 GB).  RSS summed over processes counts
+shared pages (libraries) once per process: the total is an upper bound.
+
+    python bench/scale.py [--draws 1000 10000] [--jobs -1] [--limit-gb 4] [--trace rss.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+
+def _rss(proc: psutil.Process) -> tuple[int, int]:
+    """RSS of ``proc`` and of ``proc`` plus all its descendants (bytes)."""
+    try:
+        main = proc.memory_info().rss
+        kids = proc.children(recursive=True)
+    except psutil.Error:
+        return 0, 0
+    total = main
+    for k in kids:
+        try:
+            total += k.memory_info().rss
+        except psutil.Error:  # a worker that has just exited
+            pass
+    return main, total
+
+
+def run_cli(draws: int, jobs: int, out: Path, interval: float, trace=None) -> dict:
+    exe = Path(sys.executable).with_name("bayesflex")
+    cmd = [str(exe), "run", "--draws", str(draws), "--jobs", str(jobs), "--out", str(out)]
+    t0 = time.perf_counter()
+    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = psutil.Process(popen.pid)
+    peak = {"main": 0, "total": 0, "at": 0.0}
+
+    def watch():
+        while popen.poll() is None:
+            main, total = _rss(proc)
+            if trace is not None:
+                trace.write(f"{draws},{time.perf_counter() - t0:.2f},{main / 1e6:.0f},{total / 1e6:.0f}\n")
+            peak["main"] = max(peak["main"], main)
+            if total > peak["total"]:
+                peak["total"], peak["at"] = total, time.perf_counter() - t0
+            time.sleep(interval)
+
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    text, _ = popen.communicate()
+    wall = time.perf_counter() - t0
+    th.join()
+    if popen.returncode:
+        raise SystemExit(f"bayesflex run --draws {draws} failed ({popen.returncode}):\n{text}")
+    m = re.search(r"(\d+) draws in ([\d.]+) s", text)
+    study = float(m.group(2)) if m else float("nan")
+    return {"draws": draws, "wall": wall, "study": study, "peak_total": peak["total"], "peak_main": peak["main"],
+            "peak_at": peak["at"], "file": (out / "result.nc").stat().st_size}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--draws", type=int, nargs="+", default=[1000, 10000], help="study sizes, run in this order")
+    ap.add_argument("--jobs", type=int, default=-1)
+    ap.add_argument("--interval", type=float, default=0.2, help="seconds between memory samples")
+    ap.add_argument("--limit-gb", type=float, default=4.0, help="memory budget for the whole process tree")
+    ap.add_argument("--trace", type=Path, default=None,
+                    help="also write every memory sample to this CSV (draws, seconds, main MB, tree MB)")
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"{psutil.virtual_memory().total / 1e9:.1f} GB RAM, Python {platform.python_version()}", flush=True)
+    rows = []
+    trace = args.trace.open("w", buffering=1) if args.trace else None
+    if trace is not None:
+        trace.write("draws,seconds,main_rss_mb,tree_rss_mb\n")
+    for n in args.draws:
+        with tempfile.TemporaryDirectory(prefix=f"bayesflex-scale-{n}-") as tmp:
+            r = run_cli(n, args.jobs, Path(tmp), args.interval, trace)
+        rows.append(r)
+        print(f"{n:>7,} draws: {r['wall']:7.1f} s wall, {1e3 * r['wall'] / n:6.1f} ms/draw "
+              f"(study {r['study']:.1f} s, report and summary {r['wall'] - r['study']:.1f} s); "
+              f"peak RSS {r['peak_total'] / 1e9:.2f} GB process tree (at {r['peak_at']:.0f} s), "
+              f"{r['peak_main'] / 1e9:.2f} GB main process; result.nc {r['file'] / 1e6:,.0f} MB", flush=True)
+    lo, hi = min(rows, key=lambda r: r["draws"]), max(rows, key=lambda r: r["draws"])
+    if hi["draws"] > lo["draws"]:
+        k = hi["draws"] / lo["draws"]
+        print(f"time {hi['draws']:,} / {lo['draws']:,} draws: {hi['wall'] / lo['wall']:.2f} "
+              f"(linear: {k:g}; study alone {hi['study'] / lo['study']:.2f}); "
+              f"per draw {hi['wall'] / hi['draws'] / (lo['wall'] / lo['draws']):.2f} x")
+    worst = max(r["peak_total"] for r in rows)
+    ok = worst <= args.limit_gb * 1e9
+    print(f"peak RSS of the process tree {worst / 1e9:.2f} GB: {'within' if ok else 'OVER'} "
+          f"the {args.limit_gb:g} GB budget")
+
+
+if __name__ == "__main__":
+    main()
