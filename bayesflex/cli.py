@@ -45,7 +45,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--method", default="analytic", choices=("analytic", "perturb"),
                      help="sensitivity method of the heuristic (default: analytic)")
     run.add_argument("--full-voltages", action="store_true", help="keep every bus voltage of every draw")
-    run.add_argument("--out", default=None, help="output folder (default: reports/<feeder>_<priors>)")
+    run.add_argument("--out", default=None, help="output folder (default: reports/<feeder>_<priors>, or "
+                                                 "reports/fleet_<priors> with --feeders)")
+    run.add_argument("--feeders", default=None, metavar="DIR_OR_GLOB",
+                     help="run the study on every feeder found here (feeder .toml/.json, OpenDSS .dss or folders "
+                          "with Master.dss), one result each in OUT/<feeder>, and rank them in OUT/fleet.csv")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an unfinished study in OUT from its last finished chunk (a finished one is "
+                          "kept); without, an unfinished study there is discarded")
+    run.add_argument("--backend", default=None, help="joblib backend: loky (default), threading, or dask "
+                                                     "(a dask.distributed cluster; see --scheduler)")
+    run.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="with --backend dask: a running scheduler, e.g. tcp://10.0.0.5:8786 (default: a local "
+                          "cluster of --jobs processes)")
 
     r = sub.add_parser("report", help="rebuild DIR/report.html from DIR/result.nc",
                        description="Rebuild the study's self-contained HTML report from its result file alone.")
@@ -99,19 +111,68 @@ def _cmd_run(args, argv) -> int:
     from .results import RESULT_FILE
 
     t0 = time.perf_counter()
-    feeder = load_feeder(args.feeder)
     priors = load_priors(args.priors)
-    out = Path(args.out) if args.out else Path("reports") / f"{feeder.name}_{priors.name}"
     command = "bayesflex " + " ".join(shlex.quote(a) for a in argv)
-    tree = run_study(feeder, priors, draws=args.draws, seed=args.seed, jobs=args.jobs,
-                     observations=args.observations, ev_states=args.ev_states, start=args.start,
-                     periods=args.periods, method=args.method, full_voltages=args.full_voltages,
-                     command=command, out=out, positions=args.positions)
+    study = {"draws": args.draws, "seed": args.seed, "jobs": args.jobs, "observations": args.observations,
+             "ev_states": args.ev_states, "start": args.start, "periods": args.periods, "method": args.method,
+             "full_voltages": args.full_voltages, "command": command, "positions": args.positions,
+             "backend": args.backend, "scheduler": args.scheduler}
+    if args.feeders is not None:
+        return _run_fleet(args, priors, study, t0)
+    feeder = load_feeder(args.feeder)
+    out = Path(args.out) if args.out else Path("reports") / f"{feeder.name}_{priors.name}"
+    try:
+        tree = run_study(feeder, priors, out=out, resume=args.resume, **study)
+    except KeyboardInterrupt:
+        _saved(out)
+        raise
     t1 = time.perf_counter()
     report = write_report(tree, out)
     print_summary(tree, sys.stdout)
-    print(f"\n{args.draws} draws in {t1 - t0:.1f} s; wrote {out / RESULT_FILE} and {report}")
+    resumed = int(tree.attrs.get("chunks_resumed", 0))
+    print(f"\n{args.draws} draws in {t1 - t0:.1f} s" + (f" ({resumed} finished chunks of "
+          f"{tree.attrs['chunk_draws']} draws resumed, not recomputed)" if resumed else "")
+          + f"; wrote {out / RESULT_FILE} and {report}")
     print(f"ask more: bayesflex query {out} [congestion|adjustment|flexibility|product|agents] --help")
+    return 0
+
+
+def _saved(out: Path) -> None:
+    from .checkpoint import PARTIAL_DIR
+
+    n = len(list((out / PARTIAL_DIR).glob("chunk-*.h5")))
+    if n:
+        print(f"bayesflex: {n} finished chunks are kept in {out / PARTIAL_DIR}; run the same command with "
+              "--resume to continue", file=sys.stderr)
+
+
+def _run_fleet(args, priors, study: dict, t0: float) -> int:
+    from .fleet import FLEET_FILE, find_feeders, run_fleet
+
+    found = find_feeders(args.feeders)
+    out = Path(args.out) if args.out else Path("reports") / f"fleet_{priors.name}"
+    print(f"fleet: {len(found)} feeders from {args.feeders}, priors {priors.name}, {args.draws} draws each; "
+          f"results in {out}/<feeder>/", flush=True)
+    table = run_fleet(found, priors, out=out, resume=args.resume, **study)
+    ok = table[table.status == "ok"]
+    print(f"\nfeeders ranked by congestion risk (probability ± 1 Monte Carlo SE; {len(ok)} of {len(table)} "
+          "studied):", file=sys.stdout)
+    print(f"  {'rank':>4}  {'feeder':<24}{'congested in horizon':>22}{'unresolvable':>16}  worst half-hour",
+          file=sys.stdout)
+    for _, r in ok.head(15).iterrows():
+        print(f"  {r['rank']:>4}  {r.feeder:<24}{_pct(r.p_congested_horizon, r.p_congested_horizon_mcse):>22}"
+              f"{_pct(r.p_unresolved_horizon, r.p_unresolved_horizon_mcse):>16}  "
+              f"{r.worst_half_hour} ({100 * r.p_congested_worst_half_hour:.1f} %)", file=sys.stdout)
+    if len(ok) > 15:
+        print(f"  ... {len(ok) - 15} more in {out / FLEET_FILE}", file=sys.stdout)
+    bad = table[table.status != "ok"]
+    for _, r in bad.iterrows():
+        print(f"  FAILED {r.feeder}: {r.error}", file=sys.stdout)
+    print(f"\n{len(table)} feeders in {time.perf_counter() - t0:.1f} s; wrote {out / FLEET_FILE} and "
+          f"{out / 'fleet.png'}" if len(ok) else f"\nwrote {out / FLEET_FILE}")
+    if len(bad):
+        print(f"bayesflex: {len(bad)} of {len(table)} feeders failed (see {out / FLEET_FILE})", file=sys.stderr)
+        return 1
     return 0
 
 

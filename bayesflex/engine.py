@@ -12,7 +12,9 @@ thread, so a chunk's numbers are the same bit for bit in any process:
 
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +167,8 @@ def run_study(
     command: str | None = None,
     out: str | Path | None = None,
     positions=None,
+    resume: bool = False,
+    scheduler: str | None = None,
 ):
     """Run a probabilistic congestion study.
 
@@ -183,7 +187,11 @@ def run_study(
     method : sensitivity method of the heuristic, "analytic" or "perturb".
     full_voltages : also keep every bus voltage of every draw (large).
     headroom : compute the turn-up/turn-down headroom products.
-    backend : a joblib backend name ("loky" by default; "dask" on a cluster).
+    backend : a joblib backend name ("loky" by default; "dask" on a
+        dask.distributed cluster, see ``scheduler``); the numbers do not depend on it.
+    scheduler : with ``backend="dask"``, the address of a running dask
+        scheduler (``"tcp://host:8786"``); without, a local cluster of ``jobs``
+        worker processes is started for the study and closed after it.
     progress : show a progress bar (default: when stderr is a terminal).
     command : the command line that produced the study, for provenance.
     positions : the aggregator's planned positions (CSV or NetCDF path, a
@@ -193,17 +201,24 @@ def run_study(
         horizon is the positions'.
     out : a folder: stream the results into ``out/result.nc`` as chunks
         complete (memory stays bounded whatever the draws) and return the
-        tree opened from it; without, the tree is built in memory.
+        tree opened from it; without, the tree is built in memory.  Every
+        finished chunk is also kept in ``out/.partial`` until the study is
+        complete (:mod:`bayesflex.checkpoint`).
+    resume : with ``out``, continue the unfinished study in ``out`` (computing
+        only the chunks not yet finished), or return the finished one if
+        ``out/result.nc`` is this study; the numbers are those of an
+        uninterrupted run.  Without, an unfinished study in ``out`` is discarded.
 
     Returns
     -------
     xarray.DataTree with the groups described in :mod:`bayesflex.results`.
     """
-    from joblib import Parallel, delayed
+    from joblib import delayed
     from tqdm.auto import tqdm
 
     from . import priors as pri_mod
-    from .results import RESULT_FILE, StudyStore, build_tree
+    from .checkpoint import Checkpoint, study_fingerprint
+    from .results import RESULT_FILE, StudyStore, build_tree, open_study
 
     draws = _check_draws(draws)
     jobs = _check_jobs(jobs)
@@ -229,28 +244,110 @@ def run_study(
     chunks = [(c, a, min(draws, a + CHUNK_DRAWS)) for c, a in enumerate(range(0, draws, CHUNK_DRAWS))]
     n_jobs = min(os.cpu_count() or 1, len(chunks)) if jobs == -1 else min(jobs, len(chunks))
     args = [(fd, pr, c, b - a, int(seed), opts) for c, a, b in chunks]
-    bar = tqdm(total=draws, unit="draw", desc=f"study {fd.name}", disable=(not progress) if progress is not None
-               else None, leave=False)
-    partial = None
-    if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        partial = Path(out) / f".{RESULT_FILE}.partial-{os.getpid()}"
     portfolio = None if pos is None else np.array([fd.agents.index(a) for a in pos.agents])
-    store = StudyStore(draws, "posterior" if posterior is not None else "prior", fd.buses, partial,
-                       portfolio=portfolio)
+    kind = "posterior" if posterior is not None else "prior"
+    fp = study_fingerprint(fd, pr, posterior, draws=draws, seed=int(seed), opts=opts, chunk_draws=CHUNK_DRAWS)
+    attrs = {"study_fingerprint": fp["sha256"]}
+    ck = None
+    if out is None:
+        store = StudyStore(draws, kind, fd.buses, None, portfolio=portfolio)
+    else:
+        final = Path(out) / RESULT_FILE
+        if resume and _finished(final, fp["sha256"]):
+            return open_study(final)
+        ck = Checkpoint(out, fp, len(chunks), resume=resume)
+        store = StudyStore(draws, kind, fd.buses, ck.stream_path, portfolio=portfolio, final=final)
+        if ck.done:
+            attrs["chunks_resumed"] = len(ck.done)
+    done = set() if ck is None else ck.done
+    todo = [x for x in args if x[2] not in done]
+    bar = tqdm(total=draws, unit="draw", desc=f"study {fd.name}", disable=(not progress) if progress is not None
+               else None, leave=False, initial=sum(b - a for c, a, b in chunks if c in done))
     try:
-        if n_jobs == 1 and backend is None:
-            results = (_run_chunk(*a) for a in args)
-        else:
-            results = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(
-                delayed(_run_chunk)(*a) for a in args)
-        for (_, a, b), part in zip(chunks, results):
-            store.add(part, a, b)
-            bar.update(b - a)
+        with _workers(backend, scheduler, n_jobs) as parallel:
+            if parallel is None:
+                results = (_run_chunk(*a) for a in todo)
+            else:
+                results = parallel(delayed(_run_chunk)(*a) for a in todo)
+            for c, a, b in chunks:
+                if c in done:
+                    part = ck.load(c)
+                else:
+                    part = next(results)
+                    if ck is not None:
+                        ck.save(c, a, b, part)
+                    bar.update(b - a)
+                store.add(part, a, b)
         bar.close()
-        return build_tree(fd, pr, posterior, store, draws=draws, seed=int(seed), opts=opts, command=command)
+        tree = build_tree(fd, pr, posterior, store, draws=draws, seed=int(seed), opts=opts, command=command,
+                          provenance=attrs)
     except BaseException:
-        store.discard()
+        store.discard()  # the finished chunks stay in out/.partial for --resume
+        if ck is not None:
+            ck.release()
         raise
     finally:
         bar.close()
+    if ck is not None:
+        ck.finish()
+    return tree
+
+
+def _finished(path: Path, sha256: str) -> bool:
+    """``path`` is a complete result of the study with this fingerprint."""
+    from .results import open_study
+
+    if not path.is_file():
+        return False
+    try:
+        return open_study(path).attrs.get("study_fingerprint") == sha256
+    except ConfigError:
+        return False
+
+
+@contextmanager
+def _workers(backend: str | None, scheduler: str | None, n_jobs: int):
+    """A ``joblib.Parallel`` returning results in order as they complete (None: run here, in order)."""
+    from joblib import Parallel
+
+    if scheduler is not None and backend not in (None, "dask"):
+        raise ConfigError(f"--scheduler {scheduler!r} needs backend 'dask' (given: {backend!r})")
+    if backend == "dask" or scheduler is not None:
+        from joblib import parallel_config
+
+        with _dask_client(scheduler, n_jobs), parallel_config(backend="dask"):
+            yield Parallel(n_jobs=-1, return_as="generator")
+        return
+    if backend is None and n_jobs == 1:
+        yield None
+        return
+    try:
+        parallel = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")
+    except ValueError as err:
+        from joblib.parallel import BACKENDS
+
+        raise ConfigError(f"backend {backend!r} unknown (allowed: {', '.join(sorted(BACKENDS))}, "
+                          "or one registered with joblib.register_parallel_backend)") from err
+    yield parallel
+
+
+@contextmanager
+def _dask_client(scheduler: str | None, n_jobs: int):
+    """A dask.distributed client: connected to ``scheduler``, or to a local cluster of ``n_jobs`` processes."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as err:
+        raise ConfigError("backend 'dask' needs dask.distributed: pip install 'bayesflex[cluster]'") from err
+    if scheduler is None:
+        with LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True, dashboard_address=None,
+                          silence_logs=logging.ERROR) as cl, \
+                Client(cl) as client:
+            yield client
+        return
+    try:
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ConfigError(f"cannot reach the dask scheduler at {scheduler!r} ({err}); give its address as "
+                          "tcp://host:port (what 'dask scheduler' prints)") from err
+    with client:
+        yield client

@@ -136,8 +136,9 @@ class StudyStore:
     """
 
     def __init__(self, draws: int, kind: str, buses: tuple[str, ...], path: Path | None = None, *,
-                 portfolio: np.ndarray | None = None):
+                 portfolio: np.ndarray | None = None, final: Path | None = None):
         self.draws, self.kind, self.buses, self.path = draws, kind, list(buses), path
+        self.final = final or (None if path is None else path.with_name(RESULT_FILE))  # renamed to, when complete
         self.portfolio_agents = portfolio  # agent indices of the portfolio (None: every agent)
         self.small: dict[str, np.ndarray] = {}  # physics per draw, without agent/bus
         self.counts: dict[str, np.ndarray] = {}
@@ -290,7 +291,7 @@ def _constant_data(feeder: Feeder) -> xr.Dataset:
 
 
 def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: int, seed: int, opts,
-               command: str | None = None) -> xr.DataTree:
+               command: str | None = None, provenance: dict | None = None) -> xr.DataTree:
     """The study's DataTree from a filled :class:`StudyStore`.
 
     In memory, or, when the store writes a file, by appending the small
@@ -346,7 +347,7 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
     if posterior is not None and getattr(posterior, "idata", None) is not None and \
             "observed_data" in posterior.idata.groups():
         tree["observed_data"] = posterior.idata.observed_data
-    root = _provenance(feeder, priors, posterior, draws=draws, seed=seed, opts=opts, command=command)
+    root = _provenance(feeder, priors, posterior, draws=draws, seed=seed, opts=opts, command=command) | (provenance or {})
     if store.path is None:
         for (g, name), arr in store.big.items():
             dims, _, _, attrs, _ = store.big_meta[(g, name)]
@@ -357,9 +358,8 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
     for g, ds in tree.items():
         ds.to_netcdf(store.path, mode="a", group=g, engine="h5netcdf", encoding=_compressed(ds))
     xr.Dataset(attrs=root).to_netcdf(store.path, mode="a", engine="h5netcdf")
-    final = store.path.with_name(RESULT_FILE)
-    os.replace(store.path, final)
-    return open_study(final)
+    os.replace(store.path, store.final)
+    return open_study(store.final)
 
 
 def deliverable(port: dict) -> dict:

@@ -169,7 +169,9 @@ def test_a_failed_study_leaves_no_file_that_looks_finished(tmp_path, monkeypatch
     monkeypatch.setattr(engine, "_physics", failing)
     with pytest.raises(RuntimeError, match="worker died"):
         run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS + 5, seed=1, periods=2, out=tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    # nothing named like a result; the finished chunk is kept for --resume, the file being assembled is not
+    assert [p.name for p in tmp_path.iterdir()] == [".partial"]
+    assert sorted(p.name for p in (tmp_path / ".partial").iterdir()) == ["chunk-00000.h5", "lock", "manifest.json"]
 
 
 def test_study_layout_follows_the_design(small_study, ieee):
