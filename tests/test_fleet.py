@@ -1,0 +1,97 @@
+"""Fleet studies (``bayesflex run --feeders``) on real ENWL feeders, and the dask backend."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from bayesflex.cli import main
+from bayesflex.engine import CHUNK_DRAWS, run_study
+from bayesflex.errors import ConfigError
+from bayesflex.fleet import FLEET_FILE, find_feeders, rank
+from bayesflex.results import open_study
+
+from .conftest import shared_path
+
+FEW = ["--draws", "12", "--periods", "2", "--start", "2026-01-14 18:00", "--jobs", "1"]
+
+
+def test_feeders_are_found_and_named_uniquely():
+    root = shared_path("enwl", "networks")
+    every = find_feeders(root)
+    assert len(every) == 29  # every LV feeder of the ENWL networks in shared data
+    assert "network_1_Feeder_1" in every and "network_5_Feeder_1" in every  # same folder name, both kept
+    assert all((p / "Master.dss").exists() for p in every.values())
+    one_net = find_feeders(str(root / "network_1" / "Feeder_*"))
+    assert list(one_net) == ["Feeder_1", "Feeder_2", "Feeder_3", "Feeder_4"]
+    assert list(find_feeders(root / "network_1" / "Feeder_2")) == ["Feeder_2"]
+    with pytest.raises(ConfigError, match="no feeders found"):
+        find_feeders(str(root / "nowhere_*"))
+
+
+@pytest.mark.slow
+def test_fleet_run_ranks_feeders_and_survives_a_broken_one(tmp_path, capsys):
+    root = shared_path("enwl", "networks")
+    fleet = tmp_path / "feeders"
+    for net, fd in (("network_1", "Feeder_2"), ("network_1", "Feeder_4"), ("network_2", "Feeder_4")):
+        shutil.copytree(root / net / fd, fleet / net / fd)
+    broken = fleet / "network_9" / "Feeder_1"
+    shutil.copytree(root / "network_1" / "Feeder_2", broken)
+    (broken / "Lines.txt").write_text("New Line.LINE1 Bus1=1 Bus2=2 phases=3 Linecode=nosuchcode Length=1 "
+                                      "Units=m\n")
+    out = tmp_path / "out"
+    assert main(["run", "--feeders", str(fleet), "--out", str(out), *FEW]) == 1  # a feeder failed
+    printed = capsys.readouterr()
+    assert "FAILED network_9_Feeder_1" in printed.out and "1 of 4 feeders failed" in printed.err
+
+    table = pd.read_csv(out / FLEET_FILE)
+    assert list(table.status) == ["ok", "ok", "ok", "failed"]
+    assert table.error.iloc[-1].count("nosuchcode") >= 1  # the error names what is wrong
+    ok = table[table.status == "ok"]
+    assert list(ok["rank"]) == [1, 2, 3]
+    # the ranking is the per-feeder results' own figures, sorted
+    for _, r in ok.iterrows():
+        tree = open_study(out / r.feeder)
+        cong = tree["heuristic"]["congested"].values[0]
+        assert r.p_congested_horizon == pytest.approx(cong.any(axis=(1, 2)).mean(), abs=1e-6)
+        assert int(r.draws) == 12 and int(r.agents) == tree["constant_data"].sizes["agent"]
+        assert (out / r.feeder / "report.html").exists()
+    keys = list(zip(ok.p_congested_horizon, ok.p_unresolved_horizon, ok.p_congested_worst_half_hour, strict=True))
+    assert keys == sorted(keys, reverse=True)
+    assert (out / "fleet.png").stat().st_size > 5000
+
+
+def test_rank_orders_by_risk_then_name_and_puts_failures_last():
+    t = pd.DataFrame({"feeder": ["b", "a", "c", "d", "e"], "status": ["ok", "ok", "failed", "ok", "ok"],
+                      "p_congested_horizon": [0.5, 0.5, np.nan, 0.9, 0.5],
+                      "p_unresolved_horizon": [0.1, 0.1, np.nan, 0.0, 0.2],
+                      "p_congested_worst_half_hour": [0.2, 0.2, np.nan, 0.3, 0.1]})
+    r = rank(t)
+    assert list(r.feeder) == ["d", "e", "a", "b", "c"]
+    assert list(r["rank"]) == [1, 2, 3, 4, 0]
+
+
+@pytest.mark.slow
+def test_dask_cluster_gives_the_numbers_of_the_default_backend(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    study = {"draws": CHUNK_DRAWS + 5, "seed": 3, "periods": 2, "start": "2026-01-14 18:00"}
+    here = run_study("ieee_eu_lv", "default", jobs=1, **study)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        there = run_study("ieee_eu_lv", "default", backend="dask", scheduler=cl.scheduler_address,
+                          out=tmp_path, **study)
+        # the chunks really ran as tasks of this cluster's scheduler
+        assert any("_run_chunk" in k for k in cl.scheduler.task_prefixes), list(cl.scheduler.task_prefixes)
+    assert set(here.children) == set(there.children)
+    for name in here.children:
+        xr.testing.assert_identical(here[name].to_dataset(), there[name].to_dataset())
+
+
+def test_backend_errors_are_clear():
+    with pytest.raises(ConfigError, match="needs backend 'dask'"):
+        run_study("ieee_eu_lv", "default", draws=1, periods=1, backend="threading", scheduler="tcp://x:1")
+    with pytest.raises(ConfigError, match="backend 'nosuch' unknown .allowed: .*loky"):
+        run_study("ieee_eu_lv", "default", draws=60, periods=1, jobs=2, backend="nosuch")
