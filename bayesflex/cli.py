@@ -153,7 +153,7 @@ def _run_fleet(args, priors, study: dict, t0: float) -> int:
     out = Path(args.out) if args.out else Path("reports") / f"fleet_{priors.name}"
     print(f"fleet: {len(found)} feeders from {args.feeders}, priors {priors.name}, {args.draws} draws each; "
           f"results in {out}/<feeder>/", flush=True)
-    table = run_fleet(found, priors, out=out, resume=args.resume, **study)
+    table = run_fleet(found, priors, out=out, resume=args.resume, log=lambda line: print(line, flush=True), **study)
     ok = table[table.status == "ok"]
     print(f"\nfeeders ranked by congestion risk (probability ± 1 Monte Carlo SE; {len(ok)} of {len(table)} "
           "studied):", file=sys.stdout)

@@ -104,12 +104,15 @@ def fleet_row(tree) -> dict:
 
 
 def run_fleet(feeders, priors="default", *, out: str | Path, resume: bool = False, report: bool = True,
-              progress: bool | None = None, **study) -> pd.DataFrame:
+              progress: bool | None = None, log=None, **study) -> pd.DataFrame:
     """Run one study per feeder into ``out/<feeder>``; write and return the ranked fleet table.
 
     ``feeders``: a folder or glob (:func:`find_feeders`) or ``{name: path}``.
+    ``log``: called with one line per feeder as it finishes (for a night's log).
     ``study``: :func:`bayesflex.run_study` arguments (draws, seed, jobs, backend...).
     """
+    import time
+
     from tqdm.auto import tqdm
 
     from .engine import run_study
@@ -126,6 +129,7 @@ def run_fleet(feeders, priors="default", *, out: str | Path, resume: bool = Fals
     for name, path in tqdm(found.items(), desc="fleet", unit="feeder", disable=(not progress)
                            if progress is not None else None):
         row = {"feeder": name, "path": str(path), "status": "ok", "error": ""}
+        t0 = time.perf_counter()
         try:
             fd = load_feeder(path).replace(name=name)
             tree = run_study(fd, pr, out=out / name, resume=resume, progress=progress, **study)
@@ -140,6 +144,10 @@ def run_fleet(feeders, priors="default", *, out: str | Path, resume: bool = Fals
         except Exception as err:  # noqa: BLE001 - a bug or a broken file the loaders missed: the other feeders go on
             row |= {"status": "failed", "error": f"{type(err).__name__}: {' '.join(str(err).split())}"}
         rows.append(row)
+        if log is not None:
+            what = (f"P(congested in horizon) {100 * row['p_congested_horizon']:.1f} % ± "
+                    f"{100 * row['p_congested_horizon_mcse']:.1f}" if row["status"] == "ok" else f"FAILED: {row['error']}")
+            log(f"[{len(rows)}/{len(found)}] {name}: {what} ({time.perf_counter() - t0:.1f} s)")
     table = rank(pd.DataFrame(rows))
     _write_csv(table, out / FLEET_FILE)
     if (table.status == "ok").any():
@@ -174,7 +182,7 @@ def plot_fleet(table: pd.DataFrame, path: Path, top: int = 40) -> Path:
     import matplotlib.pyplot as plt
 
     t = table[table.status == "ok"].head(top).iloc[::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.28 * len(t)))
+    fig, ax = plt.subplots(figsize=(7, 1.4 + 0.28 * len(t)))
     y = np.arange(len(t))
     ax.barh(y, 100 * t.p_congested_horizon, xerr=200 * t.p_congested_horizon_mcse, color="#c0392b", alpha=0.85,
             label="congested at least once", error_kw={"lw": 0.8})
@@ -182,7 +190,8 @@ def plot_fleet(table: pd.DataFrame, path: Path, top: int = 40) -> Path:
     ax.set_yticks(y, t.feeder)
     ax.set_xlabel("probability in the horizon, % (bars: ± 2 Monte Carlo SE)")
     ax.set_xlim(0, 100)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22 - 1.2 / (2 + len(t))), ncol=2, fontsize=8,
+              frameon=False)
     ax.set_title(f"feeders ranked by congestion risk ({len(t)} of {int((table.status == 'ok').sum())} shown)",
                  fontsize=10)
     fig.tight_layout()
