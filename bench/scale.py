@@ -7,8 +7,10 @@ size (RSS) of the whole process tree -- the CLI's process and its joblib/loky
 workers -- and of the main process alone.  Printed per size: wall time
 (imports, PyMC's compilation, the study, ``report.html`` and the summary), time
 per draw, the study alone and the report plus summary (from the CLI's own
-"N draws in X s" line), peak total RSS, peak main RSS, the size of
-``result.nc``; then the time ratio between the largest and the smallest size
+"N draws in X s" line), the CPU time of the process tree (user + system of the
+CLI and the workers it reaped: other load on the machine does not inflate it
+as it does the wall time), peak total RSS, peak main RSS, the size of
+``result.nc``; then the time ratios between the largest and the smallest size
 (linear in draws: the ratio of the draws, 10 for 10,000 / 1,000) and whether
 every peak is within the budget (4 GB).  RSS summed over processes counts
 shared pages (libraries) once per process: the total is an upper bound.
@@ -22,6 +24,7 @@ import argparse
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -51,6 +54,7 @@ def _rss(proc: psutil.Process) -> tuple[int, int]:
 def run_cli(draws: int, jobs: int, out: Path, interval: float, trace=None) -> dict:
     exe = Path(sys.executable).with_name("bayesflex")
     cmd = [str(exe), "run", "--draws", str(draws), "--jobs", str(jobs), "--out", str(out)]
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc = psutil.Process(popen.pid)
@@ -71,12 +75,15 @@ def run_cli(draws: int, jobs: int, out: Path, interval: float, trace=None) -> di
     text, _ = popen.communicate()
     wall = time.perf_counter() - t0
     th.join()
+    # the CLI's CPU time and its workers' (loky's workers are reaped by the CLI as it exits)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if popen.returncode:
         raise SystemExit(f"bayesflex run --draws {draws} failed ({popen.returncode}):\n{text}")
     m = re.search(r"(\d+) draws in ([\d.]+) s", text)
     study = float(m.group(2)) if m else float("nan")
-    return {"draws": draws, "wall": wall, "study": study, "peak_total": peak["total"], "peak_main": peak["main"],
-            "peak_at": peak["at"], "file": (out / "result.nc").stat().st_size}
+    return {"draws": draws, "wall": wall, "cpu": cpu, "study": study, "peak_total": peak["total"],
+            "peak_main": peak["main"], "peak_at": peak["at"], "file": (out / "result.nc").stat().st_size}
 
 
 def main() -> None:
@@ -99,14 +106,15 @@ def main() -> None:
             r = run_cli(n, args.jobs, Path(tmp), args.interval, trace)
         rows.append(r)
         print(f"{n:>7,} draws: {r['wall']:7.1f} s wall, {1e3 * r['wall'] / n:6.1f} ms/draw "
-              f"(study {r['study']:.1f} s, report and summary {r['wall'] - r['study']:.1f} s); "
+              f"(study {r['study']:.1f} s, report and summary {r['wall'] - r['study']:.1f} s), "
+              f"CPU {r['cpu']:.0f} s = {1e3 * r['cpu'] / n:.1f} ms/draw; "
               f"peak RSS {r['peak_total'] / 1e9:.2f} GB process tree (at {r['peak_at']:.0f} s), "
               f"{r['peak_main'] / 1e9:.2f} GB main process; result.nc {r['file'] / 1e6:,.0f} MB", flush=True)
     lo, hi = min(rows, key=lambda r: r["draws"]), max(rows, key=lambda r: r["draws"])
     if hi["draws"] > lo["draws"]:
         k = hi["draws"] / lo["draws"]
         print(f"time {hi['draws']:,} / {lo['draws']:,} draws: {hi['wall'] / lo['wall']:.2f} "
-              f"(linear: {k:g}; study alone {hi['study'] / lo['study']:.2f}); "
+              f"(linear: {k:g}; study alone {hi['study'] / lo['study']:.2f}; CPU time {hi['cpu'] / lo['cpu']:.2f}); "
               f"per draw {hi['wall'] / hi['draws'] / (lo['wall'] / lo['draws']):.2f} x")
     worst = max(r["peak_total"] for r in rows)
     ok = worst <= args.limit_gb * 1e9
