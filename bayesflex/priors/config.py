@@ -8,7 +8,9 @@ raise :class:`~bayesflex.errors.ConfigError` naming the file and the key.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,8 @@ from .spec import Param, parse_param
 __all__ = ["Priors", "Technology", "load_priors", "priors_dir", "SCHEMA"]
 
 HALF_HOURS_PER_DAY = 48
+#: longest horizon, half-hours: ten years (its end must stay a valid date-time)
+MAX_PERIODS = 10 * 366 * HALF_HOURS_PER_DAY
 
 #: key -> domain for each technology; "penetration"/"agents" say who has it
 SCHEMA: dict[str, dict[str, str]] = {
@@ -137,6 +141,13 @@ def load_priors(name_or_path: str | Path) -> Priors:
     return parse_priors(cfg, origin=str(path), text=raw.decode("utf-8"), name=path.stem)
 
 
+def _table(cfg: dict, key: str, origin: str) -> dict:
+    tab = cfg.get(key, {})
+    if not isinstance(tab, dict):
+        raise ConfigError(f"{origin}: {key} = {tab!r} must be a table ([{key}])")
+    return tab
+
+
 def _number(tab: dict, key: str, where: str, *, lo: float, hi: float, default=None) -> float:
     v = tab.get(key, default)
     if v is None:
@@ -148,10 +159,10 @@ def _number(tab: dict, key: str, where: str, *, lo: float, hi: float, default=No
 
 def _numbers(tab: dict, key: str, where: str, *, lo: float, hi: float, n: int | None, what: str,
              default=None) -> tuple[float, ...]:
-    """A list of numbers in [lo, hi] (``hi`` excluded when ``what`` says so), of length ``n`` if given."""
+    """A list of finite numbers in [lo, hi] (``hi`` excluded when ``what`` says so), of length ``n`` if given."""
     v = tab.get(key, default)
     ok = isinstance(v, list) and (n is None or len(v) == n) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and lo <= x <= hi for x in v)
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and lo <= x <= hi for x in v)
     if not ok:
         raise ConfigError(f"{where} {key}: must be {what}")
     return tuple(float(x) for x in v)
@@ -162,25 +173,33 @@ def parse_priors(cfg: dict, *, origin: str, text: str = "", name: str = "priors"
     for table in cfg:
         if table not in known:
             raise ConfigError(f"{origin}: unknown table [{table}] (allowed: horizon, site, {', '.join(SCHEMA)})")
-    hz = cfg.get("horizon", {})
+    hz = _table(cfg, "horizon", origin)
     where = f"{origin} [horizon]"
     for k in hz:
         if k not in ("start", "periods"):
             raise ConfigError(f"{where}: unknown key {k!r} (allowed: start, periods)")
+    raw_start = hz.get("start", "2026-01-14T00:00")
+    if not isinstance(raw_start, (str, datetime.date)):  # a number would count nanoseconds from 1970
+        raise ConfigError(f"{where} start = {raw_start!r}: must be a date-time such as \"2026-01-14T00:00\"")
     try:
-        start = pd.Timestamp(hz.get("start", "2026-01-14T00:00"))
+        start = pd.Timestamp(raw_start)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where} start = {hz.get('start')!r}: not a date-time ({e})") from e
+        raise ConfigError(f"{where} start = {raw_start!r}: not a date-time ({e})") from e
+    if start is pd.NaT:
+        raise ConfigError(f"{where} start = {raw_start!r}: must be a date-time such as \"2026-01-14T00:00\"")
     if start != start.floor("30min"):
         raise ConfigError(f"{where} start = {start}: must fall on a half-hour")
     periods = hz.get("periods", 96)
-    if isinstance(periods, bool) or not isinstance(periods, int) or periods < 1:
-        raise ConfigError(f"{where} periods = {periods!r}: must be a positive whole number of half-hours")
-    site = cfg.get("site", {})
+    if isinstance(periods, bool) or not isinstance(periods, int) or not 1 <= periods <= MAX_PERIODS:
+        raise ConfigError(f"{where} periods = {periods!r}: must be a whole number of half-hours "
+                          f"from 1 to {MAX_PERIODS} (ten years)")
+    site = _table(cfg, "site", origin)
     where = f"{origin} [site]"
     for k in site:
         if k not in ("latitude", "longitude", "name"):
             raise ConfigError(f"{where}: unknown key {k!r} (allowed: latitude, longitude, name)")
+    if not isinstance(site.get("name", ""), str):
+        raise ConfigError(f"{where} name = {site['name']!r}: must be a string")
     lat = _number(site, "latitude", where, lo=-90, hi=90, default=53.48)
     lon = _number(site, "longitude", where, lo=-180, hi=180, default=-2.24)
 

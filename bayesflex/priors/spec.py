@@ -99,14 +99,20 @@ def parse_param(raw: Any, *, where: str, key: str, domain: str) -> Param:
             raise ConfigError(f"{name}: {dist} takes no argument {k!r} (allowed: {', '.join(accepted)})")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ConfigError(f"{name}: {dist} argument {k} = {v!r} must be a finite number")
+    described = f"{dist}({', '.join(f'{k}={v}' for k, v in args.items())})"
+    if dist == "Uniform" and not {"lower", "upper"} <= set(args):
+        raise ConfigError(f"{name}: {described} needs both lower and upper")
+    if dist in _BOUNDED and not args.get("lower", -math.inf) < args.get("upper", math.inf):
+        raise ConfigError(f"{name}: {described}: lower must be below upper")
     import pymc as pm
 
     try:
-        pm.draw(getattr(pm, dist).dist(**args), random_seed=0)
+        draw = pm.draw(getattr(pm, dist).dist(**args), random_seed=0)
     except Exception as e:  # PyMC raises TypeError/ValueError/ParameterValueError here
         msg = str(e).split("\n")[0]
-        raise ConfigError(f"{name}: {dist}({', '.join(f'{k}={v}' for k, v in args.items())}) "
-                          f"is not a valid distribution: {msg}") from e
+        raise ConfigError(f"{name}: {described} is not a valid distribution: {msg}") from e
+    if not math.isfinite(float(draw)):
+        raise ConfigError(f"{name}: {described} draws {float(draw)}, not a finite number (arguments too large?)")
     lo, hi = _support(dist, args)
     if domain == "positive" and lo < 0:
         raise ConfigError(

@@ -1,0 +1,433 @@
+"""Hostile input, as property tests (issue 7, item 5).
+
+Every reader of user files gets malformed variants of a good file: a key or
+table deleted, a value of the wrong type, negative, NaN, infinite, out of
+range, huge or empty, an unknown key or distribution, broken syntax, random
+bytes, text that is not UTF-8; for OpenDSS and CSV files also deleted or
+garbled lines and cells.  The property, for every variant:
+
+* the reader raises :class:`ConfigError` or :class:`FeederError` whose
+  message names the file and, where there is one, the offending key, column
+  or row; never another exception type; or
+* it loads, and then what it loaded is what the file says: each value is
+  compared with an independent reading of the mutated file (``tomllib``, or
+  our own parse of the OpenDSS/CSV text), and no NaN, infinite or
+  out-of-domain value got through.
+
+Runs are deterministic (``derandomize=True``, no example database).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from bayesflex.errors import ConfigError, FeederError
+from bayesflex.priors import load_priors, priors_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _settings(n: int):
+    return settings(derandomize=True, database=None, deadline=None, max_examples=n,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+# ----------------------------------------------------------------------------
+# a small TOML writer (the test must not depend on the loader to write files)
+# ----------------------------------------------------------------------------
+_BARE = re.compile(r"[A-Za-z0-9_-]+\Z")
+
+
+def _key(k: str) -> str:
+    return k if _BARE.fullmatch(k) else json.dumps(k)
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }"
+    return v.isoformat()  # TOML date-times
+
+
+def dump_toml(cfg: dict) -> str:
+    """Top-level scalars first, then one ``[table]`` per dict; deeper dicts inline."""
+    lines = [f"{_key(k)} = {_value(v)}" for k, v in cfg.items() if not isinstance(v, dict)]
+    for name, tab in cfg.items():
+        if isinstance(tab, dict):
+            lines.append(f"\n[{_key(name)}]")
+            lines += [f"{_key(k)} = {_value(v)}" for k, v in tab.items()]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------
+# mutations of a parsed TOML document
+# ----------------------------------------------------------------------------
+NAN, INF = float("nan"), float("inf")
+#: wrong types, non-finite, negative, out of [0, 1], huge, zero, empty
+BAD_VALUES = ["abc", "", True, [1.0, 2.0], {"a": 1}, NAN, INF, -INF, -1.0, -0.5, 1.5, 0, 0.0, 1e308, 10**18,
+              -(10**18), 1e-320, 2.5]
+#: values no numeric key may accept
+ALWAYS_BAD = ("abc", "", True, NAN, INF, -INF)
+
+
+def _paths(node, prefix=(), *, list_items=(0, -1)):
+    """Every path (tuple of keys and list indices) into ``node``, tables and leaves alike."""
+    out = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.append(prefix + (k,))
+            out += _paths(v, prefix + (k,), list_items=list_items)
+    elif isinstance(node, list) and node:
+        for i in sorted({i % len(node) for i in list_items}):
+            out.append(prefix + (i,))
+            out += _paths(node[i], prefix + (i,), list_items=list_items)
+    return out
+
+
+def _deepcopy(v):
+    if isinstance(v, dict):
+        return {k: _deepcopy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_deepcopy(x) for x in v]
+    return v
+
+
+def _parent(cfg, path):
+    node = cfg
+    for p in path[:-1]:
+        node = node[p]
+    return node
+
+
+@st.composite
+def toml_mutation(draw, base: dict, paths: list):
+    """(mutated document, path, kind, new value or key)."""
+    cfg = _deepcopy(base)
+    kind = draw(st.sampled_from(["delete", "replace", "unknown_key"]))
+    path = draw(st.sampled_from(paths))
+    parent = _parent(cfg, path)
+    if kind == "delete":
+        del parent[path[-1]]
+        return cfg, path, kind, None
+    if kind == "replace":
+        new = draw(st.sampled_from(BAD_VALUES))
+        parent[path[-1]] = new
+        return cfg, path, kind, new
+    # an unknown key in the innermost table on the path
+    node = _parent(cfg, path + (None,))
+    while not isinstance(node, dict):
+        path = path[:-1]
+        node = _parent(cfg, path + (None,))
+    new_key = draw(st.sampled_from(["colour", "sigma_typo", "Penetration", "shape-kw"]))
+    assume(new_key not in node)
+    node[new_key] = draw(st.sampled_from([1.0, "x", True]))
+    return cfg, path + (new_key,), kind, new_key
+
+
+@st.composite
+def text_mutation(draw, text: str):
+    """Bytes of ``text`` broken at the syntax or encoding level."""
+    kind = draw(st.sampled_from(["truncate", "insert", "drop_line", "random_bytes", "not_utf8", "duplicate_line"]))
+    raw = text.encode()
+    if kind == "random_bytes":
+        return draw(st.binary(min_size=0, max_size=200)), kind
+    lines = text.splitlines(keepends=True)
+    if kind in ("drop_line", "duplicate_line"):
+        content = [i for i, s in enumerate(lines) if s.strip() and not s.lstrip().startswith("#")]
+        i = draw(st.sampled_from(content))
+        lines[i:i + 1] = [] if kind == "drop_line" else [lines[i], lines[i]]
+        return "".join(lines).encode(), kind
+    pos = draw(st.integers(0, len(raw)))
+    if kind == "truncate":
+        return raw[:pos], kind
+    if kind == "not_utf8":
+        return raw[:pos] + draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xe2\x82", b"\x80abc"])) + raw[pos:], kind
+    return raw[:pos] + draw(st.sampled_from([b"[", b"]", b"=", b'"', b"{", b"\n", b"\x00", b"x"])) + raw[pos:], kind
+
+
+def _parse(raw: bytes):
+    """What the file says, read independently; None if it is not UTF-8 TOML."""
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+
+
+def _names_in(path) -> list[str]:
+    return [p for p in path if isinstance(p, str)]
+
+
+# ----------------------------------------------------------------------------
+# (a) priors TOML
+# ----------------------------------------------------------------------------
+DEFAULT_PRIORS_TEXT = (priors_dir() / "default.toml").read_text()
+DEFAULT_PRIORS = tomllib.loads(DEFAULT_PRIORS_TEXT)
+PRIOR_PATHS = _paths(DEFAULT_PRIORS)
+
+#: domains, from the priors README and the model docstrings (not from the loader)
+PROBABILITY = {"penetration", "keep_moving", "charge_efficiency", "flex_fraction", "soc_min", "soc_max",
+               "suction_flex", "noise_rho", "power_factor", "performance_ratio", "cloud_rho", "initial_soc",
+               "temp_error_rho", "duty"}
+POSITIVE = {"log_daily_kwh_sd", "noise_sd", "capacity_kw", "cloud_logit_sd", "agent_factor_sd", "battery_kwh",
+            "charger_kw", "kwh_per_halfhour_moving", "heat_loss_kw_per_k", "rating_kw", "temp_error_sd",
+            "capacity_kwh", "power_kw", "concentration", "setback_k", "flow_temp_c"}
+PROBABILITY_LISTS = {"leave_home", "leave_other", "home_share"}
+
+
+def _check_number(where: str, key: str, got: float, want) -> None:
+    assert isinstance(want, (int, float)) and not isinstance(want, bool), f"{where} {key}: accepted {want!r}"
+    assert math.isfinite(got), f"{where} {key}: accepted {got}"
+    assert got == float(want), f"{where} {key}: loaded {got}, file says {want!r}"
+    if key in PROBABILITY:
+        assert 0 <= got <= 1, f"{where} {key}: probability {got} accepted"
+    if key in POSITIVE:
+        assert got >= 0, f"{where} {key}: negative {got} accepted"
+
+
+def assert_priors_match(pri, cfg: dict) -> None:
+    """What ``load_priors`` returned is what the file ``cfg`` says (values it gives, domains of all)."""
+    hz = cfg.get("horizon", {})
+    if "start" in hz:
+        assert isinstance(hz["start"], str) or hasattr(hz["start"], "isoformat"), f"start {hz['start']!r}"
+        assert pri.start == pd.Timestamp(hz["start"])
+    assert pri.start is not pd.NaT and pri.start.tz is None
+    if "periods" in hz:
+        assert pri.periods == hz["periods"] and not isinstance(hz["periods"], bool)
+    assert isinstance(pri.periods, int) and 1 <= pri.periods
+    site = cfg.get("site", {})
+    for key, got in (("latitude", pri.latitude), ("longitude", pri.longitude)):
+        if key in site:
+            _check_number("[site]", key, got, site[key])
+    assert -90 <= pri.latitude <= 90 and -180 <= pri.longitude <= 180
+    if "name" in site:
+        assert isinstance(site["name"], str), f"[site] name = {site['name']!r} accepted"
+    assert set(pri.technologies) == set(cfg) - {"horizon", "site"}
+    for tech, t in pri.technologies.items():
+        tab, where = cfg[tech], f"[{tech}]"
+        assert isinstance(tab, dict)
+        for key, par in t.params.items():
+            want = tab[key]
+            if par.fixed:
+                _check_number(where, key, par.value, want)
+            else:
+                assert isinstance(want, dict) and par.dist == want["dist"], f"{where} {key}: {par} vs {want!r}"
+                args = {k: v for k, v in want.items() if k != "dist"}
+                assert dict(par.args) == args, f"{where} {key}: {par} vs {want!r}"
+                assert all(math.isfinite(v) for v in dict(par.args).values())
+        if "penetration" in tab:
+            _check_number(where, "penetration", t.penetration, tab["penetration"])
+        if "agents" in tab:
+            assert t.agents == tuple(tab["agents"])
+        for key, got in t.extra.items():
+            if key in tab:
+                want = tab[key]
+                if isinstance(got, tuple):
+                    assert isinstance(want, list) and len(got) == len(want)
+                    for g, w in zip(got, want):
+                        _check_number(where, key, g, w)
+                        assert key not in PROBABILITY_LISTS or 0 <= g <= 1
+                        assert key != "shape_kw" or g >= 0
+                elif isinstance(got, bool):
+                    assert got is want
+                else:
+                    _check_number(where, key, got, want)
+            else:  # a default: still in its domain
+                vals = got if isinstance(got, tuple) else (got,)
+                assert all(isinstance(v, bool) or math.isfinite(v) for v in vals), f"{where} {key} default {got}"
+        unknown = set(tab) - set(t.params) - set(t.extra) - {"penetration", "agents"}
+        assert not unknown, f"{where}: unknown key(s) {unknown} accepted"
+    if "baseload" in pri:
+        assert len(pri["baseload"].extra["shape_kw"]) == 48 and sum(pri["baseload"].extra["shape_kw"]) > 0
+
+
+def _load_or_error(load, path: Path, raw: bytes | None):
+    """Run ``load(path)``; return the error (ConfigError/FeederError) or the loaded value.
+    Any other exception type fails the test."""
+    try:
+        return load(path)
+    except (ConfigError, FeederError) as e:
+        msg = str(e)
+        assert str(path) in msg or path.name in msg, f"error does not name the file {path}: {msg}"
+        return e
+
+
+@_settings(50)
+@given(mutation=toml_mutation(DEFAULT_PRIORS, PRIOR_PATHS))
+def test_mutated_priors_load_right_or_fail_clearly(tmp_path_factory, mutation):
+    cfg, path, kind, new = mutation
+    file = tmp_path_factory.mktemp("priors") / "mutated.toml"
+    file.write_text(dump_toml(cfg))
+    got = _load_or_error(load_priors, file, None)
+    if isinstance(got, Exception):
+        msg = str(got)
+        for name in _names_in(path):
+            if name != "dist" or kind == "unknown_key":
+                assert name in msg, f"{kind} at {path}: message does not name {name!r}: {msg}"
+        return
+    assert kind != "unknown_key", f"unknown key {new!r} at {path} accepted"
+    if kind == "replace" and not isinstance(_parent(DEFAULT_PRIORS, path)[path[-1]], (bool, str)):
+        assert not any(new is bad for bad in ALWAYS_BAD), f"{path} = {new!r} accepted"
+    assert_priors_match(got, tomllib.loads(file.read_text()))
+
+
+@_settings(40)
+@given(mutation=text_mutation(DEFAULT_PRIORS_TEXT))
+def test_broken_priors_text_fails_clearly(tmp_path_factory, mutation):
+    raw, kind = mutation
+    file = tmp_path_factory.mktemp("priors") / "broken.toml"
+    file.write_bytes(raw)
+    got = _load_or_error(load_priors, file, raw)
+    cfg = _parse(raw)
+    if isinstance(got, Exception):
+        return
+    assert cfg is not None, f"{kind}: not UTF-8 TOML, yet loaded"
+    assert_priors_match(got, cfg)
+
+
+# ----------------------------------------------------------------------------
+# (b) feeder TOML
+# ----------------------------------------------------------------------------
+IEEE_TEXT = (REPO / "feeders" / "ieee_eu_lv.toml").read_text()
+IEEE_CFG = tomllib.loads(IEEE_TEXT)
+IEEE_AGENTS = 55  # the file's own comment: 55 single-phase residential loads
+# the two-area file with fewer houses (every key kept), so that a harmless mutation builds in a blink
+TWO_AREA_TEXT = (REPO / "feeders" / "two_area.toml").read_text() \
+    .replace("houses_per_feeder = [30, 30, 25]", "houses_per_feeder = [3, 2, 2]") \
+    .replace("houses_per_feeder = [22, 21, 21, 21]", "houses_per_feeder = [2, 1, 1, 1]")
+TWO_AREA_CFG = tomllib.loads(TWO_AREA_TEXT)
+assert TWO_AREA_CFG["source"]["area"][1]["houses_per_feeder"] == [2, 1, 1, 1]
+
+
+def _load_feeder(path):
+    from bayesflex.feeder import load_feeder
+
+    return load_feeder(path)
+
+
+def _check_limits(feeder, cfg: dict) -> None:
+    lim = cfg.get("limits", {})
+    for key, got in (("v_min_pu", feeder.v_min_pu), ("v_max_pu", feeder.v_max_pu)):
+        if key in lim:
+            _check_number("[limits]", key, got, lim[key])
+    assert 0 < feeder.v_min_pu < feeder.v_max_pu < 2, (feeder.v_min_pu, feeder.v_max_pu)
+    name = cfg.get("feeder", {}).get("name")
+    assert feeder.name == name if name is not None else isinstance(feeder.name, str)
+    assert isinstance(feeder.name, str) and feeder.name
+
+
+def assert_ieee_matches(feeder, cfg: dict) -> None:
+    _check_limits(feeder, cfg)
+    assert cfg["source"]["type"] == "pandapower" and cfg["source"]["network"] == "ieee_european_lv_asymmetric"
+    assert feeder.n_agent == IEEE_AGENTS and feeder.n_line == 905
+
+
+def _z1(z_abc: np.ndarray) -> complex:
+    from bayesflex.feeder import phase_to_sequence_matrix
+
+    return phase_to_sequence_matrix(z_abc)[1, 1]
+
+
+def assert_two_area_matches(feeder, cfg: dict) -> None:
+    """The built network is the one the file describes: counts, cables, transformers, source."""
+    _check_limits(feeder, cfg)
+    src = cfg["source"]
+    eg, types, areas = src["ext_grid"], src["line_types"], src["area"]
+    houses = [a["houses_per_feeder"] if isinstance(a["houses_per_feeder"], list)
+              else [a["houses_per_feeder"]] * a["feeders"] for a in areas]
+    for a, h in zip(areas, houses):
+        assert len(h) == a["feeders"] and all(isinstance(n, int) and n >= 1 for n in h)
+    assert feeder.n_agent == sum(map(sum, houses))
+    assert feeder.n_line == 2 * feeder.n_agent
+    assert len(feeder.trafos) == len(areas)
+    assert feeder.source.vm_pu == eg.get("vm_pu", 1.0)
+    z2 = 1.1 * eg["vn_kv"] ** 2 / eg["s_sc_max_mva"]  # runpp_3ph's ext_grid: c vn^2 / s_sc
+    assert abs(feeder.source.z2_ohm) == pytest.approx(z2, rel=1e-9)
+    for t, a in zip(feeder.trafos, areas):
+        for key in ("sn_kva", "vn_lv_kv", "vk_percent", "vkr_percent", "vk0_percent", "si0_hv_partial"):
+            _check_number(f"area {a['name']} transformer", key, getattr(t, key), a["transformer"][key])
+        assert t.vn_hv_kv == eg["vn_kv"] and t.vector_group == a["transformer"]["vector_group"]
+    lines = dict(zip(feeder.lines, range(feeder.n_line)))
+    for a in areas:
+        for key, lt, length_m in (("main", a["main_line_type"], a["span_m"]),
+                                  ("service", a["service_line_type"], a["service_m"])):
+            spec = types[lt]
+            want = complex(spec["r_ohm_per_km"], spec["x_ohm_per_km"]) * length_m / 1e3
+            name = f"{a['name']}1 main 01" if key == "main" else f"{a['name']}1-01 service"
+            i = lines[name]
+            assert _z1(feeder.line_z_ohm[i]) == pytest.approx(want, rel=1e-9), name
+            assert feeder.line_i_max_a[i] == pytest.approx(spec["max_i_ka"] * 1e3, rel=1e-12), name
+    assert np.isfinite(feeder.line_z_ohm).all() and (np.diagonal(feeder.line_z_ohm, axis1=1, axis2=2).real > 0).all()
+
+
+FEEDER_BASES = {
+    "ieee_eu_lv": (IEEE_CFG, assert_ieee_matches),
+    "two_area": (TWO_AREA_CFG, assert_two_area_matches),
+}
+
+
+def _feeder_mutations():
+    return st.sampled_from(sorted(FEEDER_BASES)).flatmap(
+        lambda name: st.tuples(st.just(name), toml_mutation(FEEDER_BASES[name][0], _paths(FEEDER_BASES[name][0]))))
+
+
+@_settings(35)
+@given(case=_feeder_mutations())
+def test_mutated_feeder_toml_loads_right_or_fails_clearly(tmp_path_factory, case):
+    name, (cfg, path, kind, new) = case
+    base, matches = FEEDER_BASES[name]
+    file = tmp_path_factory.mktemp("feeder") / f"{name}.toml"
+    file.write_text(dump_toml(cfg))
+    got = _load_or_error(_load_feeder, file, None)
+    if isinstance(got, Exception):
+        msg = str(got)
+        names = _names_in(path)
+        if path[:2] == ("source", "area") and len(path) > 3:  # the area is named by its name, not "area"
+            names = names[1:]
+        if kind == "delete":  # what is missing may be noticed where it is used: name it, not its table
+            names = names[-1:]
+        for n in names:
+            assert n in msg, f"{kind} at {path}: message does not name {n!r}: {msg}"
+        return
+    assert kind != "unknown_key", f"unknown key {new!r} at {path} accepted"
+    original = _parent(base, path)[path[-1]]
+    if kind == "replace" and not isinstance(original, (bool, str)):
+        assert not any(new is bad for bad in ALWAYS_BAD), f"{path} = {new!r} accepted"
+    matches(got, tomllib.loads(file.read_text()))
+
+
+@_settings(25)
+@given(name=st.sampled_from(sorted(FEEDER_BASES)), data=st.data())
+def test_broken_feeder_text_fails_clearly(tmp_path_factory, name, data):
+    text = IEEE_TEXT if name == "ieee_eu_lv" else TWO_AREA_TEXT
+    raw, kind = data.draw(text_mutation(text))
+    file = tmp_path_factory.mktemp("feeder") / f"{name}.toml"
+    file.write_bytes(raw)
+    got = _load_or_error(_load_feeder, file, raw)
+    if isinstance(got, Exception):
+        return
+    cfg = _parse(raw)
+    assert cfg is not None, f"{kind}: not UTF-8 TOML, yet loaded"
+    FEEDER_BASES[name][1](got, cfg)
