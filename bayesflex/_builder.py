@@ -61,41 +61,42 @@ F_HZ = 50.0
 _TOP_KEYS = {"type", "ext_grid", "line_types", "area"}
 # key -> (required, lower bound, lower inclusive, upper bound, upper inclusive); None = unbounded
 _Range = tuple[bool, float | None, bool, float | None, bool]
+# Bounds are generous physical ranges: a value outside is a typo (or a unit slip), not a network.
 _EXT_GRID: dict[str, _Range] = {
-    "vn_kv": (True, 0.0, False, None, False),
-    "s_sc_max_mva": (True, 0.0, False, None, False),
-    "rx_max": (True, 0.0, True, None, False),
-    "x0x_max": (True, 0.0, False, None, False),
-    "r0x0_max": (True, 0.0, True, None, False),
+    "vn_kv": (True, 0.1, True, 1000.0, True),
+    "s_sc_max_mva": (True, 0.01, True, 1e6, True),
+    "rx_max": (True, 0.0, True, 100.0, True),
+    "x0x_max": (True, 0.001, True, 100.0, True),
+    "r0x0_max": (True, 0.0, True, 100.0, True),
     "vm_pu": (False, 0.8, True, 1.2, True),
 }
 _LINE_TYPE: dict[str, _Range] = {
-    "r_ohm_per_km": (True, 0.0, False, None, False),
-    "x_ohm_per_km": (True, 0.0, True, None, False),
-    "c_nf_per_km": (True, 0.0, True, None, False),
-    "r0_ohm_per_km": (True, 0.0, False, None, False),
-    "x0_ohm_per_km": (True, 0.0, True, None, False),
-    "c0_nf_per_km": (True, 0.0, True, None, False),
-    "max_i_ka": (True, 0.0, False, None, False),
+    "r_ohm_per_km": (True, 1e-4, True, 1000.0, True),
+    "x_ohm_per_km": (True, 0.0, True, 1000.0, True),
+    "c_nf_per_km": (True, 0.0, True, 1e6, True),
+    "r0_ohm_per_km": (True, 1e-4, True, 1000.0, True),
+    "x0_ohm_per_km": (True, 0.0, True, 1000.0, True),
+    "c0_nf_per_km": (True, 0.0, True, 1e6, True),
+    "max_i_ka": (True, 0.001, True, 100.0, True),
 }
 _TRAFO: dict[str, _Range] = {
-    "sn_kva": (True, 0.0, False, None, False),
-    "vn_lv_kv": (True, 0.0, False, None, False),
+    "sn_kva": (True, 1.0, True, 1e7, True),
+    "vn_lv_kv": (True, 0.1, True, 1000.0, True),
     "vk_percent": (True, 0.0, False, 100.0, False),
     "vkr_percent": (True, 0.0, True, 100.0, False),
-    "pfe_kw": (True, 0.0, True, None, False),
+    "pfe_kw": (True, 0.0, True, 1e5, True),
     "i0_percent": (True, 0.0, True, 100.0, False),
     "shift_degree": (True, -360.0, True, 360.0, True),
     "vk0_percent": (True, 0.0, False, 100.0, False),
     "vkr0_percent": (True, 0.0, True, 100.0, False),
-    "mag0_percent": (True, 0.0, False, None, False),
-    "mag0_rx": (True, 0.0, True, None, False),
+    "mag0_percent": (True, 0.0, False, 1e12, True),
+    "mag0_rx": (True, 0.0, True, 1e6, True),
     "si0_hv_partial": (True, 0.0, True, 1.0, True),
 }
 _TRAFO_STR = {"vector_group": ("Dyn",)}
 _AREA_NUM: dict[str, _Range] = {
-    "span_m": (True, 0.0, False, None, False),
-    "service_m": (True, 0.0, False, None, False),
+    "span_m": (True, 0.01, True, 1e5, True),
+    "service_m": (True, 0.01, True, 1e5, True),
 }
 _AREA_KEYS = {"name", "transformer", "feeders", "houses_per_feeder", "main_line_type",
               "service_line_type"} | set(_AREA_NUM)
@@ -212,7 +213,7 @@ def _validate(spec: Any, origin: str) -> tuple[dict, dict[str, dict], list[dict]
             houses = [c.integer(hpf, f"{where} houses_per_feeder", 1, MAX_HOUSES)] * n_feeders
         area["houses"] = houses
         for key in ("main_line_type", "service_line_type"):
-            if a[key] not in line_types:
+            if not isinstance(a[key], str) or a[key] not in line_types:
                 c.fail(f"{where} {key}", f"= {a[key]!r} is not a defined line type "
                        f"(allowed: {', '.join(sorted(line_types))})")
             area[key] = a[key]

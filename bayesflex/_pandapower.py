@@ -36,7 +36,7 @@ def feeder_from_pandapower_network(function: str, kwargs: dict, *, name: str, or
         raise FeederError(origin, f"[source] network: pandapower.networks has no function {function!r}")
     try:
         net = fn(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError, KeyError) as e:  # a keyword or value the function does not take
         raise FeederError(origin, f"[source] kwargs {kwargs!r} not accepted by {function}: {e}") from e
     return feeder_from_pandapower(net, name=name, origin=f"{origin} (pandapower.networks.{function})")
 

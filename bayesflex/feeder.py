@@ -328,6 +328,9 @@ def check_feeder(feeder: Feeder) -> Feeder:
 # loading
 # ----------------------------------------------------------------------------
 _SOURCE_TYPES = ("pandapower", "pandapower_json", "opendss", "pandapower_elements")
+#: keys of [source] per type (pandapower_elements is checked by the builder)
+_SOURCE_KEYS = {"pandapower": {"type", "network", "kwargs"}, "pandapower_json": {"type", "path"},
+                "opendss": {"type", "path"}}
 
 
 def load_feeder(name_or_path: str | Path) -> Feeder:
@@ -375,18 +378,32 @@ def _load_toml(path: Path) -> Feeder:
     try:
         raw = path.read_bytes()
         cfg = tomllib.loads(raw.decode("utf-8"))
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
     allowed_tables = {"feeder", "source", "limits"}
     extra = set(cfg) - allowed_tables
     if extra:
         raise ConfigError(f"{path}: unknown table(s) {sorted(extra)} (allowed: {sorted(allowed_tables)})")
+    for table in allowed_tables & set(cfg):
+        if not isinstance(cfg[table], dict):
+            raise ConfigError(f"{path}: {table} = {cfg[table]!r} must be a table ([{table}])")
     src = cfg.get("source")
     if not isinstance(src, dict) or "type" not in src:
         raise ConfigError(f"{path}: [source] table with a 'type' key is required "
                           f"(allowed types: {', '.join(_SOURCE_TYPES)})")
     kind = src["type"]
-    name = cfg.get("feeder", {}).get("name", path.stem)
+    if kind not in _SOURCE_TYPES or not isinstance(kind, str):
+        raise ConfigError(f"{path}: [source] type {kind!r} unknown (allowed: {', '.join(_SOURCE_TYPES)})")
+    meta = cfg.get("feeder", {})
+    if set(meta) - {"name"}:
+        raise ConfigError(f"{path}: [feeder] unknown key(s) {sorted(set(meta) - {'name'})} (allowed: name)")
+    name = meta.get("name", path.stem)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{path}: [feeder] name = {name!r} must be a non-empty string")
+    allowed_keys = _SOURCE_KEYS.get(kind)
+    if allowed_keys is not None and set(src) - allowed_keys:
+        raise ConfigError(f"{path}: [source] unknown key(s) {sorted(set(src) - allowed_keys)} for type {kind!r} "
+                          f"(allowed: {', '.join(sorted(allowed_keys))})")
     digests = [hashlib.sha256(raw).hexdigest()]
     if kind == "pandapower":
         from ._pandapower import feeder_from_pandapower_network
@@ -395,6 +412,8 @@ def _load_toml(path: Path) -> Feeder:
         if not isinstance(fn, str):
             raise ConfigError(f"{path}: [source] network must name a pandapower.networks function")
         kwargs = src.get("kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"{path}: [source] kwargs = {kwargs!r} must be a table of keyword arguments")
         feeder = feeder_from_pandapower_network(fn, kwargs, name=name, origin=str(path))
     elif kind in ("pandapower_json", "opendss"):
         key = "path"
@@ -426,8 +445,9 @@ def _load_toml(path: Path) -> Feeder:
     if unknown:
         raise ConfigError(f"{path}: [limits] unknown key(s) {sorted(unknown)} (allowed: v_min_pu, v_max_pu)")
     for key in ("v_min_pu", "v_max_pu"):
-        if key in limits and not isinstance(limits[key], (int, float)):
-            raise ConfigError(f"{path}: [limits] {key} must be a number")
+        v = limits.get(key, 1.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 2:
+            raise ConfigError(f"{path}: [limits] {key} = {v!r} must be a number in (0, 2) (per unit)")
     feeder = feeder.replace(
         v_min_pu=float(limits.get("v_min_pu", 0.94)),
         v_max_pu=float(limits.get("v_max_pu", 1.10)),

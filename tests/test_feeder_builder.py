@@ -112,7 +112,7 @@ def test_two_area_matches_pandapower_runpp_3ph(two_area):
     [
         ('main_line_type = "cable_185"', 'main_line_type = "cable_300"',
          ["main_line_type", "'cable_300'", "allowed: cable_185, service"]),
-        ("span_m = 10.0", "span_m = -10.0", ["'A' span_m", "-10.0", "allowed: > 0"]),
+        ("span_m = 10.0", "span_m = -10.0", ["'A' span_m", "-10.0", "allowed: >= 0.01"]),
         ("service_m = 15.0", "service_m = 15.0\nspann_m = 5.0", ["'spann_m'", "unknown key"]),
         ("houses_per_feeder = [30, 30, 25]", "houses_per_feeder = [30, 30]",
          ["houses_per_feeder", "2 entries", "feeders = 3"]),
@@ -120,7 +120,7 @@ def test_two_area_matches_pandapower_runpp_3ph(two_area):
          ["houses_per_feeder[2]", "from 1 to"]),
         ("feeders = 3", "feeders = 2.5", ["feeders", "2.5", "integer"]),
         ("r_ohm_per_km = 0.166", "r_ohm_km = 0.166", ["[source.line_types.cable_185]", "'r_ohm_km'"]),
-        ("max_i_ka = 0.33", "max_i_ka = 0.0", ["cable_185", "max_i_ka", "> 0"]),
+        ("max_i_ka = 0.33", "max_i_ka = 0.0", ["cable_185", "max_i_ka", ">= 0.001"]),
         ('vector_group = "Dyn"', 'vector_group = "YNyn"', ["vector_group", "'YNyn'", "allowed: Dyn"]),
         ("si0_hv_partial = 0.9", "si0_hv_partial = 1.5", ["si0_hv_partial", "<= 1"]),
         ("vkr_percent = 1.2", "vkr_percent = 4.5", ["vkr_percent", "below vk_percent"]),
