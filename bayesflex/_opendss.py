@@ -36,9 +36,9 @@ _SKIP = re.compile(
     r"(edit|batchedit|more|~)\s+(loadshape|monitor|energymeter)|batchedit\s+loadshape|"
     r"solve|plot|show|export|closedi|sample|reset|set\s+(mode|number|stepsize|year|demand|"
     r"diverbose|overloadreport|voltexcept|casename|markercode|nodewidth|maxiter)\b)",
-    re.I,
+    re.IGNORECASE,
 )
-_SHAPE_REF = re.compile(r"\b(yearly|daily|duty|growth|cvrcurve|spectrum)\s*=\s*(\([^)]*\)|\S+)", re.I)
+_SHAPE_REF = re.compile(r"\b(yearly|daily|duty|growth|cvrcurve|spectrum)\s*=\s*(\([^)]*\)|\S+)", re.IGNORECASE)
 
 
 def _commands(path: Path, seen: set[Path]):
@@ -64,29 +64,94 @@ def _commands(path: Path, seen: set[Path]):
         s = re.split(r"!|//", s, maxsplit=1)[0].strip()
         if not s or _SKIP.match(s):
             continue
-        m = re.match(r"^(redirect|compile)\s+(.+)$", s, re.I)
+        m = re.match(r"^(redirect|compile)\s+(.+)$", s, re.IGNORECASE)
         if m:
             target = m.group(2).strip().strip('"').strip("'")
             yield from _commands(path.parent / target, seen)
             continue
-        if re.match(r"^clear\b", s, re.I):
+        if re.match(r"^clear\b", s, re.IGNORECASE):
             continue
-        m = re.match(r"^(buscoords|latlongcoords)\s+(.+)$", s, re.I)
+        m = re.match(r"^(buscoords|latlongcoords)\s+(.+)$", s, re.IGNORECASE)
         if m:  # a file relative to the script, as OpenDSS itself would resolve it
             s = f'{m.group(1)} "{path.parent / m.group(2).strip().strip(chr(34)).strip(chr(39))}"'
         yield path, no, _SHAPE_REF.sub("", s)
 
 
-def _run_script(dss, master: Path) -> None:
+_NEW = re.compile(r"^(?:new|edit)\s+(?:object\s*=\s*)?(line|linecode|transformer|load)\.(\S+)(.*)$", re.IGNORECASE)
+#: a command must start with a word (or ~); a value holds no "=" (unless quoted or bracketed)
+_MALFORMED = re.compile(r"^[^A-Za-z~?]|=\s*[^\s\[\](){}\"']*=")
+_MORE = re.compile(r"^(?:~|more)\s+(.*)$", re.IGNORECASE)
+_KEY = re.compile(r"([A-Za-z%][\w%]*)\s*=")
+_UNITS = ("none", "mi", "kft", "km", "m", "ft", "in", "cm", "mm")
+#: km per length unit, by the engine's unit code (0: none)
+#: properties a script must give (any one of each set), else the engine silently fills in its default
+_NEEDS = {
+    "line": ({"bus1"}, {"bus2"}),
+    "linecode": ({"r1", "rmatrix"},),
+    "load": ({"bus1"}, {"kw", "kva"}),
+    "transformer": ({"xhl", "x12"}, {"kvs", "kv"}, {"kvas", "kva"}, {"buses", "bus"}),
+}
+_MAX_OHM_PER_KM = 1e3
+_KM_PER_UNIT = (math.nan, 1.609344, 0.3048, 1.0, 1e-3, 0.3048e-3, 0.0254e-3, 1e-5, 1e-6)
+
+
+def _run_script(dss, master: Path) -> dict[str, tuple[str, set[str]]]:
+    """Run the script; return, per line, line code and transformer ("line.name"), where it is
+    defined and the properties the script gives it (the engine fills the others with defaults)."""
     dss.Text.Command("clear")
+    given: dict[str, tuple[str, set[str]]] = {}
+    last = None
     for file, no, cmd in _commands(master, set()):
+        bad = _MALFORMED.search(cmd)
+        if bad:  # the engine would take some of these without a word
+            raise FeederError(f"{file}:{no}", f"not a well-formed DSS command {cmd[:80]!r} (at {bad.group(0)!r})")
         try:
             dss.Text.Command(cmd)
         except Exception as e:  # DSSException and friends
-            if re.match(r"^buscoords\b", cmd, re.I):
+            if re.match(r"^buscoords\b", cmd, re.IGNORECASE):
                 continue  # coordinates are optional
             msg = str(e).split("\n")[0]
             raise FeederError(f"{file}:{no}", f"OpenDSS rejected {cmd[:80]!r}: {msg}") from e
+        m, more = _NEW.match(cmd), _MORE.match(cmd)
+        if m:
+            last = f"{m.group(1)}.{m.group(2)}".lower()
+            where, keys = given.get(last, (f"{file}:{no}", set()))
+            given[last] = (where, keys | {k.lower() for k in _KEY.findall(m.group(3))})
+            args = re.sub(r"\s*=\s*", "=", re.sub(r"\[[^\]]*\]|\([^)]*\)|\"[^\"]*\"|'[^']*'", "x", m.group(3)))
+            bare = [t for t in args.split() if "=" not in t]
+            if bare:  # the engine would give it to whatever property comes next in its list
+                raise FeederError(f"{file}:{no}", f"{m.group(1)}.{m.group(2)}: value {bare[0]!r} without a "
+                                                  "property name (write name=value)")
+            units = re.search(r"\bunits\s*=\s*(\S+)", m.group(3), re.IGNORECASE)
+            if units and units.group(1).lower() not in _UNITS:
+                raise FeederError(f"{file}:{no}", f"{m.group(1)}.{m.group(2)}: units={units.group(1)} unknown "
+                                                  f"(allowed: {', '.join(_UNITS)})")
+        elif more and last is not None:
+            given[last][1].update(k.lower() for k in _KEY.findall(more.group(1)))
+        else:
+            last = None
+    return given
+
+
+def _missing_data(given: dict[str, tuple[str, set[str]]]) -> list[str]:
+    """Data the script leaves to the engine's defaults (a line without impedance, a line code
+    without zero sequence, a transformer without its ratings or reactance)."""
+    problems = []
+    for obj, (where, keys) in given.items():
+        kind, name = obj.split(".", 1)
+        if kind == "line" and not keys & {"linecode", "r1", "rmatrix", "geometry", "spacing", "z1"}:
+            problems.append(f"{where}: Line.{name} has no impedance (give linecode=, r1/x1/r0/x0 or rmatrix/xmatrix)")
+        if kind == "line" and "linecode" in keys and "length" not in keys:
+            problems.append(f"{where}: Line.{name} has no length (the engine would make it 1 unit of its line code)")
+        seq = {"r1", "x1", "r0", "x0"}
+        if kind in ("line", "linecode") and keys & seq and not seq <= keys:
+            problems.append(f"{where}: {kind.title()}.{name} has an incomplete sequence impedance "
+                            f"(give R1, X1, R0 and X0; missing: {', '.join(sorted(seq - keys))})")
+        for need in _NEEDS.get(kind, ()):
+            if not keys & need:
+                problems.append(f"{where}: {kind.title()}.{name} gives no {' or '.join(sorted(need))} "
+                                "(the engine's default would be used)")
+    return problems
 
 
 def _bus_and_nodes(spec: str) -> tuple[str, list[int]]:
@@ -105,17 +170,20 @@ def feeder_from_opendss(path: Path, *, name: str) -> Feeder:
     if not master.exists():
         raise FeederError(str(path), "no Master.dss in this folder")
     origin = str(master)
-    _run_script(dss, master)
+    given = _run_script(dss, master)
     if dss.Circuit.Name() == "" or not dss.Vsources.AllNames():
         raise FeederError(origin, "the script defines no circuit (New Circuit.<name>)")
     dss.Text.Command("makebuslist")
-    problems: list[str] = []
+    problems: list[str] = _missing_data(given)
 
     buses = [b.lower() for b in dss.Circuit.AllBusNames()]
     index = {b: i for i, b in enumerate(buses)}
 
     def ask(element: str, prop: str) -> str:
-        dss.Text.Command(f"? {element}.{prop}")
+        try:
+            dss.Text.Command(f"? {element}.{prop}")
+        except Exception as e:  # DSSException: e.g. a name with quotes the engine cannot look up
+            raise FeederError(origin, f"{element}: OpenDSS cannot report its {prop}: {str(e).strip()}") from e
         return dss.Text.Result()
 
     # source
@@ -158,6 +226,10 @@ def feeder_from_opendss(path: Path, *, name: str) -> Feeder:
         hv, lv = (_bus_and_nodes(b)[0] for b in dss.CktElement.BusNames())
         xhl = dss.Transformers.Xhl()
         r_tot = wdg[0][2] + wdg[1][2]
+        if not (xhl > 0 and r_tot >= 0 and all(w[0] > 0 and w[1] > 0 for w in wdg)):
+            problems.append(f"{where}: XHL {xhl}, %R {r_tot}, kVs {[w[0] for w in wdg]}, kVAs {[w[1] for w in wdg]} "
+                            "(allowed: XHL > 0, %R >= 0, kV > 0, kVA > 0)")
+            continue
         vk = math.hypot(xhl, r_tot)
         imag, nll = float(ask(el, "%imag")), float(ask(el, "%noloadloss"))
         if imag == 0 and nll == 0:
@@ -195,8 +267,18 @@ def feeder_from_opendss(path: Path, *, name: str) -> Feeder:
             if nodes and nodes[:3] != [1, 2, 3]:
                 problems.append(f"{where}: phase order {nodes} (allowed: 1.2.3)")
         length = dss.Lines.Length()  # the matrices are per unit of the line's own length unit
+        unit = dss.Lines.Units()  # 0: none, the line code's unit
+        length_km = length * _KM_PER_UNIT[unit] if 0 < unit < len(_KM_PER_UNIT) else length
+        if not 1e-6 <= length_km <= 1e3:
+            problems.append(f"{where}: length = {length} {_UNITS[unit] if 0 < unit < len(_UNITS) else ''}"
+                            " (allowed: 1 mm to 1000 km)")
+            continue
         z = (np.array(dss.Lines.RMatrix()) + 1j * np.array(dss.Lines.XMatrix())).reshape(3, 3) * length
         y = 1j * w * np.array(dss.Lines.CMatrix()).reshape(3, 3) * 1e-9 * length
+        if not np.abs(z).max() <= _MAX_OHM_PER_KM * length_km:  # also catches NaN
+            problems.append(f"{where}: impedance {np.abs(z).max():.3g} ohm over {length_km:.3g} km "
+                            f"(allowed: finite, up to {_MAX_OHM_PER_KM:g} ohm/km; check its line code)")
+            continue
         line_names.append(lname)
         lf.append(index[b1])
         lt.append(index[b2])
@@ -229,6 +311,8 @@ def feeder_from_opendss(path: Path, *, name: str) -> Feeder:
         a_p.append(np.where(phases, dss.Loads.kW() / nph, 0.0))
         a_q.append(np.where(phases, dss.Loads.kvar() / nph, 0.0))
 
+    if not agents:
+        problems.append("no loads (every agent is a Load)")
     if problems:
         raise FeederError(origin, problems)
     vn = _nominal_kv(len(buses), source.bus, base_kv, index, trafos, lf, lt)

@@ -251,12 +251,23 @@ def validate_feeder(feeder: Feeder) -> list[str]:
         problems.append(f"line {feeder.lines[i]!r}: impedance is not finite (missing R0/X0?)")
     for i in np.flatnonzero(np.any(zdiag <= 0, axis=1)):
         problems.append(f"line {feeder.lines[i]!r}: zero series impedance")
+    if len(feeder.line_z_ohm) and np.isfinite(feeder.line_z_ohm).all():  # passive: resistance matrix >= 0
+        herm = (feeder.line_z_ohm + np.conj(np.swapaxes(feeder.line_z_ohm, 1, 2))) / 2
+        r_min = np.linalg.eigvalsh(herm)[:, 0]
+        for i in np.flatnonzero(r_min < -1e-9 * zdiag.max(axis=1)):
+            problems.append(f"line {feeder.lines[i]!r}: negative resistance (check its length, R1 and R0)")
     for i in np.flatnonzero(feeder.bus_vn_kv[feeder.line_from] != feeder.bus_vn_kv[feeder.line_to]):
         problems.append(f"line {feeder.lines[i]!r} joins buses of different nominal voltage")
     for t in feeder.trafos:
         problems += _validate_trafo(t, nb)
     if not 0 <= feeder.source.bus < nb:
         problems.append("source: bus does not exist")
+    if not 0.5 <= feeder.source.vm_pu <= 1.5:
+        problems.append(f"source: voltage {feeder.source.vm_pu} pu (allowed: 0.5 to 1.5)")
+    if not (np.isfinite(feeder.f_hz) and feeder.f_hz > 0):
+        problems.append(f"frequency {feeder.f_hz} Hz is not positive")
+    for i in np.flatnonzero(~np.isfinite(feeder.agent_p_kw).all(axis=1) | ~np.isfinite(feeder.agent_q_kvar).all(axis=1)):
+        problems.append(f"agent {feeder.agents[i]!r}: power is not a finite number")
     bad_agents = np.flatnonzero((feeder.agent_bus < 0) | (feeder.agent_bus >= nb))
     problems += [f"agent {feeder.agents[i]!r}: its bus does not exist" for i in bad_agents]
     for i in np.flatnonzero(~feeder.agent_phases.any(axis=1)):
@@ -264,8 +275,11 @@ def validate_feeder(feeder: Feeder) -> list[str]:
     if problems:  # connectivity needs valid indices
         return problems
     reached = _reachable(feeder)
-    for b in np.flatnonzero(~reached):
+    cut = np.flatnonzero(~reached)
+    for b in cut[:10]:
         problems.append(f"bus {feeder.buses[b]!r} is not connected to the source")
+    if len(cut) > 10:
+        problems.append(f"... and {len(cut) - 10} more buses are not connected to the source")
     for i in np.flatnonzero(feeder.agent_bus == feeder.source.bus):
         problems.append(f"agent {feeder.agents[i]!r} sits on the source bus; not supported")
     if not feeder.v_min_pu < feeder.v_max_pu:

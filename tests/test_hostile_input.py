@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from hypothesis import strategies as st
 
 from bayesflex.errors import ConfigError, FeederError
 from bayesflex.priors import load_priors, priors_dir
+
+from .conftest import shared_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -431,3 +434,147 @@ def test_broken_feeder_text_fails_clearly(tmp_path_factory, name, data):
     cfg = _parse(raw)
     assert cfg is not None, f"{kind}: not UTF-8 TOML, yet loaded"
     FEEDER_BASES[name][1](got, cfg)
+
+
+# ----------------------------------------------------------------------------
+# (c) OpenDSS feeder folders
+# ----------------------------------------------------------------------------
+ENWL_SMALLEST = ("enwl", "networks", "network_5", "Feeder_1")  # 129 lines, 4 loads
+DSS_FILES = ("Master.dss", "LineCode.txt", "Lines.txt", "Transformers.txt", "Loads.dss")
+#: (file, property) pairs a mutation may set or delete
+DSS_PROPERTIES = {
+    "Lines.txt": ("Length", "Bus1", "Bus2", "Linecode", "Units"),
+    "LineCode.txt": ("R1", "X1", "R0", "X0", "Units"),
+    "Loads.dss": ("kW", "Bus1", "PF"),
+    "Transformers.txt": ("XHL", "kVs", "kVAs", "Conns"),
+}
+DSS_VALUES = ("abc", "-0.5", "0", "nan", "inf", "1e308", "", "1e-320", "2.5", "island", "999.1", "[11 0]",
+              "[Wye Wye]", "km", "m", "parsec")
+_KM = {"km": 1.0, "m": 1e-3, "mi": 1.609344, "kft": 0.3048, "ft": 0.3048e-3, "cm": 1e-5, "mm": 1e-6}
+
+
+@st.composite
+def dss_mutation(draw):
+    """(file, kind, line index or property, new text): one change to one file of the folder."""
+    kind = draw(st.sampled_from(["delete_file", "delete_line", "garble_line", "set", "drop", "not_utf8",
+                                 "bare_transformer"]))
+    if kind == "delete_file":
+        return draw(st.sampled_from(DSS_FILES)), kind, None, None
+    if kind == "bare_transformer":
+        return "Transformers.txt", kind, 0, "New Transformer.TR1"
+    file = draw(st.sampled_from(sorted(DSS_PROPERTIES) if kind in ("set", "drop") else DSS_FILES))
+    row = draw(st.integers(0, 200))  # taken modulo the file's line count
+    if kind in ("set", "drop"):
+        prop = draw(st.sampled_from(DSS_PROPERTIES[file]))
+        return file, kind, (row, prop), draw(st.sampled_from(DSS_VALUES)) if kind == "set" else None
+    if kind == "garble_line":
+        return file, kind, row, (draw(st.integers(0, 200)), draw(st.sampled_from("x=[]!.0 -\"")))
+    return file, kind, row, draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\x80"])) if kind == "not_utf8" else None
+
+
+def _apply_dss(folder: Path, mutation) -> tuple[str | None, int | None]:
+    """Change the copied folder; return the object name and line number the change touched."""
+    file, kind, where, new = mutation
+    path = folder / file
+    if kind == "delete_file":
+        path.unlink()
+        return None, None
+    raw = path.read_bytes()
+    lines = raw.decode().splitlines()
+    if kind == "not_utf8":
+        i = where % len(lines)
+        lines_b = raw.splitlines()
+        lines_b[i] = new + lines_b[i]
+        path.write_bytes(b"\n".join(lines_b) + b"\n")
+        return None, i + 1
+    i = (where[0] if isinstance(where, tuple) else where) % len(lines)
+    m = re.match(r"\s*new\s+\w+\.(\S+)", lines[i], re.IGNORECASE)
+    name = m.group(1) if m else None
+    if kind == "delete_line":
+        del lines[i]
+    elif kind == "bare_transformer":
+        lines[i] = new
+    elif kind == "garble_line":
+        pos, ch = new
+        pos %= len(lines[i]) + 1
+        lines[i] = lines[i][:pos] + ch + lines[i][pos:]
+    else:
+        prop = where[1]
+        pattern = re.compile(rf"\s{prop}=(\[[^\]]*\]|\S*)", re.IGNORECASE)
+        if not pattern.search(lines[i]):
+            assume(False)
+        lines[i] = pattern.sub("" if kind == "drop" else f" {prop}={new}", lines[i])
+    path.write_text("\n".join(lines) + "\n")
+    return name, i + 1
+
+
+def _dss_objects(text: str) -> dict[str, dict[str, str]]:
+    """``New Class.name key=value ...`` lines -> {name (lower case): {key (lower case): value}}."""
+    out = {}
+    for line in text.splitlines():
+        line = re.split(r"!|//", line, maxsplit=1)[0]  # DSS comments
+        m = re.match(r"\s*new\s+\w+\.(\S+)\s*(.*)", line, re.IGNORECASE)
+        if m:
+            out[m.group(1).lower()] = {k.lower(): v for k, v in
+                                       re.findall(r"(\w+)\s*=\s*(\[[^\]]*\]|\S+)", m.group(2))}
+    return out
+
+
+def assert_dss_matches(feeder, folder: Path) -> None:
+    """Each line's sequence impedance and ends, and each load's bus and power, as the files say."""
+    codes = _dss_objects((folder / "LineCode.txt").read_text())
+    lines = _dss_objects((folder / "Lines.txt").read_text())
+    loads = _dss_objects((folder / "Loads.dss").read_text())
+    assert sorted(feeder.lines) == sorted(lines)
+    seq = np.array([phase_to_sequence(z) for z in feeder.line_z_ohm])
+    for i, name in enumerate(feeder.lines):
+        ln = lines[name]
+        code = codes[ln["linecode"].lower()]
+        # OpenDSS: a line without a unit is in its line code's; a line code without one is per
+        # unit of the line's own length
+        unit = ln.get("units", code.get("units", "none")).lower()
+        km = float(ln["length"]) * (_KM[unit] / _KM[code["units"].lower()] if "units" in code else 1.0)
+        for k, (r, x) in ((1, ("r1", "x1")), (0, ("r0", "x0"))):
+            want = complex(float(code[r]), float(code[x])) * km
+            assert seq[i, k, k] == pytest.approx(want, rel=1e-6, abs=1e-12), (name, k)
+        assert (feeder.buses[feeder.line_from[i]], feeder.buses[feeder.line_to[i]]) == \
+            (ln["bus1"].split(".")[0].lower(), ln["bus2"].split(".")[0].lower())
+        assert float(ln["length"]) > 0
+    assert sorted(feeder.agents) == sorted(loads)
+    for i, name in enumerate(feeder.agents):
+        assert feeder.buses[feeder.agent_bus[i]] == loads[name]["bus1"].split(".")[0].lower()
+        assert feeder.agent_p_kw[i].sum() == pytest.approx(float(loads[name]["kw"]), rel=1e-9)
+    assert np.isfinite(feeder.line_z_ohm).all() and np.isfinite(feeder.agent_p_kw).all()
+    assert 0.5 <= feeder.source.vm_pu <= 1.5 and feeder.f_hz > 0
+
+
+def phase_to_sequence(z):
+    from bayesflex.feeder import phase_to_sequence_matrix
+
+    return phase_to_sequence_matrix(z)
+
+
+@pytest.fixture(scope="module")
+def enwl_feeder() -> Path:
+    return shared_path(*ENWL_SMALLEST)
+
+
+@_settings(60)
+@given(mutation=dss_mutation())
+def test_mutated_opendss_feeder_loads_right_or_fails_clearly(tmp_path_factory, enwl_feeder, mutation):
+    folder = tmp_path_factory.mktemp("dss") / "Feeder_1"
+    shutil.copytree(enwl_feeder, folder)
+    name, row = _apply_dss(folder, mutation)
+    got = _load_or_error(_load_feeder, folder, None)
+    if isinstance(got, Exception):
+        msg = str(got).lower()
+        file, kind, _, _ = mutation
+        if kind == "delete_file" or kind == "not_utf8":
+            assert file.lower() in msg, msg
+        elif kind in ("set", "drop") and file != "LineCode.txt" and name:
+            # the element is named, or the file and line that define it; a bus moved can cut
+            # off others, and the loader can name only what is cut off
+            assert name.lower() in msg or f"{file}:{row}".lower() in msg or \
+                (mutation[2][1].startswith("Bus") and "not connected to the source" in msg), msg
+        return
+    assert_dss_matches(got, folder)
