@@ -94,8 +94,12 @@ def read_positions(source, *, agents: tuple[str, ...] | None = None) -> Position
             except Exception as err:  # any reader failure means the same to the user
                 raise ConfigError(f"{path}: not a readable NetCDF positions file ({err})") from err
         elif path.suffix.lower() == ".csv":
+            from .priors.conditioning import read_csv_strict
+
             try:
-                source = pd.read_csv(path)
+                source = read_csv_strict(path)
+            except ConfigError:
+                raise
             except Exception as err:
                 raise ConfigError(f"{path}: not a readable CSV file ({err})") from err
         else:
@@ -117,11 +121,19 @@ def _from_frame(df: pd.DataFrame, origin: str, digest: str, known) -> Positions:
     if missing:
         raise ConfigError(f"{origin}: column(s) {missing} missing (need {', '.join(_COLUMNS)}; offer_price optional)")
     df = df.copy()
+    if df.empty:
+        raise ConfigError(f"{origin}: no rows (need one row per agent and half-hour)")
+    for c in ("agent", "time"):
+        if df[c].isna().any():
+            raise ConfigError(f"{origin}: row {df.index[df[c].isna()][0] + 2}: {c} is missing")
     df["agent"] = df["agent"].astype(str)
     try:
         df["time"] = pd.to_datetime(df["time"])
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{origin}: column time has a value that is not a date-time ({err})") from err
+        from .priors.conditioning import _first_bad_time
+
+        r = _first_bad_time(df["time"])
+        raise ConfigError(f"{origin}: row {r + 2}: time {df['time'].iloc[r]!r} is not a date-time") from err
     if "offer_price" not in df.columns:
         df["offer_price"] = np.nan
     for c in ("p_kw", "p_lb_kw", "p_ub_kw", "offer_price"):

@@ -578,3 +578,160 @@ def test_mutated_opendss_feeder_loads_right_or_fails_clearly(tmp_path_factory, e
                 (mutation[2][1].startswith("Bus") and "not connected to the source" in msg), msg
         return
     assert_dss_matches(got, folder)
+
+
+# ----------------------------------------------------------------------------
+# (d) meter readings and EV state logs, (e) aggregator positions: long-form CSV files
+# ----------------------------------------------------------------------------
+CSV_AGENTS = ("A1", "A2", "A3")
+CSV_TIMES = [f"2026-01-14T{h:02d}:{m:02d}" for h in range(17, 19) for m in (0, 30)]
+CELL_VALUES = ("", "abc", "nan", "inf", "-inf", "-1", "-0.5", "1e308", "0", "2026-01-14T17:15", "2026-13-40",
+               "M", "R", "C", "Z", "A9", " ", "1,5")
+
+
+def _rows(kind: str) -> tuple[list[str], list[list[str]]]:
+    """A good file: header and rows, as text cells."""
+    rows = []
+    for k, (a, t) in enumerate((a, t) for a in CSV_AGENTS for t in CSV_TIMES):
+        if kind == "observations":
+            rows.append([a, t, f"{0.2 + 0.1 * k:.3f}"])
+        elif kind == "ev_states":
+            rows.append([a, t, "RRMC"[k % 4] if a == "A1" else "R"])
+        else:
+            p = 1.0 + 0.5 * k
+            rows.append([a, t, f"{p:g}", f"{p - 1:g}", f"{p + 2:g}", f"{40 + k:g}"])
+    header = {"observations": ["agent", "time", "p_kw"], "ev_states": ["agent", "time", "state"],
+              "positions": ["agent", "time", "p_kw", "p_lb_kw", "p_ub_kw", "offer_price"]}[kind]
+    return header, rows
+
+
+@st.composite
+def csv_mutation(draw, kind: str):
+    header, rows = _rows(kind)
+    op = draw(st.sampled_from(["cell", "cell", "drop_column", "rename_column", "drop_row", "duplicate_row",
+                               "header_only", "random_bytes", "not_utf8", "truncate", "extra_column"]))
+    r = draw(st.integers(0, len(rows) - 1))
+    c = draw(st.integers(0, len(header) - 1))
+    focus = {"row": r, "column": header[c], "agent": rows[r][0]}
+    if op == "cell":
+        rows[r][c] = draw(st.sampled_from(CELL_VALUES))
+    elif op == "drop_column":
+        del header[c]
+        for row in rows:
+            del row[c]
+    elif op == "rename_column":
+        header[c] = header[c].upper()
+    elif op == "drop_row":
+        del rows[r]
+    elif op == "duplicate_row":
+        rows.insert(r, list(rows[r]))
+    elif op == "header_only":
+        rows = []
+    elif op == "extra_column":
+        header.append("comment")
+        for row in rows:
+            row.append("x")
+    text = "\n".join(",".join(x) for x in [header, *rows]) + "\n"
+    raw = text.encode()
+    if op == "random_bytes":
+        raw = draw(st.binary(max_size=120))
+    elif op == "not_utf8":
+        pos = draw(st.integers(0, len(raw)))
+        raw = raw[:pos] + b"\xff\xfe" + raw[pos:]
+    elif op == "truncate":
+        raw = raw[:draw(st.integers(0, len(raw)))]
+    return raw, op, focus
+
+
+def _csv_table(raw: bytes) -> tuple[list[str], list[list[str]]]:
+    """The file read independently (csv module): header and rows."""
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8"))))
+    return rows[0], rows[1:]
+
+
+def _half_hour(t: str) -> pd.Timestamp:
+    ts = pd.Timestamp(t)
+    assert ts == ts.floor("30min")
+    return ts
+
+
+def _check_csv_error(err: Exception, op: str, focus: dict) -> None:
+    if op == "cell":  # the column, the row or the agent of the bad cell
+        msg = str(err)
+        row = focus["row"] + 2  # the file's line number
+        assert focus["column"] in msg or f"row {row}" in msg or f"line {row}" in msg or repr(focus["agent"]) in msg, \
+            msg
+
+
+def _assert_observations_match(wide: pd.DataFrame, raw: bytes) -> None:
+    header, rows = _csv_table(raw)
+    col = {h: i for i, h in enumerate(header)}
+    assert len(wide) >= 2 and wide.shape[0] * wide.shape[1] == len(rows)
+    for row in rows:
+        p = float(row[col["p_kw"]])
+        assert math.isfinite(p) and p >= 0
+        assert wide.loc[_half_hour(row[col["time"]]), row[col["agent"]]] == p
+    assert np.isfinite(wide.to_numpy(float)).all() and (wide.to_numpy(float) >= 0).all()
+
+
+def _assert_ev_match(post, raw: bytes) -> None:
+    from bayesflex.priors.ev import STATES
+
+    header, rows = _csv_table(raw)
+    col = {h: i for i, h in enumerate(header)}
+    assert all(r[col["state"]] in STATES for r in rows)
+    n_cars = len({r[col["agent"]] for r in rows})
+    n_times = len({_half_hour(r[col["time"]]) for r in rows})
+    assert n_cars * n_times == len(rows)
+    assert post.ev_counts.sum() == n_cars * (n_times - 1)  # one transition per car and step
+
+
+def _assert_positions_match(pos, raw: bytes) -> None:
+    header, rows = _csv_table(raw)
+    col = {h: i for i, h in enumerate(header)}
+    assert pos.p_kw.size == len(rows)
+    for row in rows:
+        i, j = pos.times.get_loc(_half_hour(row[col["time"]])), pos.agents.index(row[col["agent"]])
+        for key, arr in (("p_kw", pos.p_kw), ("p_lb_kw", pos.p_lb_kw), ("p_ub_kw", pos.p_ub_kw)):
+            v = float(row[col[key]])
+            assert math.isfinite(v) and arr[i, j] == v, (key, row)
+        if "offer_price" in col and row[col["offer_price"]].strip():
+            assert pos.offer_price[i, j] == float(row[col["offer_price"]])
+        assert pos.p_lb_kw[i, j] <= pos.p_kw[i, j] + 1e-6 and pos.p_kw[i, j] <= pos.p_ub_kw[i, j] + 1e-6
+    assert all(a.strip() and a.lower() != "nan" for a in pos.agents)
+
+
+@pytest.fixture(scope="module")
+def default_priors():
+    return load_priors("default")
+
+
+def _read(kind: str, path: Path, priors):
+    from bayesflex.positions import read_positions
+    from bayesflex.priors import condition, read_observations
+
+    if kind == "observations":
+        return read_observations(path, agents=CSV_AGENTS)
+    if kind == "ev_states":
+        return condition(priors, ev_states=path, agents=CSV_AGENTS)
+    return read_positions(path, agents=CSV_AGENTS)
+
+
+_MATCHES = {"observations": _assert_observations_match, "ev_states": _assert_ev_match,
+            "positions": _assert_positions_match}
+
+
+@_settings(150)
+@given(kind=st.sampled_from(sorted(_MATCHES)), data=st.data())
+def test_mutated_csv_inputs_load_right_or_fail_clearly(tmp_path_factory, default_priors, kind, data):
+    raw, op, focus = data.draw(csv_mutation(kind))
+    path = tmp_path_factory.mktemp(kind) / f"{kind}.csv"
+    path.write_bytes(raw)
+    got = _load_or_error(lambda p: _read(kind, p, default_priors), path, raw)
+    if isinstance(got, Exception):
+        _check_csv_error(got, op, focus)
+        return
+    _MATCHES[kind](got, raw)

@@ -17,6 +17,7 @@ R-hat and bulk ESS of every parameter are reported with the posterior.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,26 +85,21 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.Da
         if not path.exists():
             raise ConfigError(f"{path}: no such file")
         if path.suffix.lower() in (".nc", ".netcdf", ".h5"):
-            ds = xr.open_dataset(path)
+            try:
+                ds = xr.open_dataset(path)
+            except Exception as e:  # any reader failure means the same to the user
+                raise ConfigError(f"{path}: not a readable NetCDF file ({e})") from e
             if "p_kw" not in ds or set(ds["p_kw"].dims) != {"agent", "time"}:
                 raise ConfigError(f"{path}: needs a variable p_kw with dims (agent, time)")
             df = ds["p_kw"].to_dataframe().reset_index()[["agent", "time", "p_kw"]]
         else:
-            try:
-                df = pd.read_csv(path)
-            except (pd.errors.ParserError, UnicodeDecodeError) as e:
-                raise ConfigError(f"{path}: not a readable CSV: {e}") from e
+            df = _read_csv(path)
     else:
         df = pd.DataFrame(source)
     missing = {"agent", "time", "p_kw"} - set(df.columns)
     if missing:
         raise ConfigError(f"{where}: missing column(s) {sorted(missing)} (needed: agent, time, p_kw)")
-    df = df[["agent", "time", "p_kw"]].copy()
-    df["agent"] = df["agent"].astype(str)
-    try:
-        df["time"] = pd.to_datetime(df["time"])
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: column time is not a date-time: {e}") from e
+    df = _agents_and_times(df[["agent", "time", "p_kw"]].copy(), where)
     p = pd.to_numeric(df["p_kw"], errors="coerce")
     if p.isna().any() or not np.isfinite(p).all():
         row = int(np.flatnonzero(~np.isfinite(p.fillna(np.nan).to_numpy()))[0])
@@ -119,6 +115,59 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.Da
     return wide
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        return read_csv_strict(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable CSV: {e}") from e
+
+
+def read_csv_strict(path: Path) -> pd.DataFrame:
+    """``pd.read_csv``, except that a row with more fields than the header is an error naming
+    the row (pandas would take the first column as an index and shift the others)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            return pd.read_csv(path, index_col=False)
+        except pd.errors.ParserWarning:
+            import csv
+
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f))
+            r = next(i for i, row in enumerate(rows) if len(row) > len(rows[0]))
+            raise ConfigError(f"{path}: row {r + 1} has {len(rows[r])} fields, the header "
+                              f"{len(rows[0])}") from None
+
+
+def _first_bad_time(times: pd.Series) -> int:
+    """Position of the first value that is not a date-time like the first one (0 if none is)."""
+    for i, t in enumerate(times):
+        try:
+            pd.to_datetime(pd.Series([times.iloc[0], t]))
+        except (ValueError, TypeError):
+            return i
+    return 0
+
+
+def _agents_and_times(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Agent names as text and times as date-times; a missing one is named by its row."""
+    if df.empty:
+        raise ConfigError(f"{where}: no rows (needed: one row per agent and half-hour)")
+    if df["agent"].isna().any():
+        raise ConfigError(f"{where}: row {int(np.flatnonzero(df['agent'].isna())[0]) + 2}: agent is missing")
+    df["agent"] = df["agent"].astype(str)
+    try:
+        df["time"] = pd.to_datetime(df["time"])
+    except (ValueError, TypeError) as e:
+        r = _first_bad_time(df["time"])
+        raise ConfigError(f"{where}: row {r + 2}: time {df['time'].iloc[r]!r} is not a date-time") from e
+    if df["time"].isna().any():
+        raise ConfigError(f"{where}: row {int(np.flatnonzero(df['time'].isna())[0]) + 2}: time is missing")
+    return df
+
+
 def _wide(df: pd.DataFrame, column: str, where: str, agents, what: str) -> pd.DataFrame:
     """Tidy rows (agent, time, column) -> time x agent, with the checks both
     kinds of log need: known agents, half-hour times, one value per agent and
@@ -128,8 +177,10 @@ def _wide(df: pd.DataFrame, column: str, where: str, agents, what: str) -> pd.Da
         if bad:
             raise ConfigError(f"{where}: agent(s) {', '.join(map(repr, bad[:5]))} not on the feeder "
                               f"(its agents are e.g. {', '.join(list(agents)[:5])}, ...)")
-    if (df["time"] != df["time"].dt.floor("30min")).any():
-        raise ConfigError(f"{where}: times must fall on half-hours (the start of each half-hour)")
+    off = np.flatnonzero((df["time"] != df["time"].dt.floor("30min")).to_numpy())
+    if len(off):
+        raise ConfigError(f"{where}: row {off[0] + 2}: time {df['time'].iloc[off[0]]}: times must fall on half-hours "
+                          "(the start of each half-hour)")
     if df.duplicated(["agent", "time"]).any():
         a, t = df.loc[df.duplicated(["agent", "time"]), ["agent", "time"]].iloc[0]
         raise ConfigError(f"{where}: agent {a!r} has two {what} at {t}")
@@ -152,19 +203,18 @@ def read_ev_states(source, *, agents: tuple[str, ...] | None = None) -> tuple[np
     from .ev import IMPOSSIBLE, STATES
 
     where = str(source) if isinstance(source, (str, Path)) else "ev state logs"
-    df = pd.read_csv(source) if isinstance(source, (str, Path)) else pd.DataFrame(source)
+    df = _read_csv(Path(source)) if isinstance(source, (str, Path)) else pd.DataFrame(source)
     missing = {"agent", "time", "state"} - set(df.columns)
     if missing:
         raise ConfigError(f"{where}: missing column(s) {sorted(missing)} (needed: agent, time, state)")
-    bad = sorted(set(df["state"].astype(str)) - set(STATES))
-    if bad:
-        raise ConfigError(f"{where}: state(s) {bad} unknown (allowed: {', '.join(STATES)})")
+    df = _agents_and_times(df[["agent", "time", "state"]].copy(), where)
+    unknown = np.flatnonzero(~df["state"].astype(str).isin(STATES).to_numpy())
+    if len(unknown):
+        r = unknown[0]
+        raise ConfigError(f"{where}: row {r + 2}: state {df['state'].iloc[r]!r} unknown "
+                          f"(allowed: {', '.join(STATES)})")
     code = {s: i for i, s in enumerate(STATES)}
-    try:
-        times = pd.to_datetime(df["time"])
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: column time is not a date-time: {e}") from e
-    df = df.assign(code=df["state"].astype(str).map(code).astype(float), time=times, agent=df["agent"].astype(str))
+    df = df.assign(code=df["state"].astype(str).map(code).astype(float))
     wide = _wide(df, "code", where, agents, "states")
     states = wide.to_numpy().astype(int)
     for i, j in IMPOSSIBLE:
