@@ -210,9 +210,9 @@ def read_ev_states(source, *, agents: tuple[str, ...] | None = None) -> tuple[np
     df = _agents_and_times(df[["agent", "time", "state"]].copy(), where)
     unknown = np.flatnonzero(~df["state"].astype(str).isin(STATES).to_numpy())
     if len(unknown):
-        r = unknown[0]
-        raise ConfigError(f"{where}: row {r + 2}: state {df['state'].iloc[r]!r} unknown "
-                          f"(allowed: {', '.join(STATES)})")
+        bad = sorted(set(df["state"].astype(str).iloc[unknown]))
+        raise ConfigError(f"{where}: state(s) {bad} unknown (allowed: {', '.join(STATES)}; "
+                          f"first in row {unknown[0] + 2})")
     code = {s: i for i, s in enumerate(STATES)}
     df = df.assign(code=df["state"].astype(str).map(code).astype(float))
     wide = _wide(df, "code", where, agents, "states")
