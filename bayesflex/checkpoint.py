@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ import xarray as xr
 
 from .errors import ConfigError
 
-__all__ = ["PARTIAL_DIR", "Checkpoint", "study_fingerprint"]
+__all__ = ["PARTIAL_DIR", "Checkpoint", "save_chunk", "study_fingerprint"]
 
 PARTIAL_DIR = ".partial"
 #: packages whose version can change a study's numbers
@@ -75,13 +74,9 @@ def _priors_digest(pr, posterior) -> str:
 def study_fingerprint(feeder, priors, posterior, *, draws: int, seed: int, opts, chunk_draws: int) -> dict:
     """What decides a study's numbers, and its SHA-256 (``"sha256"``)."""
     from . import __version__
+    from .results import package_versions
 
-    versions = {}
-    for name in _NUMERIC:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            pass
+    versions = package_versions(_NUMERIC)
     pos = opts.positions
     what = {
         "bayesflex": __version__, "versions": versions,
@@ -139,7 +134,7 @@ class Checkpoint:
         return self.dir / "result.nc.part"
 
     def _chunk(self, c: int) -> Path:
-        return self.dir / f"chunk-{c:05d}.h5"
+        return _chunk_path(self.dir, c)
 
     def _acquire(self):
         try:
@@ -185,9 +180,7 @@ class Checkpoint:
 
     def save(self, c: int, a: int, b: int, part: dict) -> None:
         """Write chunk ``c`` (draws ``a:b``) under a temporary name, then rename it."""
-        tmp = self.dir / f".chunk-{c:05d}.tmp"
-        _write_chunk(tmp, part, {"fingerprint": self.sha256, "chunk": c, "draw_start": a, "draw_stop": b})
-        os.replace(tmp, self._chunk(c))
+        save_chunk(self.dir, self.sha256, c, a, b, part)
         self.done.add(c)
 
     def load(self, c: int) -> dict:
@@ -259,6 +252,18 @@ def _read_chunk(path: Path) -> dict:
             item = (tuple(json.loads(d.attrs["dims"])), _get(d), json.loads(d.attrs["attrs"]))
             (coords if d.attrs["coord"] else data)[k] = item
     return part | {"draws": xr.Dataset(data, coords=coords)}
+
+
+def _chunk_path(folder: Path, c: int) -> Path:
+    return folder / f"chunk-{c:05d}.h5"
+
+
+def save_chunk(folder: Path, sha256: str, c: int, a: int, b: int, part: dict) -> None:
+    """Write chunk ``c`` (draws ``a:b``) of the study ``sha256`` into ``folder``, atomically.
+    Called by the workers when they share the disk (loky), else by the main process."""
+    tmp = folder / f".chunk-{c:05d}.tmp-{os.getpid()}"
+    _write_chunk(tmp, part, {"fingerprint": sha256, "chunk": c, "draw_start": a, "draw_stop": b})
+    os.replace(tmp, _chunk_path(folder, c))
 
 
 def _read_json(path: Path) -> dict | None:

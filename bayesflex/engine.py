@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from joblib import delayed
 
 from .errors import ConfigError
 from .feeder import Feeder, load_feeder
@@ -28,6 +29,9 @@ __all__ = ["run_study", "CHUNK_DRAWS", "StudyOptions"]
 
 #: draws per chunk; part of what a seed means, so changing it changes every number
 CHUNK_DRAWS = 50
+
+#: chunks handed out per worker at a time (results waiting in memory: at most this many per worker)
+WAVE = 4
 
 #: agent power arrays that go into the predictive group (when the technology is present)
 PREDICTIVE = ("p_kw", "q_kvar", "p_lb_kw", "p_ub_kw")
@@ -54,7 +58,18 @@ def _chunk_seed(seed: int, index: int) -> int:
     return int.from_bytes(child.generate_state(4, np.uint32).tobytes(), "little")
 
 
-def _run_chunk(feeder: Feeder, priors, index: int, draws: int, seed: int, opts: StudyOptions) -> dict:
+def _run_chunk(feeder: Feeder, priors, index: int, draws: int, seed: int, opts: StudyOptions,
+               save: tuple | None = None) -> dict:
+    """Chunk ``index``'s results; with ``save = (folder, fingerprint, a, b)`` also its checkpoint file."""
+    part = _compute_chunk(feeder, priors, index, draws, seed, opts)
+    if save is not None:
+        from .checkpoint import save_chunk
+
+        save_chunk(Path(save[0]), save[1], index, save[2], save[3], part)
+    return part
+
+
+def _compute_chunk(feeder: Feeder, priors, index: int, draws: int, seed: int, opts: StudyOptions) -> dict:
     from threadpoolctl import threadpool_limits
 
     from .priors import sample_priors
@@ -213,7 +228,6 @@ def run_study(
     -------
     xarray.DataTree with the groups described in :mod:`bayesflex.results`.
     """
-    from joblib import delayed
     from tqdm.auto import tqdm
 
     from . import priors as pri_mod
@@ -259,23 +273,24 @@ def run_study(
         store = StudyStore(draws, kind, fd.buses, ck.stream_path, portfolio=portfolio, final=final)
         if ck.done:
             attrs["chunks_resumed"] = len(ck.done)
-    done = set() if ck is None else ck.done
-    todo = [x for x in args if x[2] not in done]
+    done = set() if ck is None else set(ck.done)
+    remote = backend == "dask" or scheduler is not None  # workers may not see our disk: we write their chunks
+    todo = [x + ((None if ck is None or remote else (str(ck.dir), ck.sha256, a, b)),)
+            for x, (c, a, b) in zip(args, chunks, strict=True) if c not in done]
     bar = tqdm(total=draws, unit="draw", desc=f"study {fd.name}", disable=(not progress) if progress is not None
                else None, leave=False, initial=sum(b - a for c, a, b in chunks if c in done))
     try:
-        with _workers(backend, scheduler, n_jobs) as parallel:
-            if parallel is None:
-                results = (_run_chunk(*a) for a in todo)
-            else:
-                results = parallel(delayed(_run_chunk)(*a) for a in todo)
+        with _workers(backend, scheduler, n_jobs) as (parallel, width):
+            results = _in_waves(parallel, width, todo)
             for c, a, b in chunks:
                 if c in done:
                     part = ck.load(c)
                 else:
                     part = next(results)
-                    if ck is not None:
+                    if ck is not None and remote:
                         ck.save(c, a, b, part)
+                    elif ck is not None:
+                        ck.done.add(c)  # the worker wrote it
                     bar.update(b - a)
                 store.add(part, a, b)
         bar.close()
@@ -305,6 +320,18 @@ def _finished(path: Path, sha256: str) -> bool:
         return False
 
 
+def _in_waves(parallel, width: int, todo: list):
+    """The chunks' results in order.  joblib hands out a new task whenever a worker
+    is free, whether or not we have taken the results so far: in waves of
+    ``width`` tasks, at most ``width`` results wait for us, so memory is bounded
+    even when writing them is slower than computing them (many workers)."""
+    if parallel is None:
+        yield from (_run_chunk(*a) for a in todo)
+        return
+    for i in range(0, len(todo), width):
+        yield from parallel(delayed(_run_chunk)(*a) for a in todo[i:i + width])
+
+
 @contextmanager
 def _workers(backend: str | None, scheduler: str | None, n_jobs: int):
     """A ``joblib.Parallel`` returning results in order as they complete (None: run here, in order)."""
@@ -315,11 +342,12 @@ def _workers(backend: str | None, scheduler: str | None, n_jobs: int):
     if backend == "dask" or scheduler is not None:
         from joblib import parallel_config
 
-        with _dask_client(scheduler, n_jobs), parallel_config(backend="dask"):
-            yield Parallel(n_jobs=-1, return_as="generator")
+        with _dask_client(scheduler, n_jobs) as client, parallel_config(backend="dask"):
+            slots = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+            yield Parallel(n_jobs=-1, return_as="generator"), WAVE * max(slots, 1)
         return
     if backend is None and n_jobs == 1:
-        yield None
+        yield None, 1
         return
     try:
         parallel = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")
@@ -328,7 +356,7 @@ def _workers(backend: str | None, scheduler: str | None, n_jobs: int):
 
         raise ConfigError(f"backend {backend!r} unknown (allowed: {', '.join(sorted(BACKENDS))}, "
                           "or one registered with joblib.register_parallel_backend)") from err
-    yield parallel
+    yield parallel, WAVE * n_jobs
 
 
 @contextmanager

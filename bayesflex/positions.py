@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ._tables import agents_and_times
 from .errors import ConfigError
 
 __all__ = ["Positions", "apply_positions", "positions_from_schedule", "read_positions", "write_positions"]
@@ -123,17 +124,7 @@ def _from_frame(df: pd.DataFrame, origin: str, digest: str, known) -> Positions:
     df = df.copy()
     if df.empty:
         raise ConfigError(f"{origin}: no rows (need one row per agent and half-hour)")
-    for c in ("agent", "time"):
-        if df[c].isna().any():
-            raise ConfigError(f"{origin}: row {df.index[df[c].isna()][0] + 2}: {c} is missing")
-    df["agent"] = df["agent"].astype(str)
-    try:
-        df["time"] = pd.to_datetime(df["time"])
-    except (ValueError, TypeError) as err:
-        from .priors.conditioning import _first_bad_time
-
-        r = _first_bad_time(df["time"])
-        raise ConfigError(f"{origin}: row {r + 2}: time {df['time'].iloc[r]!r} is not a date-time") from err
+    df = agents_and_times(df.reset_index(drop=True), origin)
     if "offer_price" not in df.columns:
         df["offer_price"] = np.nan
     for c in ("p_kw", "p_lb_kw", "p_ub_kw", "offer_price"):

@@ -229,17 +229,23 @@ class StudyStore:
             self.path.unlink()
 
 
+def package_versions(names) -> dict[str, str]:
+    """The installed version of each of these packages (those not installed are left out)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def _provenance(feeder: Feeder, priors, posterior, *, draws: int, seed: int, opts, command: str | None) -> dict:
     from . import __version__
     from .engine import CHUNK_DRAWS
 
     pri = posterior.priors if posterior is not None else priors
-    versions = {"python": platform.python_version()}
-    for name in _VERSIONS:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            pass
+    versions = {"python": platform.python_version()} | package_versions(_VERSIONS)
     lim = opts.limits
     attrs = {
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

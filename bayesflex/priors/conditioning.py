@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .._tables import agents_and_times
 from ..errors import ConfigError
 from .baseload import FLOOR_KW, half_hour_of_day, shape_factor
 from .config import Priors, load_priors
@@ -99,7 +100,7 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.Da
     missing = {"agent", "time", "p_kw"} - set(df.columns)
     if missing:
         raise ConfigError(f"{where}: missing column(s) {sorted(missing)} (needed: agent, time, p_kw)")
-    df = _agents_and_times(df[["agent", "time", "p_kw"]].copy(), where)
+    df = agents_and_times(df[["agent", "time", "p_kw"]].copy(), where)
     p = pd.to_numeric(df["p_kw"], errors="coerce")
     if p.isna().any() or not np.isfinite(p).all():
         row = int(np.flatnonzero(~np.isfinite(p.fillna(np.nan).to_numpy()))[0])
@@ -141,33 +142,6 @@ def read_csv_strict(path: Path) -> pd.DataFrame:
                               f"{len(rows[0])}") from None
 
 
-def _first_bad_time(times: pd.Series) -> int:
-    """Position of the first value that is not a date-time like the first one (0 if none is)."""
-    for i, t in enumerate(times):
-        try:
-            pd.to_datetime(pd.Series([times.iloc[0], t]))
-        except (ValueError, TypeError):
-            return i
-    return 0
-
-
-def _agents_and_times(df: pd.DataFrame, where: str) -> pd.DataFrame:
-    """Agent names as text and times as date-times; a missing one is named by its row."""
-    if df.empty:
-        raise ConfigError(f"{where}: no rows (needed: one row per agent and half-hour)")
-    if df["agent"].isna().any():
-        raise ConfigError(f"{where}: row {int(np.flatnonzero(df['agent'].isna())[0]) + 2}: agent is missing")
-    df["agent"] = df["agent"].astype(str)
-    try:
-        df["time"] = pd.to_datetime(df["time"])
-    except (ValueError, TypeError) as e:
-        r = _first_bad_time(df["time"])
-        raise ConfigError(f"{where}: row {r + 2}: time {df['time'].iloc[r]!r} is not a date-time") from e
-    if df["time"].isna().any():
-        raise ConfigError(f"{where}: row {int(np.flatnonzero(df['time'].isna())[0]) + 2}: time is missing")
-    return df
-
-
 def _wide(df: pd.DataFrame, column: str, where: str, agents, what: str) -> pd.DataFrame:
     """Tidy rows (agent, time, column) -> time x agent, with the checks both
     kinds of log need: known agents, half-hour times, one value per agent and
@@ -207,7 +181,7 @@ def read_ev_states(source, *, agents: tuple[str, ...] | None = None) -> tuple[np
     missing = {"agent", "time", "state"} - set(df.columns)
     if missing:
         raise ConfigError(f"{where}: missing column(s) {sorted(missing)} (needed: agent, time, state)")
-    df = _agents_and_times(df[["agent", "time", "state"]].copy(), where)
+    df = agents_and_times(df[["agent", "time", "state"]].copy(), where)
     unknown = np.flatnonzero(~df["state"].astype(str).isin(STATES).to_numpy())
     if len(unknown):
         bad = sorted(set(df["state"].astype(str).iloc[unknown]))
