@@ -190,9 +190,8 @@ def plot_fleet(table: pd.DataFrame, path: Path, top: int = 40) -> Path:
     ax.set_yticks(y, t.feeder)
     ax.set_xlabel("probability in the horizon, % (bars: ± 2 Monte Carlo SE)")
     ax.set_xlim(0, 100)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22 - 1.2 / (2 + len(t))), ncol=2, fontsize=8,
-              frameon=False)
-    ax.set_title(f"feeders ranked by congestion risk ({len(t)} of {int((table.status == 'ok').sum())} shown)",
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"feeders ranked by congestion risk ({len(t)} of {int((table.status == 'ok').sum())} shown)",
                  fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
