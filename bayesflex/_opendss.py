@@ -83,7 +83,6 @@ _MALFORMED = re.compile(r"^[^A-Za-z~?]|=\s*[^\s\[\](){}\"']*=")
 _MORE = re.compile(r"^(?:~|more)\s+(.*)$", re.IGNORECASE)
 _KEY = re.compile(r"([A-Za-z%][\w%]*)\s*=")
 _UNITS = ("none", "mi", "kft", "km", "m", "ft", "in", "cm", "mm")
-#: km per length unit, by the engine's unit code (0: none)
 #: properties a script must give (any one of each set), else the engine silently fills in its default
 _NEEDS = {
     "line": ({"bus1"}, {"bus2"}),
@@ -92,6 +91,7 @@ _NEEDS = {
     "transformer": ({"xhl", "x12"}, {"kvs", "kv"}, {"kvas", "kva"}, {"buses", "bus"}),
 }
 _MAX_OHM_PER_KM = 1e3
+#: km per length unit, by the engine's unit code (0: none)
 _KM_PER_UNIT = (math.nan, 1.609344, 0.3048, 1.0, 1e-3, 0.3048e-3, 0.0254e-3, 1e-5, 1e-6)
 
 

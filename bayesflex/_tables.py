@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV file as a frame; any reader failure is a :class:`ConfigError` naming the file.
+
+    Unlike ``pd.read_csv``, a row with more fields than the header is an error
+    naming the row (pandas would take the first column as an index and shift
+    the others)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, index_col=False)
+    except pd.errors.ParserWarning:
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        r = next(i for i, row in enumerate(rows) if len(row) > len(rows[0]))
+        raise ConfigError(f"{path}: row {r + 1} has {len(rows[r])} fields, the header {len(rows[0])}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path}: not a readable CSV: {e}") from e
 
 
 def first_bad_time(times: pd.Series) -> int:

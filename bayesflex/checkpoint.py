@@ -37,7 +37,7 @@ import xarray as xr
 
 from .errors import ConfigError
 
-__all__ = ["PARTIAL_DIR", "Checkpoint", "save_chunk", "study_fingerprint"]
+__all__ = ["PARTIAL_DIR", "Checkpoint", "kept_chunks", "save_chunk", "study_fingerprint"]
 
 PARTIAL_DIR = ".partial"
 #: packages whose version can change a study's numbers
@@ -62,13 +62,12 @@ def _feeder_digest(fd) -> str:
 
 
 def _priors_digest(pr, posterior) -> str:
-    pri = posterior.priors if posterior is not None else pr
     if posterior is None:
-        return _digest(pri.sha256)
+        return _digest(pr.sha256)
     idata = posterior.idata
     post = [] if idata is None else [idata.posterior[k].values for k in sorted(idata.posterior.data_vars)]
     ev = [] if posterior.ev_alpha is None else [np.asarray(posterior.ev_alpha)]
-    return _digest(pri.sha256, posterior.observations_sha256, posterior.agents, *post, *ev)
+    return _digest(posterior.priors.sha256, posterior.observations_sha256, posterior.agents, *post, *ev)
 
 
 def study_fingerprint(feeder, priors, posterior, *, draws: int, seed: int, opts, chunk_draws: int) -> dict:
@@ -99,26 +98,26 @@ class Checkpoint:
     def __init__(self, out: str | Path, fingerprint: dict, n_chunks: int, *, resume: bool = False):
         self.out = Path(out)
         self.dir = self.out / PARTIAL_DIR
-        self.fingerprint = fingerprint
         self.sha256 = fingerprint["sha256"]
-        self.n_chunks = n_chunks
         self.out.mkdir(parents=True, exist_ok=True)
         self.dir.mkdir(exist_ok=True)
         self._lock = self._acquire()
+        #: chunks finished by an earlier run of this study, read instead of computed
         self.done: set[int] = set()
         manifest = self.dir / "manifest.json"
         old = _read_json(manifest)
-        if resume and old is not None and old.get("sha256") != self.sha256:
+        same = old is not None and old.get("sha256") == self.sha256
+        if resume and old is not None and not same:
             diff = sorted(k for k in fingerprint if k != "sha256" and old.get(k) != fingerprint[k])
             self.release()
             raise ConfigError(
                 f"{self.dir}: the unfinished study here was started with other inputs (differs in: "
                 f"{', '.join(diff) or 'the fingerprint'}); it cannot be resumed with these. Run without "
                 "--resume to discard it, or give the inputs it was started with")
-        if resume and old is not None and old.get("sha256") == self.sha256:
+        if resume and same:
             self.done = {c for c in range(n_chunks) if self._valid(c)}
         else:
-            n_old = len(list(self.dir.glob("chunk-*.h5")))
+            n_old = kept_chunks(self.out)
             if n_old:
                 warnings.warn(f"{self.dir}: an unfinished study ({n_old} chunks) was discarded; "
                               "use --resume (resume=True) to continue one", stacklevel=3)
@@ -181,7 +180,6 @@ class Checkpoint:
     def save(self, c: int, a: int, b: int, part: dict) -> None:
         """Write chunk ``c`` (draws ``a:b``) under a temporary name, then rename it."""
         save_chunk(self.dir, self.sha256, c, a, b, part)
-        self.done.add(c)
 
     def load(self, c: int) -> dict:
         """Chunk ``c`` exactly as the worker returned it."""
@@ -189,8 +187,8 @@ class Checkpoint:
 
 
 # A chunk file is plain HDF5 (h5py, LZF-compressed): a tenth of the time of
-# writing the same arrays as NetCDF, which matters because the main process
-# writes one per chunk while the workers compute.  Group ``physics`` holds the
+# writing the same arrays as NetCDF, which matters because it is written for
+# every chunk (by the worker that computed it, or by the main process).  Group ``physics`` holds the
 # chunk's arrays; group ``draws`` the sampled dataset, each variable with its
 # dimensions and attributes, so that it is rebuilt exactly.
 def _put(group, name: str, v: np.ndarray):
@@ -256,6 +254,11 @@ def _read_chunk(path: Path) -> dict:
 
 def _chunk_path(folder: Path, c: int) -> Path:
     return folder / f"chunk-{c:05d}.h5"
+
+
+def kept_chunks(out: str | Path) -> int:
+    """How many finished chunk files the study folder ``out`` holds."""
+    return len(list((Path(out) / PARTIAL_DIR).glob("chunk-*.h5")))
 
 
 def save_chunk(folder: Path, sha256: str, c: int, a: int, b: int, part: dict) -> None:

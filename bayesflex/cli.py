@@ -138,9 +138,9 @@ def _cmd_run(args, argv) -> int:
 
 
 def _saved(out: Path) -> None:
-    from .checkpoint import PARTIAL_DIR
+    from .checkpoint import PARTIAL_DIR, kept_chunks
 
-    n = len(list((out / PARTIAL_DIR).glob("chunk-*.h5")))
+    n = kept_chunks(out)
     if n:
         print(f"bayesflex: {n} finished chunks are kept in {out / PARTIAL_DIR}; run the same command with "
               "--resume to continue", file=sys.stderr)
@@ -156,18 +156,17 @@ def _run_fleet(args, priors, study: dict, t0: float) -> int:
     table = run_fleet(found, priors, out=out, resume=args.resume, log=lambda line: print(line, flush=True), **study)
     ok = table[table.status == "ok"]
     print(f"\nfeeders ranked by congestion risk (probability ± 1 Monte Carlo SE; {len(ok)} of {len(table)} "
-          "studied):", file=sys.stdout)
-    print(f"  {'rank':>4}  {'feeder':<24}{'congested in horizon':>22}{'unresolvable':>16}  worst half-hour",
-          file=sys.stdout)
+          "studied):")
+    print(f"  {'rank':>4}  {'feeder':<24}{'congested in horizon':>22}{'unresolvable':>16}  worst half-hour")
     for _, r in ok.head(15).iterrows():
         print(f"  {r['rank']:>4}  {r.feeder:<24}{_pct(r.p_congested_horizon, r.p_congested_horizon_mcse):>22}"
               f"{_pct(r.p_unresolved_horizon, r.p_unresolved_horizon_mcse):>16}  "
-              f"{r.worst_half_hour} ({100 * r.p_congested_worst_half_hour:.1f} %)", file=sys.stdout)
+              f"{r.worst_half_hour} ({100 * r.p_congested_worst_half_hour:.1f} %)")
     if len(ok) > 15:
-        print(f"  ... {len(ok) - 15} more in {out / FLEET_FILE}", file=sys.stdout)
+        print(f"  ... {len(ok) - 15} more in {out / FLEET_FILE}")
     bad = table[table.status != "ok"]
     for _, r in bad.iterrows():
-        print(f"  FAILED {r.feeder}: {r.error}", file=sys.stdout)
+        print(f"  FAILED {r.feeder}: {r.error}")
     print(f"\n{len(table)} feeders in {time.perf_counter() - t0:.1f} s; wrote {out / FLEET_FILE} and "
           f"{out / 'fleet.png'}" if len(ok) else f"\nwrote {out / FLEET_FILE}")
     if len(bad):

@@ -257,7 +257,6 @@ def run_study(
     _ = fd.model  # build once here, so that workers receive it with the feeder
     chunks = [(c, a, min(draws, a + CHUNK_DRAWS)) for c, a in enumerate(range(0, draws, CHUNK_DRAWS))]
     n_jobs = min(os.cpu_count() or 1, len(chunks)) if jobs == -1 else min(jobs, len(chunks))
-    args = [(fd, pr, c, b - a, int(seed), opts) for c, a, b in chunks]
     portfolio = None if pos is None else np.array([fd.agents.index(a) for a in pos.agents])
     kind = "posterior" if posterior is not None else "prior"
     fp = study_fingerprint(fd, pr, posterior, draws=draws, seed=int(seed), opts=opts, chunk_draws=CHUNK_DRAWS)
@@ -273,10 +272,10 @@ def run_study(
         store = StudyStore(draws, kind, fd.buses, ck.stream_path, portfolio=portfolio, final=final)
         if ck.done:
             attrs["chunks_resumed"] = len(ck.done)
-    done = set() if ck is None else set(ck.done)
+    done = set() if ck is None else ck.done
     remote = backend == "dask" or scheduler is not None  # workers may not see our disk: we write their chunks
-    todo = [x + ((None if ck is None or remote else (str(ck.dir), ck.sha256, a, b)),)
-            for x, (c, a, b) in zip(args, chunks, strict=True) if c not in done]
+    todo = [(fd, pr, c, b - a, int(seed), opts, None if ck is None or remote else (str(ck.dir), ck.sha256, a, b))
+            for c, a, b in chunks if c not in done]
     bar = tqdm(total=draws, unit="draw", desc=f"study {fd.name}", disable=(not progress) if progress is not None
                else None, leave=False, initial=sum(b - a for c, a, b in chunks if c in done))
     try:
@@ -289,8 +288,6 @@ def run_study(
                     part = next(results)
                     if ck is not None and remote:
                         ck.save(c, a, b, part)
-                    elif ck is not None:
-                        ck.done.add(c)  # the worker wrote it
                     bar.update(b - a)
                 store.add(part, a, b)
         bar.close()

@@ -406,7 +406,7 @@ def _load_toml(path: Path) -> Feeder:
         raise ConfigError(f"{path}: [source] table with a 'type' key is required "
                           f"(allowed types: {', '.join(_SOURCE_TYPES)})")
     kind = src["type"]
-    if kind not in _SOURCE_TYPES or not isinstance(kind, str):
+    if not isinstance(kind, str) or kind not in _SOURCE_TYPES:
         raise ConfigError(f"{path}: [source] type {kind!r} unknown (allowed: {', '.join(_SOURCE_TYPES)})")
     meta = cfg.get("feeder", {})
     if set(meta) - {"name"}:
@@ -446,14 +446,12 @@ def _load_toml(path: Path) -> Feeder:
             feeder = feeder_from_pandapower_json(target, name=name)
         if target.is_file():
             digests.append(hashlib.sha256(target.read_bytes()).hexdigest())
-    elif kind == "pandapower_elements":
+    else:  # pandapower_elements (the type was checked above)
         from ._builder import net_from_elements
         from ._pandapower import feeder_from_pandapower
 
         net = net_from_elements(src, origin=str(path))
         feeder = feeder_from_pandapower(net, name=name, origin=str(path))
-    else:
-        raise ConfigError(f"{path}: [source] type {kind!r} unknown (allowed: {', '.join(_SOURCE_TYPES)})")
     limits = cfg.get("limits", {})
     unknown = set(limits) - {"v_min_pu", "v_max_pu"}
     if unknown:

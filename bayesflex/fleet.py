@@ -46,9 +46,10 @@ def find_feeders(spec: str | Path) -> dict[str, Path]:
         if _is_dss_folder(p):
             found = [p]
         else:
-            found = sorted({q.parent for q in p.rglob("*") if q.name.lower() == "master.dss"} |
-                           {q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in (".toml", ".json")
-                            and not any(_is_dss_folder(a) for a in q.parents)})
+            files = [q for q in p.rglob("*") if q.is_file()]
+            dss = {q.parent for q in files if q.name.lower() == "master.dss"}
+            found = sorted(dss | {q for q in files if q.suffix.lower() in (".toml", ".json")
+                                  and dss.isdisjoint(q.parents)})
     else:
         found = [Path(q) for q in sorted(glob.glob(str(spec), recursive=True))]
         found = [q for q in found if q.is_dir() and _is_dss_folder(q) or q.is_file() and q.suffix.lower() in _SUFFIXES]
@@ -139,8 +140,6 @@ def run_fleet(feeders, priors="default", *, out: str | Path, resume: bool = Fals
             row |= fleet_row(tree)
         except BayesflexError as err:
             row |= {"status": "failed", "error": " ".join(str(err).split())}
-        except (KeyboardInterrupt, SystemExit):
-            raise
         except Exception as err:  # noqa: BLE001 - a bug or a broken file the loaders missed: the other feeders go on
             row |= {"status": "failed", "error": f"{type(err).__name__}: {' '.join(str(err).split())}"}
         rows.append(row)

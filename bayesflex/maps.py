@@ -18,7 +18,7 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
 from .errors import ConfigError
-from .query import BLOCK_DRAWS, draw_blocks, half_hour, n_draws
+from .query import BLOCK_DRAWS, draw_block, draw_blocks, half_hour, n_draws
 from .results import mcse
 
 __all__ = ["adjustment_figure", "congestion_heatmap", "feeder_map", "flexibility_figure", "trafo_fan_chart",
@@ -231,8 +231,8 @@ def _adjustments_when_adjusted(h: xr.Dataset | xr.DataTree, agents: list[str], *
     parts: list[list[np.ndarray]] = [[] for _ in agents]
     dims = ("agent", "draw", "time", "phase")
     for c, s in draw_blocks(h, block):
-        up = np.nansum(h["adjust_up_kw"].isel(chain=c, draw=s, agent=idx).transpose(*dims).values, axis=-1)
-        dn = np.nansum(h["adjust_down_kw"].isel(chain=c, draw=s, agent=idx).transpose(*dims).values, axis=-1)
+        up = np.nansum(draw_block(h["adjust_up_kw"], c, s, dims, agent=idx), axis=-1)
+        dn = np.nansum(draw_block(h["adjust_down_kw"], c, s, dims, agent=idx), axis=-1)
         for j in range(len(agents)):  # (draw, time) of agent j
             moved = (up[j] > 0) | (dn[j] > 0)
             parts[j].append(up[j][moved] - dn[j][moved])

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ._tables import agents_and_times
+from ._tables import agents_and_times, read_csv
 from .errors import ConfigError
 
 __all__ = ["Positions", "apply_positions", "positions_from_schedule", "read_positions", "write_positions"]
@@ -95,14 +95,7 @@ def read_positions(source, *, agents: tuple[str, ...] | None = None) -> Position
             except Exception as err:  # any reader failure means the same to the user
                 raise ConfigError(f"{path}: not a readable NetCDF positions file ({err})") from err
         elif path.suffix.lower() == ".csv":
-            from .priors.conditioning import read_csv_strict
-
-            try:
-                source = read_csv_strict(path)
-            except ConfigError:
-                raise
-            except Exception as err:
-                raise ConfigError(f"{path}: not a readable CSV file ({err})") from err
+            source = read_csv(path)
         else:
             raise ConfigError(f"{path}: positions must be a .csv or .nc file")
     if isinstance(source, xr.Dataset):
@@ -121,9 +114,6 @@ def _from_frame(df: pd.DataFrame, origin: str, digest: str, known) -> Positions:
     missing = [c for c in _COLUMNS if c not in df.columns]
     if missing:
         raise ConfigError(f"{origin}: column(s) {missing} missing (need {', '.join(_COLUMNS)}; offer_price optional)")
-    df = df.copy()
-    if df.empty:
-        raise ConfigError(f"{origin}: no rows (need one row per agent and half-hour)")
     df = agents_and_times(df.reset_index(drop=True), origin)
     if "offer_price" not in df.columns:
         df["offer_price"] = np.nan

@@ -14,9 +14,9 @@ import xarray as xr
 from .errors import ConfigError
 from .results import mcse
 
-__all__ = ["BLOCK_DRAWS", "adjustment_quantiles", "congestion_probability", "draw_blocks", "flexibility_at_risk",
-           "flexibility_summary", "half_hour", "n_draws", "portfolio_position", "predictive", "product_at_risk",
-           "top_agents"]
+__all__ = ["BLOCK_DRAWS", "adjustment_quantiles", "congestion_probability", "draw_block", "draw_blocks",
+           "flexibility_at_risk", "flexibility_summary", "half_hour", "n_draws", "portfolio_position", "predictive",
+           "product_at_risk", "top_agents"]
 
 _WHERE = ("bus", "line", "phase", "time", "trafo")
 
@@ -237,7 +237,7 @@ def flexibility_summary(tree: xr.DataTree) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _block(da: xr.DataArray, c: int, draws: slice, dims: tuple[str, ...], **sel) -> np.ndarray:
+def draw_block(da: xr.DataArray, c: int, draws: slice, dims: tuple[str, ...], **sel) -> np.ndarray:
     """One block of draws of a per-draw array as numpy, dimensions in the order ``dims``."""
     return da.isel(chain=c, draw=draws, **sel).transpose(*dims).values
 
@@ -258,15 +258,15 @@ def top_agents(tree: xr.DataTree, k: int = 10, *, block: int = BLOCK_DRAWS) -> p
     first = np.zeros(n_agent, np.int64)  # (draw, half-hour) cells ranked first on some phase
     up_sum, dn_sum = np.zeros(n_agent), np.zeros(n_agent)
     for c, s in draw_blocks(h, block):
-        up = np.nansum(_block(h["adjust_up_kw"], c, s, dims), axis=-1)  # (draw, time, agent)
-        dn = np.nansum(_block(h["adjust_down_kw"], c, s, dims), axis=-1)
+        up = np.nansum(draw_block(h["adjust_up_kw"], c, s, dims), axis=-1)  # (draw, time, agent)
+        dn = np.nansum(draw_block(h["adjust_down_kw"], c, s, dims), axis=-1)
         moved = (up > 0) | (dn > 0)
         any_h += moved.any(axis=1).sum(axis=0)
         count += moved.sum(axis=(0, 1))
         up_sum += up.sum(axis=(0, 1), dtype=np.float64)
         dn_sum += dn.sum(axis=(0, 1), dtype=np.float64)
         del up, dn, moved
-        first += (_block(h["sensitivity_rank"], c, s, dims) == 1).any(axis=-1).sum(axis=(0, 1))
+        first += (draw_block(h["sensitivity_rank"], c, s, dims) == 1).any(axis=-1).sum(axis=(0, 1))
     n = n_draws(tree)
     cells = n * h.sizes["time"]
     p_any = any_h / n

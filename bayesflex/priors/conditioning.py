@@ -17,7 +17,6 @@ R-hat and bulk ESS of every parameter are reported with the posterior.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .._tables import agents_and_times
+from .._tables import agents_and_times, read_csv
 from ..errors import ConfigError
 from .baseload import FLOOR_KW, half_hour_of_day, shape_factor
 from .config import Priors, load_priors
@@ -94,7 +93,7 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.Da
                 raise ConfigError(f"{path}: needs a variable p_kw with dims (agent, time)")
             df = ds["p_kw"].to_dataframe().reset_index()[["agent", "time", "p_kw"]]
         else:
-            df = _read_csv(path)
+            df = read_csv(path)
     else:
         df = pd.DataFrame(source)
     missing = {"agent", "time", "p_kw"} - set(df.columns)
@@ -114,32 +113,6 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.Da
     if len(wide) < 2:
         raise ConfigError(f"{where}: at least two half-hours of readings are needed")
     return wide
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    try:
-        return read_csv_strict(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(f"{path}: not a readable CSV: {e}") from e
-
-
-def read_csv_strict(path: Path) -> pd.DataFrame:
-    """``pd.read_csv``, except that a row with more fields than the header is an error naming
-    the row (pandas would take the first column as an index and shift the others)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", pd.errors.ParserWarning)
-        try:
-            return pd.read_csv(path, index_col=False)
-        except pd.errors.ParserWarning:
-            import csv
-
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = list(csv.reader(f))
-            r = next(i for i, row in enumerate(rows) if len(row) > len(rows[0]))
-            raise ConfigError(f"{path}: row {r + 1} has {len(rows[r])} fields, the header "
-                              f"{len(rows[0])}") from None
 
 
 def _wide(df: pd.DataFrame, column: str, where: str, agents, what: str) -> pd.DataFrame:
@@ -177,7 +150,7 @@ def read_ev_states(source, *, agents: tuple[str, ...] | None = None) -> tuple[np
     from .ev import IMPOSSIBLE, STATES
 
     where = str(source) if isinstance(source, (str, Path)) else "ev state logs"
-    df = _read_csv(Path(source)) if isinstance(source, (str, Path)) else pd.DataFrame(source)
+    df = read_csv(Path(source)) if isinstance(source, (str, Path)) else pd.DataFrame(source)
     missing = {"agent", "time", "state"} - set(df.columns)
     if missing:
         raise ConfigError(f"{where}: missing column(s) {sorted(missing)} (needed: agent, time, state)")
