@@ -1,11 +1,54 @@
 """OpenDSS text models -> Feeder, through the DSS C-API engine (opendssdirect.py).
 
-The engine parses the full DSS syntax and computes derived data (line
-matrices from sequence line codes, the source's sequence impedances from
-ISC3/ISC1).  We run the model's script ourselves so that what a network
-description does not need (load shapes, monitors, energy meters, solve, plot
-and export commands) is skipped: a missing load-shape file must not stop a
-feeder from loading.  A failing command is reported with its file and line.
+An OpenDSS script is a program: its commands can start an editor (``Set
+Editor=...`` + ``FileEdit``), write files (``Save``, ``Export``, ``Dump``), move
+the working directory (``CD``, ``Set DataPath``) and read any file
+(``Redirect``, ``(file=...)`` values).  Models come from third parties, so this
+reader never hands the script to the engine.  It reads the files itself, parses
+every command and sends the engine only a rebuilt command it has checked:
+
+* **Executed**: ``New``/``Edit`` (and ``More``/``M``/``~`` continuation lines) of
+  the classes a network description needs (``Circuit``, ``Vsource``, ``Line``,
+  ``LineCode``, ``Transformer``, ``Load`` and the data they may reference:
+  ``WireData``, ``CNData``, ``TSData``, ``LineGeometry``, ``LineSpacing``,
+  ``XfmrCode``); ``Set`` of ``voltagebases``, ``defaultbasefrequency``,
+  ``basefrequency`` and ``earthmodel`` only (each ``a=b`` pair of a ``Set`` is
+  checked); ``Clear``; ``Buscoords``/``LatLongCoords`` of a file.
+* **Followed by this reader, never by the engine**: ``Redirect``/``Compile``.
+* **Skipped, never executed** (not needed for a network; not executing them
+  cannot have a side effect): solution, report and plot commands (``Solve``,
+  ``CalcVoltageBases``, ``Show``, ``Export``, ``Plot``, ``Sample``, ``Reset``,
+  ...), ``Set`` of study options (``mode``, ``number``, ``stepsize``, ...), and
+  ``New``/``Edit``/``BatchEdit`` of load shapes, curves, spectra, monitors,
+  meters and sensors (a load's ``yearly``/``daily``/``duty``/``growth``/
+  ``cvrcurve``/``spectrum`` reference is dropped with them).
+* **Refused** with a :class:`FeederError` naming file, line and command (its
+  text cut to 80 characters): everything else.  That includes every command
+  that touches files, the process or the engine (``FileEdit``, ``Save``,
+  ``Dump``, ``CD``, ``DOScmd``, ``?``, ``Var``, ...), ``Set`` of any other option
+  (``Editor``, ``DataPath``, ``Log``, ``Recorder``, ...), commands that change the
+  network in ways this reader does not follow (``Open``, ``Disable``,
+  ``AllocateLoads``, ...), and elements the reader would otherwise ignore
+  while they change the physics (``Capacitor``, ``Reactor``, ``RegControl``,
+  ``Generator``, ``PVSystem``, ``Storage``, ``Fuse``, ...: "not supported").
+
+Words are resolved by the engine's own rule and lists, read from the engine at
+run time: a command or ``Set`` option is the one whose name equals the word,
+else the first in the engine's order that starts with it (so ``Redir``,
+``Sho``, ``Expo``, ``FileEd`` are judged as what the engine would run); class
+names must match exactly, as in the engine.
+
+Files: a ``Redirect``/``Compile``/``Buscoords`` target and a ``(file=...)``,
+``(sngfile=...)`` or ``(dblfile=...)`` inside any value is resolved against the
+including file and must lie, after following symbolic links, inside the folder
+holding the master file, be a regular file and hold at most 256 MB.  A missing
+``Redirect`` target whose name says it holds load shapes or monitors is a
+warning (model sets often lack them); any other missing one an error.  Error
+messages name the file and the target as written, never what another file
+holds.  Before running anything the engine is told not to open editors or
+forms, run shell commands or change directory (restored afterwards); the
+working directory is checked unchanged.  The feeder's ``sha256`` covers every
+file read, in order, with its name relative to the folder.
 
 Mapping to bayesflex:
 * ``Vsource``: an ideal voltage behind its ``Z1``, ``Z2``, ``Z0``.
@@ -22,8 +65,14 @@ Mapping to bayesflex:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
+import os
 import re
+import stat
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,57 +80,66 @@ import numpy as np
 from .errors import FeederError
 from .feeder import Feeder, Source, Transformer
 
-_SKIP = re.compile(
-    r"^\s*(new\s+(object\s*=\s*)?(loadshape|monitor|energymeter|tshape|priceshape)\b|"
-    r"(edit|batchedit|more|~)\s+(loadshape|monitor|energymeter)|batchedit\s+loadshape|"
-    r"solve|plot|show|export|closedi|sample|reset|set\s+(mode|number|stepsize|year|demand|"
-    r"diverbose|overloadreport|voltexcept|casename|markercode|nodewidth|maxiter)\b)",
-    re.IGNORECASE,
-)
-_SHAPE_REF = re.compile(r"\b(yearly|daily|duty|growth|cvrcurve|spectrum)\s*=\s*(\([^)]*\)|\S+)", re.IGNORECASE)
+#: largest script, coordinate or data file read [bytes]
+_MAX_FILE_BYTES = 256 * 2**20
+_MAX_DEPTH = 32  # Redirect nesting
 
-
-def _commands(path: Path, seen: set[Path]):
-    """Yield (file, line number, command) of a DSS script, following Redirect/Compile."""
-    path = path.resolve()
-    if path in seen:
-        raise FeederError(str(path), "Redirect loop")
-    seen.add(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig", errors="replace")
-    except OSError as e:
-        raise FeederError(str(path), f"cannot read: {e}") from e
-    in_block_comment = False
-    for no, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if in_block_comment:
-            if "*/" in s:
-                in_block_comment = False
-            continue
-        if s.startswith("/*"):
-            in_block_comment = "*/" not in s
-            continue
-        s = re.split(r"!|//", s, maxsplit=1)[0].strip()
-        if not s or _SKIP.match(s):
-            continue
-        m = re.match(r"^(redirect|compile)\s+(.+)$", s, re.IGNORECASE)
-        if m:
-            target = m.group(2).strip().strip('"').strip("'")
-            yield from _commands(path.parent / target, seen)
-            continue
-        if re.match(r"^clear\b", s, re.IGNORECASE):
-            continue
-        m = re.match(r"^(buscoords|latlongcoords)\s+(.+)$", s, re.IGNORECASE)
-        if m:  # a file relative to the script, as OpenDSS itself would resolve it
-            s = f'{m.group(1)} "{path.parent / m.group(2).strip().strip(chr(34)).strip(chr(39))}"'
-        yield path, no, _SHAPE_REF.sub("", s)
-
-
-_NEW = re.compile(r"^(?:new|edit)\s+(?:object\s*=\s*)?(line|linecode|transformer|load)\.(\S+)(.*)$", re.IGNORECASE)
-#: a command must start with a word (or ~); a value holds no "=" (unless quoted or bracketed)
-_MALFORMED = re.compile(r"^[^A-Za-z~?]|=\s*[^\s\[\](){}\"']*=")
-_MORE = re.compile(r"^(?:~|more)\s+(.*)$", re.IGNORECASE)
-_KEY = re.compile(r"([A-Za-z%][\w%]*)\s*=")
+# --- what is executed, skipped or refused, by the engine's full (lower case) names
+_EXEC_VERBS = {"new", "edit", "more", "m", "~", "set", "clear", "redirect", "compile", "buscoords",
+               "latlongcoords"}
+_SKIP_VERBS = {
+    "//", "show", "solve", "plot", "reset", "sample", "calcvoltagebases", "setkvbase", "buildy", "get", "init",
+    "export", "voltages", "currents", "powers", "seqvoltages", "seqcurrents", "seqpowers", "losses",
+    "phaselosses", "cktlosses", "totals", "capacity", "classes", "userclasses", "zsc", "zsc10", "zscrefresh",
+    "ysc", "puvoltages", "varvalues", "varnames", "makebuslist", "summary", "closedi", "visualize", "di_plot",
+    "comparecases", "yearlycurves", "help", "about", "select", "next", "panel", "quit", "top", "vdiff",
+    "estimate", "relcalc", "pstcalc", "nodediff", "nodelist", "reprocessbuses", "addbusmarker",
+    "clearbusmarkers", "cleanup", "finishtimestep", "_initsnap", "_solvenocontrol", "_samplecontrols",
+    "_docontrolactions", "_showcontrolqueue", "_solvedirect", "_solvepflow", "calcincmatrix",
+    "calcincmatrix_o", "refine_buslevels", "calclaplacian", "exportoverloads", "exportvviolations", "zsc012",
+    "allpceatbus", "allpdeatbus", "totalpowers", "giscoords", "comhelp", "wait", "solveall", "abort",
+    "updatestorage",
+}
+_REFUSE_WHY = {
+    **dict.fromkeys(("save", "dump", "fileedit", "formedit", "cd", "doscmd", "alignfile", "cvrtloadshapes",
+                     "obfuscate", "uuids"), "reads or writes files, opens an editor or runs a program"),
+    **dict.fromkeys(("open", "close", "enable", "disable", "reduce", "makeposseq", "interpolate", "rotate",
+                     "rephase", "setbusxy", "distribute", "reconductor", "allocateloads", "setloadandgenkv",
+                     "remove"), "changes the network in a way this reader does not follow (not supported)"),
+    "?": "queries the engine; not part of a network description",
+    **dict.fromkeys(("var", "variable"), "defines script variables (not supported)"),
+    **dict.fromkeys(("newactor", "clearall", "clone", "connect", "disconnect"), "controls the engine"),
+}
+#: classes executed; their data is what the reader reads (or what lines/transformers reference)
+_EXEC_CLASSES = {"circuit", "vsource", "line", "linecode", "transformer", "load", "wiredata", "cndata", "tsdata",
+                 "linegeometry", "linespacing", "xfmrcode"}
+#: classes skipped: time series, curves, meters (a load's reference to them is dropped)
+_SKIP_CLASSES = {"loadshape", "tshape", "priceshape", "growthshape", "xycurve", "spectrum", "tcc_curve",
+                 "monitor", "energymeter", "sensor"}
+_SHAPE_PROPS = {"yearly", "daily", "duty", "growth", "cvrcurve", "spectrum"}
+_EXEC_OPTIONS = {"voltagebases", "defaultbasefrequency", "basefrequency", "earthmodel"}
+#: Set options that only steer solutions, reports or plots: skipped
+_SKIP_OPTIONS = {
+    "type", "element", "hour", "sec", "year", "frequency", "stepsize", "mode", "random", "number", "time", "class",
+    "object", "circuit", "tolerance", "maxiterations", "h", "loadmodel", "loadmult", "normvminpu", "normvmaxpu",
+    "emergvminpu", "emergvmaxpu", "%mean", "%stddev", "ldcurve", "%growth", "genkw", "genpf", "capkvar",
+    "addtype", "allowduplicates", "zonelock", "ueweight", "lossweight", "ueregs", "lossregs", "algorithm",
+    "trapezoidal", "autobuslist", "controlmode", "tracecontrol", "genmult", "defaultdaily", "defaultyearly",
+    "allocationfactors", "cktmodel", "pricesignal", "pricecurve", "terminal", "harmonics", "maxcontroliter",
+    "bus", "reduceoption", "%normal", "markercode", "nodewidth", "cfactors", "numallociterations",
+    "markswitches", "switchmarkercode", "daisysize", "marktransformers", "transmarkercode", "transmarkersize",
+    "loadshapeclass", "markcapacitors", "markregulators", "markpvsystems", "markstorage", "capmarkercode",
+    "regmarkercode", "pvmarkercode", "storemarkercode", "capmarkersize", "regmarkersize", "pvmarkersize",
+    "storemarkersize", "neglectloady", "markfuses", "fusemarkercode", "fusemarkersize", "markreclosers",
+    "reclosermarkercode", "reclosermarkersize", "markrelays", "relaymarkercode", "relaymarkersize",
+    "processtime", "totaltime", "steptime", "sampleenergymeters", "miniterations", "keepload", "zmag",
+    "seasonrating", "seasonsignal", "linetypes", "longlinecorrection",
+}
+#: a missing Redirect target with such a name only holds time series or meters: a warning
+_OPTIONAL_FILE = re.compile(r"loadshape|shape|monitor|meter|profile", re.IGNORECASE)
+_FILE_REF = re.compile(r"(?:sng|dbl)?file\s*=\s*(\"[^\"]*\"|'[^']*'|[^\s,)\]}|]*)", re.IGNORECASE)
+_CLOSE = {'"': '"', "'": "'", "(": ")", "[": "]", "{": "}"}
+_UNSAFE_IN_PATH = set("\"'()[]{}")
 _UNITS = ("none", "mi", "kft", "km", "m", "ft", "in", "cm", "mm")
 #: properties a script must give (any one of each set), else the engine silently fills in its default
 _NEEDS = {
@@ -95,41 +153,357 @@ _MAX_OHM_PER_KM = 1e3
 _KM_PER_UNIT = (math.nan, 1.609344, 0.3048, 1.0, 1e-3, 0.3048e-3, 0.0254e-3, 1e-5, 1e-6)
 
 
-def _run_script(dss, master: Path) -> dict[str, tuple[str, set[str]]]:
-    """Run the script; return, per line, line code and transformer ("line.name"), where it is
-    defined and the properties the script gives it (the engine fills the others with defaults)."""
+class _Refused(Exception):
+    """A command this reader does not run; the caller adds file and line."""
+
+
+@dataclass
+class _Reading:
+    """What reading a script has gathered: the engine's word lists, the files read and their digest."""
+
+    root: Path
+    commands: list[str]
+    options: list[str]
+    classes: set[str]
+    digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    seen: set[Path] = field(default_factory=set)
+
+    def record(self, path: Path, data: bytes) -> None:
+        self.digest.update(f"{path.relative_to(self.root).as_posix()}\0{len(data)}\0".encode())
+        self.digest.update(data)
+
+
+def _resolve_word(word: str, names: list[str]) -> str | None:
+    """The engine's rule (TCommandList.GetCommand): the name equal to the word, else the first
+    name in the engine's order that starts with it."""
+    w = word.lower()
+    if w in names:
+        return w
+    return next((n for n in names if n.startswith(w)), None) if w else None
+
+
+def _engine_names(dss) -> tuple[list[str], list[str], set[str]]:
+    ex = dss.Executive
+    commands = [ex.Command(i).lower() for i in range(1, ex.NumCommands() + 1)]
+    options = [ex.Option(i).lower() for i in range(1, ex.NumOptions() + 1)]
+    classes = {c.lower() for c in dss.Basic.Classes()} | {"circuit"}
+    return commands, options, classes
+
+
+def _tokens(text: str) -> list[tuple[str, str, str]]:
+    """Split a command as the engine's parser does: ``(name, value, opening quote or "")``.
+
+    Delimiters are blanks and commas; ``name=value`` pairs; a value starting with one of
+    ``" ' ( [ {`` runs to the matching closing character.  What the engine could read two
+    ways (unbalanced quotes, text glued to a closing quote, ``a=b=c``, an empty value,
+    quote characters inside a bare word) is refused."""
+    out, i, n = [], 0, len(text)
+
+    def word(i: int) -> tuple[str, str, int]:
+        if text[i] in _CLOSE:
+            j = text.find(_CLOSE[text[i]], i + 1)
+            if j < 0:
+                raise _Refused(f"unbalanced {text[i]!r}")
+            if j + 1 < n and text[j + 1] not in " \t,=":
+                raise _Refused(f"text glued to a closing {_CLOSE[text[i]]!r}")
+            return text[i + 1:j], text[i], j + 1
+        m = re.compile(r"[^ \t,=]*").match(text, i)
+        w = m.group(0)
+        if set(w) & _UNSAFE_IN_PATH:
+            raise _Refused(f"quote or bracket inside the word {w[:40]!r}")
+        return w, "", m.end()
+
+    def blanks(i: int) -> int:
+        while i < n and text[i] in " \t":
+            i += 1
+        return i
+
+    while True:
+        while i < n and text[i] in " \t,":
+            i += 1
+        if i >= n:
+            return out
+        if text[i] == "=":
+            raise _Refused("'=' without a property name")
+        value, quote, i = word(i)
+        j = blanks(i)
+        if j < n and text[j] == "=":
+            if quote:
+                raise _Refused(f"quoted property name {value[:40]!r}")
+            name, j = value, blanks(j + 1)
+            if j >= n or text[j] in ",":
+                raise _Refused(f"{name}= without a value")
+            value, quote, i = word(j)
+            if not quote and not value:
+                raise _Refused(f"{name}= without a value")
+            k = blanks(i)
+            if k < n and text[k] == "=":
+                raise _Refused(f"{name}={value[:40]}= (a value holds no '=' unless quoted)")
+            out.append((name, value, quote))
+        else:
+            out.append(("", value, quote))
+
+
+def _emit(tokens: list[tuple[str, str, str]]) -> str:
+    parts = []
+    for name, value, quote in tokens:
+        v = f"{quote}{value}{_CLOSE[quote]}" if quote else value
+        parts.append(f"{name}={v}" if name else v)
+    return " ".join(parts)
+
+
+def _open_checked(path: Path, written: str, reading: _Reading, *, missing_ok: bool) -> tuple[Path, bytes] | None:
+    """A file a script names: inside the feeder's folder tree (after following links), a regular
+    file of at most _MAX_FILE_BYTES.  Returns its resolved path and bytes (recorded in the digest),
+    None if it does not exist and ``missing_ok``."""
+    lexical = Path(os.path.normpath(path))
+    if not lexical.is_relative_to(reading.root):
+        raise _Refused(f"{written!r} lies outside the feeder's folder {reading.root}")
+    try:
+        real = lexical.resolve(strict=True)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise _Refused(f"{written!r}: no such file") from None
+    except (OSError, RuntimeError) as e:  # a link loop, a permission problem
+        raise _Refused(f"{written!r} cannot be resolved ({type(e).__name__})") from None
+    if not real.is_relative_to(reading.root):
+        raise _Refused(f"{written!r} leads (through a link) outside the feeder's folder {reading.root}")
+    try:
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise _Refused(f"{written!r} cannot be opened ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise _Refused(f"{written!r} is not a regular file")
+        if st.st_size > _MAX_FILE_BYTES:
+            raise _Refused(f"{written!r} is larger than {_MAX_FILE_BYTES // 2**20} MB")
+        data = f.read(_MAX_FILE_BYTES + 1)
+    if len(data) > _MAX_FILE_BYTES:
+        raise _Refused(f"{written!r} is larger than {_MAX_FILE_BYTES // 2**20} MB")
+    reading.record(real, data)
+    return real, data
+
+
+def _safe_path_text(real: Path) -> str:
+    s = str(real)
+    if set(s) & _UNSAFE_IN_PATH or any(ord(c) < 32 for c in s):
+        raise _Refused(f"the path {s[:80]!r} holds quote or bracket characters")
+    return s
+
+
+def _checked_values(tokens, including: Path, reading: _Reading):
+    """Values that name files (``(file=...)``, ``sngfile``, ``dblfile``): inside the tree, rewritten
+    to the checked absolute path; a property whose name says it reads a file is refused."""
+    out = []
+    for name, value, quote in tokens:
+        if "file" in name.lower():
+            raise _Refused(f"property {name!r} names a file (not supported)")
+
+        def local(m: re.Match) -> str:
+            written = m.group(1).strip("\"'")
+            if not written:
+                raise _Refused("file= without a file name")
+            found = _open_checked(including.parent / written, written, reading, missing_ok=False)
+            inner = "'" if quote == '"' else '"'
+            return f"{m.group(0)[:m.start(1) - m.start(0)]}{inner}{_safe_path_text(found[0])}{inner}"
+
+        out.append((name, _FILE_REF.sub(local, value), quote))
+    return out
+
+
+@dataclass
+class _Command:
+    file: Path
+    no: int
+    text: str  # as written (comments removed)
+    send: str | None  # what the engine runs; None: skipped
+    obj: str | None = None  # "class.name" a New/Edit/More defines
+    keys: tuple[str, ...] = ()  # the property names it gives
+    units: str | None = None
+    more: bool = False  # a continuation line (More, M, ~)
+
+
+def _commands(path: Path, reading: _Reading, depth: int = 0, data: bytes | None = None):
+    """Yield the checked commands of a DSS script, following Redirect/Compile ourselves."""
+    if path in reading.seen:
+        raise FeederError(str(path), "Redirect loop")
+    reading.seen.add(path)
+    text = data.decode("utf-8-sig", errors="replace")
+    in_block_comment = False
+    last: str | None = None  # the class a continuation line (More, ~) edits; "" if it is skipped
+    for no, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if in_block_comment:
+            if "*/" in s:
+                in_block_comment = False
+            continue
+        if s.startswith("/*"):
+            in_block_comment = "*/" not in s
+            continue
+        s = re.split(r"!|//", s, maxsplit=1)[0].strip()
+        if not s:
+            continue
+        try:
+            cmd = _check(s, path, no, reading, last)
+        except _Refused as e:
+            raise FeederError(f"{path}:{no}", f"{s[:80]!r} refused: {e}") from None
+        if cmd is None:  # Redirect / Compile
+            target = _tokens(s)[1][1]
+            try:
+                found = _open_checked(path.parent / target, target, reading, missing_ok=True)
+            except _Refused as e:
+                raise FeederError(f"{path}:{no}", f"Redirect refused: {e}") from None
+            if found is None:
+                if not _OPTIONAL_FILE.search(Path(target).name):
+                    raise FeederError(f"{path}:{no}", f"Redirect {target!r}: no such file")
+                warnings.warn(f"{path}:{no}: Redirect {target!r}: no such file; skipped (its name says it "
+                              "holds only load shapes or monitors)", stacklevel=2)
+                continue
+            if depth >= _MAX_DEPTH:
+                raise FeederError(f"{path}:{no}", f"Redirect {target!r}: nested more than {_MAX_DEPTH} deep")
+            yield from _commands(found[0], reading, depth + 1, found[1])
+            last = None
+            continue
+        if not cmd.more:
+            last = cmd.obj.split(".", 1)[0] if cmd.obj is not None else None
+        yield cmd
+
+
+def _check(s: str, path: Path, no: int, reading: _Reading, last: str | None) -> _Command | None:
+    """Judge one command; return what to run (or skip), None for Redirect/Compile.
+    Raises _Refused for what is neither executed nor skipped."""
+    if any(ord(c) < 32 and c != "\t" or c == "\x7f" for c in s):
+        raise _Refused("control character")
+    tokens = _tokens(s)
+    name0, word, _ = tokens[0]
+    if name0:
+        raise _Refused(f"{name0}=... outside New/Edit (write Edit <Class>.<name> {name0}=...)")
+    verb = _resolve_word(word, reading.commands)
+    if verb is None:
+        raise _Refused(f"{word[:40]!r} is not an OpenDSS command")
+    args = tokens[1:]
+    if verb in _SKIP_VERBS:
+        return _Command(path, no, s, None)
+    if verb == "batchedit":
+        cls = (args[0][1].split(".", 1)[0].lower() if args else "")
+        if cls in _SKIP_CLASSES:
+            return _Command(path, no, s, None)
+        raise _Refused(f"BatchEdit of {cls or '?'} is not supported (write Edit <Class>.<name> per element)")
+    if verb not in _EXEC_VERBS:
+        raise _Refused(f"{verb} {_REFUSE_WHY.get(verb, 'is not a command a network description needs')}")
+    if verb in ("redirect", "compile"):
+        if len(args) != 1 or args[0][0]:
+            raise _Refused(f"{verb} takes one file name")
+        return None
+    if verb == "clear":
+        return _Command(path, no, s, "clear")
+    if verb in ("buscoords", "latlongcoords"):
+        if len(args) != 1 or args[0][0]:
+            raise _Refused(f"{verb} takes one file name")
+        found = _open_checked(path.parent / args[0][1], args[0][1], reading, missing_ok=True)
+        if found is None:
+            warnings.warn(f"{path}:{no}: {verb} {args[0][1]!r}: no such file; no coordinates", stacklevel=3)
+            return _Command(path, no, s, None)
+        return _Command(path, no, s, f'{verb} "{_safe_path_text(found[0])}"')
+    if verb == "set":
+        run = []
+        for name, value, quote in args:
+            if not name:
+                raise _Refused(f"Set value {value[:40]!r} without an option name (write option=value)")
+            opt = _resolve_word(name, reading.options)
+            if opt in _EXEC_OPTIONS:
+                run.append((opt, value, quote))
+            elif opt not in _SKIP_OPTIONS:
+                raise _Refused(f"Set {name}" + (f" ({opt})" if opt and opt != name.lower() else "") +
+                               f" is not allowed (allowed: {', '.join(sorted(_EXEC_OPTIONS))} and study options)")
+        run = _checked_values(run, path, reading)
+        return _Command(path, no, s, f"set {_emit(run)}" if run else None)
+    if verb in ("more", "m", "~"):
+        if last is None:
+            raise _Refused("a continuation line (More, ~) without a New/Edit before it")
+        if last in _SKIP_CLASSES:
+            return _Command(path, no, s, None, more=True)
+        props = _properties(args)
+        return _Command(path, no, s, f"more {_emit(_checked_values(props, path, reading))}",
+                        keys=tuple(k.lower() for k, _, _ in props), units=_units(props), more=True)
+    # New / Edit
+    if not args or args[0][0].lower() not in ("", "object"):
+        raise _Refused(f"{verb} needs <Class>.<name> first")
+    spec = args[0][1]
+    cls, dot, obj = spec.partition(".")
+    if not dot or not obj or not cls:
+        raise _Refused(f"{verb} {spec[:40]!r}: give <Class>.<name>")
+    cls = cls.lower()
+    if cls in _SKIP_CLASSES:
+        return _Command(path, no, s, None, obj=f"{cls}.{obj.lower()}")
+    if cls not in _EXEC_CLASSES:
+        if cls in reading.classes:
+            raise _Refused(f"{spec[:60]}: {cls} elements are not supported (allowed: "
+                           f"{', '.join(sorted(_EXEC_CLASSES))}; skipped: {', '.join(sorted(_SKIP_CLASSES))})")
+        raise _Refused(f"{spec[:60]}: no element class {cls!r}")
+    if set(obj) & (_UNSAFE_IN_PATH | set(" \t,=")):
+        raise _Refused(f"element name {obj[:40]!r} holds quote, bracket or blank characters")
+    props = _properties(args[1:])
+    send = f"{verb} {cls}.{obj} {_emit(_checked_values(props, path, reading))}".rstrip()
+    return _Command(path, no, s, send, obj=f"{cls}.{obj.lower()}",
+                    keys=tuple(k.lower() for k, _, _ in props), units=_units(props))
+
+
+def _properties(args):
+    """name=value pairs, without the references to skipped time series."""
+    for name, value, _ in args:
+        if not name:
+            raise _Refused(f"value {value[:40]!r} without a property name (write name=value)")
+    return [a for a in args if a[0].lower() not in _SHAPE_PROPS]
+
+
+def _units(props) -> str | None:
+    return next((v for k, v, _ in props if k.lower() == "units"), None)
+
+
+def _run_script(dss, master: Path, reading: _Reading) -> dict[str, tuple[str, set[str]]]:
+    """Run the checked script; return, per line, line code and transformer ("line.name"), where it
+    is defined and the properties the script gives it (the engine fills the others with defaults)."""
     dss.Text.Command("clear")
     given: dict[str, tuple[str, set[str]]] = {}
     last = None
-    for file, no, cmd in _commands(master, set()):
-        bad = _MALFORMED.search(cmd)
-        if bad:  # the engine would take some of these without a word
-            raise FeederError(f"{file}:{no}", f"not a well-formed DSS command {cmd[:80]!r} (at {bad.group(0)!r})")
+    try:
+        found = _open_checked(master, master.name, reading, missing_ok=False)
+    except _Refused as e:
+        raise FeederError(str(master), str(e)) from None
+    for cmd in _commands(found[0], reading, 0, found[1]):
+        where = f"{cmd.file}:{cmd.no}"
+        if cmd.send is None:
+            if not cmd.more:
+                last = None
+            continue
+        coords = cmd.send.startswith(("buscoords", "latlongcoords"))
         try:
-            dss.Text.Command(cmd)
+            if coords:  # the engine places only buses it knows
+                dss.Text.Command("makebuslist")
+            dss.Text.Command(cmd.send)
         except Exception as e:  # DSSException and friends
-            if re.match(r"^buscoords\b", cmd, re.IGNORECASE):
+            if coords:
                 continue  # coordinates are optional
             msg = str(e).split("\n")[0]
-            raise FeederError(f"{file}:{no}", f"OpenDSS rejected {cmd[:80]!r}: {msg}") from e
-        m, more = _NEW.match(cmd), _MORE.match(cmd)
-        if m:
-            last = f"{m.group(1)}.{m.group(2)}".lower()
-            where, keys = given.get(last, (f"{file}:{no}", set()))
-            given[last] = (where, keys | {k.lower() for k in _KEY.findall(m.group(3))})
-            args = re.sub(r"\s*=\s*", "=", re.sub(r"\[[^\]]*\]|\([^)]*\)|\"[^\"]*\"|'[^']*'", "x", m.group(3)))
-            bare = [t for t in args.split() if "=" not in t]
-            if bare:  # the engine would give it to whatever property comes next in its list
-                raise FeederError(f"{file}:{no}", f"{m.group(1)}.{m.group(2)}: value {bare[0]!r} without a "
-                                                  "property name (write name=value)")
-            units = re.search(r"\bunits\s*=\s*(\S+)", m.group(3), re.IGNORECASE)
-            if units and units.group(1).lower() not in _UNITS:
-                raise FeederError(f"{file}:{no}", f"{m.group(1)}.{m.group(2)}: units={units.group(1)} unknown "
-                                                  f"(allowed: {', '.join(_UNITS)})")
-        elif more and last is not None:
-            given[last][1].update(k.lower() for k in _KEY.findall(more.group(1)))
+            raise FeederError(where, f"OpenDSS rejected {cmd.text[:80]!r}: {msg[:200]}") from e
+        keys = set(cmd.keys)
+        if cmd.obj is not None:
+            kind, name = cmd.obj.split(".", 1)
+            last = cmd.obj if kind in _NEEDS else None
+            if last:
+                w, have = given.get(last, (where, set()))
+                given[last] = (w, have | keys)
+        elif cmd.more:
+            if last is not None:
+                given[last][1].update(keys)
         else:
             last = None
+        if cmd.units is not None and cmd.units.lower() not in _UNITS:
+            raise FeederError(where, f"{cmd.obj or 'the element'}: units={cmd.units} unknown "
+                                     f"(allowed: {', '.join(_UNITS)})")
     return given
 
 
@@ -169,8 +543,39 @@ def feeder_from_opendss(path: Path, *, name: str) -> Feeder:
     master = path / "Master.dss" if path.is_dir() else path
     if not master.exists():
         raise FeederError(str(path), "no Master.dss in this folder")
+    master = Path(os.path.abspath(master))
+    commands, options, classes = _engine_names(dss)
+    reading = _Reading(root=master.parent.resolve(), commands=commands, options=options, classes=classes)
+    cwd = os.getcwd()
+    with _engine_locked_down(dss):
+        try:
+            feeder = _read(dss, master, reading, name)
+        finally:
+            if os.getcwd() != cwd:  # the engine must never move it; put it back if it did
+                os.chdir(cwd)
+    return feeder.replace(sha256=reading.digest.hexdigest())
+
+
+@contextlib.contextmanager
+def _engine_locked_down(dss):
+    """No editor, forms, shell commands or directory changes while the script's commands run;
+    the engine's previous settings are restored afterwards."""
+    basic = dss.Basic
+    switches = [getattr(basic, n) for n in ("AllowEditor", "AllowForms", "AllowDOScmd", "AllowChangeDir")
+                if hasattr(basic, n)]
+    before = [f() for f in switches]
+    for f in switches:
+        f(False)
+    try:
+        yield
+    finally:
+        for f, v in zip(switches, before):
+            f(v)
+
+
+def _read(dss, master: Path, reading: _Reading, name: str) -> Feeder:
     origin = str(master)
-    given = _run_script(dss, master)
+    given = _run_script(dss, master, reading)
     if dss.Circuit.Name() == "" or not dss.Vsources.AllNames():
         raise FeederError(origin, "the script defines no circuit (New Circuit.<name>)")
     dss.Text.Command("makebuslist")

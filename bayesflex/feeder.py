@@ -440,11 +440,12 @@ def _load_toml(path: Path) -> Feeder:
             from ._opendss import feeder_from_opendss
 
             feeder = feeder_from_opendss(target, name=name)
+            digests.append(feeder.sha256)  # every file the script read, with its name
         else:
             from ._pandapower import feeder_from_pandapower_json
 
             feeder = feeder_from_pandapower_json(target, name=name)
-        if target.is_file():
+        if kind == "pandapower_json" and target.is_file():
             digests.append(hashlib.sha256(target.read_bytes()).hexdigest())
     else:  # pandapower_elements (the type was checked above)
         from ._builder import net_from_elements
