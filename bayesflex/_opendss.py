@@ -273,13 +273,16 @@ def _open_checked(path: Path, written: str, reading: _Reading, *, missing_ok: bo
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
     except OSError as e:
         raise _Refused(f"{written!r} cannot be opened ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _Refused(f"{written!r} is not a regular file")
         if st.st_size > _MAX_FILE_BYTES:
             raise _Refused(f"{written!r} is larger than {_MAX_FILE_BYTES // 2**20} MB")
-        data = f.read(_MAX_FILE_BYTES + 1)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(_MAX_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(data) > _MAX_FILE_BYTES:
         raise _Refused(f"{written!r} is larger than {_MAX_FILE_BYTES // 2**20} MB")
     reading.record(real, data)
@@ -327,8 +330,6 @@ class _Command:
 
 def _commands(path: Path, reading: _Reading, depth: int = 0, data: bytes | None = None):
     """Yield the checked commands of a DSS script, following Redirect/Compile ourselves."""
-    if path in reading.seen:
-        raise FeederError(str(path), "Redirect loop")
     reading.seen.add(path)
     text = data.decode("utf-8-sig", errors="replace")
     in_block_comment = False
@@ -361,6 +362,9 @@ def _commands(path: Path, reading: _Reading, depth: int = 0, data: bytes | None 
                 warnings.warn(f"{path}:{no}: Redirect {target!r}: no such file; skipped (its name says it "
                               "holds only load shapes or monitors)", stacklevel=2)
                 continue
+            if found[0] in reading.seen:
+                raise FeederError(f"{path}:{no}", f"Redirect {target!r}: this file was read before (a loop, "
+                                                  "or twice the same definitions)")
             if depth >= _MAX_DEPTH:
                 raise FeederError(f"{path}:{no}", f"Redirect {target!r}: nested more than {_MAX_DEPTH} deep")
             yield from _commands(found[0], reading, depth + 1, found[1])
