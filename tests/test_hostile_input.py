@@ -19,11 +19,15 @@ Runs are deterministic (``derandomize=True``, no example database).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
+import os
 import re
 import shutil
 import tomllib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -578,6 +582,106 @@ def test_mutated_opendss_feeder_loads_right_or_fails_clearly(tmp_path_factory, e
                 (mutation[2][1].startswith("Bus") and "not connected to the source" in msg), msg
         return
     assert_dss_matches(got, folder)
+
+
+# OpenDSS command mutations: a model from a third party is a program.  Random commands,
+# abbreviated as the engine allows, drawn from the engine's own lists (commands, Set options,
+# element classes), with arguments that name files inside and outside the model, are appended
+# to or inserted into the model.  The outcome is a FeederError naming the file (and, for any
+# command that is not a network description, the line), or a feeder; for a command that is not
+# a network description, the feeder equals the unmutated one.  Never another exception, never
+# a file created, never a moved working directory.
+DSS_ARGS = ("/etc/passwd", "../../outside/x.csv", "{outside}/out.csv", "/dev/zero", "Lines.txt", "Loads.dss",
+            "LineCode.txt", "Line.LINE1", "Capacitor.C1", "LoadShape.S1", "voltages", "circuit", "all",
+            "editor=/bin/true", "dir={outside}", "rmatrix=(file=/etc/passwd)", "mult=(file=../x)", "kw=3",
+            "length=2", "bus1=1", "\"/bin/sh -c 'touch {outside}/pwned'\"", "[1 2 3]", "1", "..", "{outside}")
+DSS_SET_VALUES = ("/bin/true", "{outside}", "yes", "50", "[11 .416]", "(file=/etc/passwd)", "carson", "daily",
+                  "\"/bin/sh -c 'touch {outside}/pwned'\"", "{outside}/log.txt")
+#: what a network description is made of: its outcome may change the feeder
+DSS_DATA_VERBS = {"new", "edit", "more", "m", "~", "set", "clear", "redirect", "compile", "buscoords",
+                  "latlongcoords", "batchedit"}
+
+
+@functools.cache
+def _engine_words() -> tuple[list[str], list[str], list[str]]:
+    import opendssdirect as dss
+
+    ex = dss.Executive
+    return ([ex.Command(i) for i in range(1, ex.NumCommands() + 1)],
+            [ex.Option(i) for i in range(1, ex.NumOptions() + 1)], [*dss.Basic.Classes(), "Circuit"])
+
+
+def _engine_verb(word: str) -> str | None:
+    """The engine's rule, written out again: the command equal to the word, else the first that
+    starts with it."""
+    names = [c.lower() for c in _engine_words()[0]]
+    w = word.lower().strip("\"'")
+    return w if w in names else next((n for n in names if n.startswith(w)), None)
+
+
+@st.composite
+def dss_command(draw):
+    """(command text, file, row): one command and where it goes (row taken modulo the file's lines)."""
+    commands, options, classes = _engine_words()
+    kind = draw(st.sampled_from(["command", "command", "set", "element"]))
+    args = draw(st.lists(st.sampled_from(DSS_ARGS), max_size=3))
+    if kind == "command":
+        full = draw(st.sampled_from(commands))
+        text = " ".join([full[:draw(st.integers(1, len(full)))], *args])
+    elif kind == "set":
+        pairs = draw(st.lists(st.tuples(st.sampled_from(options), st.integers(1, 20), st.sampled_from(DSS_SET_VALUES)),
+                              min_size=1, max_size=3))
+        text = "Set " + " ".join(f"{o[:c]}={v}" for o, c, v in pairs)
+    else:
+        verb = draw(st.sampled_from(["New ", "Edit ", "New object=", "more "]))
+        text = f"{verb}{draw(st.sampled_from(classes))}.mut1 " + " ".join(args)
+    where = draw(st.sampled_from(["Master.dss", "Master.dss", "Lines.txt", "Loads.dss"]))
+    return text, where, draw(st.one_of(st.just(-1), st.integers(0, 300)))
+
+
+@pytest.fixture(scope="module")
+def enwl_reference(enwl_feeder):
+    return _load_feeder(enwl_feeder)
+
+
+@_settings(150)
+@given(mutation=dss_command())
+def test_opendss_commands_run_only_what_a_network_needs(tmp_path_factory, enwl_feeder, enwl_reference, mutation):
+    root = tmp_path_factory.mktemp("dsscmd")
+    folder, outside, cwd = root / "model" / "Feeder_1", root / "outside", root / "cwd"
+    shutil.copytree(enwl_feeder, folder)
+    outside.mkdir()
+    cwd.mkdir()
+    text, file, row = mutation
+    text = text.format(outside=outside)
+    lines = (folder / file).read_text().splitlines()
+    at = len(lines) if row < 0 else row % (len(lines) + 1)
+    lines.insert(at, text)
+    (folder / file).write_text("\n".join(lines) + "\n")
+    before = sorted(root.rglob("*"))
+    home = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a missing coordinates or shape file is only a warning
+            got = _load_or_error(_load_feeder, folder, None)
+        assert os.getcwd() == str(cwd), "the working directory moved"
+    finally:
+        os.chdir(home)
+    assert sorted(root.rglob("*")) == before, "a file was created"
+    verb = _engine_verb(text.split()[0].split("=")[0]) if not text.lower().startswith("new object=") else "new"
+    if isinstance(got, Exception):
+        if verb not in DSS_DATA_VERBS:
+            assert f"{file}:{at + 1}" in str(got), (text, str(got))
+        return
+    if verb in DSS_DATA_VERBS:
+        assert np.isfinite(got.line_z_ohm).all() and np.isfinite(got.agent_p_kw).all()
+        return
+    for f in dataclasses.fields(got):
+        if f.name not in ("sha256", "origin"):
+            a, b = getattr(got, f.name), getattr(enwl_reference, f.name)
+            assert np.array_equal(a, b, equal_nan=True) if isinstance(a, np.ndarray) else a == b, (text, f.name)
+    assert_dss_matches(got, enwl_feeder)
 
 
 # ----------------------------------------------------------------------------
