@@ -14,7 +14,9 @@ flexibility bounds are the position's.  The portfolio is the listed agents:
 Files: CSV in long form, one row per agent and half-hour, columns ``agent,
 time, p_kw, p_lb_kw, p_ub_kw`` and optionally ``offer_price``; or NetCDF with
 those variables over ``(time, agent)``.  Every agent listed must have every
-half-hour of the study.
+half-hour of the study.  Times are read as UTC: text with an offset (``Z``,
+``+01:00``) is converted, naive text is the site's local time (``tz``), and
+NetCDF times are UTC (CF); :func:`write_positions` writes UTC with ``Z``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ._tables import agents_and_times, read_csv
+from ._tables import agents_and_times, read_csv, zone
 from .errors import ConfigError
 
 __all__ = ["Positions", "apply_positions", "positions_from_schedule", "read_positions", "write_positions"]
@@ -74,10 +76,13 @@ class Positions:
                          self.origin, self.sha256)
 
 
-def read_positions(source, *, agents: tuple[str, ...] | None = None) -> Positions:
+def read_positions(source, *, agents: tuple[str, ...] | None = None, tz: str | None = None) -> Positions:
     """Positions from a CSV or NetCDF file, a long ``DataFrame`` or a ``Dataset``
     (module docstring), or :class:`Positions` as they are.  ``agents``: the
-    feeder's agents, to check the names."""
+    feeder's agents, to check the names; ``tz``: the zone (IANA name) of naive
+    times in a CSV file or DataFrame (None: UTC; a study passes the priors'
+    ``[site] timezone``)."""
+    zone(tz)
     if isinstance(source, Positions):
         _check_agents(source.agents, known=agents, origin=source.origin)
         return source
@@ -105,16 +110,18 @@ def read_positions(source, *, agents: tuple[str, ...] | None = None) -> Position
                               f"(time, agent); offer_price optional)")
         keep = [k for k in (*_COLUMNS[2:], "offer_price") if k in source]
         source = source[keep].to_dataframe().reset_index()
+        if "time" in source and pd.api.types.is_datetime64_dtype(source["time"]):
+            tz = "UTC"  # decoded NetCDF times: CF defines a time without a zone as UTC
     if not isinstance(source, pd.DataFrame):
         raise ConfigError(f"positions: give a CSV or NetCDF path, a DataFrame or a Dataset, not {type(source).__name__}")
-    return _from_frame(source, origin, digest, agents)
+    return _from_frame(source, origin, digest, agents, tz)
 
 
-def _from_frame(df: pd.DataFrame, origin: str, digest: str, known) -> Positions:
+def _from_frame(df: pd.DataFrame, origin: str, digest: str, known, tz: str | None) -> Positions:
     missing = [c for c in _COLUMNS if c not in df.columns]
     if missing:
         raise ConfigError(f"{origin}: column(s) {missing} missing (need {', '.join(_COLUMNS)}; offer_price optional)")
-    df = agents_and_times(df.reset_index(drop=True), origin)
+    df = agents_and_times(df.reset_index(drop=True), origin, tz=tz)
     if "offer_price" not in df.columns:
         df["offer_price"] = np.nan
     for c in ("p_kw", "p_lb_kw", "p_ub_kw", "offer_price"):
@@ -170,7 +177,7 @@ def write_positions(pos: Positions, path: str | Path) -> Path:
         ds.to_netcdf(path)
     else:
         df = ds.to_dataframe().reset_index()[["agent", "time", "p_kw", "p_lb_kw", "p_ub_kw", "offer_price"]]
-        df.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M")
+        df.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%MZ")  # UTC, whatever the site's zone
     return path
 
 

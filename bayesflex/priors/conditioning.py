@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .._tables import agents_and_times, read_csv
+from .._tables import agents_and_times, read_csv, zone
 from ..errors import ConfigError
 from .baseload import FLOOR_KW, half_hour_of_day, shape_factor
 from .config import Priors, load_priors
@@ -70,14 +70,17 @@ class Posterior:
         return out
 
 
-def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.DataFrame:
+def read_observations(source, *, agents: tuple[str, ...] | None = None, tz: str | None = None) -> pd.DataFrame:
     """Metered half-hourly readings as a wide frame (time x agent), checked.
 
     ``source``: a tidy CSV with columns ``agent,time,p_kw``, a NetCDF with
     ``p_kw (agent, time)``, or a DataFrame in the tidy form.  Every agent must
     have a complete half-hourly series (no gaps, no duplicates); readings must
     be finite and not negative (demand meters); ``agents``, when given, are
-    the allowed names.
+    the allowed names.  The index is the readings' UTC half-hours (naive):
+    times with an offset are converted, naive ones are local times in ``tz``
+    (an IANA name such as "Europe/London"; None: UTC), except decoded NetCDF
+    times, which CF defines as UTC (see :func:`bayesflex._tables.utc_times`).
     """
     where = str(source) if isinstance(source, (str, Path)) else "observations"
     if isinstance(source, (str, Path)):
@@ -92,6 +95,7 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.Da
             if "p_kw" not in ds or set(ds["p_kw"].dims) != {"agent", "time"}:
                 raise ConfigError(f"{path}: needs a variable p_kw with dims (agent, time)")
             df = ds["p_kw"].to_dataframe().reset_index()[["agent", "time", "p_kw"]]
+            tz = _netcdf_zone(df["time"], tz)
         else:
             df = read_csv(path)
     else:
@@ -99,7 +103,7 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.Da
     missing = {"agent", "time", "p_kw"} - set(df.columns)
     if missing:
         raise ConfigError(f"{where}: missing column(s) {sorted(missing)} (needed: agent, time, p_kw)")
-    df = agents_and_times(df[["agent", "time", "p_kw"]].copy(), where)
+    df = agents_and_times(df[["agent", "time", "p_kw"]].copy(), where, tz=tz)
     p = pd.to_numeric(df["p_kw"], errors="coerce")
     if p.isna().any() or not np.isfinite(p).all():
         row = int(np.flatnonzero(~np.isfinite(p.fillna(np.nan).to_numpy()))[0])
@@ -113,6 +117,13 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None) -> pd.Da
     if len(wide) < 2:
         raise ConfigError(f"{where}: at least two half-hours of readings are needed")
     return wide
+
+
+def _netcdf_zone(times: pd.Series, tz: str | None) -> str | None:
+    """Decoded NetCDF times are UTC (CF: a reference time without a zone is UTC, and
+    xarray converts one with an offset); text times keep the site's zone."""
+    zone(tz)  # a bad name is an error whatever the file holds
+    return "UTC" if pd.api.types.is_datetime64_dtype(times) else tz
 
 
 def _wide(df: pd.DataFrame, column: str, where: str, agents, what: str) -> pd.DataFrame:
@@ -142,11 +153,13 @@ def _wide(df: pd.DataFrame, column: str, where: str, agents, what: str) -> pd.Da
     return wide
 
 
-def read_ev_states(source, *, agents: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_ev_states(source, *, agents: tuple[str, ...] | None = None,
+                   tz: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """EV state logs (tidy CSV or DataFrame: ``agent,time,state`` with state
     one of M, R, C) as ``states (time, car)`` codes 0..2 and ``slots (time,)``.
     Every car needs a complete half-hourly log over the same period, and no
-    move the model forbids (R to C or C to R without moving)."""
+    move the model forbids (R to C or C to R without moving).  Times as in
+    :func:`read_observations` (naive ones local in ``tz``; None: UTC)."""
     from .ev import IMPOSSIBLE, STATES
 
     where = str(source) if isinstance(source, (str, Path)) else "ev state logs"
@@ -154,7 +167,7 @@ def read_ev_states(source, *, agents: tuple[str, ...] | None = None) -> tuple[np
     missing = {"agent", "time", "state"} - set(df.columns)
     if missing:
         raise ConfigError(f"{where}: missing column(s) {sorted(missing)} (needed: agent, time, state)")
-    df = agents_and_times(df[["agent", "time", "state"]].copy(), where)
+    df = agents_and_times(df[["agent", "time", "state"]].copy(), where, tz=tz)
     unknown = np.flatnonzero(~df["state"].astype(str).isin(STATES).to_numpy())
     if len(unknown):
         bad = sorted(set(df["state"].astype(str).iloc[unknown]))
@@ -179,6 +192,7 @@ def condition(
     *,
     ev_states=None,
     agents: tuple[str, ...] | None = None,
+    tz: str | None = None,
     draws: int = 1000,
     tune: int = 1000,
     chains: int = 2,
@@ -191,7 +205,8 @@ def condition(
     to the baseload model with NUTS; ``ev_states``: EV state logs (see
     :func:`read_ev_states`), which update the Dirichlet rows of the EV chain
     in closed form (conjugate: prior parameters + transition counts).
-    ``agents``: the feeder's agent names, to check both against.  Returns a
+    ``agents``: the feeder's agent names, to check both against; ``tz``: the
+    zone of naive times in both (default: the priors' ``[site] timezone``).  Returns a
     :class:`Posterior` whose ``diagnostics`` give R-hat and bulk ESS.
     """
     import hashlib
@@ -200,6 +215,7 @@ def condition(
     import pymc as pm
 
     pri = priors if isinstance(priors, Priors) else load_priors(priors)
+    tz = pri.timezone if tz is None else tz
     if observations is None and ev_states is None:
         raise ConfigError("condition: give observations (meter readings) and/or ev_states (EV state logs)")
     ev_alpha = ev_counts = None
@@ -208,12 +224,12 @@ def condition(
             raise ConfigError(f"{pri.origin}: EV state logs given, but the priors have no [ev] table")
         from .ev import prior_alpha, transition_counts
 
-        states, slots = read_ev_states(ev_states, agents=agents)
+        states, slots = read_ev_states(ev_states, agents=agents, tz=tz)
         ev_counts = transition_counts(states, slots)
         ev_alpha = prior_alpha(pri["ev"]) + ev_counts
     if observations is None:
         return Posterior(priors=pri, idata=None, agents=(), ev_alpha=ev_alpha, ev_counts=ev_counts)
-    wide = read_observations(observations, agents=agents)
+    wide = read_observations(observations, agents=agents, tz=tz)
     digest = hashlib.sha256(pd.util.hash_pandas_object(wide, index=True).values.tobytes()).hexdigest()
     y = np.log(np.maximum(wide.to_numpy(float), FLOOR_KW)).T  # (agent, time)
     log_s = np.log(shape_factor(pri["baseload"].extra["shape_kw"], wide.index.values))[None, :]

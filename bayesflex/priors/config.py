@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from .._tables import zone
 from ..errors import ConfigError
 from .spec import Param, parse_param
 
@@ -114,6 +115,7 @@ class Priors:
     longitude: float
     technologies: dict[str, Technology]
     text: str = ""  # the file as used, for provenance
+    timezone: str = "UTC"  # IANA name: the zone of naive local times in meter readings, EV logs and positions
 
     def __contains__(self, tech: str) -> bool:
         return tech in self.technologies
@@ -196,10 +198,12 @@ def parse_priors(cfg: dict, *, origin: str, text: str = "", name: str = "priors"
     site = _table(cfg, "site", origin)
     where = f"{origin} [site]"
     for k in site:
-        if k not in ("latitude", "longitude", "name"):
-            raise ConfigError(f"{where}: unknown key {k!r} (allowed: latitude, longitude, name)")
+        if k not in ("latitude", "longitude", "name", "timezone"):
+            raise ConfigError(f"{where}: unknown key {k!r} (allowed: latitude, longitude, name, timezone)")
     if not isinstance(site.get("name", ""), str):
         raise ConfigError(f"{where} name = {site['name']!r}: must be a string")
+    tz = site.get("timezone", "UTC")  # UTC when absent, so that older prior files keep their meaning
+    zone(tz, key=f"{where} timezone")
     lat = _number(site, "latitude", where, lo=-90, hi=90, default=53.48)
     lon = _number(site, "longitude", where, lo=-180, hi=180, default=-2.24)
 
@@ -211,7 +215,7 @@ def parse_priors(cfg: dict, *, origin: str, text: str = "", name: str = "priors"
             techs[tech] = _technology(tech, cfg[tech], schema, origin)
     return Priors(
         name=name, origin=origin, sha256=hashlib.sha256(text.encode()).hexdigest(), start=start,
-        periods=periods, latitude=lat, longitude=lon, technologies=techs, text=text,
+        periods=periods, latitude=lat, longitude=lon, technologies=techs, text=text, timezone=tz,
     )
 
 
