@@ -328,7 +328,7 @@ class _Command:
     more: bool = False  # a continuation line (More, M, ~)
 
 
-def _commands(path: Path, reading: _Reading, depth: int = 0, data: bytes | None = None):
+def _commands(path: Path, reading: _Reading, depth: int, data: bytes):
     """Yield the checked commands of a DSS script, following Redirect/Compile ourselves."""
     reading.seen.add(path)
     text = data.decode("utf-8-sig", errors="replace")
