@@ -9,7 +9,8 @@ A study written to ``DIR`` works in ``DIR/.partial/``:
 ``chunk-00012.h5``
     chunk 12's results exactly as the workers returned them (an HDF5 file,
     written under a temporary name and renamed when complete, and stamped
-    with the fingerprint and its draw range);
+    with the fingerprint and its draw range); every array carries the
+    SHA-256 of its bytes, dimensions and attributes, checked when it is read;
 ``result.nc.part``
     the result file being assembled; renamed to ``DIR/result.nc`` only when
     complete, after which ``.partial`` is removed.
@@ -18,7 +19,11 @@ A study written to ``DIR`` works in ``DIR/.partial/``:
 already finished -- only when their fingerprint is the study's -- and computes
 the rest: the result is identical to an uninterrupted run because a chunk's
 numbers depend only on the study's inputs, its seed and its index.  A chunk
-file that cannot be read (a crash while writing it) is computed again.  Without
+file that cannot be read (a crash while writing it) or whose data do not match
+their checksums (changed bytes, a damaged compressed block) is computed again,
+with a warning: a damaged chunk is never taken for a result.  ``.partial``
+must be a real folder inside ``DIR`` (a symbolic link is refused: clearing it
+would delete files wherever it points).  Without
 ``resume`` an unfinished study in the folder is discarded, with a warning.  A
 lock stops two runs from writing to one folder at once.
 """
@@ -36,6 +41,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import ConfigError
+from .outdir import as_output_error, ensure_space, inside, quiet_failed_writes
 
 __all__ = ["PARTIAL_DIR", "Checkpoint", "kept_chunks", "save_chunk", "study_fingerprint"]
 
@@ -97,10 +103,11 @@ class Checkpoint:
 
     def __init__(self, out: str | Path, fingerprint: dict, n_chunks: int, *, resume: bool = False):
         self.out = Path(out)
-        self.dir = self.out / PARTIAL_DIR
+        self.dir = inside(self.out, PARTIAL_DIR)  # never a link: _clear deletes what is in it
         self.sha256 = fingerprint["sha256"]
         self.out.mkdir(parents=True, exist_ok=True)
         self.dir.mkdir(exist_ok=True)
+        inside(self.out, PARTIAL_DIR)  # a link made between the check and mkdir
         self._lock = self._acquire()
         #: chunks finished by an earlier run of this study, read instead of computed
         self.done: set[int] = set()
@@ -156,7 +163,7 @@ class Checkpoint:
 
     def _clear(self) -> None:
         for p in self.dir.iterdir():
-            if p.name != "lock":
+            if p.name != "lock" and (p.is_symlink() or p.is_file()):
                 p.unlink()
 
     def finish(self) -> None:
@@ -181,9 +188,15 @@ class Checkpoint:
         """Write chunk ``c`` (draws ``a:b``) under a temporary name, then rename it."""
         save_chunk(self.dir, self.sha256, c, a, b, part)
 
-    def load(self, c: int) -> dict:
-        """Chunk ``c`` exactly as the worker returned it."""
-        return _read_chunk(self._chunk(c))
+    def load(self, c: int) -> dict | None:
+        """Chunk ``c`` exactly as the worker returned it, or None (with a warning) when its file
+        is damaged: its data do not match their checksums, or cannot be read."""
+        try:
+            return _read_chunk(self._chunk(c))
+        except Exception as err:  # noqa: BLE001 - any damage means the same: compute the chunk again
+            warnings.warn(f"{self._chunk(c)}: damaged ({' '.join(str(err).split())[:200]}); computing the chunk "
+                          "again", stacklevel=2)
+            return None
 
 
 # A chunk file is plain HDF5 (h5py, LZF-compressed): a tenth of the time of
@@ -191,7 +204,8 @@ class Checkpoint:
 # every chunk (by the worker that computed it, or by the main process).  Group ``physics`` holds the
 # chunk's arrays; group ``draws`` the sampled dataset, each variable with its
 # dimensions and attributes, so that it is rebuilt exactly.
-def _put(group, name: str, v: np.ndarray):
+def _put(group, name: str, v: np.ndarray, meta: dict | None = None):
+    """Store ``v`` (with ``meta`` attributes), stamped with the SHA-256 of what is stored."""
     data = v
     if v.dtype.kind == "U":
         data = np.char.encode(v, "utf-8")
@@ -202,11 +216,33 @@ def _put(group, name: str, v: np.ndarray):
     big = data.size > 4096 and data.dtype.kind in "fiub"
     d = group.create_dataset(name, data=data, compression="lzf" if big else None)
     d.attrs["dtype"] = v.dtype.str if v.dtype.kind != "O" else "O"
+    meta = meta or {}
+    d.attrs.update(meta)
+    d.attrs["sha256"] = _array_digest(np.asarray(data), *_described(d))
     return d
+
+
+class DamagedChunk(ValueError):
+    """A chunk file's data do not match the checksums written with them."""
+
+
+def _array_digest(data: np.ndarray, *extra: str) -> str:
+    h = hashlib.sha256(str((data.dtype.str, data.shape)).encode())
+    h.update(np.ascontiguousarray(data).tobytes())
+    for x in extra:
+        h.update(b"\0" + x.encode())
+    return h.hexdigest()
+
+
+def _described(d) -> list[str]:
+    """The attributes that say how a stored array is read back (part of its checksum)."""
+    return [str(d.attrs[k]) for k in ("dtype", "dims", "attrs", "coord") if k in d.attrs]
 
 
 def _get(d) -> np.ndarray:
     v, dt = d[()], d.attrs["dtype"]
+    if d.attrs.get("sha256") != _array_digest(np.asarray(v), *_described(d)):
+        raise DamagedChunk(f"{d.name}: its data do not match their SHA-256")
     if dt == "O":
         return np.char.decode(v, "utf-8").astype(object)
     dtype = np.dtype(dt)
@@ -234,8 +270,8 @@ def _write_chunk(path: Path, part: dict, attrs: dict) -> None:
         g = f.create_group("draws")
         g.attrs["order"] = json.dumps(list(ds.variables))
         for k, var in ds.variables.items():
-            d = _put(g, k, var.values)
-            d.attrs.update({"dims": json.dumps(var.dims), "attrs": _json(var.attrs), "coord": int(k in ds.coords)})
+            _put(g, k, var.values, {"dims": json.dumps(var.dims), "attrs": _json(var.attrs),
+                                    "coord": int(k in ds.coords)})
 
 
 def _read_chunk(path: Path) -> dict:
@@ -265,8 +301,15 @@ def save_chunk(folder: Path, sha256: str, c: int, a: int, b: int, part: dict) ->
     """Write chunk ``c`` (draws ``a:b``) of the study ``sha256`` into ``folder``, atomically.
     Called by the workers when they share the disk (loky), else by the main process."""
     tmp = folder / f".chunk-{c:05d}.tmp-{os.getpid()}"
-    _write_chunk(tmp, part, {"fingerprint": sha256, "chunk": c, "draw_start": a, "draw_stop": b})
-    os.replace(tmp, _chunk_path(folder, c))
+    ensure_space(folder, sum(np.asarray(v).nbytes for k, v in part.items() if k != "draws")
+                 + part["draws"].nbytes, f"chunk {c}")
+    try:
+        with quiet_failed_writes():
+            _write_chunk(tmp, part, {"fingerprint": sha256, "chunk": c, "draw_start": a, "draw_stop": b})
+        os.replace(tmp, _chunk_path(folder, c))
+    except BaseException as err:  # noqa: BLE001 - re-raised; interrupted or failed alike, no half file stays
+        tmp.unlink(missing_ok=True)  # a partial chunk file is never left behind
+        raise as_output_error(folder, err) from None
 
 
 def _read_json(path: Path) -> dict | None:

@@ -11,6 +11,7 @@ exit status 2 and no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import __version__
-from .errors import BayesflexError, ConfigError
+from .errors import BayesflexError, ConfigError, OutputError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,9 +104,32 @@ def _parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------
 # run
 # ----------------------------------------------------------------------------
+def _check_run_args(args) -> None:
+    """What ``run`` was given that can be judged without reading a file: before any heavy import."""
+    if args.draws < 1:
+        raise ConfigError(f"--draws {args.draws}: must be at least 1")
+    if args.jobs == 0 or args.jobs < -1:
+        raise ConfigError(f"--jobs {args.jobs}: give a positive number of workers, or -1 for every core")
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed}: must be 0 or more")
+    if args.periods is not None and args.periods < 1:
+        raise ConfigError(f"--periods {args.periods}: must be at least 1 half-hour")
+    if args.start is not None:
+        try:
+            t = pd.Timestamp(args.start)
+        except (ValueError, TypeError, OverflowError) as err:
+            raise ConfigError(f"--start {args.start!r}: not a date-time ({' '.join(str(err).split())}); give one "
+                              "such as '2026-01-14 17:00'") from None
+        if t is pd.NaT or t.tzinfo is not None or t != t.floor("30min"):
+            raise ConfigError(f"--start {args.start!r}: give a date-time in UTC on a half-hour, such as "
+                              "'2026-01-14 17:00'")
+
+
 def _cmd_run(args, argv) -> int:
+    _check_run_args(args)
     from .engine import run_study
     from .feeder import load_feeder
+    from .outdir import as_output_error
     from .priors import load_priors
     from .report import write_report
     from .results import RESULT_FILE
@@ -120,14 +144,17 @@ def _cmd_run(args, argv) -> int:
     if args.feeders is not None:
         return _run_fleet(args, priors, study, t0)
     feeder = load_feeder(args.feeder)
-    out = Path(args.out) if args.out else Path("reports") / f"{feeder.name}_{priors.name}"
+    out = Path(args.out) if args.out else default_out(feeder, priors.name)
     try:
         tree = run_study(feeder, priors, out=out, resume=args.resume, **study)
     except KeyboardInterrupt:
         _saved(out)
         raise
     t1 = time.perf_counter()
-    report = write_report(tree, out)
+    try:
+        report = write_report(tree, out)
+    except OSError as err:
+        raise as_output_error(out / "report.html", err) from None
     print_summary(tree, sys.stdout)
     resumed = int(tree.attrs.get("chunks_resumed", 0))
     print(f"\n{args.draws} draws in {t1 - t0:.1f} s" + (f" ({resumed} finished chunks of "
@@ -135,6 +162,14 @@ def _cmd_run(args, argv) -> int:
           + f"; wrote {out / RESULT_FILE} and {report}")
     print(f"ask more: bayesflex query {out} [congestion|adjustment|flexibility|product|agents] --help")
     return 0
+
+
+def default_out(feeder, priors_name: str) -> Path:
+    """``reports/<feeder>_<priors>``: one folder under ``reports``, whatever the names hold, and
+    one per feeder path (:func:`~bayesflex.outdir.default_label`)."""
+    from .outdir import default_label, safe_name
+
+    return Path("reports") / f"{default_label(feeder)}_{safe_name(priors_name)}"
 
 
 def _saved(out: Path) -> None:
@@ -149,8 +184,10 @@ def _saved(out: Path) -> None:
 def _run_fleet(args, priors, study: dict, t0: float) -> int:
     from .fleet import FLEET_FILE, find_feeders, run_fleet
 
+    from .outdir import safe_name
+
     found = find_feeders(args.feeders)
-    out = Path(args.out) if args.out else Path("reports") / f"fleet_{priors.name}"
+    out = Path(args.out) if args.out else Path("reports") / f"fleet_{safe_name(priors.name)}"
     print(f"fleet: {len(found)} feeders from {args.feeders}, priors {priors.name}, {args.draws} draws each; "
           f"results in {out}/<feeder>/", flush=True)
     table = run_fleet(found, priors, out=out, resume=args.resume, log=lambda line: print(line, flush=True), **study)
@@ -164,6 +201,8 @@ def _run_fleet(args, priors, study: dict, t0: float) -> int:
               f"{r.worst_half_hour} ({100 * r.p_congested_worst_half_hour:.1f} %)")
     if len(ok) > 15:
         print(f"  ... {len(ok) - 15} more in {out / FLEET_FILE}")
+    for _, r in ok[ok.caveat.astype(bool)].iterrows():
+        print(f"  NOTE {r.feeder}: {r.caveat}")
     bad = table[table.status != "ok"]
     for _, r in bad.iterrows():
         print(f"  FAILED {r.feeder}: {r.error}")
@@ -346,6 +385,15 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_map(args)
     except BayesflexError as e:
         print(f"bayesflex: error: {e}", file=sys.stderr)
+        if isinstance(e, OutputError):
+            _STATE["hard_exit"] = True
+        return 2
+    except OSError as e:  # a write the study could not make (disk full, read-only): one line, no traceback
+        from .outdir import as_output_error
+
+        e = as_output_error(getattr(e, "filename", None) or "the output folder", e)
+        print(f"bayesflex: error: {e}", file=sys.stderr)
+        _STATE["hard_exit"] = True
         return 2
     except KeyboardInterrupt:
         print("bayesflex: interrupted", file=sys.stderr)
@@ -353,5 +401,20 @@ def main(argv: list[str] | None = None) -> int:
     return 1  # pragma: no cover
 
 
+#: set by main when a write failed: HDF5 objects left from a failed write may crash the interpreter
+#: as it frees them at exit, so the command ends without that clean-up (everything is closed or deleted)
+_STATE = {"hard_exit": False}
+
+
+def entry() -> None:  # pragma: no cover - the console script; tests call main()
+    """The ``bayesflex`` command."""
+    code = main()
+    if _STATE["hard_exit"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

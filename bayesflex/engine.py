@@ -12,8 +12,10 @@ thread, so a chunk's numbers are the same bit for bit in any process:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ from joblib import delayed
 from .errors import ConfigError
 from .feeder import Feeder, load_feeder
 from .heuristic import Limits, assess, headroom, resolve_congestion
+from .outdir import as_output_error, quiet_failed_writes
+from .results import open_study
 
 __all__ = ["run_study", "CHUNK_DRAWS", "StudyOptions"]
 
@@ -59,14 +63,49 @@ def _chunk_seed(seed: int, index: int) -> int:
 
 
 def _run_chunk(feeder: Feeder, priors, index: int, draws: int, seed: int, opts: StudyOptions,
-               save: tuple | None = None) -> dict:
-    """Chunk ``index``'s results; with ``save = (folder, fingerprint, a, b)`` also its checkpoint file."""
+               save: tuple | None = None, parent: int | None = None) -> dict:
+    """Chunk ``index``'s results; with ``save = (folder, fingerprint, a, b)`` also its checkpoint file.
+    ``parent``: the pid of the study's main process, when this runs in a worker process of it."""
+    if parent is not None and parent != os.getpid():
+        _watch_parent(parent)
     part = _compute_chunk(feeder, priors, index, draws, seed, opts)
     if save is not None:
         from .checkpoint import save_chunk
 
         save_chunk(Path(save[0]), save[1], index, save[2], save[3], part)
     return part
+
+
+_WATCHED: set[int] = set()  # the main processes this worker process watches (one)
+
+
+def _watch_parent(parent: int, every_s: float = 0.5) -> None:
+    """End this worker process within a second once the study's main process is gone.
+
+    loky keeps idle workers alive for minutes, and a worker busy with its wave
+    of chunks goes on computing; when the main process is killed (SIGKILL: it
+    can clean nothing up) both would hold their memory for nothing.  A daemon
+    thread polls the main process and ends this one when it has disappeared."""
+    if parent in _WATCHED:
+        return
+    _WATCHED.add(parent)
+    ppid = os.getppid()
+
+    def watch():
+        import time
+
+        while True:
+            time.sleep(every_s)
+            try:
+                os.kill(parent, 0)  # signal 0: only asks whether the process exists
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # it exists (owned by another user after pid reuse): stop watching
+                return
+            if os.getppid() != ppid:  # orphaned: our parent died (it may linger as a zombie) and we were re-parented
+                os._exit(1)
+
+    threading.Thread(target=watch, name="bayesflex-parent-watch", daemon=True).start()
 
 
 def _compute_chunk(feeder: Feeder, priors, index: int, draws: int, seed: int, opts: StudyOptions) -> dict:
@@ -141,7 +180,7 @@ def _positions(positions, fd: Feeder, pr, start, periods):
 
     from .positions import read_positions
 
-    pos = read_positions(positions, agents=fd.agents)
+    pos = read_positions(positions, agents=fd.agents, tz=getattr(pr, "priors", pr).timezone)
     if start is None and periods is None:
         start, periods = str(pos.times[0]), len(pos.times)
     pri = getattr(pr, "priors", pr)
@@ -154,6 +193,43 @@ def _check_draws(draws) -> int:
     if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
         raise ConfigError(f"draws = {draws!r}: must be a positive whole number")
     return int(draws)
+
+
+def check_horizon(start, periods) -> tuple[str | None, int | None]:
+    """``start`` (a date-time on a half-hour, UTC) and ``periods`` (1 .. ten years of half-hours), checked."""
+    import pandas as pd
+
+    from .priors.config import MAX_PERIODS
+
+    if periods is not None:
+        if isinstance(periods, bool) or not isinstance(periods, (int, np.integer)) or not 1 <= periods <= MAX_PERIODS:
+            raise ConfigError(f"periods = {periods!r}: must be a whole number of half-hours from 1 to "
+                              f"{MAX_PERIODS} (ten years)")
+        periods = int(periods)
+    if start is not None:
+        try:
+            t = pd.Timestamp(start)
+        except (ValueError, TypeError, OverflowError) as err:
+            raise ConfigError(f"start = {start!r}: not a date-time ({' '.join(str(err).split())}); give one "
+                              "such as '2026-01-14 17:00'") from None
+        if t is pd.NaT:
+            raise ConfigError(f"start = {start!r}: not a date-time; give one such as '2026-01-14 17:00'")
+        if t.tzinfo is not None:
+            raise ConfigError(f"start = {start!r}: give the start in UTC without an offset (the study's time base)")
+        if t != t.floor("30min"):
+            raise ConfigError(f"start = {start!r}: must fall on a half-hour (e.g. {t.floor('30min'):%Y-%m-%d %H:%M})")
+    return start, periods
+
+
+def check_backend(backend: str | None, scheduler: str | None) -> None:
+    """A known joblib backend (or dask), and a scheduler only with dask; checked before any work."""
+    from joblib.parallel import BACKENDS
+
+    if backend is not None and backend != "dask" and backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r} unknown (allowed: {', '.join(sorted(BACKENDS))}, dask, "
+                          "or one registered with joblib.register_parallel_backend)")
+    if scheduler is not None and backend not in (None, "dask"):
+        raise ConfigError(f"--scheduler {scheduler!r} needs backend 'dask' (given: {backend!r})")
 
 
 def _check_jobs(jobs) -> int:
@@ -231,42 +307,61 @@ def run_study(
     from tqdm.auto import tqdm
 
     from . import priors as pri_mod
-    from .checkpoint import Checkpoint, study_fingerprint
-    from .results import RESULT_FILE, StudyStore, build_tree, open_study
+    from .checkpoint import PARTIAL_DIR, Checkpoint, kept_chunks, study_fingerprint
+    from .outdir import check_memory, check_space, check_writable, estimate, inside
+    from .results import RESULT_FILE, StudyStore, build_tree
 
+    # what can be checked without reading anything: before any work
     draws = _check_draws(draws)
     jobs = _check_jobs(jobs)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed = {seed!r}: must be a non-negative whole number")
     if method not in ("analytic", "perturb"):
         raise ConfigError(f"method {method!r} unknown (allowed: 'analytic', 'perturb')")
+    start, periods = check_horizon(start, periods)
+    check_backend(backend, scheduler)
+    if out is not None:
+        out = check_writable(out)
+        inside(out, PARTIAL_DIR)
+        inside(out, RESULT_FILE)
     fd = feeder if isinstance(feeder, Feeder) else load_feeder(feeder)
     pr = priors
     if isinstance(pr, (str, Path)):
         pr = pri_mod.load_priors(pr)
-    if observations is not None or ev_states is not None:
-        base = pr.priors if isinstance(pr, pri_mod.Posterior) else pr
-        pr = pri_mod.condition(base, observations, ev_states=ev_states, agents=fd.agents, seed=int(seed))
-    posterior = pr if isinstance(pr, pri_mod.Posterior) else None
     limits = limits or Limits(v_min_pu=fd.v_min_pu, v_max_pu=fd.v_max_pu)
     pos = None
     if positions is not None:
         pos, start, periods = _positions(positions, fd, pr, start, periods)
+    n_chunks = -(-draws // CHUNK_DRAWS)
+    n_jobs = min(os.cpu_count() or 1, n_chunks) if jobs == -1 else min(jobs, n_chunks)
+    n_periods = int(periods) if periods is not None else getattr(pr, "priors", pr).periods
+    need = estimate(draws=draws, periods=n_periods, n_agent=fd.n_agent, n_bus=fd.n_bus, n_line=fd.n_line,
+                    jobs=n_jobs, chunk_draws=CHUNK_DRAWS, wave=WAVE, full_voltages=full_voltages,
+                    in_memory=out is None)
+    check_memory(need, n_jobs)
+    if out is not None:
+        kept = kept_chunks(out) * CHUNK_DRAWS / draws if resume else 0.0
+        check_space(out, need.disk_bytes * max(0.0, 1.0 - min(kept, 1.0) / 2), f"this study ({draws} draws of "
+                    f"{n_periods} half-hours, {fd.n_agent} agents)")
+    chunks = [(c, a, min(draws, a + CHUNK_DRAWS)) for c, a in enumerate(range(0, draws, CHUNK_DRAWS))]
+    if observations is not None or ev_states is not None:
+        base = pr.priors if isinstance(pr, pri_mod.Posterior) else pr
+        pr = pri_mod.condition(base, observations, ev_states=ev_states, agents=fd.agents, seed=int(seed))
+    posterior = pr if isinstance(pr, pri_mod.Posterior) else None
     opts = StudyOptions(limits=limits, method=method, start=start, periods=periods,
                         full_voltages=full_voltages, headroom=headroom, positions=pos)
     _ = fd.model  # build once here, so that workers receive it with the feeder
-    chunks = [(c, a, min(draws, a + CHUNK_DRAWS)) for c, a in enumerate(range(0, draws, CHUNK_DRAWS))]
-    n_jobs = min(os.cpu_count() or 1, len(chunks)) if jobs == -1 else min(jobs, len(chunks))
     portfolio = None if pos is None else np.array([fd.agents.index(a) for a in pos.agents])
     kind = "posterior" if posterior is not None else "prior"
     fp = study_fingerprint(fd, pr, posterior, draws=draws, seed=int(seed), opts=opts, chunk_draws=CHUNK_DRAWS)
-    attrs = {"study_fingerprint": fp["sha256"]}
+    attrs = {"study_fingerprint": fp["sha256"],
+             "study_inputs": json.dumps({k: v for k, v in fp.items() if k != "sha256"}, sort_keys=True)}
     ck = None
     if out is None:
         store = StudyStore(draws, kind, fd.buses, None, portfolio=portfolio)
     else:
-        final = Path(out) / RESULT_FILE
-        if resume and _finished(final, fp["sha256"]):
+        final = out / RESULT_FILE
+        if _finished(final, fp, resume=resume):
             return open_study(final)
         ck = Checkpoint(out, fp, len(chunks), resume=resume)
         store = StudyStore(draws, kind, fd.buses, ck.stream_path, portfolio=portfolio, final=final)
@@ -274,47 +369,66 @@ def run_study(
             attrs["chunks_resumed"] = len(ck.done)
     done = set() if ck is None else ck.done
     remote = backend == "dask" or scheduler is not None  # workers may not see our disk: we write their chunks
-    todo = [(fd, pr, c, b - a, int(seed), opts, None if ck is None or remote else (str(ck.dir), ck.sha256, a, b))
-            for c, a, b in chunks if c not in done]
+
+    def task(c: int, a: int, b: int) -> tuple:
+        save = None if ck is None or remote else (str(ck.dir), ck.sha256, a, b)
+        return fd, pr, c, b - a, int(seed), opts, save, os.getpid() if not remote else None
+
+    todo = [task(c, a, b) for c, a, b in chunks if c not in done]
     bar = tqdm(total=draws, unit="draw", desc=f"study {fd.name}", disable=(not progress) if progress is not None
                else None, leave=False, initial=sum(b - a for c, a, b in chunks if c in done))
-    try:
-        with _workers(backend, scheduler, n_jobs) as (parallel, width):
-            results = _in_waves(parallel, width, todo)
-            for c, a, b in chunks:
-                if c in done:
-                    part = ck.load(c)
-                else:
-                    part = next(results)
-                    if ck is not None and remote:
+    with quiet_failed_writes():  # a failed write is raised once, not reported by every HDF5 object it leaves
+        try:
+            with _workers(backend, scheduler, n_jobs) as (parallel, width):
+                results = _in_waves(parallel, width, todo)
+                for c, a, b in chunks:
+                    fresh = c not in done
+                    part = next(results) if fresh else ck.load(c)
+                    if part is None:  # a kept chunk was damaged: compute it again, here
+                        part, fresh = _run_chunk(*task(c, a, b)[:-1]), True
+                    if fresh and remote and ck is not None:
                         ck.save(c, a, b, part)
-                    bar.update(b - a)
-                store.add(part, a, b)
-        bar.close()
-        tree = build_tree(fd, pr, posterior, store, draws=draws, seed=int(seed), opts=opts, command=command,
-                          provenance=attrs)
-    except BaseException:
-        store.discard()  # the finished chunks stay in out/.partial for --resume
-        if ck is not None:
-            ck.release()
-        raise
-    finally:
-        bar.close()
+                    if c not in done:
+                        bar.update(b - a)
+                    store.add(part, a, b)
+            bar.close()
+            tree = build_tree(fd, pr, posterior, store, draws=draws, seed=int(seed), opts=opts, command=command,
+                              provenance=attrs)
+        except BaseException as err:
+            store.discard()  # the finished chunks stay in out/.partial for --resume
+            if ck is not None:
+                ck.release()
+            failed = err if out is None else as_output_error(out, err)
+            if failed is not err:  # a full disk or a folder made read-only: one line, not HDF5's traceback
+                raise failed from None
+            raise
+        finally:
+            bar.close()
     if ck is not None:
         ck.finish()
     return tree
 
 
-def _finished(path: Path, sha256: str) -> bool:
-    """``path`` is a complete result of the study with this fingerprint."""
-    from .results import open_study
-
-    if not path.is_file():
+def _finished(path: Path, fingerprint: dict, *, resume: bool) -> bool:
+    """With ``resume``: whether ``path`` is a complete, intact result of this very study (then it
+    is kept).  A finished study of other inputs (another feeder, seed...) is refused, naming what
+    differs: resuming into its folder would overwrite it."""
+    if not resume or not path.is_file():
         return False
     try:
-        return open_study(path).attrs.get("study_fingerprint") == sha256
-    except ConfigError:
+        attrs = open_study(path).attrs
+    except ConfigError:  # damaged, or not a study: computed again
         return False
+    if attrs.get("study_fingerprint") == fingerprint["sha256"]:
+        return True
+    try:
+        old = json.loads(attrs.get("study_inputs", "{}"))
+    except ValueError:
+        old = {}
+    diff = sorted(k for k in fingerprint if k != "sha256" and old.get(k) != fingerprint[k]) if old else []
+    raise ConfigError(f"{path}: this folder holds a finished study of other inputs (differs in: "
+                      f"{', '.join(diff) or 'the fingerprint'}; its feeder: {attrs.get('feeder_origin', '?')}); "
+                      "--resume would overwrite it. Choose another --out, or run without --resume to replace it")
 
 
 def _in_waves(parallel, width: int, todo: list):

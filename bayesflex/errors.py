@@ -7,7 +7,7 @@ element or key, and what would be allowed instead.
 
 from __future__ import annotations
 
-__all__ = ["BayesflexError", "ConfigError", "FeederError", "SolverError"]
+__all__ = ["BayesflexError", "ConfigError", "FeederError", "OutputError", "SolverError"]
 
 
 class BayesflexError(Exception):
@@ -33,3 +33,8 @@ class FeederError(BayesflexError, ValueError):
 
 class SolverError(BayesflexError, RuntimeError):
     """The load flow was asked for something it cannot do."""
+
+
+class OutputError(BayesflexError, OSError):
+    """The output folder cannot take what the study writes (full disk, read-only,
+    a path that would leave it); the message names the path and what to do."""

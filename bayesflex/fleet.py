@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import BayesflexError, ConfigError
+from .errors import BayesflexError, ConfigError, OutputError
+from .outdir import inside, safe_name
 from .results import mcse
 
 __all__ = ["FLEET_FILE", "find_feeders", "fleet_row", "run_fleet"]
@@ -64,14 +65,21 @@ def _is_dss_folder(p: Path) -> bool:
 
 
 def _names(paths: list[Path]) -> dict[str, Path]:
+    """Unique, safe folder names (:func:`~bayesflex.outdir.safe_name`): what a file is called
+    never decides where a result is written."""
     paths = [q.resolve() for q in paths]
     if len(paths) == 1:
-        return {paths[0].stem: paths[0]}
-    root = Path(os.path.commonpath(paths))
-    out = {}
-    for q in paths:
-        rel = q.relative_to(root)
-        name = "_".join(rel.with_suffix("").parts if q.is_file() else rel.parts)
+        raw = {paths[0]: paths[0].stem if paths[0].is_file() else paths[0].name}
+    else:
+        root = Path(os.path.commonpath(paths))
+        raw = {q: "_".join(q.relative_to(root).with_suffix("").parts if q.is_file() else q.relative_to(root).parts)
+               for q in paths}
+    out: dict[str, Path] = {}
+    for q, name in raw.items():
+        name = base = safe_name(name)
+        k = 2
+        while name in out:  # two names that differ only in unsafe characters
+            name, k = f"{base}_{k}", k + 1
         out[name] = q
     return out
 
@@ -87,8 +95,22 @@ def fleet_row(tree) -> dict:
     worst_t = int(np.argmax(per_t))
     p_tr = tree["network"]["p_trafo_overload"].values
     v_min = tree["network"]["v_min_pu"].values[0]  # (draw, time, phase)
+    solved = tree["sample_stats"]["converged"].values[0].astype(bool)  # (draw, time)
+    all_solved = solved.all(axis=1)
+    p_unsolved = float(1 - all_solved.mean())
+    # a half-hour without a load-flow solution is a collapse: lower than any voltage
+    lowest = np.where(solved[..., None], v_min, -np.inf).min(axis=(1, 2))
+    v05 = float(np.quantile(lowest, 0.05, method="inverted_cdf"))
     down = h["portfolio_adjust_down_kw"].values[0].sum(axis=1) * 0.5  # kWh per draw
     up = h["portfolio_adjust_up_kw"].values[0].sum(axis=1) * 0.5
+    enough = all_solved.mean() >= 0.5  # the heuristic's figures mean something only where it had load flows
+    caveat = ""
+    if p_unsolved > 0:
+        caveat = (f"no load-flow solution in some half-hour of {100 * p_unsolved:.1f} % of draws (counted as "
+                  "congested and overloaded); v_min_pu_p05 " + ("withheld (5 % of draws or more collapse)"
+                                                                 if not np.isfinite(v05) else "counts them as collapse")
+                  + "; turn-up/down means " + ("over the fully solved draws" if enough else
+                                               "withheld (fewer than half the draws fully solved)"))
     return {
         "agents": int(tree["constant_data"].sizes["agent"]), "buses": int(tree["constant_data"].sizes["bus"]),
         "draws": n,
@@ -99,8 +121,11 @@ def fleet_row(tree) -> dict:
         "p_unresolved_horizon": unres, "p_unresolved_horizon_mcse": float(mcse(unres, n)),
         "p_trafo_overload_max": float(p_tr.max()) if p_tr.size else 0.0,
         "p_nonconverged": float(s["p_nonconverged"].values.max()),
-        "v_min_pu_p05": float(np.nanquantile(np.nanmin(v_min, axis=(1, 2)), 0.05)),
-        "turn_down_kwh_mean": float(down.mean()), "turn_up_kwh_mean": float(up.mean()),
+        "p_draws_without_solution": p_unsolved,
+        "v_min_pu_p05": v05 if np.isfinite(v05) else float("nan"),
+        "turn_down_kwh_mean": float(down[all_solved].mean()) if enough else float("nan"),
+        "turn_up_kwh_mean": float(up[all_solved].mean()) if enough else float("nan"),
+        "caveat": caveat,
     }
 
 
@@ -132,12 +157,15 @@ def run_fleet(feeders, priors="default", *, out: str | Path, resume: bool = Fals
         row = {"feeder": name, "path": str(path), "status": "ok", "error": ""}
         t0 = time.perf_counter()
         try:
+            where = inside(out, safe_name(name))
             fd = load_feeder(path).replace(name=name)
-            tree = run_study(fd, pr, out=out / name, resume=resume, progress=progress, **study)
-            rep = out / name / REPORT_FILE
-            if report and not (resume and rep.exists() and rep.stat().st_mtime >= (out / name / RESULT_FILE).stat().st_mtime):
-                write_report(tree, out / name)
+            tree = run_study(fd, pr, out=where, resume=resume, progress=progress, **study)
+            rep = where / REPORT_FILE
+            if report and not (resume and rep.exists() and rep.stat().st_mtime >= (where / RESULT_FILE).stat().st_mtime):
+                write_report(tree, where)
             row |= fleet_row(tree)
+        except OutputError:  # the output folder cannot take more: every other feeder would fail the same way
+            raise
         except BayesflexError as err:
             row |= {"status": "failed", "error": " ".join(str(err).split())}
         except Exception as err:  # noqa: BLE001 - a bug or a broken file the loaders missed: the other feeders go on

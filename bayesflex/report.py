@@ -209,7 +209,11 @@ def write_report(study: str | Path | xr.DataTree, directory: str | Path | None =
     out = Path(directory) / REPORT_FILE
     text = build_report(tree)
     tmp = out.with_name(f".{REPORT_FILE}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written report stays behind
+        raise
     return out
 

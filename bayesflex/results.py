@@ -36,14 +36,24 @@ Groups (dimensions in the order ``chain, draw, time, agent|bus|line, phase``):
 
 A draw whose load flow did not converge is kept: ``converged=False``, counted
 as congested on every phase and as violating every limit.
+
+Integrity: ``result.nc`` is written under another name and renamed when
+complete; beside it ``result.nc.sha256`` holds the SHA-256 of the whole file
+(the format of ``sha256sum``, so ``sha256sum -c result.nc.sha256`` checks it
+too).  :func:`open_study` checks it before reading anything: a file changed or
+damaged after it was written is a clear error, never numbers.  A report
+built from an earlier result in the same folder is removed when a new result
+takes its place.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -52,10 +62,16 @@ import xarray as xr
 
 from .errors import ConfigError
 from .feeder import PHASES, Feeder
+from .outdir import ensure_space
 
-__all__ = ["CONFIDENCE", "RESULT_FILE", "StudyStore", "build_tree", "mcse", "open_study", "save_study"]
+__all__ = ["CHECKSUM_SUFFIX", "CONFIDENCE", "RESULT_FILE", "StudyStore", "build_tree", "mcse", "open_study",
+           "save_study"]
 
 RESULT_FILE = "result.nc"
+#: the result's checksum file: ``result.nc.sha256``
+CHECKSUM_SUFFIX = ".sha256"
+#: files built from a result; removed when a new result replaces it (they would describe the old one)
+DERIVED_FILES = ("report.html",)
 #: confidence levels at which the portfolio flexibility is summarised
 CONFIDENCE = (0.5, 0.9, 0.95)
 _VERSIONS = ("numpy", "scipy", "xarray", "pandas", "pymc", "arviz", "joblib", "pandapower", "pvlib",
@@ -152,6 +168,9 @@ class StudyStore:
     # -- arriving chunks --------------------------------------------------------------------
     def add(self, part: dict, a: int, b: int) -> None:
         ds = part.pop("draws")
+        if self.path is not None:
+            ensure_space(self.path.parent, sum(np.asarray(v).nbytes for v in part.values()) + ds.nbytes,
+                         f"draws {a}-{b - 1} of the result")
         if self.coords is None:
             self._allocate(part, ds)
         for (g, n), (_, _, _, _, from_physics) in self.big_meta.items():
@@ -224,9 +243,12 @@ class StudyStore:
 
     def discard(self) -> None:
         """Close and delete an unfinished file: a partial study is never left to be taken for a result."""
-        self.close()
-        if self.path is not None and self.path.exists():
-            self.path.unlink()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - a file that failed to write may fail to close: it is deleted anyway
+            self._file = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def package_versions(names) -> dict[str, str]:
@@ -361,11 +383,55 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
         tree["/"] = xr.Dataset(attrs=root)
         return xr.DataTree.from_dict(tree)
     store.close()
+    ensure_space(store.path.parent, sum(ds.nbytes for ds in tree.values()), "the result's summary groups")
     for g, ds in tree.items():
         ds.to_netcdf(store.path, mode="a", group=g, engine="h5netcdf", encoding=_compressed(ds))
     xr.Dataset(attrs=root).to_netcdf(store.path, mode="a", engine="h5netcdf")
-    os.replace(store.path, store.final)
+    _install(store.path, store.final)
     return open_study(store.final)
+
+
+def _install(part: Path, final: Path) -> None:
+    """Put the finished file ``part`` in place as ``final``, with its checksum; remove what was
+    built from the result it replaces.  The checksum goes first: a crash in between leaves a
+    result that fails its check (and is computed again), never an unchecked one."""
+    digest = file_sha256(part)
+    for name in DERIVED_FILES:
+        (final.parent / name).unlink(missing_ok=True)
+    side = checksum_path(final)
+    tmp = side.with_name(f".{side.name}.tmp")
+    tmp.write_text(f"{digest}  {final.name}\n")
+    os.replace(tmp, side)
+    os.replace(part, final)
+
+
+def checksum_path(result: Path) -> Path:
+    """Where the checksum of the result file ``result`` is kept."""
+    return result.with_name(result.name + CHECKSUM_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_result(f: Path) -> None:
+    """Raise a ConfigError if ``f`` does not match its checksum file (warn if it has none)."""
+    side = checksum_path(f)
+    if not side.is_file():
+        warnings.warn(f"{f}: no checksum file {side.name} beside it; its integrity cannot be checked",
+                      stacklevel=3)
+        return
+    try:
+        expected = side.read_text(encoding="ascii").split()[0]
+    except (OSError, UnicodeDecodeError, IndexError) as err:
+        raise ConfigError(f"{side}: not a readable checksum file ({err})") from err
+    if file_sha256(f) != expected:
+        raise ConfigError(f"{f}: the file does not match its checksum ({side.name}): it was changed or damaged "
+                          "after bayesflex wrote it, so its numbers cannot be trusted; run the study again")
 
 
 def deliverable(port: dict) -> dict:
@@ -415,7 +481,7 @@ def save_study(tree: xr.DataTree, directory: str | Path) -> Path:
     try:
         enc = {node.path: _compressed(node.dataset) for node in tree.subtree}
         tree.to_netcdf(tmp, engine="h5netcdf", encoding={k: v for k, v in enc.items() if v})
-        os.replace(tmp, path)
+        _install(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -428,12 +494,15 @@ def _compressed(ds: xr.Dataset) -> dict:
             if v.size > 100_000 and v.dtype.kind in "fiub"}
 
 
-def open_study(path: str | Path) -> xr.DataTree:
-    """Open a study from its folder or its ``result.nc``; a clear error if it is not one."""
+def open_study(path: str | Path, *, verify: bool = True) -> xr.DataTree:
+    """Open a study from its folder or its ``result.nc``; a clear error if it is not one, or
+    (``verify``) if the file does not match its checksum."""
     p = Path(path)
     f = p / RESULT_FILE if p.is_dir() else p
     if not f.is_file():
         raise ConfigError(f"{f}: no study result here (expected {RESULT_FILE}, written by 'bayesflex run')")
+    if verify:
+        verify_result(f)
     try:
         tree = xr.open_datatree(f, engine="h5netcdf")
     except Exception as err:  # any reader failure means the same thing to the user

@@ -62,7 +62,7 @@ def test_query_answers_as_table_csv_and_json(study_dir, capsys):
 
 @pytest.mark.parametrize("argv, words", [
     (["run", "--feeder", "atlantis"], "no feeder named 'atlantis'"),
-    (["run", "--draws", "0"], "draws = 0"),
+    (["run", "--draws", "0"], "--draws 0: must be at least 1"),
     (["query", "nowhere"], "no study result here"),
 ])
 def test_bad_input_is_one_line_without_a_traceback(argv, words, capsys):

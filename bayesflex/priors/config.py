@@ -189,6 +189,8 @@ def parse_priors(cfg: dict, *, origin: str, text: str = "", name: str = "priors"
         raise ConfigError(f"{where} start = {raw_start!r}: not a date-time ({e})") from e
     if start is pd.NaT:
         raise ConfigError(f"{where} start = {raw_start!r}: must be a date-time such as \"2026-01-14T00:00\"")
+    if start.tzinfo is not None:  # the study's time base is UTC without a zone
+        start = start.tz_convert("UTC").tz_localize(None)
     if start != start.floor("30min"):
         raise ConfigError(f"{where} start = {start}: must fall on a half-hour")
     periods = hz.get("periods", 96)
