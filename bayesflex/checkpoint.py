@@ -41,7 +41,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import ConfigError
-from .outdir import as_output_error, ensure_space, inside, quiet_failed_writes
+from .outdir import as_output_error, ensure_space, fresh, inside, quiet_failed_writes, regular
 
 __all__ = ["PARTIAL_DIR", "Checkpoint", "kept_chunks", "save_chunk", "study_fingerprint"]
 
@@ -129,7 +129,7 @@ class Checkpoint:
                 warnings.warn(f"{self.dir}: an unfinished study ({n_old} chunks) was discarded; "
                               "use --resume (resume=True) to continue one", stacklevel=3)
             self._clear()
-        tmp = manifest.with_suffix(".tmp")
+        tmp = fresh(manifest.with_suffix(".tmp"))
         tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
         os.replace(tmp, manifest)
 
@@ -147,7 +147,8 @@ class Checkpoint:
             import fcntl
         except ImportError:  # pragma: no cover - not on POSIX: no lock
             return None
-        f = open(self.dir / "lock", "a+")  # noqa: SIM115 - held open (locked) while the study runs
+        fd = os.open(fresh(self.dir / "lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        f = os.fdopen(fd, "a+")  # held open (locked) while the study runs
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -176,7 +177,7 @@ class Checkpoint:
         import h5py
 
         p = self._chunk(c)
-        if not p.is_file():
+        if not regular(p):  # a link or a FIFO is not a chunk we wrote
             return False
         try:
             with h5py.File(p, "r") as f:
@@ -300,7 +301,7 @@ def kept_chunks(out: str | Path) -> int:
 def save_chunk(folder: Path, sha256: str, c: int, a: int, b: int, part: dict) -> None:
     """Write chunk ``c`` (draws ``a:b``) of the study ``sha256`` into ``folder``, atomically.
     Called by the workers when they share the disk (loky), else by the main process."""
-    tmp = folder / f".chunk-{c:05d}.tmp-{os.getpid()}"
+    tmp = fresh(folder / f".chunk-{c:05d}.tmp-{os.getpid()}")
     ensure_space(folder, sum(np.asarray(v).nbytes for k, v in part.items() if k != "draws")
                  + part["draws"].nbytes, f"chunk {c}")
     try:

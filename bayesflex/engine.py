@@ -361,7 +361,7 @@ def run_study(
         store = StudyStore(draws, kind, fd.buses, None, portfolio=portfolio)
     else:
         final = out / RESULT_FILE
-        if _finished(final, fp, resume=resume):
+        if _finished(final, fp, feeder=(str(fd.origin), fd.sha256), resume=resume):
             return open_study(final)
         ck = Checkpoint(out, fp, len(chunks), resume=resume)
         store = StudyStore(draws, kind, fd.buses, ck.stream_path, portfolio=portfolio, final=final)
@@ -409,18 +409,26 @@ def run_study(
     return tree
 
 
-def _finished(path: Path, fingerprint: dict, *, resume: bool) -> bool:
+def _finished(path: Path, fingerprint: dict, *, feeder: tuple[str, str], resume: bool) -> bool:
     """With ``resume``: whether ``path`` is a complete, intact result of this very study (then it
-    is kept).  A finished study of other inputs (another feeder, seed...) is refused, naming what
-    differs: resuming into its folder would overwrite it."""
-    if not resume or not path.is_file():
+    is kept).  A finished study of other inputs is refused with ``resume``, naming what differs,
+    and without it when it is another feeder's (two model sets may share folder names): running
+    into its folder would overwrite it.  Another run of the same feeder replaces it."""
+    if not path.is_file():
         return False
     try:
         attrs = open_study(path).attrs
     except ConfigError:  # damaged, or not a study: computed again
         return False
     if attrs.get("study_fingerprint") == fingerprint["sha256"]:
-        return True
+        return resume
+    if not resume:
+        origin, sha = feeder
+        old_origin = str(attrs.get("feeder_origin", origin))
+        if os.path.realpath(old_origin) != os.path.realpath(origin) and attrs.get("feeder_sha256", sha) != sha:
+            raise ConfigError(f"{path.parent}: holds a finished study of another feeder ({old_origin}), not of "
+                              f"{origin}; choose another --out, or delete {path} to replace it")
+        return False
     try:
         old = json.loads(attrs.get("study_inputs", "{}"))
     except ValueError:

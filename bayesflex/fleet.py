@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import BayesflexError, ConfigError, OutputError
-from .outdir import inside, safe_name
+from .outdir import fresh, inside, safe_name
 from .results import mcse
 
 __all__ = ["FLEET_FILE", "find_feeders", "fleet_row", "run_fleet"]
@@ -196,7 +196,7 @@ def rank(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = fresh(path.with_name(f".{path.name}.tmp"))
     table.to_csv(tmp, index=False, float_format="%.6g")
     os.replace(tmp, path)
 
@@ -221,7 +221,7 @@ def plot_fleet(table: pd.DataFrame, path: Path, top: int = 40) -> Path:
     fig.suptitle(f"feeders ranked by congestion risk ({len(t)} of {int((table.status == 'ok').sum())} shown)",
                  fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    tmp = fresh(path.with_name(f".{path.name}.tmp.png"))
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)

@@ -32,7 +32,8 @@ from pathlib import Path
 from .errors import ConfigError, OutputError
 
 __all__ = ["Resources", "as_output_error", "check_memory", "check_space", "check_writable", "default_label",
-           "ensure_space", "estimate", "inside", "memory_available", "quiet_failed_writes", "safe_name"]
+           "ensure_space", "estimate", "fresh", "inside", "memory_available", "quiet_failed_writes", "regular",
+           "safe_name"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 _MAX_NAME = 120
@@ -79,6 +80,24 @@ def inside(out: str | Path, *parts: str) -> Path:
     if root.exists() and not path.resolve().is_relative_to(root.resolve()):
         raise OutputError(f"{path} resolves outside {root}")
     return path
+
+
+def fresh(path: str | Path) -> Path:
+    """``path``, cleared for a new file: a link or other non-regular file left there (by anyone
+    who could write into the folder) is removed, never followed, so the write cannot land
+    elsewhere.  A folder in the way is an error."""
+    p = Path(path)
+    if p.is_symlink() or (p.exists() and not p.is_dir() and not p.is_file()):
+        p.unlink()
+    elif p.is_dir():
+        raise OutputError(f"{p} is a folder where bayesflex writes a file; remove it")
+    return p
+
+
+def regular(path: str | Path) -> bool:
+    """``path`` is a regular file and not a link (so reading it cannot block or leave the folder)."""
+    p = Path(path)
+    return p.is_file() and not p.is_symlink()
 
 
 def check_writable(out: str | Path) -> Path:

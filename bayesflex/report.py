@@ -21,6 +21,7 @@ import xarray as xr
 
 from . import maps
 from .errors import ConfigError
+from .outdir import fresh
 from .query import congestion_probability, flexibility_summary, n_draws, portfolio_position, top_agents
 from .results import mcse, open_study
 
@@ -208,7 +209,7 @@ def write_report(study: str | Path | xr.DataTree, directory: str | Path | None =
         directory = directory or (p if p.is_dir() else p.parent)
     out = Path(directory) / REPORT_FILE
     text = build_report(tree)
-    tmp = out.with_name(f".{REPORT_FILE}.partial")
+    tmp = fresh(out.with_name(f".{REPORT_FILE}.partial"))
     try:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(out)

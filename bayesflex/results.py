@@ -53,7 +53,6 @@ import hashlib
 import json
 import os
 import platform
-import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -62,7 +61,7 @@ import xarray as xr
 
 from .errors import ConfigError
 from .feeder import PHASES, Feeder
-from .outdir import ensure_space
+from .outdir import ensure_space, fresh, regular
 
 __all__ = ["CHECKSUM_SUFFIX", "CONFIDENCE", "RESULT_FILE", "StudyStore", "build_tree", "mcse", "open_study",
            "save_study"]
@@ -220,6 +219,7 @@ class StudyStore:
         from .engine import CHUNK_DRAWS
 
         groups = sorted({g for g, _ in self.big_meta})
+        fresh(self.path)
         for i, g in enumerate(groups):
             dims = {d for (gg, _), (dd, *_rest) in self.big_meta.items() if gg == g for d in dd}
             coords = {k: v for k, v in self.coords.items() if k in dims}
@@ -399,7 +399,7 @@ def _install(part: Path, final: Path) -> None:
     for name in DERIVED_FILES:
         (final.parent / name).unlink(missing_ok=True)
     side = checksum_path(final)
-    tmp = side.with_name(f".{side.name}.tmp")
+    tmp = fresh(side.with_name(f".{side.name}.tmp"))
     tmp.write_text(f"{digest}  {final.name}\n")
     os.replace(tmp, side)
     os.replace(part, final)
@@ -419,12 +419,12 @@ def file_sha256(path: Path) -> str:
 
 
 def verify_result(f: Path) -> None:
-    """Raise a ConfigError if ``f`` does not match its checksum file (warn if it has none)."""
+    """Raise a ConfigError if ``f`` has no checksum file beside it or does not match it."""
     side = checksum_path(f)
-    if not side.is_file():
-        warnings.warn(f"{f}: no checksum file {side.name} beside it; its integrity cannot be checked",
-                      stacklevel=3)
-        return
+    if not regular(side):
+        raise ConfigError(f"{f}: no checksum file {side.name} beside it, so its numbers cannot be checked; keep "
+                          f"{f.name} and {side.name} together (copy both), or, for a file you trust, "
+                          "open_study(path, verify=False)")
     try:
         expected = side.read_text(encoding="ascii").split()[0]
     except (OSError, UnicodeDecodeError, IndexError) as err:
@@ -477,7 +477,7 @@ def save_study(tree: xr.DataTree, directory: str | Path) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     path = d / RESULT_FILE
-    tmp = d / f".{RESULT_FILE}.partial-{os.getpid()}"
+    tmp = fresh(d / f".{RESULT_FILE}.partial-{os.getpid()}")
     try:
         enc = {node.path: _compressed(node.dataset) for node in tree.subtree}
         tree.to_netcdf(tmp, engine="h5netcdf", encoding={k: v for k, v in enc.items() if v})

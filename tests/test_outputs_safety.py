@@ -164,10 +164,14 @@ def test_result_with_changed_bytes_is_an_error_not_numbers(finished, tmp_path, c
     assert "does not match its checksum" in err and "Traceback" not in err and err.count("\n") == 1
 
 
-def test_a_result_without_its_checksum_warns(finished, tmp_path):
+def test_a_result_without_its_checksum_is_not_read(finished, tmp_path):
     copy = tmp_path / "alone.nc"
     shutil.copy(finished / RESULT_FILE, copy)
-    with pytest.warns(UserWarning, match="no checksum file"):
+    with pytest.raises(ConfigError, match="no checksum file"):
+        open_study(copy)
+    assert open_study(copy, verify=False).attrs["seed"] == 3  # for a file the user vouches for
+    (tmp_path / "alone.nc.sha256").symlink_to(finished / "result.nc.sha256")  # not a checksum we wrote
+    with pytest.raises(ConfigError, match="no checksum file"):
         open_study(copy)
 
 
@@ -401,3 +405,42 @@ def test_a_feeder_with_few_unsolved_draws_counts_them_as_collapse():
     assert row["turn_up_kwh_mean"] == pytest.approx((1.0 + 3.0) * 0.5)  # over the 99 solved draws
     assert "1.0 %" in row["caveat"] and "collapse" in row["caveat"]
 
+
+
+def test_a_run_does_not_overwrite_another_feeders_finished_study(finished):
+    enwl = shared_path("enwl", "networks", "network_1", "Feeder_1")
+    with pytest.raises(ConfigError, match="finished study of another feeder"):
+        engine.run_study(enwl, "default", draws=4, periods=2, seed=3, out=finished)
+    assert open_study(finished).attrs["feeder"] == "ieee_eu_lv"
+
+
+def _plant(partial: Path, victim: Path, names: list[str]) -> None:
+    for i, name in enumerate(names):
+        (partial / name).unlink(missing_ok=True)
+        (partial / name).symlink_to(victim / f"precious-{i % 3}.txt")
+
+
+def _intact(victim: Path) -> bool:
+    return (sorted(p.name for p in victim.iterdir()) == [f"precious-{i}.txt" for i in range(3)]
+            and all((victim / f"precious-{i}.txt").read_text() == "keep me" for i in range(3)))
+
+
+def test_links_left_inside_partial_are_removed_not_followed(tmp_path, monkeypatch):
+    """Links planted where a study writes its lock, manifest, stream and chunk files, for a new
+    study and for a resumed one: nothing is written through them, a linked chunk is not read."""
+    victim = _victim(tmp_path)
+    out = tmp_path / "o"
+    (out / PARTIAL_DIR).mkdir(parents=True)
+    args = {"draws": 2 * engine.CHUNK_DRAWS, "periods": 2, "seed": 3, "jobs": 1, "out": out}
+    _plant(out / PARTIAL_DIR, victim, ["lock", "manifest.tmp", "result.nc.part", ".chunk-00000.tmp-1",
+                                       "chunk-00001.h5"])
+    monkeypatch.setattr(Checkpoint, "finish", lambda self: self.release())  # keep .partial as after a crash
+    engine.run_study("ieee_eu_lv", "default", **args)
+    monkeypatch.undo()
+    assert _intact(victim)
+    (out / RESULT_FILE).unlink()
+    _plant(out / PARTIAL_DIR, victim, ["lock", "result.nc.part", "chunk-00000.h5"])
+    tree = engine.run_study("ieee_eu_lv", "default", resume=True, **args)
+    assert _intact(victim)
+    assert tree.attrs["chunks_resumed"] == 1  # chunk 1 read; the linked chunk 0 is not a chunk: computed
+    assert not (out / RESULT_FILE).is_symlink()

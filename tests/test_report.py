@@ -69,7 +69,8 @@ def test_report_rebuilt_from_the_result_file_is_identical_but_for_its_timestamp(
     original = (study / REPORT_FILE).read_text()
     copy = tmp_path / "copy"
     copy.mkdir()
-    shutil.copy(study / RESULT_FILE, copy / RESULT_FILE)  # the result file alone
+    for name in (RESULT_FILE, RESULT_FILE + ".sha256"):  # the result file alone, with its checksum
+        shutil.copy(study / name, copy / name)
     assert main(["report", str(copy)]) == 0
     rebuilt = (copy / REPORT_FILE).read_text()
     assert rebuilt != original  # the creation line differs ...
