@@ -177,6 +177,13 @@ def _local_to_utc(s: pd.Series, wall: pd.Series, z: ZoneInfo, tz: str, where: st
         who = "" if groups is None else f" for {groups.iloc[r]!r}"
         raise ConfigError(f"{where}: row {r + 2}: time {s.iloc[r]!r} occurs twice in {tz} (the clocks go back) "
                           f"but only once{who}, so which one is meant is unknown; give it with its UTC offset")
+    key["t"], key["nth"] = uniq.to_numpy()[codes[repeated]], nth
+    back = key.groupby(["group", "nth"], sort=False)["t"].transform(lambda t: t.diff().dt.total_seconds() < 0)
+    if back.any():  # a file in reverse order would swap the two readings of each repeated time
+        r = repeated[np.flatnonzero(back.to_numpy())[0]]
+        raise ConfigError(f"{where}: row {r + 2}: time {s.iloc[r]!r} is in the hour the clocks go back over in {tz}, "
+                          "whose two occurrences are told apart by their order (summer time first), but the file "
+                          "is not in time order there; sort it by time, or give the times with their UTC offset")
     second = repeated[nth > 0]  # its first occurrence is summer time, a later one winter time
     utc[second] = winter.tz_convert("UTC").tz_localize(None).to_numpy()[codes[second]]
     return pd.Series(utc)

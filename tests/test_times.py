@@ -159,6 +159,9 @@ ERROR_CASES = {
     "offset_then_naive": (["2026-03-29T00:00Z", "2026-03-29T00:30+00:00", "2026-03-29T01:00"], None, 4,
                           "has no UTC offset"),
     "repeat_once": (["2026-10-25T00:00", "2026-10-25T00:30", "2026-10-25T01:00"], LONDON, 4, "occurs twice"),
+    # newest first: read in file order, 01:30 would be taken as summer time and the two readings swapped
+    "repeat_reversed": (["2026-10-25T01:30", "2026-10-25T01:00", "2026-10-25T01:30", "2026-10-25T01:00"], LONDON,
+                        3, "not in time order"),
     "not_iso": (["2026-03-29T00:00", "29/03/2026 00:30", "2026-03-29T01:00"], None, 3, "not a date-time"),
 }
 
