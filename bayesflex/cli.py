@@ -201,7 +201,7 @@ def _run_fleet(args, priors, study: dict, t0: float) -> int:
               f"{r.worst_half_hour} ({100 * r.p_congested_worst_half_hour:.1f} %)")
     if len(ok) > 15:
         print(f"  ... {len(ok) - 15} more in {out / FLEET_FILE}")
-    for _, r in ok[ok.caveat.astype(bool)].iterrows():
+    for _, r in (ok[ok.caveat.fillna("").astype(bool)] if "caveat" in ok else ok.iloc[:0]).iterrows():
         print(f"  NOTE {r.feeder}: {r.caveat}")
     bad = table[table.status != "ok"]
     for _, r in bad.iterrows():

@@ -372,7 +372,8 @@ def run_study(
 
     def task(c: int, a: int, b: int) -> tuple:
         save = None if ck is None or remote else (str(ck.dir), ck.sha256, a, b)
-        return fd, pr, c, b - a, int(seed), opts, save, os.getpid() if not remote else None
+        # workers on this machine (loky, or a local dask cluster) watch this process and end with it
+        return fd, pr, c, b - a, int(seed), opts, save, os.getpid() if scheduler is None else None
 
     todo = [task(c, a, b) for c, a, b in chunks if c not in done]
     bar = tqdm(total=draws, unit="draw", desc=f"study {fd.name}", disable=(not progress) if progress is not None
