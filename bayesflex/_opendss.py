@@ -67,10 +67,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import math
+import multiprocessing
 import os
 import re
+import signal
 import stat
+import sys
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +87,12 @@ from .feeder import Feeder, Source, Transformer
 
 #: largest script, coordinate or data file read [bytes]
 _MAX_FILE_BYTES = 256 * 2**20
+#: most bytes read for one model, all its files together
+_MAX_TOTAL_BYTES = 512 * 2**20
+#: wall-clock limit of the engine's child process [s]
+_TIMEOUT_S = 600.0
+#: memory the engine's child process may add to what it inherits [bytes]; None: min(8 GB, half the RAM)
+_MEMORY_BYTES: int | None = None
 _MAX_DEPTH = 32  # Redirect nesting
 
 # --- what is executed, skipped or refused, by the engine's full (lower case) names
@@ -137,7 +148,11 @@ _SKIP_OPTIONS = {
 }
 #: a missing Redirect target with such a name only holds time series or meters: a warning
 _OPTIONAL_FILE = re.compile(r"loadshape|shape|monitor|meter|profile", re.IGNORECASE)
-_FILE_REF = re.compile(r"(?:sng|dbl)?file\s*=\s*(\"[^\"]*\"|'[^']*'|[^\s,)\]}|]*)", re.IGNORECASE)
+#: properties that take arrays (maybe from files) the reader does not use: dropped, never sent
+_UNUSED_PROPS = {"ratings", "seasons"}
+#: LineGeometry properties that address a conductor: the engine crashes on them before nconds=
+_PER_CONDUCTOR = {"cond", "wire", "x", "h", "units", "cncable", "tscable", "wires", "cncables", "tscables",
+                  "spacing"}
 _CLOSE = {'"': '"', "'": "'", "(": ")", "[": "]", "{": "}"}
 _UNSAFE_IN_PATH = set("\"'()[]{}")
 _UNITS = ("none", "mi", "kft", "km", "m", "ft", "in", "cm", "mm")
@@ -165,8 +180,13 @@ class _Reading:
     commands: list[str]
     options: list[str]
     classes: set[str]
+    props: dict[str, list[str]]  # per executed class, its property names in the engine's order
+    max_file: int = _MAX_FILE_BYTES
+    max_total: int = _MAX_TOTAL_BYTES
+    total: int = 0  # bytes read so far
     digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
     seen: set[Path] = field(default_factory=set)
+    nconds: dict[str, bool] = field(default_factory=dict)  # LineGeometry name -> nconds= given
 
     def record(self, path: Path, data: bytes) -> None:
         self.digest.update(f"{path.relative_to(self.root).as_posix()}\0{len(data)}\0".encode())
@@ -182,12 +202,25 @@ def _resolve_word(word: str, names: list[str]) -> str | None:
     return next((n for n in names if n.startswith(w)), None) if w else None
 
 
-def _engine_names(dss) -> tuple[list[str], list[str], set[str]]:
+def _engine_names(dss) -> tuple[list[str], list[str], set[str], dict[str, list[str]]]:
+    """The engine's commands, Set options, classes and, per executed class, property names (read
+    from one element of each class made in an empty circuit, cleared afterwards)."""
     ex = dss.Executive
     commands = [ex.Command(i).lower() for i in range(1, ex.NumCommands() + 1)]
     options = [ex.Option(i).lower() for i in range(1, ex.NumOptions() + 1)]
     classes = {c.lower() for c in dss.Basic.Classes()} | {"circuit"}
-    return commands, options, classes
+    props = {}
+    dss.Text.Command("clear")
+    dss.Text.Command("new circuit.bayesflex_probe")
+    for cls in sorted(_EXEC_CLASSES):
+        kind, obj = ("vsource", "source") if cls in ("circuit", "vsource") else (cls, "bayesflex_probe")
+        if obj == "bayesflex_probe":
+            dss.Text.Command(f"new {kind}.{obj}")
+        dss.Circuit.SetActiveClass(kind)
+        dss.ActiveClass.Name(obj)
+        props[cls] = [p.lower() for p in dss.Element.AllPropertyNames()]
+    dss.Text.Command("clear")
+    return commands, options, classes, props
 
 
 def _tokens(text: str) -> list[tuple[str, str, str]]:
@@ -254,8 +287,9 @@ def _emit(tokens: list[tuple[str, str, str]]) -> str:
 
 def _open_checked(path: Path, written: str, reading: _Reading, *, missing_ok: bool) -> tuple[Path, bytes] | None:
     """A file a script names: inside the feeder's folder tree (after following links), a regular
-    file of at most _MAX_FILE_BYTES.  Returns its resolved path and bytes (recorded in the digest),
-    None if it does not exist and ``missing_ok``."""
+    file of at most ``reading.max_file`` bytes, all files read at most ``reading.max_total``.
+    Returns its resolved path and bytes (recorded in the digest), None if it does not exist and
+    ``missing_ok``."""
     lexical = Path(os.path.normpath(path))
     if not lexical.is_relative_to(reading.root):
         raise _Refused(f"{written!r} lies outside the feeder's folder {reading.root}")
@@ -277,16 +311,24 @@ def _open_checked(path: Path, written: str, reading: _Reading, *, missing_ok: bo
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _Refused(f"{written!r} is not a regular file")
-        if st.st_size > _MAX_FILE_BYTES:
-            raise _Refused(f"{written!r} is larger than {_MAX_FILE_BYTES // 2**20} MB")
+        left = reading.max_total - reading.total
+        _check_size(st.st_size, written, reading, left)
         with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(_MAX_FILE_BYTES + 1)
+            data = f.read(st.st_size + 1)  # (a buffer of the cap would take its size in memory)
+        if len(data) != st.st_size:
+            raise _Refused(f"{written!r} changed while it was read")
     finally:
         os.close(fd)
-    if len(data) > _MAX_FILE_BYTES:
-        raise _Refused(f"{written!r} is larger than {_MAX_FILE_BYTES // 2**20} MB")
+    reading.total += len(data)
     reading.record(real, data)
     return real, data
+
+
+def _check_size(size: int, written: str, reading: _Reading, left: int) -> None:
+    if size > reading.max_file:
+        raise _Refused(f"{written!r} is larger than {reading.max_file / 2**20:g} MB")
+    if size > left:
+        raise _Refused(f"{written!r}: the model's files hold more than {reading.max_total / 2**20:g} MB in total")
 
 
 def _safe_path_text(real: Path) -> str:
@@ -296,24 +338,20 @@ def _safe_path_text(real: Path) -> str:
     return s
 
 
-def _checked_values(tokens, including: Path, reading: _Reading):
-    """Values that name files (``(file=...)``, ``sngfile``, ``dblfile``): inside the tree, rewritten
-    to the checked absolute path; a property whose name says it reads a file is refused."""
-    out = []
+def _checked_values(tokens):
+    """No value may hold ``=``: inside quotes or brackets the engine reads ``file=``, ``sngfile=``,
+    ``dblfile=`` and any prefix of the last two (``s=``, ``d=``, ``sngf=``, even ``sngfilex=``) as a
+    file to read its values from.  A network description gives its values, so any ``name=``
+    inside a value is refused (the tokenizer already refuses one outside quotes), and so is a
+    property whose name says it reads a file."""
     for name, value, quote in tokens:
         if "file" in name.lower():
             raise _Refused(f"property {name!r} names a file (not supported)")
-
-        def local(m: re.Match) -> str:
-            written = m.group(1).strip("\"'")
-            if not written:
-                raise _Refused("file= without a file name")
-            found = _open_checked(including.parent / written, written, reading, missing_ok=False)
-            inner = "'" if quote == '"' else '"'
-            return f"{m.group(0)[:m.start(1) - m.start(0)]}{inner}{_safe_path_text(found[0])}{inner}"
-
-        out.append((name, _FILE_REF.sub(local, value), quote))
-    return out
+        if "=" in value:
+            shown = f"{quote}{value[:40]}{_CLOSE[quote]}" if quote else value[:40]
+            raise _Refused(f"{name or 'the value'}={shown}: '=' inside a value (the engine would read "
+                           "(file=...), (s=...), (d=...) and the like from a file; give the values themselves)")
+    return tokens
 
 
 @dataclass
@@ -328,14 +366,23 @@ class _Command:
     more: bool = False  # a continuation line (More, M, ~)
 
 
-def _commands(path: Path, reading: _Reading, depth: int, data: bytes):
-    """Yield the checked commands of a DSS script, following Redirect/Compile ourselves."""
+def _commands(path: Path, data: bytes, reading: _Reading, depth: int):
+    """Yield the checked commands of a DSS script, following Redirect/Compile ourselves.  Lines are
+    decoded one at a time (a file of many short lines must not become as many strings)."""
     reading.seen.add(path)
-    text = data.decode("utf-8-sig", errors="replace")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if b"\r" in data:  # universal newlines: \r\n, \r, \n
+        data = re.sub(rb"\r\n?", b"\n", data)
+    lines = io.BytesIO(data)
+    del data
     in_block_comment = False
-    last: str | None = None  # the class a continuation line (More, ~) edits; "" if it is skipped
-    for no, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
+    last: str | None = None  # "class.name" a continuation line (More, ~) edits
+    for no, raw in enumerate(lines, 1):
+        raw = raw.strip()
+        if not raw or raw[:1] == b"!":
+            continue
+        s = raw.decode("utf-8", errors="replace").strip()
         if in_block_comment:
             if "*/" in s:
                 in_block_comment = False
@@ -367,11 +414,12 @@ def _commands(path: Path, reading: _Reading, depth: int, data: bytes):
                                                   "or twice the same definitions)")
             if depth >= _MAX_DEPTH:
                 raise FeederError(f"{path}:{no}", f"Redirect {target!r}: nested more than {_MAX_DEPTH} deep")
-            yield from _commands(found[0], reading, depth + 1, found[1])
+            inner, found = _commands(*found, reading, depth + 1), None  # only the generator holds the bytes
+            yield from inner
             last = None
             continue
         if not cmd.more:
-            last = cmd.obj.split(".", 1)[0] if cmd.obj is not None else None
+            last = cmd.obj
         yield cmd
 
 
@@ -422,16 +470,17 @@ def _check(s: str, path: Path, no: int, reading: _Reading, last: str | None) -> 
             elif opt not in _SKIP_OPTIONS:
                 raise _Refused(f"Set {name}" + (f" ({opt})" if opt and opt != name.lower() else "") +
                                f" is not allowed (allowed: {', '.join(sorted(_EXEC_OPTIONS))} and study options)")
-        run = _checked_values(run, path, reading)
+        run = _checked_values(run)
         return _Command(path, no, s, f"set {_emit(run)}" if run else None)
     if verb in ("more", "m", "~"):
         if last is None:
             raise _Refused("a continuation line (More, ~) without a New/Edit before it")
-        if last in _SKIP_CLASSES:
+        cls, obj = last.split(".", 1)
+        if cls in _SKIP_CLASSES:
             return _Command(path, no, s, None, more=True)
-        props = _properties(args)
-        return _Command(path, no, s, f"more {_emit(_checked_values(props, path, reading))}",
-                        keys=tuple(k.lower() for k, _, _ in props), units=_units(props), more=True)
+        props, keys = _properties(args, cls, obj, reading, new=False)
+        return _Command(path, no, s, f"more {_emit(_checked_values(props))}", keys=keys, units=_units(props),
+                        more=True)
     # New / Edit
     if not args or args[0][0].lower() not in ("", "object"):
         raise _Refused(f"{verb} needs <Class>.<name> first")
@@ -449,18 +498,40 @@ def _check(s: str, path: Path, no: int, reading: _Reading, last: str | None) -> 
         raise _Refused(f"{spec[:60]}: no element class {cls!r}")
     if set(obj) & (_UNSAFE_IN_PATH | set(" \t,=")):
         raise _Refused(f"element name {obj[:40]!r} holds quote, bracket or blank characters")
-    props = _properties(args[1:])
-    send = f"{verb} {cls}.{obj} {_emit(_checked_values(props, path, reading))}".rstrip()
-    return _Command(path, no, s, send, obj=f"{cls}.{obj.lower()}",
-                    keys=tuple(k.lower() for k, _, _ in props), units=_units(props))
+    props, keys = _properties(args[1:], cls, obj.lower(), reading, new=verb == "new")
+    send = f"{verb} {cls}.{obj} {_emit(_checked_values(props))}".rstrip()
+    return _Command(path, no, s, send, obj=f"{cls}.{obj.lower()}", keys=keys, units=_units(props))
 
 
-def _properties(args):
-    """name=value pairs, without the references to skipped time series."""
-    for name, value, _ in args:
+def _properties(args, cls: str, obj: str, reading: _Reading, *, new: bool):
+    """name=value pairs to send, without the references to skipped time series and the properties
+    the reader does not use that take arrays (``ratings``, ``seasons``: the reader takes
+    ``normamps``), and the engine's full names of the properties given.  Names are resolved as the
+    engine resolves them (``rat`` is ``ratings``).  A LineGeometry property that addresses a
+    conductor before ``nconds=`` is refused: the engine crashes on it."""
+    names = reading.props.get(cls, [])
+    _checked_values(args)  # also what is dropped: a value holding '=' is refused wherever it stands
+    out, keys = [], []
+    if cls == "linegeometry" and (new or obj not in reading.nconds):
+        reading.nconds[obj] = False
+    for name, value, quote in args:
         if not name:
             raise _Refused(f"value {value[:40]!r} without a property name (write name=value)")
-    return [a for a in args if a[0].lower() not in _SHAPE_PROPS]
+        full = _resolve_word(name, names) or name.lower()
+        if full in _SHAPE_PROPS or full in _UNUSED_PROPS:
+            continue
+        if cls == "linegeometry":
+            if full == "nconds":
+                if not re.fullmatch(r"[1-9][0-9]{0,3}", value):
+                    raise _Refused(f"LineGeometry.{obj}: nconds={value[:40]} (allowed: a whole number, 1 to 9999)")
+                reading.nconds[obj] = True
+            elif full == "like":
+                reading.nconds[obj] = reading.nconds.get(value.lower(), False)
+            elif full in _PER_CONDUCTOR and not reading.nconds[obj]:
+                raise _Refused(f"LineGeometry.{obj}: {name}= before nconds= (give nconds= first)")
+        out.append((name, value, quote))
+        keys.append(full)
+    return out, tuple(keys)
 
 
 def _units(props) -> str | None:
@@ -477,7 +548,8 @@ def _run_script(dss, master: Path, reading: _Reading) -> dict[str, tuple[str, se
         found = _open_checked(master, master.name, reading, missing_ok=False)
     except _Refused as e:
         raise FeederError(str(master), str(e)) from None
-    for cmd in _commands(found[0], reading, 0, found[1]):
+    commands, found = _commands(*found, reading, 0), None
+    for cmd in commands:
         where = f"{cmd.file}:{cmd.no}"
         if cmd.send is None:
             if not cmd.more:
@@ -538,9 +610,12 @@ def _bus_and_nodes(spec: str) -> tuple[str, list[int]]:
 
 
 def feeder_from_opendss(path: Path, *, name: str) -> Feeder:
-    """Read an OpenDSS model: a master .dss file or a folder with Master.dss."""
+    """Read an OpenDSS model: a master .dss file or a folder with Master.dss.
+
+    The engine runs in a child process (see the module's docstring): a crash, a hang or a
+    runaway allocation there becomes a :class:`FeederError`; its warnings are warned here."""
     try:
-        import opendssdirect as dss
+        import opendssdirect  # noqa: F401  (imported before a fork, so the child need not)
     except ImportError as e:  # pragma: no cover - it is a dependency
         raise FeederError(str(path), "reading OpenDSS needs the package opendssdirect.py") from e
     path = Path(path)
@@ -548,16 +623,165 @@ def feeder_from_opendss(path: Path, *, name: str) -> Feeder:
     if not master.exists():
         raise FeederError(str(path), "no Master.dss in this folder")
     master = Path(os.path.abspath(master))
-    commands, options, classes = _engine_names(dss)
-    reading = _Reading(root=master.parent.resolve(), commands=commands, options=options, classes=classes)
+    limits = {"max_file": _MAX_FILE_BYTES, "max_total": _MAX_TOTAL_BYTES}
+    if multiprocessing.current_process().daemon:  # a daemonic process may not start children
+        warnings.warn(f"{master}: read in this process (a daemonic worker cannot start the OpenDSS engine's "
+                      "child process): an engine crash would end this process", RuntimeWarning, stacklevel=2)
+        outcome = _outcome(str(master), name, limits)
+    else:
+        outcome = _in_child(master, name, limits)
+    kind, *rest = outcome
+    caught = []
+    if kind == "feeder_error":
+        source, problems, caught = rest
+    elif kind == "ok":
+        kwargs, sha, caught = rest
+    for message, category in caught:
+        warnings.warn(message, category, stacklevel=2)
+    if kind == "feeder_error":
+        raise FeederError(source, problems)
+    if kind == "raise":  # a bug of this reader, not the model's fault: its own exception, with the child's traceback
+        exc, tb = rest
+        exc.add_note(f"(raised in the OpenDSS engine's child process)\n{tb}")
+        raise exc
+    return Feeder.build(**kwargs).replace(sha256=sha)
+
+
+def _memory_budget() -> int:
+    if _MEMORY_BYTES is not None:
+        return _MEMORY_BYTES
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        ram = 16 * 2**30
+    return min(8 * 2**30, ram // 2)
+
+
+def _in_child(master: Path, name: str, limits: dict) -> tuple:
+    """Run :func:`_outcome` in a child process: ``fork`` where the platform has it (the engine is
+    already loaded; about 10 ms), else ``spawn``.  Its address space may grow by
+    :func:`_memory_budget`; it has ``_TIMEOUT_S`` seconds.  A child that dies, runs out of memory
+    or time becomes a ``("feeder_error", ...)`` outcome naming what happened."""
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods and sys.platform.startswith("linux") else "spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_main, args=(send, str(master), name, limits, _memory_budget()),
+                        name=f"bayesflex-opendss-{name}", daemon=True)
+    timeout = _TIMEOUT_S
+    child.start()
+    send.close()
+    outcome, what = None, None
+    try:
+        if receive.poll(timeout):
+            try:
+                outcome = receive.recv()
+            except (EOFError, OSError):  # it died before it could answer
+                pass
+            except Exception as e:  # an answer that cannot be unpickled
+                what = f"its answer could not be read ({type(e).__name__}: {e})"
+        else:
+            what = f"it did not finish within {timeout:g} s (stopped)"
+    finally:
+        receive.close()
+        if outcome is None and what is not None and child.is_alive():
+            child.kill()
+        child.join(10)
+        if child.is_alive():  # pragma: no cover - it answered but does not exit
+            child.kill()
+            child.join()
+    if outcome is not None:
+        return outcome
+    code = child.exitcode
+    if what is None:
+        if code is not None and code < 0:
+            sig = -code
+            try:
+                signame = signal.Signals(sig).name
+            except ValueError:
+                signame = "a signal"
+            what = f"the OpenDSS engine crashed ({signame}, signal {sig}) reading this model"
+            if sig == signal.SIGKILL:
+                what += " (killed: out of memory?)"
+        else:
+            what = f"the OpenDSS engine's process ended (exit code {code}) without an answer"
+    elif "did not finish" in what:
+        what = f"the OpenDSS engine is stuck: {what}"
+    else:
+        what = f"the OpenDSS engine's process failed: {what}"
+    return "feeder_error", str(master), [what], []
+
+
+def _child_main(send, master: str, name: str, limits: dict, budget: int) -> None:
+    """The child process: limit its address space, read, send the outcome back."""
+    import faulthandler
+
+    faulthandler.disable()  # an engine crash is reported by the parent, not dumped on stderr
+    try:
+        import resource
+
+        vm = _address_space()
+        if vm is not None:
+            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            want = vm + budget
+            if hard != resource.RLIM_INFINITY:
+                want = min(want, hard)
+            if soft == resource.RLIM_INFINITY or want < soft:
+                resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - no such limit here
+        pass
+    try:
+        outcome = _outcome(master, name, limits)
+    except MemoryError:
+        outcome = ("feeder_error", master, [f"the OpenDSS engine ran out of memory reading this model "
+                                            f"(limit: {budget / 2**30:.3g} GB more than at its start)"], [])
+    try:
+        send.send(outcome)
+    except Exception as e:  # e.g. an exception that cannot be pickled
+        send.send(("raise", RuntimeError(f"{type(e).__name__}: {e}"), traceback.format_exc()))
+    send.close()
+
+
+def _address_space() -> int | None:
+    """This process's virtual memory size [bytes] (Linux), else None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _outcome(master: str, name: str, limits: dict) -> tuple:
+    """Read the model with the engine, in this process: ``("ok", Feeder.build keyword arguments,
+    sha256, warnings)``, ``("feeder_error", source, problems, warnings)`` or ``("raise", exception,
+    traceback text)``; warnings are ``(message, category)`` pairs."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            kwargs, sha = _engine_read(Path(master), name, limits)
+            kind = ("ok", kwargs, sha)
+        except FeederError as e:
+            kind = ("feeder_error", e.source, e.problems)
+        except MemoryError:
+            raise
+        except Exception as e:
+            return "raise", e, traceback.format_exc()
+    return (*kind, [(str(w.message), w.category) for w in caught])
+
+
+def _engine_read(master: Path, name: str, limits: dict) -> tuple[dict, str]:
+    import opendssdirect as dss
+
+    commands, options, classes, props = _engine_names(dss)
+    reading = _Reading(root=master.parent.resolve(), commands=commands, options=options, classes=classes,
+                       props=props, **limits)
     cwd = os.getcwd()
     with _engine_locked_down(dss):
         try:
-            feeder = _read(dss, master, reading, name)
+            kwargs = _read(dss, master, reading, name)
         finally:
             if os.getcwd() != cwd:  # the engine must never move it; put it back if it did
                 os.chdir(cwd)
-    return feeder.replace(sha256=reading.digest.hexdigest())
+    return kwargs, reading.digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -577,13 +801,17 @@ def _engine_locked_down(dss):
             f(v)
 
 
-def _read(dss, master: Path, reading: _Reading, name: str) -> Feeder:
+def _read(dss, master: Path, reading: _Reading, name: str) -> dict:
+    """The model's Feeder, as keyword arguments of :meth:`Feeder.build` (built by the parent)."""
     origin = str(master)
     given = _run_script(dss, master, reading)
     if dss.Circuit.Name() == "" or not dss.Vsources.AllNames():
         raise FeederError(origin, "the script defines no circuit (New Circuit.<name>)")
     dss.Text.Command("makebuslist")
     problems: list[str] = _missing_data(given)
+    disabled = _disabled(dss)
+    if disabled:  # the engine leaves them out of its network; the rest of this reader would not
+        raise FeederError(origin, problems + disabled)
 
     buses = [b.lower() for b in dss.Circuit.AllBusNames()]
     index = {b: i for i, b in enumerate(buses)}
@@ -706,11 +934,15 @@ def _read(dss, master: Path, reading: _Reading, name: str) -> Feeder:
         if dss.Loads.Model() != 1:
             problems.append(f"{where}: model={dss.Loads.Model()} not supported (allowed: 1, constant PQ)")
             continue
-        bus, nodes = _bus_and_nodes(dss.CktElement.BusNames()[0])
+        spec = dss.CktElement.BusNames()[0]
+        bus, _ = _bus_and_nodes(spec)
         nph = dss.CktElement.NumPhases()
-        nodes = [n for n in nodes if n != 0][:nph] or [1, 2, 3][:nph]
-        if any(n not in (1, 2, 3) for n in nodes):
-            problems.append(f"{where}: node(s) {nodes} (allowed: 1, 2, 3)")
+        order = list(dss.CktElement.NodeOrder())  # the nodes the engine connects: phases, then the neutral
+        nodes, neutral = order[:nph], order[nph:]
+        if len(set(nodes)) != nph or any(n not in (1, 2, 3) for n in nodes) or any(n != 0 for n in neutral):
+            problems.append(f"{where}: bus1={spec} connects nodes {'.'.join(map(str, order))}, not {nph} distinct "
+                            "phase(s) of 1, 2, 3 to the neutral 0 (a load between two phases, e.g. a 1-phase load "
+                            "at bus.2.3, is not supported; allowed: wye to neutral, e.g. bus.2 or bus.1.2.3)")
             continue
         phases = np.zeros(3, bool)
         phases[[n - 1 for n in nodes]] = True
@@ -736,7 +968,7 @@ def _read(dss, master: Path, reading: _Reading, name: str) -> Feeder:
             xy = None
     except AttributeError:  # older engine API
         xy = None
-    return Feeder.build(
+    return dict(
         name=name, origin=origin, f_hz=f_hz, buses=buses, bus_vn_kv=vn, lines=line_names,
         line_from=lf, line_to=lt, line_z_ohm=np.array(zs).reshape(-1, 3, 3),
         line_y_s=np.array(ys).reshape(-1, 3, 3), line_i_max_a=amps, trafos=trafos, source=source,
@@ -744,6 +976,20 @@ def _read(dss, master: Path, reading: _Reading, name: str) -> Feeder:
         agent_p_kw=np.array(a_p).reshape(-1, 3), agent_q_kvar=np.array(a_q).reshape(-1, 3), bus_xy=xy,
         meta={"opendss_circuit": dss.Circuit.Name()},
     )
+
+
+def _disabled(dss) -> list[str]:
+    """Sources, transformers, lines and loads the engine holds disabled (``enabled=no``, ``ena=false``,
+    ``like=`` a disabled one, ...): the engine leaves them out, this reader would not."""
+    out = []
+    for cls in ("Vsource", "Transformer", "Line", "Load"):
+        dss.Circuit.SetActiveClass(cls)
+        for n in dss.ActiveClass.AllNames():
+            dss.Circuit.SetActiveElement(f"{cls}.{n}")
+            if not dss.CktElement.Enabled():
+                out.append(f"{cls}.{n} is disabled (enabled=no); disabled elements are not supported: "
+                           "remove it from the model")
+    return out
 
 
 def _nominal_kv(nb, src, base_kv, index, trafos, lf, lt) -> np.ndarray:

@@ -8,15 +8,21 @@ folder (the feeder, a sibling "outside" folder the attacks aim at, and the cwd).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
+import struct
+import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bayesflex import _opendss
 from bayesflex._opendss import _resolve_word, feeder_from_opendss
 from bayesflex.errors import FeederError
 
@@ -59,6 +65,7 @@ def case(tmp_path, monkeypatch) -> Case:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text(f"{SECRET}\nNew Line.x bus1=1 bus2=2\n")
+    (outside / "floats.bin").write_bytes(struct.pack("<4f", 111, 222, 333, 444))  # read as values if opened
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -153,7 +160,7 @@ def test_abbreviations_are_judged_as_what_the_engine_would_run(case, reference, 
         _same(_load(case), reference)
     else:
         _refused(case, line, outcome)
-    assert sorted(p.name for p in case.outside.iterdir()) == ["secret.txt"]
+    assert sorted(p.name for p in case.outside.iterdir()) == ["floats.bin", "secret.txt"]
 
 
 def test_redirect_to_an_absolute_file_is_refused(case):
@@ -185,10 +192,63 @@ def test_redirect_to_devices_pipes_and_folders(case, target, kind):
 
 
 @pytest.mark.parametrize("value", ["(file=/etc/passwd)", "[file=/etc/passwd]", '"dblfile=../../outside/secret.txt"',
-                                   "(sngFile = /etc/passwd)"])
-def test_file_values_outside_the_tree_are_refused(case, value):
+                                   "(sngFile = /etc/passwd)", "(file=LineCode.txt)"])
+def test_file_values_are_refused(case, value):
     line = case.append(f"Edit LineCode.4c_70 rmatrix={value}")
-    _refused(case, line, "outside")
+    _refused(case, line, "'=' inside a value")
+
+
+#: the engine reads any prefix of sngfile/dblfile (and longer words starting with them) as a file
+ABBREVIATED = ["(s={f})", "(sn={f})", "(sng={f})", "(sngf={f})", "(d={f})", "(db={f})", "(dbl={f})", "(dblf={f})",
+               "(sngfilex={f})", "(dblfileyz={f})", "[s={f}]", "{{d={f}}}", '"s={f}"', "'d={f}'", "(S = {f})",
+               "(1 2 s={f})"]
+
+
+@pytest.mark.parametrize("value", ABBREVIATED)
+@pytest.mark.parametrize("command", ["Edit Line.LINE1 seasons=4 ratings={v}", "Edit LineCode.4c_70 rmatrix={v}",
+                                     "Set voltagebases={v}", "New Line.L9 bus1=1 bus2=9 linecode=4c_70 length=1 "
+                                                             "units=m normamps={v}"])
+def test_abbreviated_file_references_in_values_are_refused(case, value, command):
+    line = case.append(command.format(v=value.format(f=case.outside / "floats.bin")))
+    _refused(case, line, "'=' inside a value")
+
+
+@contextlib.contextmanager
+def _watch_fifo(fifo: Path):
+    """A FIFO nobody may open: a writer thread waits for a reader; the event is set if one came."""
+    os.mkfifo(fifo)
+    opened, done = threading.Event(), threading.Event()
+
+    def writer():
+        fd = os.open(fifo, os.O_WRONLY)  # blocks until someone opens it to read
+        if not done.is_set():
+            opened.set()
+        os.close(fd)  # the reader sees end of file: nothing hangs
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        yield opened
+    finally:
+        done.set()
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # release the writer
+        t.join(10)
+        os.close(fd)
+
+
+@pytest.mark.parametrize("value", ["(d={f})", "(s={f})", "(dblf={f})", "(file={f})"])
+def test_a_fifo_named_in_a_value_is_never_opened(case, value):
+    with _watch_fifo(case.outside / "fifo") as opened:
+        line = case.append(f"Edit Line.LINE1 seasons=2 ratings={value.format(f=case.outside / 'fifo')}")
+        _refused(case, line, "'=' inside a value")
+    assert not opened.is_set(), "the engine opened a file outside the model's folder"
+
+
+@pytest.mark.parametrize("props", ["seasons=2 ratings=[400 500]", "Seasons=1 Ratings=[300]", "rat=[1 2] sea=2"])
+def test_ratings_and_seasons_are_dropped(case, reference, props):
+    """Unused by the reader (it takes normamps); OpenDSS's own Save writes them for every line."""
+    case.append(f"Edit Line.LINE1 {props}", f"Edit LineCode.4c_70 {props}", f"Edit Transformer.TR1 {props}")
+    _same(_load(case), reference)
 
 
 def test_unsupported_elements_are_refused_not_dropped(case):
@@ -231,3 +291,111 @@ def test_checksum_names_the_exact_model(case, reference):
     loads = case.folder / "Loads.dss"
     loads.write_text(loads.read_text() + "! a comment changes the model's bytes\n")
     assert _load(case).sha256 != first.sha256
+
+
+def _fails(case: Case, *words: str) -> str:
+    with pytest.raises(FeederError) as e:
+        _load(case)
+    msg = str(e.value)
+    for w in words:
+        assert w.lower() in msg.lower(), msg
+    return msg
+
+
+# --- an engine crash on a one-line model
+@pytest.mark.parametrize("props", ["wire=foo", "h=10", "x=1", "units=ft", "cond=1 wire=foo", "nconds=0 h=1",
+                                   "nconds=-1 x=1", "cncable=foo", "like=nothing x=1", "Wire=foo nconds=3"])
+def test_linegeometry_conductor_before_nconds_is_refused(case, props):
+    line = case.append(f"New LineGeometry.g {props}")
+    _refused(case, line, "nconds")
+
+
+def test_linegeometry_continued_after_nconds_loads(case, reference):
+    case.append("New WireData.w gmrac=0.01 rac=0.1 diam=1 runits=km gmrunits=cm radunits=cm",
+                "New LineGeometry.g nconds=3 nphases=3", "~ cond=1 wire=w x=0 h=10 units=m",
+                "~ cond=2 wire=w x=1 h=10", "Edit LineGeometry.g cond=3 wire=w x=2 h=10")
+    _same(_load(case), reference)
+
+
+def test_linegeometry_continuation_before_nconds_is_refused(case):
+    line = case.append("New LineGeometry.g nphases=3", "~ x=1")
+    _refused(case, line + 1, "nconds")
+
+
+fork_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                               reason="the child must inherit this test's monkeypatch (fork)")
+
+
+@fork_only
+def test_an_engine_crash_is_a_feeder_error(case, monkeypatch):
+    """Were a crashing command to get through, only the child process dies."""
+    monkeypatch.setattr(_opendss, "_PER_CONDUCTOR", set())
+    case.append("New LineGeometry.g wire=foo")
+    _fails(case, "crashed", "signal 11", str(case.folder / "Master.dss"))
+
+
+@fork_only
+def test_a_stuck_engine_is_stopped(case, monkeypatch):
+    monkeypatch.setattr(_opendss, "_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(_opendss, "_run_script", lambda *a: time.sleep(120))
+    t = time.perf_counter()
+    _fails(case, "did not finish within 2 s")
+    assert time.perf_counter() - t < 30
+
+
+@fork_only
+def test_a_runaway_allocation_is_a_feeder_error(case, monkeypatch):
+    monkeypatch.setattr(_opendss, "_MEMORY_BYTES", 256 * 2**20)
+    monkeypatch.setattr(_opendss, "_run_script", lambda *a: bytearray(4 * 2**30))
+    _fails(case, "out of memory")
+
+
+def test_the_callers_engine_is_left_alone(case, reference):
+    import opendssdirect as dss
+
+    dss.Text.Command("clear")
+    dss.Text.Command("new circuit.callers_own")
+    _same(_load(case), reference)
+    assert dss.Circuit.Name() == "callers_own"
+    dss.Text.Command("clear")
+
+
+# --- what changes the network while the reader would not see it
+@pytest.mark.parametrize("commands, element", [
+    (["Edit Line.LINE5 enabled=no"], "Line.line5"),
+    (["Edit Load.LOAD1 enabled=no"], "Load.load1"),
+    (["Edit Load.LOAD1 ena=false"], "Load.load1"),
+    (["Edit Load.LOAD1 Enabled=N"], "Load.load1"),
+    (["Edit Transformer.TR1 enabled=no"], "Transformer.tr1"),
+    (["Edit Vsource.Source enabled=no"], "Vsource.source"),
+    (["New Load.LOADX like=LOAD1 enabled=no"], "Load.loadx"),
+    (["Edit Line.LINE5 enabled=no", "New Line.LINEX like=LINE5 bus1=5 bus2=6"], "Line.linex"),
+])
+def test_disabled_elements_are_refused(case, commands, element):
+    case.append(*commands)
+    _fails(case, element, "disabled elements are not supported")
+
+
+@pytest.mark.parametrize("command", ["Edit Load.LOAD2 bus1=47.2.3", "Edit Load.LOAD2 bus1=47.2.2",
+                                     "Edit Load.LOAD2 phases=3 bus1=47.3", "Edit Load.LOAD2 bus1=47.4"])
+def test_a_load_not_wye_to_neutral_is_refused(case, command):
+    case.append(command)
+    _fails(case, "Load.load2", "not supported")
+
+
+# --- memory and size while reading
+def test_files_have_a_total_size_cap(case, monkeypatch):
+    monkeypatch.setattr(_opendss, "_MAX_TOTAL_BYTES", 2 * 2**20)
+    (case.folder / "Comments.txt").write_bytes(b"!a\n" * (2**20 // 3 * 2))  # 2 MB of comments
+    line = case.append("Redirect Comments.txt")
+    _refused(case, line, "Comments.txt", "in total")
+
+
+@fork_only
+def test_many_comment_lines_read_in_little_memory_and_time(case, monkeypatch):
+    monkeypatch.setattr(_opendss, "_MEMORY_BYTES", 200 * 2**20)  # 32 MB of lines once took 0.96 GB
+    (case.folder / "Comments.txt").write_bytes(b"!a\n" * (32 * 2**20 // 3))
+    case.append("Redirect Comments.txt")
+    t = time.perf_counter()
+    _load(case)
+    assert time.perf_counter() - t < 60
