@@ -38,10 +38,29 @@ else the first in the engine's order that starts with it (so ``Redir``,
 ``Sho``, ``Expo``, ``FileEd`` are judged as what the engine would run); class
 names must match exactly, as in the engine.
 
-Files: a ``Redirect``/``Compile``/``Buscoords`` target and a ``(file=...)``,
-``(sngfile=...)`` or ``(dblfile=...)`` inside any value is resolved against the
+Values: no value may hold ``=``.  Inside ``(...)``, ``[...]``, ``{...}`` or quotes
+the engine reads ``file=``, ``sngfile=``, ``dblfile=`` and any prefix or extension
+of the last two (``s=``, ``d=``, ``sngf=``, ``dblfilex=``, ...) as a file to read
+values from, anywhere on the machine (a FIFO hangs it).  A network description
+gives its values, so no file reference is followed in a value, not even inside
+the folder.  Property names are resolved by the engine's rule and its property
+lists.  ``ratings``/``seasons`` (season ratings: arrays, possibly from files) are
+dropped, not refused: the reader takes ``normamps`` and never reads them, and
+OpenDSS's own ``Save`` writes them for every line, so refusing would reject
+ordinary exported models.  A ``LineGeometry`` property that addresses a
+conductor (``cond``, ``wire``, ``x``, ``h``, ``units``, ...) before a positive
+``nconds=`` is refused: the engine crashes on it.
+
+After the script: a disabled source, transformer, line or load (``enabled=no``,
+``ena=false``, ``like=`` a disabled one, however spelled) is an error, because the
+engine leaves it out and this reader would not; a load must connect its phases
+(distinct, of 1, 2, 3) to the neutral 0 as the engine reports its nodes (a
+1-phase load at ``bus.2.3`` between two phases is refused).
+
+Files: a ``Redirect``/``Compile``/``Buscoords`` target is resolved against the
 including file and must lie, after following symbolic links, inside the folder
-holding the master file, be a regular file and hold at most 256 MB.  A missing
+holding the master file, be a regular file and hold at most 256 MB; all files
+of a model together at most 512 MB.  Lines are decoded one at a time.  A missing
 ``Redirect`` target whose name says it holds load shapes or monitors is a
 warning (model sets often lack them); any other missing one an error.  Error
 messages name the file and the target as written, never what another file
@@ -49,6 +68,14 @@ holds.  Before running anything the engine is told not to open editors or
 forms, run shell commands or change directory (restored afterwards); the
 working directory is checked unchanged.  The feeder's ``sha256`` covers every
 file read, in order, with its name relative to the folder.
+
+Process: the engine part runs in a child process (``fork`` on Linux, about 40 ms
+more per model; ``spawn`` elsewhere) whose address space may grow by at most
+min(8 GB, half the RAM) and which has 600 s.  A crash (signal), running out of
+memory or time becomes a :class:`FeederError` naming the model; warnings raised
+there are warned again in the caller; the caller's own engine state is left
+alone.  In a daemonic process (which cannot start children) the reader runs in
+process and warns.
 
 Mapping to bayesflex:
 * ``Vsource``: an ideal voltage behind its ``Z1``, ``Z2``, ``Z0``.

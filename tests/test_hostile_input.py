@@ -19,6 +19,7 @@ Runs are deterministic (``derandomize=True``, no example database).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -26,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import tomllib
 import warnings
 from pathlib import Path
@@ -457,12 +459,25 @@ DSS_VALUES = ("abc", "-0.5", "0", "nan", "inf", "1e308", "", "1e-320", "2.5", "i
 _KM = {"km": 1.0, "m": 1e-3, "mi": 1.609344, "kft": 0.3048, "ft": 0.3048e-3, "cm": 1e-5, "mm": 1e-6}
 
 
+#: properties a mutation may add to an element; "{fifo}" is a FIFO outside the folder nobody may open
+DSS_ADDED = ("enabled=no", "ena=false", "Enabled=n", "enabled=yes", "seasons=2 ratings=[400 500]", "rat=[1 2]",
+             "ratings=(s={fifo})", "Ratings=(d={fifo})", "ratings=[sngf={fifo}]", "rmatrix=(dblf={fifo})",
+             "normamps=(sngfilex={fifo})", "ratings={{db={fifo}}}", "ratings='sn={fifo}'", "ratings=(file={fifo})",
+             "ratings=(1 2 dbl={fifo})")
+
+
+def _disables(added: str) -> bool:
+    return bool(re.fullmatch(r"(?i)ena\w*=(no|n|false)", added))
+
+
 @st.composite
 def dss_mutation(draw):
     """(file, kind, line index or property, new text): one change to one file of the folder."""
     kind = draw(st.sampled_from(["delete_file", "delete_line", "garble_line", "set", "drop", "not_utf8",
-                                 "bare_transformer"]))
-    if kind == "delete_file":
+                                 "bare_transformer", "add"]))
+    if kind == "add":
+        file = draw(st.sampled_from(["Lines.txt", "Loads.dss", "Transformers.txt"]))
+        return file, kind, draw(st.integers(0, 200)), draw(st.sampled_from(DSS_ADDED))
         return draw(st.sampled_from(DSS_FILES)), kind, None, None
     if kind == "bare_transformer":
         return "Transformers.txt", kind, 0, "New Transformer.TR1"
@@ -502,6 +517,10 @@ def _apply_dss(folder: Path, mutation) -> tuple[str | None, int | None]:
         pos, ch = new
         pos %= len(lines[i]) + 1
         lines[i] = lines[i][:pos] + ch + lines[i][pos:]
+    elif kind == "add":
+        if not name:
+            assume(False)
+        lines[i] = f"{lines[i]} {new.format(fifo=folder.parent.parent / 'outside' / 'fifo')}"
     else:
         prop = where[1]
         pattern = re.compile(rf"\s{prop}=(\[[^\]]*\]|\S*)", re.IGNORECASE)
@@ -563,16 +582,59 @@ def enwl_feeder() -> Path:
     return shared_path(*ENWL_SMALLEST)
 
 
+@pytest.fixture
+def engine_timeout(monkeypatch):
+    """The engine's child process gets 60 s: a regression that opens a FIFO or hangs fails, not blocks."""
+    from bayesflex import _opendss
+
+    monkeypatch.setattr(_opendss, "_TIMEOUT_S", 60.0)
+
+
+@contextlib.contextmanager
+def _fifo_nobody_opens(fifo: Path):
+    """A FIFO outside the model: a writer thread waits for a reader and records it if one came
+    (then closes, so the reader sees end of file and nothing hangs)."""
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    opened, done = threading.Event(), threading.Event()
+
+    def writer():
+        fd = os.open(fifo, os.O_WRONLY)
+        if not done.is_set():
+            opened.set()
+        os.close(fd)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        yield opened
+    finally:
+        done.set()
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        t.join(10)
+        os.close(fd)
+    assert not opened.is_set(), f"a file outside the model's folder was opened: {fifo}"
+
+
 @_settings(60)
 @given(mutation=dss_mutation())
-def test_mutated_opendss_feeder_loads_right_or_fails_clearly(tmp_path_factory, enwl_feeder, mutation):
-    folder = tmp_path_factory.mktemp("dss") / "Feeder_1"
+def test_mutated_opendss_feeder_loads_right_or_fails_clearly(tmp_path_factory, enwl_feeder, engine_timeout, mutation):
+    root = tmp_path_factory.mktemp("dss")
+    folder = root / "model" / "Feeder_1"
     shutil.copytree(enwl_feeder, folder)
+    (root / "outside").mkdir()
     name, row = _apply_dss(folder, mutation)
-    got = _load_or_error(_load_feeder, folder, None)
+    with _fifo_nobody_opens(root / "outside" / "fifo"):
+        got = _load_or_error(_load_feeder, folder, None)
+    file, kind, _, new = mutation
+    if kind == "add" and (_disables(new) or re.search(r"[(\[{'\"][^)\]}'\"]*=", new)):
+        # a disabled element, or a file named inside a value: never a feeder
+        assert isinstance(got, Exception), (mutation, "loaded")
+        msg = str(got).lower()
+        assert "disabled" in msg if _disables(new) else f"{file}:{row}".lower() in msg, (mutation, msg)
+        return
     if isinstance(got, Exception):
         msg = str(got).lower()
-        file, kind, _, _ = mutation
         if kind == "delete_file" or kind == "not_utf8":
             assert file.lower() in msg, msg
         elif kind in ("set", "drop") and file != "LineCode.txt" and name:
@@ -594,9 +656,15 @@ def test_mutated_opendss_feeder_loads_right_or_fails_clearly(tmp_path_factory, e
 DSS_ARGS = ("/etc/passwd", "../../outside/x.csv", "{outside}/out.csv", "/dev/zero", "Lines.txt", "Loads.dss",
             "LineCode.txt", "Line.LINE1", "Capacitor.C1", "LoadShape.S1", "voltages", "circuit", "all",
             "editor=/bin/true", "dir={outside}", "rmatrix=(file=/etc/passwd)", "mult=(file=../x)", "kw=3",
-            "length=2", "bus1=1", "\"/bin/sh -c 'touch {outside}/pwned'\"", "[1 2 3]", "1", "..", "{outside}")
+            "length=2", "bus1=1", "\"/bin/sh -c 'touch {outside}/pwned'\"", "[1 2 3]", "1", "..", "{outside}",
+            # the engine reads any prefix of sngfile/dblfile inside brackets or quotes as a file
+            "ratings=(s={outside}/fifo)", "rmatrix=(d={outside}/fifo)", "xmatrix=[sngf={outside}/fifo]",
+            "\"dblfile={outside}/fifo\"", "normamps={{dbl={outside}/fifo}}", "ratings='sn={outside}/fifo'",
+            "mult=(sngfilex={outside}/fifo)", "kvs=(db={outside}/fifo)", "enabled=no", "ena=false",
+            "seasons=2 ratings=[400 500]", "wire=foo", "h=10", "nconds=3", "bus1=47.2.3")
 DSS_SET_VALUES = ("/bin/true", "{outside}", "yes", "50", "[11 .416]", "(file=/etc/passwd)", "carson", "daily",
-                  "\"/bin/sh -c 'touch {outside}/pwned'\"", "{outside}/log.txt")
+                  "\"/bin/sh -c 'touch {outside}/pwned'\"", "{outside}/log.txt", "(d={outside}/fifo)",
+                  "[s={outside}/fifo]")
 #: what a network description is made of: its outcome may change the feeder
 DSS_DATA_VERBS = {"new", "edit", "more", "m", "~", "set", "clear", "redirect", "compile", "buscoords",
                   "latlongcoords", "batchedit"}
@@ -646,12 +714,14 @@ def enwl_reference(enwl_feeder):
 
 @_settings(150)
 @given(mutation=dss_command())
-def test_opendss_commands_run_only_what_a_network_needs(tmp_path_factory, enwl_feeder, enwl_reference, mutation):
+def test_opendss_commands_run_only_what_a_network_needs(tmp_path_factory, enwl_feeder, enwl_reference,
+                                                        engine_timeout, mutation):
     root = tmp_path_factory.mktemp("dsscmd")
     folder, outside, cwd = root / "model" / "Feeder_1", root / "outside", root / "cwd"
     shutil.copytree(enwl_feeder, folder)
     outside.mkdir()
     cwd.mkdir()
+    os.mkfifo(outside / "fifo")
     text, file, row = mutation
     text = text.format(outside=outside)
     lines = (folder / file).read_text().splitlines()
@@ -662,7 +732,7 @@ def test_opendss_commands_run_only_what_a_network_needs(tmp_path_factory, enwl_f
     home = os.getcwd()
     os.chdir(cwd)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _fifo_nobody_opens(outside / "fifo"):
             warnings.simplefilter("ignore")  # a missing coordinates or shape file is only a warning
             got = _load_or_error(_load_feeder, folder, None)
         assert os.getcwd() == str(cwd), "the working directory moved"
