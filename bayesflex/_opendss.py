@@ -649,7 +649,7 @@ def feeder_from_opendss(path: Path, *, name: str) -> Feeder:
     master = path / "Master.dss" if path.is_dir() else path
     if not master.exists():
         raise FeederError(str(path), "no Master.dss in this folder")
-    master = Path(os.path.abspath(master))
+    master = master.resolve()  # the folder tree is judged where the files really are (a linked parent is fine)
     limits = {"max_file": _MAX_FILE_BYTES, "max_total": _MAX_TOTAL_BYTES}
     if multiprocessing.current_process().daemon:  # a daemonic process may not start children
         warnings.warn(f"{master}: read in this process (a daemonic worker cannot start the OpenDSS engine's "

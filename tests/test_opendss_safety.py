@@ -104,6 +104,13 @@ def _same(a, b) -> None:
             assert x == y, f.name
 
 
+def test_a_model_reached_through_a_linked_folder_loads_as_itself(case, reference):
+    """A data folder mounted or linked elsewhere (/data -> /mnt/data) is still one folder tree."""
+    link = case.root / "linked"
+    link.symlink_to(case.folder.parent)
+    _same(feeder_from_opendss(link / "Feeder_1", name="Feeder_1"), reference)
+
+
 def test_set_editor_and_fileedit_run_no_shell(case):
     marker = case.outside / "pwned"
     line = case.append(f"Set Editor=\"/bin/sh -c 'touch {marker}'\"", "FileEdit Master.dss")
