@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_map(args)
     except BayesflexError as e:
         print(f"bayesflex: error: {e}", file=sys.stderr)
-        if isinstance(e, OutputError):
+        if isinstance(e, OutputError) and e.failed_write:
             _STATE["hard_exit"] = True
         return 2
     except OSError as e:  # a write the study could not make (disk full, read-only): one line, no traceback
@@ -401,8 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1  # pragma: no cover
 
 
-#: set by main when a write failed: HDF5 objects left from a failed write may crash the interpreter
-#: as it frees them at exit, so the command ends without that clean-up (everything is closed or deleted)
+#: set by main when a write failed part-way (not when it was refused before it began): HDF5 objects
+#: left from a failed write may crash the interpreter as it frees them at exit, so the command ends
+#: without that clean-up (our files are closed or deleted; the worker pool is shut down first)
 _STATE = {"hard_exit": False}
 
 
@@ -410,6 +411,9 @@ def entry() -> None:  # pragma: no cover - the console script; tests call main()
     """The ``bayesflex`` command."""
     code = main()
     if _STATE["hard_exit"]:
+        pool = getattr(sys.modules.get("joblib.externals.loky.reusable_executor"), "_executor", None)
+        if pool is not None:  # else loky's tracker reports the pool's semaphores as leaked
+            pool.shutdown(wait=True, kill_workers=True)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

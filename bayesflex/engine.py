@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -382,16 +383,21 @@ def run_study(
         try:
             with _workers(backend, scheduler, n_jobs) as (parallel, width):
                 results = _in_waves(parallel, width, todo)
-                for c, a, b in chunks:
-                    fresh = c not in done
-                    part = next(results) if fresh else ck.load(c)
-                    if part is None:  # a kept chunk was damaged: compute it again, here
-                        part, fresh = _run_chunk(*task(c, a, b)[:-1]), True
-                    if fresh and remote and ck is not None:
-                        ck.save(c, a, b, part)
-                    if c not in done:
-                        bar.update(b - a)
-                    store.add(part, a, b)
+                try:
+                    for c, a, b in chunks:
+                        fresh = c not in done
+                        part = next(results) if fresh else ck.load(c)
+                        if part is None:  # a kept chunk was damaged: compute it again, here
+                            part, fresh = _run_chunk(*task(c, a, b)[:-1]), True
+                        if fresh and remote and ck is not None:
+                            ck.save(c, a, b, part)
+                        if c not in done:
+                            bar.update(b - a)
+                        store.add(part, a, b)
+                finally:  # a study stopped early cancels the chunks in flight: joblib's warning says only that
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message=r".*tasks which were still being processed")
+                        results.close()
             bar.close()
             tree = build_tree(fd, pr, posterior, store, draws=draws, seed=int(seed), opts=opts, command=command,
                               provenance=attrs)

@@ -37,4 +37,9 @@ class SolverError(BayesflexError, RuntimeError):
 
 class OutputError(BayesflexError, OSError):
     """The output folder cannot take what the study writes (full disk, read-only,
-    a path that would leave it); the message names the path and what to do."""
+    a path that would leave it); the message names the path and what to do.
+
+    ``failed_write``: a write was attempted and failed (rather than refused before it
+    began), so library objects may be left in a state that is unsafe to clean up."""
+
+    failed_write = False

@@ -175,10 +175,12 @@ def as_output_error(path: str | Path, err: BaseException) -> OutputError | BaseE
     why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
            errno.EPERM: "permission denied", errno.EFBIG: "the file is too large for this file system"}[code]
-    return OutputError(f"cannot write to {path}: {why}; nothing was lost: finished chunks stay in the "
-                       "output folder's .partial for --resume (free space or choose another --out)"
-                       if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-                       else f"cannot write to {path}: {why} (choose another --out)")
+    out = OutputError(f"cannot write to {path}: {why}; nothing was lost: finished chunks stay in the "
+                      "output folder's .partial for --resume (free space or choose another --out)"
+                      if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                      else f"cannot write to {path}: {why} (choose another --out)")
+    out.failed_write = True
+    return out
 
 
 def _size(n: float) -> str:
