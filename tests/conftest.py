@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +48,28 @@ def edited_priors(directory: Path, edits: list[tuple[str, str]], name: str = "de
     path = Path(directory) / (filename or f"{name}_edited.toml")
     path.write_text(text)
     return path
+
+
+@contextlib.contextmanager
+def fifo_nobody_opens(fifo: Path):
+    """A FIFO nobody may open (for reading attacks): a writer thread waits for a reader and sets
+    the yielded event if one came, then closes, so the reader sees end of file and nothing hangs."""
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    opened, done = threading.Event(), threading.Event()
+
+    def writer():
+        fd = os.open(fifo, os.O_WRONLY)  # blocks until someone opens it to read
+        if not done.is_set():
+            opened.set()
+        os.close(fd)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        yield opened
+    finally:
+        done.set()
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # release the writer
+        t.join(10)
+        os.close(fd)

@@ -19,7 +19,6 @@ Runs are deterministic (``derandomize=True``, no example database).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -27,7 +26,6 @@ import math
 import os
 import re
 import shutil
-import threading
 import tomllib
 import warnings
 from pathlib import Path
@@ -41,7 +39,7 @@ from hypothesis import strategies as st
 from bayesflex.errors import ConfigError, FeederError
 from bayesflex.priors import load_priors, priors_dir
 
-from .conftest import shared_path
+from .conftest import fifo_nobody_opens, shared_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -590,32 +588,6 @@ def engine_timeout(monkeypatch):
     monkeypatch.setattr(_opendss, "_TIMEOUT_S", 60.0)
 
 
-@contextlib.contextmanager
-def _fifo_nobody_opens(fifo: Path):
-    """A FIFO outside the model: a writer thread waits for a reader and records it if one came
-    (then closes, so the reader sees end of file and nothing hangs)."""
-    if not fifo.exists():
-        os.mkfifo(fifo)
-    opened, done = threading.Event(), threading.Event()
-
-    def writer():
-        fd = os.open(fifo, os.O_WRONLY)
-        if not done.is_set():
-            opened.set()
-        os.close(fd)
-
-    t = threading.Thread(target=writer, daemon=True)
-    t.start()
-    try:
-        yield opened
-    finally:
-        done.set()
-        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-        t.join(10)
-        os.close(fd)
-    assert not opened.is_set(), f"a file outside the model's folder was opened: {fifo}"
-
-
 @_settings(60)
 @given(mutation=dss_mutation())
 def test_mutated_opendss_feeder_loads_right_or_fails_clearly(tmp_path_factory, enwl_feeder, engine_timeout, mutation):
@@ -624,7 +596,7 @@ def test_mutated_opendss_feeder_loads_right_or_fails_clearly(tmp_path_factory, e
     shutil.copytree(enwl_feeder, folder)
     (root / "outside").mkdir()
     name, row = _apply_dss(folder, mutation)
-    with _fifo_nobody_opens(root / "outside" / "fifo"):
+    with fifo_nobody_opens(root / "outside" / "fifo"):
         got = _load_or_error(_load_feeder, folder, None)
     file, kind, _, new = mutation
     if kind == "add" and (_disables(new) or re.search(r"[(\[{'\"][^)\]}'\"]*=", new)):
@@ -732,7 +704,7 @@ def test_opendss_commands_run_only_what_a_network_needs(tmp_path_factory, enwl_f
     home = os.getcwd()
     os.chdir(cwd)
     try:
-        with warnings.catch_warnings(), _fifo_nobody_opens(outside / "fifo"):
+        with warnings.catch_warnings(), fifo_nobody_opens(outside / "fifo"):
             warnings.simplefilter("ignore")  # a missing coordinates or shape file is only a warning
             got = _load_or_error(_load_feeder, folder, None)
         assert os.getcwd() == str(cwd), "the working directory moved"

@@ -8,13 +8,11 @@ folder (the feeder, a sibling "outside" folder the attacks aim at, and the cwd).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
 import struct
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +24,7 @@ from bayesflex import _opendss
 from bayesflex._opendss import _resolve_word, feeder_from_opendss
 from bayesflex.errors import FeederError
 
-from .conftest import shared_path
+from .conftest import fifo_nobody_opens, shared_path
 
 FEEDER = ("enwl", "networks", "network_1", "Feeder_1")
 SECRET = "TOPSECRET-do-not-echo-7f3a"
@@ -220,32 +218,9 @@ def test_abbreviated_file_references_in_values_are_refused(case, value, command)
     _refused(case, line, "'=' inside a value")
 
 
-@contextlib.contextmanager
-def _watch_fifo(fifo: Path):
-    """A FIFO nobody may open: a writer thread waits for a reader; the event is set if one came."""
-    os.mkfifo(fifo)
-    opened, done = threading.Event(), threading.Event()
-
-    def writer():
-        fd = os.open(fifo, os.O_WRONLY)  # blocks until someone opens it to read
-        if not done.is_set():
-            opened.set()
-        os.close(fd)  # the reader sees end of file: nothing hangs
-
-    t = threading.Thread(target=writer, daemon=True)
-    t.start()
-    try:
-        yield opened
-    finally:
-        done.set()
-        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # release the writer
-        t.join(10)
-        os.close(fd)
-
-
 @pytest.mark.parametrize("value", ["(d={f})", "(s={f})", "(dblf={f})", "(file={f})"])
 def test_a_fifo_named_in_a_value_is_never_opened(case, value):
-    with _watch_fifo(case.outside / "fifo") as opened:
+    with fifo_nobody_opens(case.outside / "fifo") as opened:
         line = case.append(f"Edit Line.LINE1 seasons=2 ratings={value.format(f=case.outside / 'fifo')}")
         _refused(case, line, "'=' inside a value")
     assert not opened.is_set(), "the engine opened a file outside the model's folder"
