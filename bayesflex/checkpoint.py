@@ -219,20 +219,12 @@ def _put(group, name: str, v: np.ndarray, meta: dict | None = None):
     d.attrs["dtype"] = v.dtype.str if v.dtype.kind != "O" else "O"
     meta = meta or {}
     d.attrs.update(meta)
-    d.attrs["sha256"] = _array_digest(np.asarray(data), *_described(d))
+    d.attrs["sha256"] = _digest(np.asarray(data), *_described(d))
     return d
 
 
 class DamagedChunk(ValueError):
     """A chunk file's data do not match the checksums written with them."""
-
-
-def _array_digest(data: np.ndarray, *extra: str) -> str:
-    h = hashlib.sha256(str((data.dtype.str, data.shape)).encode())
-    h.update(np.ascontiguousarray(data).tobytes())
-    for x in extra:
-        h.update(b"\0" + x.encode())
-    return h.hexdigest()
 
 
 def _described(d) -> list[str]:
@@ -242,7 +234,7 @@ def _described(d) -> list[str]:
 
 def _get(d) -> np.ndarray:
     v, dt = d[()], d.attrs["dtype"]
-    if d.attrs.get("sha256") != _array_digest(np.asarray(v), *_described(d)):
+    if d.attrs.get("sha256") != _digest(np.asarray(v), *_described(d)):
         raise DamagedChunk(f"{d.name}: its data do not match their SHA-256")
     if dt == "O":
         return np.char.decode(v, "utf-8").astype(object)

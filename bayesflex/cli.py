@@ -105,24 +105,17 @@ def _parser() -> argparse.ArgumentParser:
 # run
 # ----------------------------------------------------------------------------
 def _check_run_args(args) -> None:
-    """What ``run`` was given that can be judged without reading a file: before any heavy import."""
+    """What ``run`` was given that can be judged without reading a file: before any file is read."""
     if args.draws < 1:
         raise ConfigError(f"--draws {args.draws}: must be at least 1")
     if args.jobs == 0 or args.jobs < -1:
         raise ConfigError(f"--jobs {args.jobs}: give a positive number of workers, or -1 for every core")
     if args.seed < 0:
         raise ConfigError(f"--seed {args.seed}: must be 0 or more")
-    if args.periods is not None and args.periods < 1:
-        raise ConfigError(f"--periods {args.periods}: must be at least 1 half-hour")
-    if args.start is not None:
-        try:
-            t = pd.Timestamp(args.start)
-        except (ValueError, TypeError, OverflowError) as err:
-            raise ConfigError(f"--start {args.start!r}: not a date-time ({' '.join(str(err).split())}); give one "
-                              "such as '2026-01-14 17:00'") from None
-        if t is pd.NaT or t.tzinfo is not None or t != t.floor("30min"):
-            raise ConfigError(f"--start {args.start!r}: give a date-time in UTC on a half-hour, such as "
-                              "'2026-01-14 17:00'")
+    from .engine import check_backend, check_horizon
+
+    check_horizon(args.start, args.periods, label="--{} ")
+    check_backend(args.backend, args.scheduler)
 
 
 def _cmd_run(args, argv) -> int:
@@ -183,7 +176,6 @@ def _saved(out: Path) -> None:
 
 def _run_fleet(args, priors, study: dict, t0: float) -> int:
     from .fleet import FLEET_FILE, find_feeders, run_fleet
-
     from .outdir import safe_name
 
     found = find_feeders(args.feeders)

@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .feeder import Feeder, load_feeder
 from .heuristic import Limits, assess, headroom, resolve_congestion
 from .outdir import as_output_error, quiet_failed_writes
-from .results import open_study
+from .results import open_study, verify_result
 
 __all__ = ["run_study", "CHUNK_DRAWS", "StudyOptions"]
 
@@ -196,29 +196,31 @@ def _check_draws(draws) -> int:
     return int(draws)
 
 
-def check_horizon(start, periods) -> tuple[str | None, int | None]:
-    """``start`` (a date-time on a half-hour, UTC) and ``periods`` (1 .. ten years of half-hours), checked."""
+def check_horizon(start, periods, *, label: str = "{} = ") -> tuple[str | None, int | None]:
+    """``start`` (a date-time on a half-hour, UTC) and ``periods`` (1 .. ten years of half-hours), checked.
+    ``label`` names an argument in messages (``"--{} "`` for the command line)."""
     import pandas as pd
 
     from .priors.config import MAX_PERIODS
 
     if periods is not None:
         if isinstance(periods, bool) or not isinstance(periods, (int, np.integer)) or not 1 <= periods <= MAX_PERIODS:
-            raise ConfigError(f"periods = {periods!r}: must be a whole number of half-hours from 1 to "
-                              f"{MAX_PERIODS} (ten years)")
+            raise ConfigError(f"{label.format('periods')}{periods!r}: must be a whole number of half-hours from 1 "
+                              f"to {MAX_PERIODS} (ten years)")
         periods = int(periods)
     if start is not None:
+        where = f"{label.format('start')}{start!r}"
         try:
             t = pd.Timestamp(start)
         except (ValueError, TypeError, OverflowError) as err:
-            raise ConfigError(f"start = {start!r}: not a date-time ({' '.join(str(err).split())}); give one "
+            raise ConfigError(f"{where}: not a date-time ({' '.join(str(err).split())}); give one "
                               "such as '2026-01-14 17:00'") from None
         if t is pd.NaT:
-            raise ConfigError(f"start = {start!r}: not a date-time; give one such as '2026-01-14 17:00'")
+            raise ConfigError(f"{where}: not a date-time; give one such as '2026-01-14 17:00'")
         if t.tzinfo is not None:
-            raise ConfigError(f"start = {start!r}: give the start in UTC without an offset (the study's time base)")
+            raise ConfigError(f"{where}: give the start in UTC without an offset (the study's time base)")
         if t != t.floor("30min"):
-            raise ConfigError(f"start = {start!r}: must fall on a half-hour (e.g. {t.floor('30min'):%Y-%m-%d %H:%M})")
+            raise ConfigError(f"{where}: must fall on a half-hour (e.g. {t.floor('30min'):%Y-%m-%d %H:%M})")
     return start, periods
 
 
@@ -341,9 +343,9 @@ def run_study(
                     in_memory=out is None)
     check_memory(need, n_jobs)
     if out is not None:
-        kept = kept_chunks(out) * CHUNK_DRAWS / draws if resume else 0.0
-        check_space(out, need.disk_bytes * max(0.0, 1.0 - min(kept, 1.0) / 2), f"this study ({draws} draws of "
-                    f"{n_periods} half-hours, {fd.n_agent} agents)")
+        kept = min(kept_chunks(out) * CHUNK_DRAWS / draws, 1.0) if resume else 0.0  # share already on disk
+        check_space(out, need.disk_bytes * (1.0 - kept / 2), f"this study ({draws} draws of {n_periods} "
+                    f"half-hours, {fd.n_agent} agents)")  # kept chunks are the checkpoint half of the need
     chunks = [(c, a, min(draws, a + CHUNK_DRAWS)) for c, a in enumerate(range(0, draws, CHUNK_DRAWS))]
     if observations is not None or ev_states is not None:
         base = pr.priors if isinstance(pr, pri_mod.Posterior) else pr
@@ -363,7 +365,7 @@ def run_study(
     else:
         final = out / RESULT_FILE
         if _finished(final, fp, feeder=(str(fd.origin), fd.sha256), resume=resume):
-            return open_study(final)
+            return open_study(final, verify=False)  # _finished has just checked it
         ck = Checkpoint(out, fp, len(chunks), resume=resume)
         store = StudyStore(draws, kind, fd.buses, ck.stream_path, portfolio=portfolio, final=final)
         if ck.done:
@@ -423,12 +425,18 @@ def _finished(path: Path, fingerprint: dict, *, feeder: tuple[str, str], resume:
     into its folder would overwrite it.  Another run of the same feeder replaces it."""
     if not path.is_file():
         return False
-    try:
-        attrs = open_study(path).attrs
-    except ConfigError:  # damaged, or not a study: computed again
+    try:  # its attributes decide what to do; its data are checked only if it is to be kept
+        attrs = open_study(path, verify=False).attrs
+    except ConfigError:  # not a study: computed again
         return False
     if attrs.get("study_fingerprint") == fingerprint["sha256"]:
-        return resume
+        if not resume:
+            return False
+        try:
+            verify_result(path)
+        except ConfigError:  # damaged: computed again
+            return False
+        return True
     if not resume:
         origin, sha = feeder
         old_origin = str(attrs.get("feeder_origin", origin))

@@ -388,7 +388,7 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
         ds.to_netcdf(store.path, mode="a", group=g, engine="h5netcdf", encoding=_compressed(ds))
     xr.Dataset(attrs=root).to_netcdf(store.path, mode="a", engine="h5netcdf")
     _install(store.path, store.final)
-    return open_study(store.final)
+    return open_study(store.final, verify=False)  # _install has just hashed these very bytes
 
 
 def _install(part: Path, final: Path) -> None:
