@@ -25,6 +25,10 @@ detection, ranking and adjustment.  Two sensitivities are offered:
     kW), re-run the load flow, ``S = dq / dP``; batched through the solver.
 
 Both are pure numpy on arrays whose axis 0 is the scenario.
+
+What causes a violation is shared out with the same sensitivities
+(:func:`cause_shares`): each technology of each agent by its power times the
+agent's sensitivity, counting what pushes into the violation.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from .loadflow import _checked_powers, _real_jacobian, solve_load_nodes, unit_no
 from .network import NetworkModel
 
 __all__ = ["Limits", "Constraints", "Assessment", "Adjustment", "constraints", "assess", "resolve_congestion",
-           "headroom", "violation_sensitivity", "VOLTAGE", "LINE", "TRAFO"]
+           "headroom", "violation_sensitivity", "cause_shares", "VOLTAGE", "LINE", "TRAFO"]
 
 VOLTAGE, LINE, TRAFO = 0, 1, 2
 #: pu beyond the limit the adjustment aims for, so that rounding cannot leave a violation
@@ -387,6 +391,12 @@ def _sens_perturb(model: NetworkModel, cons: Constraints, p_units, q_units, stat
     return out
 
 
+def _quantity(cons: Constraints, s_l, v_l, k) -> np.ndarray:
+    """The value of constraint ``k[i]`` at solved state ``i`` (m,), double precision."""
+    i_now = -np.conj(s_l / v_l)
+    return np.abs(cons.c0[k] + np.einsum("ml,lm->m", i_now, cons.c_t[:, k])) / cons.scale[k]
+
+
 def _unit_node(model: NetworkModel) -> np.ndarray:
     """The load node of every unit (connected agent-phase column)."""
     return np.argmax(model.agent_to_load, axis=1)
@@ -456,6 +466,12 @@ class Adjustment:
     +inf: no converged load flow); ``converged (...)`` of the positions given;
     ``resolved (...)``: within limits after the adjustment, confirmed by a
     load flow (True for scenarios never congested); ``rounds (...)``.
+    ``violation_sign (..., phase)``: for the phase's worst violation (the one
+    ``rank`` and ``sensitivity_pu_per_kw`` describe), +1 when the quantity is
+    above its upper limit (over-voltage, overload), -1 below its lower limit
+    (under-voltage), 0 where the phase is not ranked (within limits, no
+    converged load flow, or ``rank=False``); ``violation_kind (..., phase)``:
+    VOLTAGE, LINE or TRAFO there, -1 elsewhere.
     """
 
     p_kw: np.ndarray
@@ -469,6 +485,8 @@ class Adjustment:
     converged: np.ndarray
     resolved: np.ndarray
     rounds: np.ndarray
+    violation_sign: np.ndarray
+    violation_kind: np.ndarray
 
 
 def _units(feeder: Feeder, arr, name: str) -> np.ndarray:
@@ -525,6 +543,8 @@ def resolve_congestion(
     congested = worst0 > 0
     ranks = np.zeros((n, feeder.n_agent, 3), np.int16)
     sens = np.zeros((n, feeder.n_agent, 3), np.float32)
+    sign = np.zeros((n, 3), np.int8)
+    kind = np.full((n, 3), -1, np.int8)
     if rank:
         for ph in range(3):
             rows = np.flatnonzero(congested[:, ph] & st.converged)
@@ -538,6 +558,10 @@ def resolve_congestion(
             np.put_along_axis(r, order, np.arange(1, feeder.n_agent + 1)[None], axis=1)
             ranks[rows, :, ph] = r
             sens[rows, :, ph] = s_a
+            # which side: the nearer limit (robust to a quantity a rounding away from its limit)
+            above = _quantity(cons, st.s_l[rows], st.v_l[rows], k) > (cons.lo[k] + cons.hi[k]) / 2
+            sign[rows, ph] = np.where(above, 1, -1)
+            kind[rows, ph] = cons.kind[k]
     x = x0.copy()
     ex = st.ex.copy()
     rounds = np.zeros(n, np.int64)
@@ -549,8 +573,7 @@ def resolve_congestion(
         sub = _State(s_l[active], v_l[active], np.ones(active.size, bool), None, ex[active])
         k = np.argmax(sub.ex, axis=1)
         deficit = sub.ex[np.arange(active.size), k]
-        i_now = -np.conj(sub.s_l / sub.v_l)
-        q_now = np.abs(cons.c0[k] + np.einsum("ml,lm->m", i_now, cons.c_t[:, k])) / cons.scale[k]
+        q_now = _quantity(cons, sub.s_l, sub.v_l, k)
         direction = np.where(q_now < cons.lo[k], 1.0, -1.0)
         s_u = _unit_sensitivity(model, cons, method, x[active], qu[active], sub, np.arange(active.size), k)
         delta, _ = _allocate(s_u, deficit, direction, x[active], lo[active], hi[active])
@@ -580,6 +603,7 @@ def resolve_congestion(
         congested=congested_any.reshape(lead + (3,)),
         exceedance_pu=worst0.reshape(lead + (3,)), exceedance_after_pu=after.reshape(lead + (3,)),
         converged=st.converged.reshape(lead), resolved=resolved.reshape(lead), rounds=rounds.reshape(lead),
+        violation_sign=sign.reshape(lead + (3,)), violation_kind=kind.reshape(lead + (3,)),
     )
 
 
@@ -657,3 +681,68 @@ def violation_sensitivity(feeder: Feeder, p_kw, q_kvar, *, limits: Limits = Limi
         kind[rows], phase[rows] = cons.kind[k], cons.phase[k]
     return out.reshape(lead + (feeder.n_agent,)), kind.reshape(lead), phase.reshape(lead)
 
+
+def cause_shares(sensitivity_pu_per_kw: np.ndarray, violation_sign: np.ndarray,
+                 components_kw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Attribute one phase's worst violation to each agent's technologies.
+
+    Parameters
+    ----------
+    sensitivity_pu_per_kw : (..., agent)
+        ``S_a = dq/dP_a`` of the violated quantity ``q`` (pu of voltage or of a
+        rating) to agent ``a``'s active power spread over its phases as its
+        power is: :attr:`Adjustment.sensitivity_pu_per_kw` of that phase.
+    violation_sign : (...,)
+        +1 where ``q`` is above its upper limit, -1 below its lower limit, 0
+        where nothing is to be attributed (:attr:`Adjustment.violation_sign`).
+    components_kw : (..., technology, agent)
+        Each technology's active power per agent, summed over the agent's
+        phases [kW, load positive, generation negative]; the technologies
+        should add up to the agent's power.
+
+    Returns
+    -------
+    push, relief : (..., technology, agent)
+        ``c = sign * S_a * P_ka`` is how far technology ``k`` of agent ``a``
+        moves ``q`` into the violation, to first order, from the no-load state
+        (``P = 0``).  ``push = max(c, 0) / D`` and ``relief = min(c, 0) / D``
+        with ``D`` the sum of every positive ``c``: ``push`` >= 0 sums to 1
+        over technologies and agents (the violation's causes), ``relief`` <= 0
+        says how much of that push the components moving ``q`` away from the
+        violation take back (PV raising an evening under-voltage, baseload
+        under a midday PV over-voltage), on the same scale.  Where nothing is
+        to be attributed, nothing pushes (``D = 0``), or a sensitivity of an
+        agent with power is not finite, both are NaN.
+
+    Notes
+    -----
+    Why this attribution.  ``sum_k c_k = sign * sum_a S_a P_a`` is the
+    linearised change of ``q`` from no load to the state found, taken along
+    the tangent at that state (Euler's decomposition of a function by its
+    gradient), so the technologies' parts add up to the whole without an
+    order of removal, and an agent's part uses the very sensitivity by which
+    the heuristic ranks and moves it: the causes and the cure agree.  It is
+    first order: where ``q`` bends strongly between no load and the state
+    found (near voltage collapse) the parts are a tangent's, not a path
+    integral's (Aumann-Shapley would need several load flows per congested
+    scenario).  A violation already present at no load (a high source
+    voltage) is not anybody's and is not shown; only what loads and
+    generators add to it is shared out.  On a four-wire feeder a load on
+    one phase can raise another phase's voltage through the neutral: such
+    a load relieves that phase's under-voltage (and may cause its
+    over-voltage), and shows as such.  Reactive power is not attributed:
+    the sensitivities are to active power (the baseload's reactive power,
+    power factor ~0.95, moves an LV cable's voltage by roughly a tenth of
+    what its active power does).
+    """
+    s = np.asarray(sensitivity_pu_per_kw, float)
+    sign = np.asarray(violation_sign, float)
+    p = np.asarray(components_kw, float)
+    with np.errstate(invalid="ignore"):
+        c = np.where(p == 0, 0.0, (sign[..., None] * s)[..., None, :] * p)
+    push = np.maximum(c, 0.0)
+    total = push.sum(axis=(-2, -1))
+    ok = (sign != 0) & (total > 0) & np.isfinite(c).all(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(ok, 1.0 / total, np.nan)[..., None, None]
+    return push * scale, np.minimum(c, 0.0) * scale
