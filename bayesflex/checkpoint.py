@@ -48,6 +48,8 @@ __all__ = ["PARTIAL_DIR", "Checkpoint", "kept_chunks", "save_chunk", "study_fing
 PARTIAL_DIR = ".partial"
 #: packages whose version can change a study's numbers
 _NUMERIC = ("numpy", "scipy", "pymc", "pytensor", "pandas", "pvlib")
+#: which arrays a chunk file holds (2: with the causes of congestion); chunks of another format are not resumed
+CHUNK_FORMAT = 2
 
 
 def _digest(*items) -> str:
@@ -84,7 +86,7 @@ def study_fingerprint(feeder, priors, posterior, *, draws: int, seed: int, opts,
     versions = package_versions(_NUMERIC)
     pos = opts.positions
     what = {
-        "bayesflex": __version__, "versions": versions,
+        "bayesflex": __version__, "versions": versions, "chunk_format": CHUNK_FORMAT,
         "feeder": feeder.name, "feeder_digest": _feeder_digest(feeder),
         "priors_digest": _priors_digest(priors, posterior),
         "positions_digest": "" if pos is None else _digest(pos.agents, np.asarray(pos.times, "datetime64[ns]"),

@@ -26,7 +26,7 @@ from joblib import delayed
 
 from .errors import ConfigError
 from .feeder import Feeder, load_feeder
-from .heuristic import Limits, assess, headroom, resolve_congestion
+from .heuristic import LINE, TRAFO, VOLTAGE, Limits, assess, cause_shares, headroom, resolve_congestion
 from .outdir import as_output_error, quiet_failed_writes
 from .results import open_study, verify_result
 
@@ -42,6 +42,11 @@ WAVE = 4
 PREDICTIVE = ("p_kw", "q_kvar", "p_lb_kw", "p_ub_kw")
 COMPONENTS = {"baseload": "p_base_kw", "pv": "p_pv_kw", "ev": "p_ev_kw", "heat_pump": "p_hp_kw",
               "battery": "p_battery_kw", "refrigeration": "p_refrigeration_kw"}
+#: what congestion is attributed to (``heuristic/cause_share``'s ``technology``): the components,
+#: and "position", the planned power of agents with positions (it replaces their flexible ones)
+CAUSES = (*COMPONENTS, "position")
+#: the kinds of worst violation counted in ``heuristic/cause_violation_draws``
+VIOLATIONS = ("undervoltage", "overvoltage", "overload", "trafo_overload")
 
 
 @dataclass(frozen=True)
@@ -167,11 +172,64 @@ def _physics(feeder: Feeder, ds, opts: StudyOptions) -> dict:
         "sensitivity_rank": adj.rank, "congested": adj.congested, "resolved": adj.resolved,
         "exceedance_pu": adj.exceedance_pu.astype(np.float32), "rounds": adj.rounds.astype(np.int16),
     }
+    out |= _causes(ds, adj, opts)
     if opts.headroom:
         up, down, ok_up, ok_dn = headroom(feeder, adj.p_kw, q, lb, ub, limits=lim, method=opts.method,
                                           secure=adj.resolved)
         out |= {"headroom_up_kw": up.astype(np.float32), "headroom_down_kw": down.astype(np.float32),
                 "headroom_ok": ok_up & ok_dn}
+    return out
+
+
+def _causes(ds, adj, opts: StudyOptions) -> dict:
+    """Per chunk, sums over its congested draws of what causes each phase's worst violation.
+
+    For every (draw, half-hour, phase) the heuristic ranked, the shares of
+    :func:`~bayesflex.heuristic.cause_shares` (each agent's technologies,
+    their power summed over the agent's phases) are summed per half-hour and
+    phase: by technology (``cause_share_sum``, its square for the Monte Carlo
+    error, ``cause_relief_sum``), by agent (``cause_agent_share_sum``), with
+    the number of draws summed (``cause_draws``) and their kinds of violation
+    (``cause_violation_draws``).  Sums, not means, so that chunks add up in
+    chunk order whatever the number of workers; only the congested rows are
+    gathered, so memory follows the congestion, not the chunk.
+    """
+    sign, kind = adj.violation_sign, adj.violation_kind  # (draw, time, phase)
+    n_d, n_t = sign.shape[:2]
+    n_a = adj.sensitivity_pu_per_kw.shape[2]
+    n_k = len(CAUSES)
+    out = {"cause_share_sum": np.zeros((n_t, 3, n_k)), "cause_share_sq_sum": np.zeros((n_t, 3, n_k)),
+           "cause_relief_sum": np.zeros((n_t, 3, n_k)), "cause_agent_share_sum": np.zeros((n_t, n_a, 3)),
+           "cause_draws": np.zeros((n_t, 3), np.int64),
+           "cause_violation_draws": np.zeros((n_t, 3, len(VIOLATIONS)), np.int64)}
+    rows = np.flatnonzero((sign != 0).any(axis=2).ravel())  # (draw, time) rows with something to attribute
+    if rows.size == 0:
+        return out
+    comp = np.zeros((rows.size, n_k, n_a))
+    for i, t in enumerate(COMPONENTS):
+        if COMPONENTS[t] in ds:
+            comp[:, i] = ds[COMPONENTS[t]].values[0].reshape(n_d * n_t, n_a, 3)[rows].sum(axis=2, dtype=np.float64)
+    if opts.positions is not None:  # what the components do not explain is the planned position
+        agents = [str(a) for a in ds.agent.values]
+        idx = np.array([agents.index(a) for a in opts.positions.agents], dtype=np.int64)
+        p = ds["p_kw"].values[0].reshape(n_d * n_t, n_a, 3)[rows][:, idx].sum(axis=2, dtype=np.float64)
+        comp[:, -1, idx] = p - comp[:, :-1, idx].sum(axis=1)
+    t_of = rows % n_t
+    sens = adj.sensitivity_pu_per_kw.reshape(n_d * n_t, n_a, 3)[rows]
+    sign, kind = sign.reshape(n_d * n_t, 3)[rows], kind.reshape(n_d * n_t, 3)[rows]
+    for ph in range(3):
+        push, relief = cause_shares(sens[..., ph], sign[:, ph], comp)
+        ok = ~np.isnan(push[:, 0, 0])
+        t, push, relief = t_of[ok], push[ok], relief[ok]
+        tech = push.sum(axis=2)
+        np.add.at(out["cause_share_sum"][:, ph], t, tech)  # in row order: the same sums in any process
+        np.add.at(out["cause_share_sq_sum"][:, ph], t, tech**2)
+        np.add.at(out["cause_relief_sum"][:, ph], t, relief.sum(axis=2))
+        np.add.at(out["cause_agent_share_sum"][:, :, ph], t, push.sum(axis=1))
+        np.add.at(out["cause_draws"][:, ph], t, 1)
+        s, k = sign[ok, ph], kind[ok, ph]
+        code = np.select([(k == VOLTAGE) & (s < 0), k == VOLTAGE, k == LINE, k == TRAFO], [0, 1, 2, 3], -1)
+        np.add.at(out["cause_violation_draws"][:, ph], (t, code), 1)
     return out
 
 

@@ -23,6 +23,14 @@ Groups (dimensions in the order ``chain, draw, time, agent|bus|line, phase``):
     positions): power ``portfolio_p_kw`` and bounds, the network's turn-up and
     turn-down, the joint headroom and what can be sold against the planned
     position (``portfolio_deliverable_up_kw``/``_down_kw``, :func:`deliverable`).
+    The causes of congestion, per half-hour and phase, over the draws where
+    the phase's worst violation was attributed (``cause_draws``: congested
+    with a converged load flow; :func:`bayesflex.heuristic.cause_shares`):
+    ``cause_share (time, phase, technology)`` the mean share of each
+    technology (summing to 1) with its Monte Carlo error, ``cause_relief_share``
+    what technologies pushing the other way take back (<= 0, same scale),
+    ``cause_agent_share (time, agent, phase)`` the mean share of each agent,
+    ``cause_violation_draws (time, phase, violation)`` the kinds of violation.
 ``summary``
     probabilities of congestion per time and phase and over the horizon, of
     unresolved congestion, and the portfolio flexibility at confidence levels;
@@ -110,6 +118,14 @@ _COUNTS = {
     "n_trafo_overload": ("p_trafo_overload", ("time", "trafo")),
 }
 
+#: per-chunk sums over draws, added up chunk by chunk in chunk order (bayesflex.engine._causes)
+_SUMS = ("cause_share_sum", "cause_share_sq_sum", "cause_relief_sum", "cause_agent_share_sum", "cause_draws",
+         "cause_violation_draws")
+CAUSE_DEFINITION = (
+    "per congested draw, half-hour and phase with a load flow: c = s * S_a * P_ka, with S_a = dq/dP_a the "
+    "sensitivity of the phase's worst violated quantity q to agent a, P_ka the power of technology k of agent a "
+    "(kW, load positive) and s = +1 above the upper limit, -1 below the lower; share = max(c, 0) / sum of all "
+    "max(c, 0) (sums to 1), relief = min(c, 0) on the same scale; averaged over those draws (cause_draws)")
 
 #: per-agent arrays summed over agents and phases into the portfolio's (draw, time) totals
 _PORTFOLIO = {"p_kw": "portfolio_p_kw", "p_lb_kw": "portfolio_p_lb_kw", "p_ub_kw": "portfolio_p_ub_kw",
@@ -157,6 +173,7 @@ class StudyStore:
         self.portfolio_agents = portfolio  # agent indices of the portfolio (None: every agent)
         self.small: dict[str, np.ndarray] = {}  # physics per draw, without agent/bus
         self.counts: dict[str, np.ndarray] = {}
+        self.sums: dict[str, np.ndarray] = {}  # sums over draws (_SUMS), chunk by chunk
         self.big: dict[tuple[str, str], object] = {}  # (group, name) -> array or file variable
         self.big_meta: dict[tuple[str, str], tuple] = {}  # -> (dims, shape, dtype, attrs, from physics?)
         self.portfolio: dict[str, np.ndarray] = {}  # (draw, time) sums over agents
@@ -182,6 +199,8 @@ class StudyStore:
         for k, v in part.items():
             if k in _COUNTS:
                 self.counts[k] = self.counts[k] + v if k in self.counts else v.astype(np.int64)
+            elif k in _SUMS:
+                self.sums[k] = self.sums[k] + v if k in self.sums else np.array(v)
             else:
                 if k not in self.small:
                     self.small[k] = np.empty((self.draws,) + v.shape[1:], v.dtype)
@@ -200,7 +219,7 @@ class StudyStore:
         self.coords = {"chain": [0], "draw": np.arange(self.draws),
                        **{k: ds.coords[k].values for k in ("time", "agent", "phase")}}
         for k, v in part.items():
-            if k not in _COUNTS and _is_big(("draw",) + _PER_DRAW[k][0]):
+            if k not in _COUNTS and k not in _SUMS and _is_big(("draw",) + _PER_DRAW[k][0]):
                 dims, group, attrs = _PER_DRAW[k]
                 self.big_meta[(group, k)] = (("chain", "draw") + dims, v.shape[1:], v.dtype, attrs, True)
         for n in ds.data_vars:
@@ -325,9 +344,11 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
     In memory, or, when the store writes a file, by appending the small
     groups to it; the file is then renamed to ``result.nc`` and opened.
     """
+    from .engine import CAUSES, VIOLATIONS
+
     n = draws  # one chain
     coords = {**store.coords, "bus": list(feeder.buses), "line": list(feeder.lines),
-              "trafo": [t.name for t in feeder.trafos]}
+              "trafo": [t.name for t in feeder.trafos], "technology": list(CAUSES), "violation": list(VIOLATIONS)}
     groups: dict[str, dict] = {"network": {}, "heuristic": {}, "sample_stats": {}}
     for k, v in store.small.items():
         dims, group, attrs = _PER_DRAW[k]
@@ -343,6 +364,7 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
         port.update(deliverable(port))
     for k, v in port.items():
         heur[k] = (("chain", "draw", "time"), v[None], {"units": "kW", "long_name": _PORTFOLIO_LONG[k]})
+    heur.update(_cause_vars(store.sums))
     summary = _summary(store, n)
     if opts.positions is not None:
         pos = opts.positions
@@ -365,7 +387,8 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
         kind: rest,
         "network": xr.Dataset(groups["network"], coords=_sub(coords, "chain", "draw", "time", "bus", "line", "trafo",
                                                              "phase")),
-        "heuristic": xr.Dataset(heur, coords=_sub(coords, "chain", "draw", "time", "agent", "phase")),
+        "heuristic": xr.Dataset(heur, coords=_sub(coords, "chain", "draw", "time", "agent", "phase", "technology",
+                                                  "violation")),
         "summary": xr.Dataset(summary, coords={**_sub(coords, "time", "phase"), "confidence": list(CONFIDENCE)}),
         "sample_stats": xr.Dataset(groups["sample_stats"], coords=_sub(coords, "chain", "draw", "time")),
         "constant_data": _constant_data(feeder),
@@ -444,6 +467,37 @@ def deliverable(port: dict) -> dict:
     return {"portfolio_deliverable_up_kw": np.maximum(port["portfolio_headroom_up_kw"] - np.maximum(dn - up, 0), 0),
             "portfolio_deliverable_down_kw": np.maximum(port["portfolio_headroom_down_kw"] - np.maximum(up - dn, 0),
                                                         0)}
+
+
+def _cause_vars(sums: dict) -> dict:
+    """The causes of congestion (means over the attributed draws) from the chunks' sums."""
+    if not sums:
+        return {}
+    n = sums["cause_draws"]  # (time, phase)
+    nk = n[..., None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = sums["cause_share_sum"] / nk  # NaN where no draw was attributed
+        var = np.maximum(sums["cause_share_sq_sum"] / nk - share**2, 0.0)  # over the draws, 1/n
+        se = np.where(nk > 1, np.sqrt(var / (nk - 1)), np.nan)
+        relief = sums["cause_relief_sum"] / nk
+        agent = sums["cause_agent_share_sum"] / n[:, None, :]
+    where = "over the congested draws attributed (cause_draws)"
+    return {
+        "cause_share": (("time", "phase", "technology"), share,
+                        {"units": "1", "long_name": f"mean share of the phase's worst violation the technology "
+                                                    f"causes, {where}; NaN: none", "definition": CAUSE_DEFINITION}),
+        "cause_share_mcse": (("time", "phase", "technology"), se, {"units": "1", "long_name": "Monte Carlo SE"}),
+        "cause_relief_share": (("time", "phase", "technology"), relief,
+                               {"units": "1", "long_name": "mean share of the push into the violation that the "
+                                                           f"technology takes back (<= 0), {where}"}),
+        "cause_agent_share": (("time", "agent", "phase"), agent,
+                              {"units": "1", "long_name": f"mean share of the phase's worst violation the agent "
+                                                          f"causes, {where}; NaN: none"}),
+        "cause_draws": (("time", "phase"), n, {"units": "1", "long_name": "congested draws whose worst violation on "
+                                                                          "the phase was attributed"}),
+        "cause_violation_draws": (("time", "phase", "violation"), sums["cause_violation_draws"],
+                                  {"units": "1", "long_name": "attributed draws by kind of worst violation"}),
+    }
 
 
 def _sub(coords: dict, *names: str) -> dict:

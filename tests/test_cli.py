@@ -22,7 +22,8 @@ def study_dir(tmp_path_factory):
 
 def test_run_writes_the_study_and_prints_a_summary(study_dir, capsys):
     tree = open_study(study_dir)
-    assert tree["heuristic"].sizes == {"chain": 1, "draw": 20, "time": 6, "agent": 55, "phase": 3}
+    assert tree["heuristic"].sizes == {"chain": 1, "draw": 20, "time": 6, "agent": 55, "phase": 3, "technology": 7,
+                                       "violation": 4}
     assert tree.attrs["command"].startswith("bayesflex run --draws 20")
     assert tree.attrs["seed"] == 4
 
