@@ -79,10 +79,11 @@ def _parser() -> argparse.ArgumentParser:
                        description="Probabilities (with Monte Carlo error) and quantiles from DIR/result.nc.")
     q.add_argument("dir", help="study folder (or its result.nc)")
     q.add_argument("what", nargs="?", default="congestion",
-                   choices=("congestion", "adjustment", "flexibility", "product", "agents"),
+                   choices=("congestion", "adjustment", "flexibility", "product", "agents", "causes"),
                    help="congestion probability (default), an agent's adjustment quantiles, portfolio "
                         "flexibility at risk per half-hour, a market product's delivery (--direction, --kw, "
-                        "--start, --end), or the agents most often adjusted")
+                        "--start, --end), the agents most often adjusted, or what causes congestion per "
+                        "half-hour and phase (shares by technology and agent; --time, --phase)")
     q.add_argument("--by", default="bus", choices=("bus", "line", "phase", "time", "trafo"),
                    help="congestion: where (default: bus)")
     q.add_argument("--kind", default="any", choices=("any", "under", "over"), help="congestion by bus: voltage side")
@@ -96,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--kw", type=float, default=None, help="product: the power offered, kW")
     q.add_argument("--start", default=None, help="product: first half-hour, e.g. '2026-01-14 17:00'")
     q.add_argument("--end", default=None, help="product: last half-hour (default: --start)")
-    q.add_argument("--top", type=int, default=20, help="congestion, agents: rows to show (default 20; 0 = all)")
+    q.add_argument("--top", type=int, default=20, help="congestion, agents, causes: rows to show (default 20; "
+                                                       "0 = all)")
     q.add_argument("--format", default="table", choices=("table", "csv", "json"))
     return ap
 
@@ -153,7 +155,7 @@ def _cmd_run(args, argv) -> int:
     print(f"\n{args.draws} draws in {t1 - t0:.1f} s" + (f" ({resumed} finished chunks of "
           f"{tree.attrs['chunk_draws']} draws resumed, not recomputed)" if resumed else "")
           + f"; wrote {out / RESULT_FILE} and {report}")
-    print(f"ask more: bayesflex query {out} [congestion|adjustment|flexibility|product|agents] --help")
+    print(f"ask more: bayesflex query {out} [congestion|adjustment|flexibility|product|agents|causes] --help")
     return 0
 
 
@@ -271,6 +273,7 @@ def print_summary(tree, f) -> None:
     for _, r in agents.iterrows():
         print(f"  {r.agent:<10} {_pct(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_mcse)}   when adjusted: "
               f"turn-down {r.down_kw_when_adjusted:.2f} kW, turn-up {r.up_kw_when_adjusted:.2f} kW", file=f)
+    _print_causes(tree, f)
     pos = portfolio_position(tree)
     if pos:
         print(f"\nportfolio: {pos['agents']} agents with positions; planned P_T {pos['p_min_kw']:.1f} .. "
@@ -283,6 +286,20 @@ def print_summary(tree, f) -> None:
         for _, r in flexibility_summary(tree).iterrows():
             print(f"  P{100 * r.confidence:<11.0f}{r.up_every_kw:>8.1f} / {r.up_median_kw:<8.1f}"
                   f"{r.down_every_kw:>10.1f} / {r.down_median_kw:<8.1f}", file=f)
+
+
+def _print_causes(tree, f, k: int = 3) -> None:
+    """The causes of the ``k`` most congested half-hour phases, in words."""
+    from .query import cause_text, causes
+
+    if "cause_share" not in tree["heuristic"]:
+        return
+    df = causes(tree, top=k)
+    print("\nwhat causes congestion, most congested half-hours (mean share of the phase's worst violation over "
+          "its congested draws):" + ("  none congested" if df.empty else ""), file=f)
+    for _, r in df.iterrows():
+        print(f"  {pd.Timestamp(r.time):%a %H:%M}, phase {r.phase}: {cause_text(r)} ({r.draws} "
+              f"draw{'s' if r.draws != 1 else ''})", file=f)
 
 
 # ----------------------------------------------------------------------------
@@ -318,6 +335,8 @@ def _cmd_query(args) -> int:
                               "e.g. --direction up --kw 20 --start '2026-01-14 17:00' --end '2026-01-14 18:30'")
         df = query.product_at_risk(tree, args.direction, args.kw, start=args.start, end=args.end,
                                    confidence=_levels(args.confidence or "0.5,0.9,0.95"))
+    elif args.what == "causes":
+        df = query.causes(tree, time=args.time, phase=args.phase, top=top)
     else:
         df = query.top_agents(tree, top or len(tree["heuristic"].agent))
     if args.format == "csv":

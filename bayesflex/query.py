@@ -14,9 +14,9 @@ import xarray as xr
 from .errors import ConfigError
 from .results import mcse
 
-__all__ = ["BLOCK_DRAWS", "adjustment_quantiles", "congestion_probability", "draw_block", "draw_blocks",
-           "flexibility_at_risk", "flexibility_summary", "half_hour", "n_draws", "portfolio_position", "predictive",
-           "product_at_risk", "top_agents"]
+__all__ = ["BLOCK_DRAWS", "TECHNOLOGY_NAMES", "adjustment_quantiles", "cause_text", "causes",
+           "congestion_probability", "draw_block", "draw_blocks", "flexibility_at_risk", "flexibility_summary",
+           "half_hour", "n_draws", "portfolio_position", "predictive", "product_at_risk", "top_agents"]
 
 _WHERE = ("bus", "line", "phase", "time", "trafo")
 
@@ -281,3 +281,83 @@ def top_agents(tree: xr.DataTree, k: int = 10, *, block: int = BLOCK_DRAWS) -> p
     })
     df = df.sort_values(["p_adjusted_in_horizon", "p_adjusted_per_half_hour"], ascending=False, kind="stable")
     return df.head(k).reset_index(drop=True)
+
+
+#: how the causes of congestion name the technologies (``heuristic/cause_share``'s ``technology``)
+TECHNOLOGY_NAMES = {"baseload": "baseload", "pv": "PV", "ev": "EV", "heat_pump": "heat pumps",
+                    "battery": "batteries", "refrigeration": "refrigeration", "position": "planned positions"}
+_VIOLATION_NAMES = {"undervoltage": "under-voltage", "overvoltage": "over-voltage", "overload": "line overload",
+                    "trafo_overload": "transformer overload"}
+
+
+def causes(tree: xr.DataTree, *, time=None, phase=None, top: int | None = None, agents: int = 3) -> pd.DataFrame:
+    """What causes congestion: per half-hour and phase with a congested draw,
+    the mean share of the phase's worst violation each technology causes
+    (one column per technology the study has; the columns sum to 1), over the
+    ``draws`` congested draws with a load flow (a share over 3 draws is
+    rougher than one over 300: ``share_mcse_max`` is the largest Monte Carlo
+    error of a share in the row), ``relief`` (<= 0) the part of that push
+    the components pushing the other way take back (``relief_from`` says
+    which: PV under an evening under-voltage, or load on another phase raising
+    this phase's voltage through the neutral), the kinds of ``violation``
+    and the ``agents`` causing most.  Beside them the probability of
+    congestion on the phase with its error.  Rows sorted by that probability,
+    highest first, cut to ``top`` rows if given.  See
+    :func:`bayesflex.heuristic.cause_shares` for the attribution.
+    """
+    h = tree["heuristic"]
+    if "cause_share" not in h:
+        raise ConfigError("this study holds no causes of congestion (written by an older bayesflex); run it again")
+    ds = h.to_dataset()[["cause_share", "cause_share_mcse", "cause_relief_share", "cause_agent_share",
+                         "cause_draws", "cause_violation_draws"]]
+    p = tree["summary"]["p_congested"]
+    present = [str(k) for k in ds.technology.values
+               if (ds.cause_share.sel(technology=k) > 0).any() or (ds.cause_relief_share.sel(technology=k) < 0).any()]
+    ds = _pick(_pick(ds, "phase", phase, "phase"), "time", time, "time")
+    n = n_draws(tree)
+    names = [str(a) for a in ds.agent.values]
+    rows = []
+    for t in ds.time.values:
+        for ph in ds.phase.values:
+            at = ds.sel(time=t, phase=ph)
+            d = int(at.cause_draws)
+            if d == 0:
+                continue
+            pc = float(p.sel(time=t, phase=ph))
+            kinds = at.cause_violation_draws
+            a_share = at.cause_agent_share.values
+            order = np.argsort(-a_share, kind="stable")[:agents]
+            row = {"time": pd.Timestamp(t), "phase": str(ph), "p_congested": pc, "p_congested_mcse": float(mcse(pc, n)),
+                   "draws": d,
+                   "violation": ", ".join(f"{_VIOLATION_NAMES[str(v)]} {int(kinds.sel(violation=v))}"
+                                          for v in kinds.violation.values if int(kinds.sel(violation=v)) > 0)}
+            row |= {k: float(at.cause_share.sel(technology=k)) for k in present}
+            relief = {k: float(at.cause_relief_share.sel(technology=k)) for k in present}
+            row["relief"] = sum(relief.values())
+            row["relief_from"] = ", ".join(f"{100 * -v:.0f} % {TECHNOLOGY_NAMES.get(k, k)}"
+                                           for k, v in sorted(relief.items(), key=lambda kv: kv[1]) if v <= -0.005)
+            row["share_mcse_max"] = float(at.cause_share_mcse.sel(technology=present).max()) if d > 1 else np.nan
+            row["agents"] = ", ".join(f"{names[i]} {100 * a_share[i]:.0f} %" for i in order if a_share[i] > 0)
+            rows.append(row)
+    cols = ["time", "phase", "p_congested", "p_congested_mcse", "draws", "violation", *present, "relief",
+            "relief_from", "share_mcse_max", "agents"]
+    df = pd.DataFrame(rows, columns=cols)
+    df = df.sort_values(["p_congested", "time"], ascending=[False, True], kind="stable")
+    return (df.head(top) if top else df).reset_index(drop=True)
+
+
+def cause_text(row, *, least: float = 0.01) -> str:
+    """One row of :func:`causes` in words: "61 % EV, 27 % heat pumps, 12 % baseload", the
+    technologies causing at least ``least`` of the violation, largest first; the two
+    technologies pushing the other way most, when they take back at least ``least``, after a
+    semicolon."""
+    shares = {k: float(row[k]) for k in TECHNOLOGY_NAMES if k in row and np.isfinite(row[k])}
+    shown = sorted((k for k, v in shares.items() if v >= least), key=lambda k: -shares[k])
+    words = [f"{100 * shares[k]:.0f} % {TECHNOLOGY_NAMES[k]}" for k in shown]
+    rest = sum(v for k, v in shares.items() if k not in shown)
+    if rest >= least / 2:
+        words.append(f"{100 * rest:.0f} % other")
+    text = ", ".join(words)
+    if float(row["relief"]) <= -least and row.get("relief_from"):
+        text += f"; offset by {', '.join(str(row['relief_from']).split(', ')[:2])}"  # the two largest
+    return text

@@ -162,6 +162,7 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
                          "90 % bands over draws.", "voltage-fan"))
     parts.append(_figure(maps.trafo_fan_chart(tree), "Transformer loading: median, 50 % and 90 % bands over "
                          "draws.", "trafo-fan"))
+    parts += _causes_section(tree)
     parts.append("<h2>Agents and flexibility</h2>")
     top = top_agents(tree, 10)
     parts.append(_figure(maps.adjustment_figure(tree, 8, top=top), "Adjustments the network heuristic asks of the "
@@ -195,6 +196,32 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
     parts.append(f"<p>The priors file as used:</p><pre>{html.escape(a.get('priors_toml', ''))}</pre>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _causes_section(tree: xr.DataTree, k: int = 5) -> list[str]:
+    """What causes the congestion of the ``k`` most congested half-hour phases."""
+    from .query import cause_text, causes
+
+    if "cause_share" not in tree["heuristic"]:
+        return []
+    df = causes(tree, top=k)
+    out = ["<h2>What causes the congestion</h2>"]
+    if df.empty:
+        return out + ["<p>No draw is congested: there is nothing to attribute.</p>"]
+    out.append(
+        "<p>For every congested draw, half-hour and phase, the phase's worst violation is shared out among the "
+        "agents' technologies: each technology's power (kW, from no load) times the violated quantity's "
+        "sensitivity to that agent (the one the heuristic ranks agents by), counting what pushes into the "
+        "violation (load for an under-voltage, generation for an over-voltage, flow in the overloaded "
+        "direction). The shares sum to 100 % and are averaged over the congested draws counted beside them "
+        "(fewer draws, rougher shares). What pushes the other way is shown apart, as the part of the push it "
+        "takes back (PV in an evening under-voltage, or load on another phase raising this phase's voltage "
+        "through the neutral). Reactive power is not shared out; the numbers are first order.</p>")
+    out.append(_table([(f"{pd.Timestamp(r.time):%a %H:%M}", r.phase, _pct(r.p_congested, r.p_congested_mcse),
+                        int(r.draws), r.violation, cause_text(r), r.agents) for _, r in df.iterrows()],
+                      ("half-hour", "phase", "P(congested)", "congested draws", "worst violation", "causes",
+                       "agents causing most")))
+    return out
 
 
 def write_report(study: str | Path | xr.DataTree, directory: str | Path | None = None) -> Path:
