@@ -53,6 +53,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     },
     "heat_pump": {
         "heat_loss_kw_per_k": "positive",
+        "heat_capacity_kwh_per_k": "positive",
         "setpoint_c": "real",
         "rating_kw": "positive",
         "temp_error_sd": "positive",
@@ -75,7 +76,7 @@ _EXTRA_KEYS = {
     "ev": {"penetration", "agents", "concentration", "leave_home", "leave_other", "home_share", "keep_moving",
            "charge_efficiency", "charge_elsewhere"},
     "heat_pump": {"penetration", "agents", "forecast_min_c", "forecast_max_c", "setback_k", "flow_temp_c",
-                  "flex_fraction"},
+                  "comfort_band_k", "call_start", "call_stop"},
     "battery": {"penetration", "agents", "soc_min", "soc_max"},
     "refrigeration": {"penetration", "agents", "setpoint_c", "cpt_max_c", "defrost_hours", "suction_flex"},
 }
@@ -266,7 +267,10 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
         extra["forecast_max_c"] = _number(tab, "forecast_max_c", where, lo=extra["forecast_min_c"], hi=60)
         extra["setback_k"] = _number(tab, "setback_k", where, lo=0, hi=30, default=0.0)
         extra["flow_temp_c"] = _number(tab, "flow_temp_c", where, lo=20, hi=80, default=45.0)
-        extra["flex_fraction"] = _number(tab, "flex_fraction", where, lo=0, hi=1, default=0.0)
+        extra["comfort_band_k"] = _number(tab, "comfort_band_k", where, lo=0, hi=10, default=0.0)
+        for key in ("call_start", "call_stop"):
+            extra[key] = _numbers(tab, key, where, lo=0, hi=1, n=HALF_HOURS_PER_DAY,
+                                  what=f"{HALF_HOURS_PER_DAY} probabilities in [0, 1] (one per half-hour from 00:00)")
     if tech == "battery":
         extra["soc_min"] = _number(tab, "soc_min", where, lo=0, hi=1, default=0.1)
         extra["soc_max"] = _number(tab, "soc_max", where, lo=0, hi=1, default=0.95)
