@@ -139,22 +139,37 @@ def test_indoor_temperature_follows_the_heat_balance(hp_sim):
 
 def test_flexibility_bounds_end_the_half_hour_on_the_comfort_band(hp_sim):
     """Where a bound is not clipped at 0 or the rating, running it for one half-hour ends it at
-    the band's edge (setpoint -+ comfort_band_k while heat is called for), by the independent
-    integration; every bound within [0, rating] and around the power."""
+    the band's edge by the independent integration: comfort_band_k below the path's end or the
+    setpoint, whichever is lower (heat called for), comfort_band_k above the setpoint; every
+    bound within [0, rating] and around the power."""
     par, extra, res = hp_sim
     band = extra["comfort_band_k"]
     rating = par["rating_kw"][:, None, :]
     assert (res["p_lb_kw"] >= 0).all() and (res["p_ub_kw"] <= rating + 1e-12).all()
     assert (res["p_lb_kw"] <= res["p_kw"]).all() and (res["p_kw"] <= res["p_ub_kw"]).all()
-    for key, edge in (("p_lb_kw", -band), ("p_ub_kw", band)):
-        q = res[key]
-        free = res["call"] & (q > 1e-6) & (q < rating - 1e-6)
+    t_set = par["setpoint_c"][:, None, :]
+    edges = {"p_lb_kw": np.minimum(t_set, res["t_in_c"][:, 1:]) - band, "p_ub_kw": t_set + band}
+    for key, edge in edges.items():
+        q = res[key][:, :95]
+        free = res["call"][:, :95] & (q > 1e-6) & (q < rating - 1e-6)
         assert free.sum() > 1000, key
         d, i, a = _sample(free, 300, 6)
         got = _euler(res["t_in_c"][d, i, a], res["t_out_c"][d, i], q[d, i, a],
                      cop(res["t_out_c"][d, i], extra["flow_temp_c"]), par["heat_loss_kw_per_k"][d, a],
                      par["heat_capacity_kwh_per_k"][d, a])
-        np.testing.assert_allclose(got, par["setpoint_c"][d, a] + edge, atol=1e-3)
+        np.testing.assert_allclose(got, np.broadcast_to(edge, q.shape)[d, i, a], atol=1e-3)
+
+
+def test_a_recovery_can_be_slowed_and_heat_stored_ahead():
+    """At the rating in a recovery the pump can still turn down (the house ends the half-hour
+    at most comfort_band_k colder than planned); off, it can turn up (pre-heat)."""
+    extra = _extra(t_out_c=0.0)
+    extra["call_start"] = [0.0] * 14 + [1.0] + [0.0] * 33
+    extra["call_stop"] = [0.0] * 40 + [1.0] + [0.0] * 7
+    res = _run(_par(n=1, a=1), extra)
+    p, lb, ub = res["p_kw"][0, :, 0], res["p_lb_kw"][0, :, 0], res["p_ub_kw"][0, :, 0]
+    assert p[14] == pytest.approx(4.0) and lb[14] < 4.0 - 1.0  # 1 K of a 6 kWh/K house: about 2 kWh
+    assert p[10] == 0 and ub[10] == pytest.approx(4.0)
 
 
 def test_call_chain_reproduces_the_share_it_was_derived_from():

@@ -53,15 +53,17 @@ of burn-in from ``setpoint_c``).
 Heat the rating cannot deliver: ``unmet_kwh``, the electricity above the rating
 that holding the setpoint would take while heat is called for (an undersized
 pump).  Flexibility per half-hour, from the house's state at its start: the
-lowest and highest power that keep the indoor temperature at the half-hour's
-end within the comfort band, ``setpoint - comfort_band_k`` (``setpoint -
-setback_k`` while heat is not called for) to ``setpoint + comfort_band_k``,
-within ``[0, rating]``: ``p_lb <= p <= p_ub``.  Each bound is one half-hour's
-move from the simulated path, not a schedule.
+lowest and highest power, within ``[0, rating]``, that end the half-hour no
+more than ``comfort_band_k`` below the simulated path's end temperature or the
+setpoint, whichever is lower (while heat is called for: a recovery can be
+slowed, by up to the band; ``setpoint - setback_k`` while it is not), and no
+more than ``comfort_band_k`` above the setpoint (heat stored ahead):
+``p_lb <= p <= p_ub``.  Each bound is one half-hour's move from the simulated
+path, not a schedule.
 
-References: hplib (Schieferdecker et al., FZ Juelich / RWTH), generic heat pump
-parameters, v1.9; BRE, SAP 2012, Table 1e (thermal mass parameter); ENWL,
-Low Voltage Network Solutions, winter heat-pump profiles.
+References: hplib (the heat pump library), v1.9, its "Generic" parameters; BRE,
+SAP 2012, Table 1e (thermal mass parameter); ENWL, Low Voltage Network
+Solutions, winter heat-pump profiles (``priors/derive_heat_pump.py``).
 """
 
 from __future__ import annotations
@@ -154,13 +156,15 @@ def simulate(par: dict, extra: dict, times: np.ndarray, owners: np.ndarray,
         drift = to + (t_in - to) * decay  # end temperature with the pump off
         on = call[:, i]
         q = _power_for(np.where(on, t_set, t_low_off), drift, gain * cp, rating)
+        t_next = drift + q * cp * gain
         j = i - BURN_IN
         if j >= 0:
             p[:, j], temp[:, j] = q, t_in
-            p_lb[:, j] = np.minimum(q, _power_for(np.where(on, t_set - band, t_low_off), drift, gain * cp, rating))
+            low = np.where(on, np.minimum(t_set, t_next) - band, t_low_off)
+            p_lb[:, j] = np.minimum(q, _power_for(low, drift, gain * cp, rating))
             p_ub[:, j] = np.maximum(q, _power_for(t_set + band, drift, gain * cp, rating))
             unmet += np.where(on, np.maximum(h_kw * (t_set - to) / cp - rating, 0.0), 0.0) * DT_H
-        t_in = drift + q * cp * gain
+        t_in = t_next
 
     own = owners[:, None, :]
     return {
