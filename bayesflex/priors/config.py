@@ -50,6 +50,8 @@ SCHEMA: dict[str, dict[str, str]] = {
         "charger_kw": "positive",
         "kwh_per_halfhour_moving": "positive",
         "initial_soc": "unit",
+        "timed_share": "unit",  # optional (see _OPTIONAL)
+        "timer_start_h": "positive",
     },
     "heat_pump": {
         "heat_loss_kw_per_k": "positive",
@@ -74,12 +76,16 @@ _EXTRA_KEYS = {
     "baseload": {"shape_kw"},
     "pv": {"penetration", "agents", "tilt_deg", "azimuth_deg"},
     "ev": {"penetration", "agents", "concentration", "leave_home", "leave_other", "home_share", "keep_moving",
-           "charge_efficiency", "charge_elsewhere"},
+           "charge_efficiency", "charge_elsewhere", "timer_end_h"},
     "heat_pump": {"penetration", "agents", "forecast_min_c", "forecast_max_c", "setback_k", "flow_temp_c",
                   "comfort_band_k", "call_start", "call_stop"},
     "battery": {"penetration", "agents", "soc_min", "soc_max"},
     "refrigeration": {"penetration", "agents", "setpoint_c", "cpt_max_c", "defrost_hours", "suction_flex"},
 }
+
+
+#: parameters a table may leave out (then not drawn: the model's behaviour without them)
+_OPTIONAL = {"ev": {"timed_share", "timer_start_h"}}
 
 
 def priors_dir() -> Path:
@@ -230,10 +236,11 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
     for k in tab:
         if k not in allowed:
             raise ConfigError(f"{where}: unknown key {k!r} (allowed: {', '.join(sorted(allowed))})")
-    missing = [k for k in schema if k not in tab]
+    optional = _OPTIONAL.get(tech, set())
+    missing = [k for k in schema if k not in tab and k not in optional]
     if missing:
         raise ConfigError(f"{where}: missing {', '.join(missing)}")
-    params = {k: parse_param(tab[k], where=where, key=k, domain=d) for k, d in schema.items()}
+    params = {k: parse_param(tab[k], where=where, key=k, domain=d) for k, d in schema.items() if k in tab}
     pen, agents = None, None
     if "penetration" in _EXTRA_KEYS.get(tech, set()):
         if ("penetration" in tab) == ("agents" in tab):
@@ -262,6 +269,10 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
         if not isinstance(elsewhere, bool):
             raise ConfigError(f"{where} charge_elsewhere = {elsewhere!r}: must be true or false")
         extra["charge_elsewhere"] = elsewhere
+        if ("timed_share" in tab) != ("timer_start_h" in tab):
+            raise ConfigError(f"{where}: give timed_share (the share of cars on a timer) and timer_start_h "
+                              "(its start, local hours after midnight) together, or neither")
+        extra["timer_end_h"] = _number(tab, "timer_end_h", where, lo=0, hi=24, default=8.0)
     if tech == "heat_pump":
         extra["forecast_min_c"] = _number(tab, "forecast_min_c", where, lo=-60, hi=60)
         extra["forecast_max_c"] = _number(tab, "forecast_max_c", where, lo=extra["forecast_min_c"], hi=60)

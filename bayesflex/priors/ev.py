@@ -20,17 +20,34 @@ Energy: a moving half-hour uses ``kwh_per_halfhour_moving`` from the battery
 it also charges while parked elsewhere (at work, at the shops), which is not
 load on its household's bus but leaves less to charge at home.  A car whose battery would
 go below empty records the missing energy as ``ev_shortfall_kwh``.
+Timed (off-peak) charging: each car is on a timer with probability
+``timed_share`` (a share of the draw's owners).  A timed car charges at home
+only inside its off-peak window, from ``timer_start_h`` (local clock time of
+the site's zone, hours after midnight; 24.5 is 00:30 next day; drawn per car)
+to ``timer_end_h`` (the same for every car), and there until full or until it
+leaves: a car already home waits for the window, one that arrives inside it
+starts at once, and the half-hour in which the window opens charges for the
+part of it that is inside.  Cars not on a timer charge on arrival.  Without
+``timed_share`` in the priors no car is on a timer.
 Flexibility per half-hour: a car at home can stop charging (``p_lb = 0``) or
-charge at full power while not full (``p_ub = charger_kw``).  These bounds do
-not carry the need to be charged by departure; that comes with the
-aggregator's positions.
+charge at full power while not full (``p_ub = charger_kw``, or what the
+battery can still take in the half-hour), a timed car outside its window too
+(the owner, or an aggregator, can start it early).
+These bounds do not carry the need to be charged by departure; that comes
+with the aggregator's positions.
+
+References: the Electric Vehicles (Smart Charge Points) Regulations 2021 (SI
+2021/1467, GB), regulation 10: charge points sold from 30 June 2022 come with
+default charging hours outside the peak hours (weekdays 08:00-11:00 and
+16:00-22:00), which the owner may accept, change or remove; a random delay of
+up to 600 s at the start spreads timed starts only within a half-hour.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-PER_AGENT = ("battery_kwh", "charger_kw", "kwh_per_halfhour_moving", "initial_soc")
+PER_AGENT = ("battery_kwh", "charger_kw", "kwh_per_halfhour_moving", "initial_soc", "timer_start_h")
 M, R, C = 0, 1, 2
 STATES = ("M", "R", "C")
 DT_H = 0.5
@@ -121,15 +138,45 @@ def periodic_occupancy(P: np.ndarray, first_slot: int) -> np.ndarray:
     return out
 
 
+def window_fraction(start_h: np.ndarray, end_h: float) -> np.ndarray:
+    """``(..., 48)`` fraction of each local half-hour (from 00:00) inside the
+    daily window from ``start_h (...)`` to ``end_h`` (hours after midnight,
+    taken modulo 24; a window that starts after it ends runs over midnight)."""
+    a = np.mod(np.asarray(start_h, float), 24.0)[..., None]
+    b = float(end_h) % 24.0
+    lo = np.arange(48) * DT_H  # half-hour starts, h
+
+    def overlap(x, y):  # hours of [lo, lo + DT_H) inside [x, y)
+        return np.clip(np.minimum(lo + DT_H, y) - np.maximum(lo, x), 0.0, DT_H)
+
+    over_midnight = overlap(a, 24.0) + overlap(0.0, b)
+    return np.where(a < b, overlap(a, b), over_midnight) / DT_H
+
+
 def simulate(par: dict, P: np.ndarray, slots: np.ndarray, owners: np.ndarray, rng: np.random.Generator,
-             efficiency: float, charge_elsewhere: bool = False) -> dict[str, np.ndarray]:
-    """Run every car through the horizon.  Returns ``p_kw, p_lb_kw, p_ub_kw,
+             efficiency: float, charge_elsewhere: bool = False, *, local_slots: np.ndarray | None = None,
+             timer_end_h: float = 8.0) -> dict[str, np.ndarray]:
+    """Run every car through the horizon; ``slots`` the UTC half-hour of day of
+    each time (the chain's clock), ``local_slots`` the site's local one (the
+    timers' clock; ``slots`` when not given).  Returns ``p_kw, p_lb_kw, p_ub_kw,
     soc (draw, time, agent)``, ``state (draw, time, agent)`` (int8, -1 without
-    an EV) and ``shortfall_kwh (draw, agent)``."""
+    an EV), ``shortfall_kwh (draw, agent)`` and ``timed (draw, agent)`` (the
+    car charges on a timer)."""
     n, n_agent = owners.shape
     spin = 48
+    local = slots if local_slots is None else np.asarray(local_slots)
     slots = np.concatenate([(slots[0] - spin + np.arange(spin)) % 48, slots])
+    local = np.concatenate([(local[0] - spin + np.arange(spin)) % 48, local])
     T = len(slots)
+    # who is on a timer: from a stream of its own, so that the chain's numbers do not depend on it
+    share = par.get("timed_share")
+    timed = np.zeros((n, n_agent), bool) if share is None else \
+        rng.spawn(1)[0].random((n, n_agent)) < share.reshape(n, 1)
+    if timed.any():  # fraction of each local half-hour in which a car may charge
+        allowed = np.where(timed[..., None], window_fraction(par["timer_start_h"], timer_end_h), 1.0)
+        allowed = np.ascontiguousarray(np.moveaxis(allowed, -1, 0))  # (48, draw, agent)
+    else:
+        allowed = None
     pi0 = periodic_occupancy(P, int(slots[0]))[:, 0]  # (draw, 3)
     u = rng.random((n, n_agent))
     state = (u[..., None] > np.cumsum(pi0, axis=1)[:, None, :2]).sum(axis=-1)
@@ -154,13 +201,14 @@ def simulate(par: dict, P: np.ndarray, slots: np.ndarray, owners: np.ndarray, rn
         soc = soc - (need - short) / cap
         home = state == R
         room_kw = (1.0 - soc) * cap / (DT_H * efficiency)
-        p = np.where(home, np.minimum(charger, room_kw), 0.0)
+        rate = charger if allowed is None else charger * allowed[local[t]]
+        p = np.where(home, np.minimum(rate, room_kw), 0.0)
         soc = soc + p * DT_H * efficiency / cap
         if charge_elsewhere:  # topped up while parked elsewhere: not this feeder's load
             away = np.where(state == C, np.minimum(charger, (1.0 - soc) * cap / (DT_H * efficiency)), 0.0)
             soc = soc + away * DT_H * efficiency / cap
         out["p_kw"][:, t] = p
-        out["p_ub_kw"][:, t] = np.where(home & (room_kw > 0), charger, 0.0)
+        out["p_ub_kw"][:, t] = np.where(home, np.minimum(charger, room_kw), 0.0)
         out["soc"][:, t] = soc
         states[:, t] = state
     out = {k: v[:, spin:] for k, v in out.items()}
@@ -170,4 +218,5 @@ def simulate(par: dict, P: np.ndarray, slots: np.ndarray, owners: np.ndarray, rn
     out["soc"] = np.where(owners[:, None, :], out["soc"], np.nan)
     out["state"] = np.where(owners[:, None, :], states, -1).astype(np.int8)
     out["shortfall_kwh"] = shortfall * owners
+    out["timed"] = timed & owners
     return out

@@ -169,11 +169,14 @@ def sample_priors(
         P = ev.assemble(par)
         for key in ("ev.row_R", "ev.row_C", "ev.row_M"):
             par.pop(key)
+        local = times.tz_localize("UTC").tz_convert(pri.timezone).tz_localize(None)  # the timers' clock
         res = ev.simulate(_params(par, "ev"), P, baseload.half_hour_of_day(times.values), owners,
                           np.random.default_rng(streams[STREAMS["ev"]]), tech.extra["charge_efficiency"],
-                          tech.extra["charge_elsewhere"])
+                          tech.extra["charge_elsewhere"], local_slots=baseload.half_hour_of_day(local.values),
+                          timer_end_h=tech.extra["timer_end_h"])
         flex["ev"] = (res["p_kw"], res["p_lb_kw"], res["p_ub_kw"])
         extra_vars["ev_has"] = (("chain", "draw", "agent"), owners[None])
+        extra_vars["ev_timed"] = (("chain", "draw", "agent"), res["timed"][None])
         extra_vars["ev_state"] = (("chain", "draw", "time", "agent"), res["state"][None],
                                   {"flag_values": "-1 0 1 2", "flag_meanings": "no_ev moving parked_home parked_elsewhere"})
         extra_vars["ev_soc"] = (("chain", "draw", "time", "agent"), res["soc"][None], {"units": "1"})
