@@ -1,4 +1,4 @@
-"""EV Markov chain: transition matrices, occupancy, charging, and the conjugate update."""
+"""EV Markov chain: transition matrices, occupancy, charging (on arrival or on a timer), and the conjugate update."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from bayesflex.errors import ConfigError
 from bayesflex.priors import condition, load_priors, read_ev_states, sample_priors
-from bayesflex.priors.ev import periodic_occupancy, transition_counts
+from bayesflex.priors.baseload import half_hour_of_day
+from bayesflex.priors.ev import DT_H, periodic_occupancy, simulate, transition_counts, window_fraction
 
 from .conftest import edited_priors
 
@@ -53,6 +54,113 @@ def test_charging_soc_and_bounds(all_ev):
     charger = all_ev.ev_charger_kw.values[0][:, None, :]
     assert (p <= charger * (1 + 1e-6)).all()  # float32 powers
     assert (all_ev.p_lb_kw <= all_ev.p_kw + 1e-5).all() and (all_ev.p_kw <= all_ev.p_ub_kw + 1e-5).all()
+
+
+def _ev_only(ds):
+    """(draw, time, agent) EV kW, the charger (draw, 1, agent) and each time's local half-hour."""
+    p = ds.p_ev_kw.sum("phase").values[0].astype(float)
+    local = pd.DatetimeIndex(ds.time.values).tz_localize("UTC").tz_convert("Europe/London").tz_localize(None)
+    return p, ds.ev_charger_kw.values[0][:, None, :], half_hour_of_day(local.values)
+
+
+@pytest.mark.parametrize("priors", ["default", "summer"])
+def test_timed_cars_charge_only_inside_their_window(all_ev, ieee, tmp_path, priors):
+    """A timed car charges only inside its window (local clock: in summer 23:00 is 22:00 UTC),
+    at most the charger times the part of the half-hour inside it; each of its sessions starts
+    when the window opens or when the car comes home inside it.  Cars not on a timer start on
+    arrival.  Both kinds exist in the draws."""
+    ds = all_ev if priors == "default" else sample_priors(
+        ieee, edited_priors(tmp_path, [("penetration = 0.2", "penetration = 1.0")], name=priors), draws=100, seed=3)
+    p, charger, local = _ev_only(ds)
+    timed = ds.ev_timed.values[0]
+    assert 0.1 < timed.mean() < 0.6 and timed.any(axis=1).mean() > 0.5
+    frac = window_fraction(ds.ev_timer_start_h.values[0], load_priors(priors)["ev"].extra["timer_end_h"])
+    frac = np.moveaxis(frac[..., local], -1, 1)  # (draw, time, agent)
+    cap_kw = np.where(timed[:, None, :], charger * frac, charger)
+    assert (p <= cap_kw * (1 + 1e-6) + 1e-6).all()
+    on = p > 1e-6
+    begins = on[:, 1:] & ~on[:, :-1]  # a session starts at t (t >= 1)
+    st = ds.ev_state.values[0]
+    arrived = st[:, :-1] != 1  # not at home the half-hour before
+    opened = (frac[:, 1:] > 0) & (frac[:, :-1] == 0)
+    assert (begins & timed[:, None, :] & ~(opened | arrived)).sum() == 0
+    assert (begins & ~timed[:, None, :] & ~arrived).sum() == 0
+    # most timed sessions begin in the half-hours the windows open (22:00-00:30): a new peak
+    b = begins & timed[:, None, :]
+    counts = np.bincount(np.broadcast_to(local[None, 1:, None], b.shape)[b], minlength=48)
+    assert counts[[44, 45, 46, 47, 0]].sum() > 0.5 * counts.sum()
+
+
+def test_timed_share_is_the_share_of_owners_on_a_timer(all_ev):
+    """Each owner is on a timer with the draw's ``timed_share``: the mean over draws of
+    (share timed - timed_share) is zero within 4 standard errors."""
+    timed = all_ev.ev_timed.values[0]
+    share = all_ev.ev_timed_share.values[0]
+    diff = timed.mean(axis=1) - share
+    assert abs(diff.mean()) < 4 * diff.std(ddof=1) / np.sqrt(len(diff))
+    assert share.std() > 0.05  # a prior, not a fixed number
+
+
+def test_energy_balance(all_ev):
+    """Per car without a shortfall: the battery's change over the horizon equals the energy
+    charged into it minus what its moving half-hours used (float32 powers: 1e-4 kWh)."""
+    p = all_ev.p_ev_kw.sum("phase").values[0].astype(float)
+    soc = all_ev.ev_soc.values[0]
+    moving = all_ev.ev_state.values[0] == 0
+    cap = all_ev.ev_battery_kwh.values[0]
+    use = all_ev.ev_kwh_per_halfhour_moving.values[0]
+    eff = load_priors("default")["ev"].extra["charge_efficiency"]
+    ok = all_ev.ev_shortfall_kwh.values[0] == 0
+    stored = cap * (soc[:, -1] - soc[:, 0])
+    balance = eff * DT_H * p[:, 1:].sum(axis=1) - use * moving[:, 1:].sum(axis=1)
+    assert ok.mean() > 0.9
+    np.testing.assert_allclose(stored[ok], balance[ok], atol=1e-3 * cap.max())
+
+
+def test_timer_by_hand():
+    """A timed car that drives 10:00-20:00 (20 half-hours at 1.375 kWh: 27.5 of its 55 kWh) and is
+    home after, 7 kW charger, efficiency 0.9, window 23:15-08:00 local (= UTC here): no charge
+    before 23:00, 3.5 kW in 23:00-23:30 (half of it inside), then 7 kW until 27.5 / 0.9 kWh are
+    in, then nothing.  Upper bound 7 kW all the while it is home and not full (it may be started
+    early), what it can still take in its last half-hour, 0 when full; lower bound 0."""
+    P = np.zeros((1, 48, 3, 3))
+    P[..., 1] = 1.0  # every state goes home ...
+    P[:, 19:39] = [1.0, 0.0, 0.0]  # ... except that the car drives 10:00-20:00 (the move into slot s is P[s - 1])
+    par = {"battery_kwh": np.full((1, 1), 55.0), "charger_kw": np.full((1, 1), 7.0),
+           "kwh_per_halfhour_moving": np.full((1, 1), 1.375), "initial_soc": np.full((1, 1), 1.0),
+           "timed_share": np.ones(1), "timer_start_h": np.full((1, 1), 23.25)}
+    slots = np.arange(20, 20 + 48) % 48  # the horizon starts at 10:00
+    res = simulate(par, P, slots, np.ones((1, 1), bool), np.random.default_rng(0), 0.9, local_slots=slots,
+                   timer_end_h=8.0)
+    p, ub, st = res["p_kw"][0, :, 0], res["p_ub_kw"][0, :, 0], res["state"][0, :, 0]
+    assert (st[:20] == 0).all() and (st[20:] == 1).all()  # 10:00-20:00 moving, home after
+    assert res["shortfall_kwh"][0, 0] == 0
+    np.testing.assert_allclose(p[:26], 0.0)  # 10:00-23:00: waits for the window
+    assert (ub[20:26] == 7.0).all()  # ... but could be started
+    np.testing.assert_allclose(p[26], 3.5)  # 23:00-23:30: half inside the window
+    kwh = 27.5 / 0.9 - 3.5 * DT_H
+    full = int(kwh // (7.0 * DT_H))
+    np.testing.assert_allclose(p[27:27 + full], 7.0)
+    np.testing.assert_allclose(p[27 + full], (kwh - full * 7.0 * DT_H) / DT_H)
+    np.testing.assert_allclose(p[28 + full:], 0.0)
+    np.testing.assert_allclose(res["soc"][0, -1, 0], 1.0)
+    np.testing.assert_allclose(ub[27 + full], p[27 + full])
+    np.testing.assert_allclose(ub[28 + full:], 0.0, atol=1e-9)
+    np.testing.assert_allclose(res["p_lb_kw"], 0.0)
+
+
+def test_without_timer_keys_no_car_is_timed(ieee, tmp_path):
+    """An [ev] table without timed_share / timer_start_h (older files) keeps its meaning: every car
+    charges on arrival; one of the two keys alone is an error naming both."""
+    text = load_priors("default").text
+    cut = text[text.index("timed_share = {"):text.index("timer_end_h")]
+    old = edited_priors(tmp_path, [("penetration = 0.2", "penetration = 1.0"), (cut, "")], filename="old.toml")
+    ds = sample_priors(ieee, old, draws=20, seed=2)
+    assert not ds.ev_timed.values.any() and "ev_timer_start_h" not in ds
+    start_only = cut[cut.index("timer_start_h"):]
+    half = edited_priors(tmp_path, [(start_only, "")], filename="half.toml")
+    with pytest.raises(ConfigError, match="timed_share.*timer_start_h.*together"):
+        load_priors(half)
 
 
 def test_ev_energy_matches_enwl(all_ev):

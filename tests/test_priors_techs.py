@@ -25,10 +25,14 @@ DRAWS = 400
 
 EV_CHARGER = ("ENWL's EV profiles all charge at 3 kW; the default charger_kw prior is Uniform(3, 7.4) kW "
               "for today's wallboxes (a choice, priors/default.toml [ev]): shorter sessions at more kW")
-EV_EVERY_DAY = ("every ENWL EV profile charges once in its day (none of 100 is zero); in the model a car-day "
-                "without a trip (or with a full battery) has no charge: 0.68 of car-days charge")
-EV_NIGHT = ("ENWL's sessions often start late (32 of 100 between 22:00 and 24:00: the share charging peaks "
-            "at 23:30); the model starts charging on arrival home and has no timed (off-peak) charging")
+EV_EVERY_DAY = ("every ENWL EV profile charges, once, in its day (none of 100 is zero; the sessions that run past "
+                "midnight wrap round to 00:00: a charging day per car, not a random car-day); in the model a car-day "
+                "without a trip has no charge (0.35 of car-days have no trip), so 0.72 of car-days charge, and with a "
+                "third of the cars on a timer the evening holds fewer of them; real drivers plug in less often than "
+                "daily (Electric Nation, ~700 UK drivers: about three times a week)")
+EV_TIMER_PEAK = ("the model's timed cars (timed_share, mean 0.32) start together when their windows open (22:00-00:30) "
+                 "with chargers of up to 7.4 kW: groups of 20 peak above ENWL's 3 kW chargers (with charger_kw = 3.0 "
+                 "the ratio is 0.95)")
 PV_SCALE = ("ENWL's PV profiles are one day of one system, scaled so that the 5-minute peak equals each nominal "
             "size (1.57-4 kW): 1 kW per kWp at the peak and 6.66 kWh/kWp in a broken-cloud day, more than a clear "
             "day gives a kWp here (pvlib clear sky x performance ratio 0.85: ~6.4 kWh/kWp on 15 July)")
@@ -38,19 +42,25 @@ def _miss(*reasons):
     return pytest.mark.xfail(strict=True, reason="; ".join(reasons))
 
 
+def _edge(*reasons):
+    """A figure the model misses by about the Monte Carlo allowance: it passes or misses with the seed."""
+    return pytest.mark.xfail(strict=False, reason="; ".join(reasons))
+
+
 CASES = {
     "ev": {
         "share of EV-days that charge": _miss(EV_EVERY_DAY),
-        "share charging, peak": _miss(EV_NIGHT, EV_CHARGER, EV_EVERY_DAY),
-        "share charging, peak at, h": _miss(EV_NIGHT),
-        "share charging, day mean": _miss(EV_CHARGER, EV_EVERY_DAY),
+        "share charging, peak": _miss(EV_CHARGER),
+        "share charging, peak at, h": None,  # the timers' 00:00 against the data's 23:30
+        "share charging, day mean": _miss(EV_CHARGER),
         "coincidence 17-21, peak": _miss(EV_CHARGER, EV_EVERY_DAY),
         "coincidence 17-21, mean": _miss(EV_CHARGER, EV_EVERY_DAY),
         "half-hour p99, kW": _miss(EV_CHARGER),
         "ADMD N=1, kW": _miss(EV_CHARGER),
         "ADMD N=5, kW": _miss(EV_CHARGER),
-        "ADMD N=20, kW": None,
-        "ADMD N=55, kW": None,  # at the edge: ratio 0.90-0.91 over seeds 0-4
+        # ratio 1.14-1.16 over seeds 0-3 and 14 (edge 1.10 + 3 Monte Carlo SE): passes with some seeds
+        "ADMD N=20, kW": _edge(EV_CHARGER, EV_TIMER_PEAK),
+        "ADMD N=55, kW": None,
     },
     "hp": {
         "share of half-hours off": None,
@@ -108,6 +118,8 @@ def test_data_are_what_the_bench_assumes():
 
     ev = raw("Winter_EV_Profiles.csv")
     assert set(np.unique(ev)) == {0.0, 3.0} and (ev.max(axis=0) > 0).all()  # 3 kW chargers, every car charges
+    on = ev > 0
+    assert ((on & ~np.roll(on, 1, axis=0)).sum(axis=0) == 1).all()  # one session each, read round midnight
     pv = raw("Summer_PV_Profiles.csv")
     shape = pv / pv.max(axis=0)
     np.testing.assert_allclose(shape, shape[:, :1] * np.ones((1, 100)), atol=1e-6)  # one day, one system, scaled
