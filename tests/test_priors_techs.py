@@ -119,7 +119,10 @@ def test_data_are_what_the_bench_assumes():
     ev = raw("Winter_EV_Profiles.csv")
     assert set(np.unique(ev)) == {0.0, 3.0} and (ev.max(axis=0) > 0).all()  # 3 kW chargers, every car charges
     on = ev > 0
-    assert ((on & ~np.roll(on, 1, axis=0)).sum(axis=0) == 1).all()  # one session each, read round midnight
+    starts = on & ~np.roll(on, 1, axis=0)
+    assert (starts.sum(axis=0) == 1).all()  # one session each, read round midnight
+    start_h = starts.argmax(axis=0) / 12
+    assert ((start_h >= 22) & (start_h < 24)).sum() == 32  # late starts: the timed_share prior's source
     pv = raw("Summer_PV_Profiles.csv")
     shape = pv / pv.max(axis=0)
     np.testing.assert_allclose(shape, shape[:, :1] * np.ones((1, 100)), atol=1e-6)  # one day, one system, scaled
