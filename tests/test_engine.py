@@ -18,8 +18,9 @@ from bayesflex.results import open_study, save_study
 
 V_BASE = 416 / math.sqrt(3)  # volts, phase to neutral
 PF = 0.95
-# ln p ~ Normal(MU - ln 24 - SD_NOISE^2 / 2, sqrt(SD_HOUSE^2 + SD_NOISE^2)): see priors/baseload.py
-MU, SD_HOUSE, SD_NOISE = math.log(24.0), 0.5, 0.5
+# p = C B, B ~ Beta(beta_ab(L, C, ...)) given the level L = exp(SD z - SD^2 / 2), z ~ N(0, 1):
+# see bayesflex/priors/baseload.py (shape 1 kW at every half-hour, one 23 kW service)
+SD, CAP, APPLIANCE, KNEE, POWER = 0.5, 23.0, 1.8, 0.35, 2.6
 ONE_HOUSE_PRIORS = f"""
 [horizon]
 start = "2026-01-14T18:00"
@@ -30,10 +31,15 @@ latitude = 53.48
 longitude = -2.24
 [baseload]
 shape_kw = [{", ".join(["1.0"] * 48)}]
-log_daily_kwh_mean = {MU}
-log_daily_kwh_sd = {SD_HOUSE}
-noise_sd = {SD_NOISE}
-noise_rho = 0.4
+level_log_mean = 0.0
+level_log_sd = {SD}
+day_share = 0.5
+appliance_kw = {APPLIANCE}
+knee_kw = {KNEE}
+knee_power = {POWER}
+persistence = 0.4
+service_kw = [{CAP}]
+service_share = [1.0]
 power_factor = {PF}
 """
 
@@ -69,9 +75,16 @@ def _p_at_voltage_kw(z_aa_ohm: complex, v_pu: float) -> float:
 
 
 def _p_above(p_kw: float) -> float:
-    m = MU - math.log(24.0) - SD_NOISE**2 / 2
-    s = math.hypot(SD_HOUSE, SD_NOISE)
-    return float(norm.sf((math.log(p_kw) - m) / s))
+    """P(p > p_kw): the Beta tail, integrated over the level (a one-dimensional integral)."""
+    from scipy import integrate, special
+
+    def tail(z):
+        mu = min(math.exp(SD * z - SD**2 / 2), CAP / 2)
+        m = mu / CAP
+        phi = max(m * (1 - m) / (APPLIANCE * mu * (mu / (mu + KNEE)) ** POWER / CAP**2) - 1, 1e-2)
+        return special.betaincc(m * phi, (1 - m) * phi, p_kw / CAP) * norm.pdf(z)
+
+    return float(integrate.quad(tail, -10, 10, epsabs=1e-10)[0])
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +96,7 @@ def one_house_priors(tmp_path_factory):
 
 @pytest.mark.parametrize("v_min_pu", [0.99, 0.98, 0.97])
 def test_probability_of_undervoltage_matches_the_closed_form(one_house_priors, v_min_pu):
-    """P(V < v) = P(p > p*(v)) for a log-normal p: the estimate lies within 3
+    """P(V < v) = P(p > p*(v)) for the house's Beta margin: the estimate lies within 3
     Monte Carlo standard errors (of the exact probability) of the exact value."""
     z = 1.0 + 0.3j
     feeder = _one_house(z)

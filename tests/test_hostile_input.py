@@ -196,12 +196,12 @@ PRIOR_PATHS = _paths(DEFAULT_PRIORS)
 
 #: domains, from the priors README and the model docstrings (not from the loader)
 PROBABILITY = {"penetration", "keep_moving", "charge_efficiency", "flex_fraction", "soc_min", "soc_max",
-               "suction_flex", "noise_rho", "power_factor", "performance_ratio", "cloud_rho", "initial_soc",
+               "suction_flex", "persistence", "day_share", "power_factor", "performance_ratio", "cloud_rho", "initial_soc",
                "temp_error_rho", "duty"}
-POSITIVE = {"log_daily_kwh_sd", "noise_sd", "capacity_kw", "cloud_logit_sd", "agent_factor_sd", "battery_kwh",
+POSITIVE = {"level_log_sd", "appliance_kw", "knee_kw", "knee_power", "electrified_service_kw", "capacity_kw", "cloud_logit_sd", "agent_factor_sd", "battery_kwh",
             "charger_kw", "kwh_per_halfhour_moving", "heat_loss_kw_per_k", "rating_kw", "temp_error_sd",
             "capacity_kwh", "power_kw", "concentration", "setback_k", "flow_temp_c"}
-PROBABILITY_LISTS = {"leave_home", "leave_other", "home_share"}
+PROBABILITY_LISTS = {"leave_home", "leave_other", "home_share", "service_share"}
 
 
 def _check_number(where: str, key: str, got: float, want) -> None:
@@ -256,7 +256,7 @@ def assert_priors_match(pri, cfg: dict) -> None:
                     for g, w in zip(got, want):
                         _check_number(where, key, g, w)
                         assert key not in PROBABILITY_LISTS or 0 <= g <= 1
-                        assert key != "shape_kw" or g >= 0
+                        assert key not in ("shape_kw", "service_kw") or g >= 0
                 elif isinstance(got, bool):
                     assert got is want
                 else:
@@ -267,7 +267,10 @@ def assert_priors_match(pri, cfg: dict) -> None:
         unknown = set(tab) - set(t.params) - set(t.extra) - {"penetration", "agents"}
         assert not unknown, f"{where}: unknown key(s) {unknown} accepted"
     if "baseload" in pri:
-        assert len(pri["baseload"].extra["shape_kw"]) == 48 and sum(pri["baseload"].extra["shape_kw"]) > 0
+        extra = pri["baseload"].extra
+        assert len(extra["shape_kw"]) == 48 and sum(extra["shape_kw"]) > 0
+        assert len(extra["service_share"]) == len(extra["service_kw"]) > 0
+        assert abs(sum(extra["service_share"]) - 1) < 1e-6
 
 
 def _load_or_error(load, path: Path, raw: bytes | None):

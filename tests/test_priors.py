@@ -23,10 +23,15 @@ latitude = 53.48
 longitude = -2.24
 [baseload]
 shape_kw = {SHAPE}
-log_daily_kwh_mean = {{ dist = "Normal", mu = 2.1, sigma = 0.1 }}
-log_daily_kwh_sd = {{ dist = "HalfNormal", sigma = 0.4 }}
-noise_sd = NOISE_SD
-noise_rho = NOISE_RHO
+level_log_mean = {{ dist = "Normal", mu = 0.0, sigma = 0.1 }}
+level_log_sd = {{ dist = "HalfNormal", sigma = 0.4 }}
+day_share = DAY_SHARE
+appliance_kw = 1.8
+knee_kw = 0.35
+knee_power = 2.6
+persistence = NOISE_RHO
+service_kw = [13.8, 18.4, 23.0]
+service_share = SERVICE_SHARE
 power_factor = {{ dist = "Uniform", lower = 0.9, upper = 0.99 }}
 [pv]
 PV_WHO
@@ -41,7 +46,7 @@ agent_factor_sd = 0.1
 
 def _write(tmp_path, name="p.toml", **subs):
     text = BASE
-    defaults = {"NOISE_SD": "0.3", "NOISE_RHO": "0.8", "PV_WHO": "penetration = 0.5",
+    defaults = {"DAY_SHARE": "0.5", "SERVICE_SHARE": "[0.3, 0.5, 0.2]", "NOISE_RHO": "0.8", "PV_WHO": "penetration = 0.5",
                 "CAPACITY": '{ dist = "LogNormal", mu = 1.2, sigma = 0.35 }'}
     for k, v in {**defaults, **subs}.items():
         text = text.replace(k, v)
@@ -65,9 +70,11 @@ def draws(ieee, tmp_path_factory):
         ({"CAPACITY": '{ dist = "Normal", mu = 4, sigma = 1 }'}, ["capacity_kw", "can be negative"]),
         ({"CAPACITY": '{ dist = "LogNormal", mu = 1, sigma = -1 }'}, ["capacity_kw", "not a valid distribution"]),
         ({"PV_WHO": "penetration = 1.2"}, ["[pv] penetration = 1.2", "[0, 1]"]),
-        ({"NOISE_RHO": '{ dist = "Uniform", lower = 0.5, upper = 1.5 }'}, ["noise_rho", "outside [0, 1]"]),
+        ({"NOISE_RHO": '{ dist = "Uniform", lower = 0.5, upper = 1.5 }'}, ["persistence", "outside [0, 1]"]),
         ({"PV_WHO": 'penetration = 0.3\nagents = ["LOAD1"]'}, ["exactly one of penetration"]),
-        ({"NOISE_SD": "0.3\ncolour = 2"}, ["[baseload]", "unknown key 'colour'"]),
+        ({"DAY_SHARE": "0.3\ncolour = 2"}, ["[baseload]", "unknown key 'colour'"]),
+        ({"SERVICE_SHARE": "[0.5, 0.6, 0.1]"}, ["service_share", "add up to 1"]),
+        ({"SERVICE_SHARE": "[0.5, 0.5]"}, ["service_share", "3 probabilities"]),
     ],
 )
 def test_bad_priors_get_clear_errors(tmp_path, subs, words):
@@ -122,7 +129,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(ieee, tmp_path):
 
 def test_shapes_phases_and_net_power(draws, ieee):
     assert draws.p_kw.dims == ("chain", "draw", "time", "agent", "phase")
-    assert draws.sizes == {"chain": 1, "draw": 400, "time": 96, "agent": 55, "phase": 3}
+    assert draws.sizes == {"chain": 1, "draw": 400, "time": 96, "agent": 55, "phase": 3, "day": 2}
     off = ~ieee.agent_phases  # nothing on phases an agent is not connected to
     assert (draws.p_kw.values[..., off] == 0).all()
     # power arrays are float32: sums agree to float32 rounding
@@ -160,33 +167,77 @@ def test_shared_sky_makes_pv_of_two_agents_strongly_correlated(draws):
     assert np.median(within) > np.median(across) + 0.05
 
 
-def test_baseload_keeps_the_daily_energy_of_its_scale(draws):
-    """The noise is mean-preserving: E[daily kWh | D_a] = D_a.  Per draw, the
-    mean over agents of (simulated kWh / day - D_a); 4 standard errors over draws."""
-    kwh = draws.p_base_kw.sum(("time", "phase")).values[0] / 2 / 2  # 96 half-hours = 2 days
-    d = np.exp(draws.baseload_log_daily_kwh.values[0])
-    rel = (kwh / d - 1).mean(axis=1)  # per draw
+def _beta_scores(ds, shape=SHAPE, appliance=1.8, knee=0.35, power=2.6):
+    """Each house-half-hour's probability integral transform under its own Beta
+    margin (draws' stored levels and capacities), and its normal score."""
+    from scipy import special
+
+    from bayesflex.priors.baseload import EDGE, beta_ab, day_index
+
+    p = ds.p_base_kw.sum("phase").values[0].astype(float)  # (draw, time, agent)
+    cap = ds.baseload_cap_kw.values[0][:, None, :]
+    level = np.exp(ds.baseload_level_log.values[0])[:, :, day_index(ds.time.values)].transpose(0, 2, 1)
+    mu = np.asarray(shape)[ds.time.dt.hour.values * 2 + ds.time.dt.minute.values // 30][None, :, None] * level
+    a, b = beta_ab(mu, cap, appliance, knee, power)
+    u = special.betainc(a, b, np.clip(p / cap, EDGE, 1 - EDGE))
+    return p, mu, u, special.ndtri(np.clip(u, 1e-9, 1 - 1e-9))
+
+
+def test_baseload_mean_is_the_shape_times_the_level(draws):
+    """The margins keep the mean: E[p | level] = shape x level.  Per draw, the
+    mean over agents and half-hours of p / (shape x level) - 1; 4 standard
+    errors over draws."""
+    p, mu, _, _ = _beta_scores(draws)
+    rel = (p / mu - 1).mean(axis=(1, 2))
     se = rel.std(ddof=1) / np.sqrt(len(rel))
-    assert abs(rel.mean()) < 4 * se + 1e-12
+    assert abs(rel.mean()) < 4 * se
 
 
-def test_baseload_noise_has_the_stated_autocorrelation(ieee, tmp_path):
-    """With fixed noise_rho = 0.8 and noise_sd = 0.3 the log residuals are an
-    AR(1): lag-1 autocorrelation 0.8 and sd 0.3, within 4 Monte Carlo SE."""
+def test_baseload_margins_are_the_stated_beta(ieee, tmp_path):
+    """Each half-hour's probability integral transform under its Beta margin
+    is uniform: its mean 1/2 and variance 1/12 within 4 Monte Carlo SE, and no
+    decile off by more than 4 SE (persistence 0.8: dependence in time must not
+    bend the margins)."""
     ds = sample_priors(ieee, _write(tmp_path), draws=200, seed=11)
-    p = ds.p_base_kw.sum("phase").values[0]  # (draw, time, agent)
-    from bayesflex.priors.baseload import shape_factor
+    _, _, u, _ = _beta_scores(ds)
+    per_draw = u.mean(axis=(1, 2))
+    assert abs(per_draw.mean() - 0.5) < 4 * per_draw.std(ddof=1) / np.sqrt(len(per_draw))
+    var = ((u - 0.5) ** 2).mean(axis=(1, 2))
+    assert abs(var.mean() - 1 / 12) < 4 * var.std(ddof=1) / np.sqrt(len(var))
+    deciles = np.stack([((u >= k / 10) & (u < (k + 1) / 10)).mean(axis=(1, 2)) for k in range(10)], axis=1)
+    se = deciles.std(axis=0, ddof=1) / np.sqrt(len(deciles))
+    assert (abs(deciles.mean(axis=0) - 0.1) < 4 * se).all(), deciles.mean(axis=0)
 
-    s = shape_factor(tuple(SHAPE), ds.time.values)[None, :, None]
-    level = np.exp(ds.baseload_log_daily_kwh.values[0])[:, None, :] / 24
-    e = np.log(p / (level * s)) + 0.3**2 / 2
-    r1 = (e[:, 1:] * e[:, :-1]).mean(axis=1) / (e**2).mean(axis=1)  # (draw, agent)
-    per_draw = r1.mean(axis=1)
-    se = per_draw.std(ddof=1) / np.sqrt(len(per_draw))
-    # the lag-1 estimator is biased by O(1/T): allow it on top of the MC error
-    assert abs(per_draw.mean() - 0.8) < 4 * se + 2 / 96
-    sd = np.sqrt((e**2).mean(axis=1)).mean(axis=1)
-    assert abs(sd.mean() - 0.3) < 4 * sd.std(ddof=1) / np.sqrt(len(sd)) + 0.3 / 96
+
+@pytest.mark.parametrize("k0, k1", [(2.0, 2.0), (0.7, 3.0), (5.0, 1.5)])
+def test_gamma_thinning_keeps_gamma_margins_and_its_correlation(k0, k1):
+    """The chain's margins are Gamma(k) (mean k, variance k) and consecutive
+    values correlate by rho min(k0, k1) / sqrt(k0 k1): 4 Monte Carlo SE, on
+    200,000 independent pairs (alternating shapes k0, k1)."""
+    from bayesflex.priors.baseload import gamma_thinning
+
+    rho, n = 0.6, 200_000
+    shape = np.tile([k0, k1], (n, 1))
+    g = gamma_thinning(np.random.default_rng(3), shape, np.full(n, rho))
+    for j, k in enumerate((k0, k1)):
+        assert abs(g[:, j].mean() - k) < 4 * np.sqrt(k / n)
+        assert abs(g[:, j].var() - k) < 4 * k * np.sqrt(2 * (1 + 3 / k) / n)  # var of a sample variance
+    r = np.corrcoef(g[:, 0], g[:, 1])[0, 1]
+    want = rho * min(k0, k1) / np.sqrt(k0 * k1)
+    assert abs(r - want) < 4 * (1 - want**2) / np.sqrt(n - 3) * 1.5, (r, want)
+
+
+def test_no_baseload_draw_exceeds_what_the_service_leaves(draws):
+    """Every house-half-hour stays below its capacity; capacities are the
+    stated fuses in their stated shares (4 SE of a proportion)."""
+    p = draws.p_base_kw.sum("phase").values[0]
+    cap = draws.baseload_cap_kw.values[0]
+    assert (p <= cap[:, None, :]).all()
+    service = draws.baseload_service_kw.values[0]
+    n = service.size
+    for kw, share in ((13.8, 0.3), (18.4, 0.5), (23.0, 0.2)):
+        got = (service == kw).mean()
+        assert abs(got - share) < 4 * np.sqrt(share * (1 - share) / n), (kw, got)
 
 
 def test_explicit_pv_agents(ieee, tmp_path):

@@ -4,13 +4,28 @@
 :mod:`bayesflex.priors.baseload` to half-hourly readings of some agents with
 NUTS and returns a :class:`Posterior`; ``sample_priors(feeder, posterior, ...)``
 then draws the horizon from it (the posterior predictive): observed agents
-keep their own fitted scale, the others draw theirs from the fitted
-population.  The likelihood is the model's AR(1) written on the observed log
-readings ``y = ln(max(p, FLOOR_KW))``::
+keep their own fitted household level, the others draw theirs from the
+fitted population; every agent draws new day levels.  Readings ``y`` (kW) of
+agent ``a`` on day ``d`` at half-hour ``t`` are Beta on ``[0, C]``, given the
+household level ``z_a`` and the day level ``w_a,d`` (both latent, standard
+normal), exactly the model's margins::
 
-    mu_a,t = log D_a - ln 24 + ln s_h(t) - noise_sd^2 / 2
-    y_a,0 ~ Normal(mu_a,0, noise_sd)
-    y_a,t ~ Normal(mu_a,t + rho (y_a,t-1 - mu_a,t-1), noise_sd sqrt(1 - rho^2))
+    mu_a,t = shape_kw[h(t)] exp(level_log_mean - level_log_sd^2 / 2
+                                + level_log_sd (sqrt(1 - day_share) z_a + sqrt(day_share) w_a,d(t)))
+    y_a,t / C ~ Beta(beta_ab(mu_a,t, C, appliance_kw, knee_kw, knee_power))
+
+With several days per agent the household and day parts separate
+(``day_share`` is then learnt); with one day they do not and ``day_share``
+keeps its prior.  The half-hours of a day are not independent (the model's
+Gaussian copula, lag-1 correlation ``copula_rho``); instead of the copula
+density, whose Beta CDF would dominate the cost of every gradient, the
+log-likelihood of the margins is weighted by ``(1 - rho) / (1 + rho)`` (the
+effective share of independent half-hours in an AR(1): a composite
+likelihood with its curvature adjusted, e.g. Ribatet, Cooley and Davison
+2012), with ``rho`` the prior mean of ``copula_rho``, which is not updated.
+``C`` is the largest service in ``service_kw``: the meter does not say which
+fuse a house has, and for a mean far below ``C`` the Beta barely depends on
+it.
 
 R-hat and bulk ESS of every parameter are reported with the posterior.
 """
@@ -26,12 +41,13 @@ import xarray as xr
 
 from .._tables import agents_and_times, read_csv, zone
 from ..errors import ConfigError
-from .baseload import FLOOR_KW, half_hour_of_day, shape_factor
+from .baseload import EDGE, beta_ab, day_index, half_hour_of_day, shape_kw_at
 from .config import Priors, load_priors
 
 __all__ = ["Posterior", "condition", "read_observations"]
 
-BASELOAD_VARS = ("log_daily_kwh_mean", "log_daily_kwh_sd", "noise_sd", "noise_rho")
+#: the baseload parameters a posterior may update (those given as distributions)
+BASELOAD_VARS = ("level_log_mean", "level_log_sd", "day_share", "appliance_kw", "knee_kw", "knee_power")
 
 
 @dataclass(frozen=True)
@@ -231,10 +247,20 @@ def condition(
         return Posterior(priors=pri, idata=None, agents=(), ev_alpha=ev_alpha, ev_counts=ev_counts)
     wide = read_observations(observations, agents=agents, tz=tz)
     digest = hashlib.sha256(pd.util.hash_pandas_object(wide, index=True).values.tobytes()).hexdigest()
-    y = np.log(np.maximum(wide.to_numpy(float), FLOOR_KW)).T  # (agent, time)
-    log_s = np.log(shape_factor(pri["baseload"].extra["shape_kw"], wide.index.values))[None, :]
     tech = pri["baseload"]
+    cap = max(tech.extra["service_kw"])
+    x = wide.to_numpy(float).T  # (agent, time)
+    if (x >= cap * (1 - EDGE)).any():
+        j, t = np.argwhere(x >= cap * (1 - EDGE))[0]
+        raise ConfigError(f"observations: agent {wide.columns[j]!r} reads {x[j, t]:g} kW at {wide.index[t]}, "
+                          f"at or above the largest service in {pri.origin} [baseload] service_kw ({cap:g} kW): "
+                          "a three-phase or commercial supply is not a household baseload")
+    y = np.clip(x / cap, EDGE, 1 - EDGE)
+    shape = shape_kw_at(tech.extra["shape_kw"], wide.index.values)[None, :]
+    days = day_index(wide.index.values)
     obs_agents = tuple(wide.columns)
+    rho = tech["copula_rho"].value if tech["copula_rho"].fixed else tech["copula_rho"].mean()
+    weight = (1 - rho) / (1 + rho)
 
     def rv(key):
         par = tech[key]
@@ -242,18 +268,18 @@ def condition(
             return pm.Data(key, par.value)
         return getattr(pm, par.dist)(key, **par.kwargs())
 
-    with pm.Model(coords={"agent": list(obs_agents), "time": wide.index.values}) as model:
-        m, s = rv("log_daily_kwh_mean"), rv("log_daily_kwh_sd")
-        sd, rho = rv("noise_sd"), rv("noise_rho")
+    with pm.Model(coords={"agent": list(obs_agents), "day": np.arange(days[-1] + 1)}) as model:
+        mean, sd, share = rv("level_log_mean"), rv("level_log_sd"), rv("day_share")
+        appliance, knee, power = rv("appliance_kw"), rv("knee_kw"), rv("knee_power")
         z = pm.Normal("z", 0.0, 1.0, dims="agent")
-        log_d = pm.Deterministic("log_daily_kwh", m + s * z, dims="agent")
-        mu = log_d[:, None] - np.log(24.0) + log_s - sd**2 / 2
-        pm.Normal("y0", mu=mu[:, 0], sigma=sd, observed=y[:, 0])
-        pm.Normal("y", mu=mu[:, 1:] + rho * (y[:, :-1] - mu[:, :-1]), sigma=sd * pm.math.sqrt(1 - rho**2),
-                  observed=y[:, 1:])
+        w = pm.Normal("w", 0.0, 1.0, dims=("agent", "day"))
+        level = mean - sd**2 / 2 + sd * (pm.math.sqrt(1 - share) * z[:, None] + pm.math.sqrt(share) * w)
+        mu = shape * pm.math.exp(level[:, days])
+        a, b = beta_ab(mu, cap, appliance, knee, power, xp=pm.math)
+        pm.Potential("readings", weight * pm.logp(pm.Beta.dist(alpha=a, beta=b), y).sum())
         idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=min(chains, 2), random_seed=seed,
                           progressbar=progressbar, target_accept=0.9, compute_convergence_checks=False)
-    names = [k for k in BASELOAD_VARS if not tech[k].fixed] + ["log_daily_kwh"]
+    names = [k for k in BASELOAD_VARS if not tech[k].fixed] + ["z"]
     rhat = az.rhat(idata, var_names=names)
     ess = az.ess(idata, var_names=names, method="bulk")
     diag = {}

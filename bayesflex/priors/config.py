@@ -20,9 +20,10 @@ import pandas as pd
 
 from .._tables import zone
 from ..errors import ConfigError
+from .baseload import MAX_MEAN_SHARE
 from .spec import Param, parse_param
 
-__all__ = ["Priors", "Technology", "load_priors", "priors_dir", "SCHEMA"]
+__all__ = ["SCHEMA", "Priors", "Technology", "load_priors", "priors_dir"]
 
 HALF_HOURS_PER_DAY = 48
 #: longest horizon, half-hours: ten years (its end must stay a valid date-time)
@@ -31,10 +32,13 @@ MAX_PERIODS = 10 * 366 * HALF_HOURS_PER_DAY
 #: key -> domain for each technology; "penetration"/"agents" say who has it
 SCHEMA: dict[str, dict[str, str]] = {
     "baseload": {
-        "log_daily_kwh_mean": "real",
-        "log_daily_kwh_sd": "positive",
-        "noise_sd": "positive",
-        "noise_rho": "unit",
+        "level_log_mean": "real",
+        "level_log_sd": "positive",
+        "day_share": "unit",
+        "appliance_kw": "positive",
+        "knee_kw": "positive",
+        "knee_power": "positive",
+        "persistence": "unit",
         "power_factor": "unit",
     },
     "pv": {
@@ -73,7 +77,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     },
 }
 _EXTRA_KEYS = {
-    "baseload": {"shape_kw"},
+    "baseload": {"shape_kw", "service_kw", "service_share", "electrified_service_kw"},
     "pv": {"penetration", "agents", "tilt_deg", "azimuth_deg"},
     "ev": {"penetration", "agents", "concentration", "leave_home", "leave_other", "home_share", "keep_moving",
            "charge_efficiency", "charge_elsewhere", "timer_end_h"},
@@ -258,6 +262,22 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
         extra["shape_kw"] = _numbers(tab, "shape_kw", where, lo=0, hi=float("inf"), n=HALF_HOURS_PER_DAY, what=what)
         if sum(extra["shape_kw"]) <= 0:
             raise ConfigError(f"{where} shape_kw: must be {what}")
+        extra["service_kw"] = _numbers(tab, "service_kw", where, lo=1, hi=1000, n=None,
+                                       what="a list of service capacities per phase in kW, each in [1, 1000] "
+                                            "(fuse rating x 230 V, e.g. [13.8, 18.4, 23.0])")
+        extra["service_share"] = _numbers(tab, "service_share", where, lo=0, hi=1, n=len(extra["service_kw"]),
+                                          what=f"{len(extra['service_kw'])} probabilities (one per service_kw) "
+                                               "that add up to 1")
+        if not extra["service_kw"] or abs(sum(extra["service_share"]) - 1) > 1e-6:
+            raise ConfigError(f"{where} service_share: must be {len(extra['service_kw'])} probabilities "
+                              "(one per service_kw) that add up to 1")
+        extra["electrified_service_kw"] = _number(tab, "electrified_service_kw", where, lo=1, hi=1000,
+                                                  default=max(extra["service_kw"]))
+        top = max(extra["shape_kw"])
+        if top > MAX_MEAN_SHARE * min(extra["service_kw"]):
+            raise ConfigError(f"{where} shape_kw: a mean of {top:g} kW does not fit a service of "
+                              f"{min(extra['service_kw']):g} kW (service_kw; at most "
+                              f"{MAX_MEAN_SHARE:g} of it)")
     if tech == "ev":
         for key in ("leave_home", "leave_other", "home_share"):
             extra[key] = _numbers(tab, key, where, lo=0, hi=1, n=HALF_HOURS_PER_DAY,

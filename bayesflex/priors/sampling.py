@@ -18,7 +18,7 @@ from ..feeder import PHASES, Feeder
 from . import baseload, battery, ev, heat_pump, pv, refrigeration
 from .config import Priors, check_agents, load_priors
 
-__all__ = ["sample_priors", "draw_parameters"]
+__all__ = ["draw_parameters", "sample_priors"]
 
 MODELS = {"baseload": baseload, "pv": pv, "ev": ev, "heat_pump": heat_pump, "battery": battery,
           "refrigeration": refrigeration}
@@ -51,6 +51,11 @@ def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.Se
                 names.append(name)
                 rvs.append(rv)
                 shapes.append(shape)
+            if tech.name == "baseload":
+                names.append("baseload.service")
+                rvs.append(pm.Categorical("baseload.service", p=np.asarray(tech.extra["service_share"]),
+                                          dims="agent"))
+                shapes.append((draws, n_agent))
             if tech.name == "ev":
                 for name, rv in ev.add_rvs(pm, tech, ev_alpha).items():
                     names.append(name)
@@ -69,6 +74,16 @@ def _params(par: dict, tech: str) -> dict[str, np.ndarray]:
     return {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith(f"{tech}.")}
 
 
+def _service_kw(tech, par: dict, ratings: dict, feeder: Feeder) -> np.ndarray:
+    """Each agent's service capacity, kW (draw, agent): the drawn fuse's kW on each of
+    its phases, at least ``electrified_service_kw`` per phase for an agent with an EV
+    charger or a heat pump."""
+    per_phase = np.asarray(tech.extra["service_kw"])[par.pop("baseload.service").astype(int)]
+    electrified = sum((ratings[k] > 0 for k in ("ev", "heat_pump") if k in ratings), np.zeros(per_phase.shape, bool))
+    per_phase = np.where(electrified, np.maximum(per_phase, tech.extra["electrified_service_kw"]), per_phase)
+    return per_phase * feeder.agent_phases.sum(axis=1)[None, :]
+
+
 def _owners(tech, feeder: Feeder, draws: int, rng: np.random.Generator) -> np.ndarray:
     if tech.agents is not None:
         has = np.isin(np.array(feeder.agents), tech.agents)
@@ -78,12 +93,15 @@ def _owners(tech, feeder: Feeder, draws: int, rng: np.random.Generator) -> np.nd
 
 def _from_posterior(post, par: dict, feeder: Feeder, draws: int, rng: np.random.Generator) -> np.ndarray | None:
     """Replace the baseload parameters by posterior samples (resampled with
-    ``rng``); return the observed agents' ``log_daily_kwh (draw, agent)``
-    with NaN for agents that were not observed."""
+    ``rng``); return the observed agents' household level ``z (draw, agent)``
+    (standard normal; see :func:`baseload.level_log`) with NaN for agents
+    that were not observed."""
+    from .conditioning import BASELOAD_VARS
+
     samples = post.draws()
     n_avail = len(next(iter(samples.values())))
     pick = rng.choice(n_avail, size=draws, replace=draws > n_avail)
-    for key in ("log_daily_kwh_mean", "log_daily_kwh_sd", "noise_sd", "noise_rho"):
+    for key in BASELOAD_VARS:
         if key in samples:
             par[f"baseload.{key}"] = samples[key][pick]
     fitted = np.full((draws, feeder.n_agent), np.nan)
@@ -91,7 +109,7 @@ def _from_posterior(post, par: dict, feeder: Feeder, draws: int, rng: np.random.
     for j, a in enumerate(post.agents):
         if a not in col:
             raise ConfigError(f"posterior was fitted to agent {a!r}, which is not on feeder {feeder.name!r}")
-        fitted[:, col[a]] = samples["log_daily_kwh"][pick, j]
+        fitted[:, col[a]] = samples["z"][pick, j]
     return fitted
 
 
@@ -136,17 +154,8 @@ def sample_priors(
     fitted = _from_posterior(post, par, feeder, draws, np.random.default_rng(streams[STREAMS["posterior"]])) \
         if post and post.idata is not None else None
 
-    # baseload: every agent
-    rng = np.random.default_rng(streams[STREAMS["baseload"]])
-    b = {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith("baseload.")}
-    z = rng.standard_normal((draws, n_agent))
-    b["log_daily_kwh"] = b["log_daily_kwh_mean"][:, None] + b["log_daily_kwh_sd"][:, None] * z
-    if fitted is not None:  # observed agents keep their fitted scale
-        b["log_daily_kwh"] = np.where(np.isnan(fitted), b["log_daily_kwh"], fitted)
-    p_base, q_base = baseload.simulate(b, pri["baseload"].extra["shape_kw"], times.values, n_agent, rng)
-    par["baseload.log_daily_kwh"] = b["log_daily_kwh"]
-
     extra_vars = {}
+    ratings = {}  # technology -> its rated power on the agent's service (draw, agent), kW
     flex = {}  # technology -> (power, lowest, highest) (draw, time, agent), kW
 
     def owners_of(name):
@@ -175,6 +184,7 @@ def sample_priors(
                           tech.extra["charge_elsewhere"], local_slots=baseload.half_hour_of_day(local.values),
                           timer_end_h=tech.extra["timer_end_h"])
         flex["ev"] = (res["p_kw"], res["p_lb_kw"], res["p_ub_kw"])
+        ratings["ev"] = np.where(owners, par["ev.charger_kw"], 0.0)
         extra_vars["ev_has"] = (("chain", "draw", "agent"), owners[None])
         extra_vars["ev_timed"] = (("chain", "draw", "agent"), res["timed"][None])
         extra_vars["ev_state"] = (("chain", "draw", "time", "agent"), res["state"][None],
@@ -188,6 +198,7 @@ def sample_priors(
         res = heat_pump.simulate(_params(par, "heat_pump"), pri["heat_pump"].extra, times.values, owners,
                                  np.random.default_rng(streams[STREAMS["heat_pump"]]))
         flex["heat_pump"] = (res["p_kw"], res["p_lb_kw"], res["p_ub_kw"])
+        ratings["heat_pump"] = np.where(owners, par["heat_pump.rating_kw"], 0.0)
         extra_vars["hp_has"] = (("chain", "draw", "agent"), owners[None])
         extra_vars["hp_outdoor_temp_c"] = (("chain", "draw", "time"), res["t_out_c"][None], {"units": "degC"})
         extra_vars["hp_unmet_kwh"] = (("chain", "draw", "agent"), res["unmet_kwh"][None], {"units": "kWh"})
@@ -197,10 +208,33 @@ def sample_priors(
         res = refrigeration.simulate(_params(par, "refrigeration"), pri["refrigeration"].extra,
                                      baseload.half_hour_of_day(times.values) * 30, owners)
         flex["refrigeration"] = (res["p_kw"], res["p_lb_kw"], res["p_ub_kw"])
+        ratings["refrigeration"] = np.where(owners, par["refrigeration.compressor_kw"], 0.0)
         extra_vars["refrigeration_has"] = (("chain", "draw", "agent"), owners[None])
         extra_vars["refrigeration_defrost_min"] = (("chain", "draw", "agent"), res["defrost_min"][None],
                                                    {"units": "min"})
         extra_vars["refrigeration_recovered"] = (("chain", "draw", "agent"), res["recovered"][None])
+
+    # baseload: every agent, below what its service leaves after its EV charger, heat pump
+    # and refrigeration (so that the drawn net import never exceeds the service)
+    rng = np.random.default_rng(streams[STREAMS["baseload"]])
+    b = _params(par, "baseload")
+    service_kw = _service_kw(pri["baseload"], par, ratings, feeder)
+    cap_kw = service_kw - sum(ratings.values()) if ratings else service_kw.copy()
+    cap_kw = np.maximum(cap_kw, baseload.MIN_CAP_KW)
+    days = int(baseload.day_index(times.values)[-1]) + 1
+    z = rng.standard_normal((draws, n_agent))
+    w = rng.standard_normal((draws, n_agent, days))
+    if fitted is not None:  # observed agents keep their fitted household level
+        z = np.where(np.isnan(fitted), z, fitted)
+    b["level_log"] = baseload.level_log(b, z, w)
+    p_base, q_base = baseload.simulate(b, pri["baseload"].extra["shape_kw"], times.values, cap_kw, rng)
+    par["baseload.household_z"] = z
+    extra_vars["baseload_level_log"] = (("chain", "draw", "agent", "day"), b["level_log"][None],
+                                        {"units": "1", "long_name": "ln of the household-and-day level"})
+    par["baseload.service_kw"] = service_kw
+    extra_vars["baseload_cap_kw"] = (("chain", "draw", "agent"), cap_kw[None],
+                                     {"units": "kW", "long_name": "baseload bound: service less the rated "
+                                      "power of the agent's EV charger, heat pump and refrigeration"})
 
     if "battery" in pri:  # last: it answers to the household's net power
         owners = owners_of("battery")
@@ -212,6 +246,14 @@ def sample_priors(
         for k in ("p_lb_kw", "p_ub_kw"):
             extra_vars[f"battery_{k}"] = (("chain", "draw", "time", "agent"), res[k][None].astype(np.float32),
                                           {"units": "kW", "long_name": "the battery's own bound"})
+
+    # plausibility: agent-half-hours whose drawn net power exceeds the agent's service (0 by
+    # construction unless MIN_CAP_KW had to lift a capacity; a check, not an assumption)
+    net = p_base + sum(f[0] for f in flex.values())
+    beyond = (np.abs(net) > service_kw[:, None, :] * (1 + 1e-6)).sum(axis=(1, 2))
+    extra_vars["n_above_service"] = (("chain", "draw"), beyond[None].astype(np.int64),
+                                     {"long_name": "agent-half-hours whose net power exceeds the agent's service "
+                                      "capacity (must be 0)"})
 
     # per phase: single-phase agents on their phase, three-phase split equally
     split = feeder.agent_phases / feeder.agent_phases.sum(axis=1, keepdims=True)
@@ -251,7 +293,7 @@ def sample_priors(
     return xr.Dataset(
         variables,
         coords={"chain": [0], "draw": np.arange(draws), "time": times, "agent": list(feeder.agents),
-                "phase": list(PHASES), **({"slot": np.arange(48), "from_state": list(ev.STATES),
+                "phase": list(PHASES), "day": np.arange(days), **({"slot": np.arange(48), "from_state": list(ev.STATES),
                                            "to_state": list(ev.STATES)} if "ev" in pri else {})},
         attrs={"priors": pri.name, "priors_sha256": pri.sha256, "feeder": feeder.name, "seed": seed,
                "latitude": pri.latitude, "longitude": pri.longitude, "conditioned": int(post is not None),

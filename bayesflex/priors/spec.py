@@ -18,9 +18,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError
 
-__all__ = ["Param", "parse_param", "DOMAINS"]
+__all__ = ["DOMAINS", "Param", "parse_param"]
 
 DOMAINS = ("real", "positive", "unit")
 
@@ -49,6 +51,16 @@ class Param:
 
     def kwargs(self) -> dict[str, float]:
         return dict(self.args)
+
+    def mean(self) -> float:
+        """The value, or the distribution's mean (Monte Carlo, 20,000 seeded PyMC draws: to about
+        1 % of its sd)."""
+        if self.fixed:
+            return float(self.value)
+        import pymc as pm
+
+        dist = getattr(pm, self.dist).dist(**self.kwargs())
+        return float(np.mean(pm.draw(dist, draws=20_000, random_seed=0)))
 
     def __str__(self) -> str:
         if self.fixed:
