@@ -259,7 +259,7 @@ def condition(
     shape = shape_kw_at(tech.extra["shape_kw"], wide.index.values)[None, :]
     days = day_index(wide.index.values)
     obs_agents = tuple(wide.columns)
-    rho = tech["copula_rho"].value if tech["copula_rho"].fixed else tech["copula_rho"].mean()
+    rho = tech["persistence"].mean()
     weight = (1 - rho) / (1 + rho)
 
     def rv(key):
