@@ -195,13 +195,14 @@ DEFAULT_PRIORS = tomllib.loads(DEFAULT_PRIORS_TEXT)
 PRIOR_PATHS = _paths(DEFAULT_PRIORS)
 
 #: domains, from the priors README and the model docstrings (not from the loader)
-PROBABILITY = {"penetration", "keep_moving", "charge_efficiency", "flex_fraction", "soc_min", "soc_max",
-               "suction_flex", "persistence", "day_share", "power_factor", "performance_ratio", "cloud_rho", "initial_soc",
-               "temp_error_rho", "duty"}
-POSITIVE = {"level_log_sd", "appliance_kw", "knee_kw", "knee_power", "electrified_service_kw", "capacity_kw", "cloud_logit_sd", "agent_factor_sd", "battery_kwh",
-            "charger_kw", "kwh_per_halfhour_moving", "heat_loss_kw_per_k", "rating_kw", "temp_error_sd",
-            "capacity_kwh", "power_kw", "concentration", "setback_k", "flow_temp_c"}
-PROBABILITY_LISTS = {"leave_home", "leave_other", "home_share", "service_share"}
+PROBABILITY = {"penetration", "keep_moving", "charge_efficiency", "soc_min", "soc_max", "suction_flex", "persistence",
+               "day_share", "power_factor", "performance_ratio", "cloud_rho", "initial_soc", "temp_error_rho", "duty",
+               "timed_share"}
+POSITIVE = {"level_log_sd", "appliance_kw", "knee_kw", "knee_power", "electrified_service_kw", "capacity_kw",
+            "cloud_logit_sd", "agent_factor_sd", "battery_kwh", "charger_kw", "kwh_per_halfhour_moving",
+            "heat_loss_kw_per_k", "heat_capacity_kwh_per_k", "rating_kw", "temp_error_sd", "capacity_kwh", "power_kw",
+            "concentration", "setback_k", "flow_temp_c", "comfort_band_k", "timer_start_h", "timer_end_h"}
+PROBABILITY_LISTS = {"leave_home", "leave_other", "home_share", "service_share", "call_start", "call_stop"}
 
 
 def _check_number(where: str, key: str, got: float, want) -> None:

@@ -290,3 +290,25 @@ def test_battery_soc_limits_hold_and_bounds_keep_them(ieee, tmp_path):
     # with PV in summer the battery charges by day and discharges in the evening
     day, evening = b[:, 22:30].mean(), b[:, 38:44].mean()
     assert day > 0 > evening
+
+
+@pytest.mark.parametrize("key, tech", [("level_log_sd", "baseload"), ("charger_kw", "ev"), ("rating_kw", "heat_pump")])
+def test_one_technology_s_priors_never_change_another_s_draws(tmp_path, key, tech):
+    """Fixing one technology's parameter (one PyMC variable fewer) leaves every
+    other technology's parameter draws bit-identical: each draws from its own seed."""
+    import re
+
+    from bayesflex.priors import draw_parameters, priors_dir
+
+    text = (priors_dir() / "default.toml").read_text()
+    fixed = re.sub(rf"(?m)^{key} = .*$", f"{key} = 3.5", text, count=1)
+    assert fixed != text
+    path = tmp_path / "fixed.toml"
+    path.write_text(fixed)
+    a = draw_parameters(load_priors("default"), 55, 20, np.random.SeedSequence(5))
+    b = draw_parameters(load_priors(path), 55, 20, np.random.SeedSequence(5))
+    others = [k for k in a if not k.startswith(f"{tech}.")]
+    assert {"baseload.level_log_sd", "ev.charger_kw", "heat_pump.rating_kw", "pv.capacity_kw"} <= set(a)
+    for k in others:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert not np.array_equal(a[f"{tech}.{key}"], b[f"{tech}.{key}"])

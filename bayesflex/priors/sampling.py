@@ -34,12 +34,16 @@ def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.Se
     """``{"tech.key": array (draw,) or (draw, agent)}`` for every parameter.
 
     Distributions are drawn with PyMC (``pm.draw``); fixed numbers are broadcast.
+    Each technology draws from its own child of ``seed`` (at its position in
+    ``MODELS``), so that adding, removing or changing one technology's
+    parameters never changes another's numbers.
     """
     import pymc as pm
 
-    names, rvs, shapes, out = [], [], [], {}
+    out = {}
     with pm.Model(coords={"agent": np.arange(n_agent)}):
         for tech in priors.technologies.values():
+            names, rvs, shapes = [], [], []
             per_agent = MODELS[tech.name].PER_AGENT
             for key, par in tech.params.items():
                 name = f"{tech.name}.{key}"
@@ -61,8 +65,10 @@ def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.Se
                     names.append(name)
                     rvs.append(rv)
                     shapes.append((draws,) + tuple(rv.type.shape))
-        if rvs:
-            values = pm.draw(rvs, draws=draws, random_seed=np.random.default_rng(seed))
+            if not rvs:
+                continue
+            child = np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, list(MODELS).index(tech.name)))
+            values = pm.draw(rvs, draws=draws, random_seed=np.random.default_rng(child))
             values = values if isinstance(values, list) else [values]
             for name, v, shape in zip(names, values, shapes):
                 out[name] = np.asarray(v, float).reshape(shape)  # pm.draw drops the axis when draws == 1
