@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bayesflex.priors.check import ADMD_N, EVENING, _admd_data, _admd_draws, compare, enwl_house_days  # noqa: F401
+from bayesflex.priors.check import ADMD_N, EVENING, _admd_data, _admd_draws, compare, read_enwl  # noqa: F401
 
 PROFILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "enwl" / "profiles"
 
 
 def read_profiles(path: Path) -> np.ndarray:
     """(house, 48) half-hourly mean kW of an ENWL profile file (288 x 100, no header, BOM)."""
-    return enwl_house_days(path.name.split("_")[0], path.parent)
+    return read_enwl(path)
 
 
 def main() -> None:

@@ -56,6 +56,12 @@ def enwl_house_days(season: str, folder: Path | None = None) -> np.ndarray:
     if not path.exists():
         raise ConfigError(f"{path}: not found (give the folder of ENWL's profiles, or your own readings "
                           "with --against)")
+    return read_enwl(path)
+
+
+def read_enwl(path: Path) -> np.ndarray:
+    """(profile, 48) half-hourly mean kW of an ENWL profile file (288 five-minute rows x
+    profiles, no header, perhaps a byte-order mark)."""
     x = pd.read_csv(path, header=None, encoding="utf-8-sig").to_numpy(float)
     if x.ndim != 2 or x.shape[0] != 288:
         raise ConfigError(f"{path}: {x.shape[0]} rows, expected 288 five-minute readings per household")
@@ -235,7 +241,7 @@ def compare(observed: np.ndarray, draws: np.ndarray, *, reps: int = 300, seed: i
     beside those of ``draws (draw, house, 48)``."""
     rng = np.random.default_rng(seed)
     fd = figures_data(observed, rng, groups=1000)
-    ci = bootstrap(observed, reps, rng)
+    ci = bootstrap(observed, reps, rng) if reps else dict.fromkeys(fd, (np.nan, np.nan))
     sizes = _admd_sizes(observed.shape[0])
     fm = figures_draws(draws, rng, block=observed.shape[0], sizes=sizes)
     rows = {}
