@@ -60,6 +60,24 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --backend dask: a running scheduler, e.g. tcp://10.0.0.5:8786 (default: a local "
                           "cluster of --jobs processes)")
 
+    c = sub.add_parser("check-priors", help="check a prior set's household baseload against smart-meter readings",
+                       description="Prior predictive check: draw the household baseload of PRIORS and set its "
+                                   "quantiles, evening peaks, ADMD curve and shares beyond physical limits beside "
+                                   "measured households (ENWL's by default), with the data's bootstrap intervals. "
+                                   "Writes a table and a figure; exit status 1 when a target is missed.")
+    c.add_argument("priors", nargs="?", default="default", help="prior set name or path (default: default)")
+    c.add_argument("--against", default=None, metavar="FILE",
+                   help="your readings: tidy CSV (agent,time,p_kw) or NetCDF p_kw(agent,time), as 'run "
+                        "--observations' reads them; naive times are local in the priors' [site] timezone "
+                        "(default: ENWL's 100 households of the horizon's season)")
+    c.add_argument("--season", default=None, choices=("winter", "summer"),
+                   help="ENWL season (default: by the horizon's month, April-September summer)")
+    c.add_argument("--feeder", default="ieee_eu_lv", help="feeder whose agents are drawn (default: ieee_eu_lv)")
+    c.add_argument("--draws", type=int, default=1000, help="draws (default: 1000)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", default=None, help="folder for check_priors.csv and check_priors.png "
+                                               "(default: reports/check_<priors>)")
+
     r = sub.add_parser("report", help="rebuild DIR/report.html from DIR/result.nc",
                        description="Rebuild the study's self-contained HTML report from its result file alone.")
     r.add_argument("dir", help="study folder (or its result.nc)")
@@ -208,7 +226,11 @@ def _run_fleet(args, priors, study: dict, t0: float) -> int:
     return 0
 
 
-def _pct(p: float, se: float) -> str:
+def _pct(p: float, se: float, n: int | None = None) -> str:
+    """A probability ± its Monte Carlo standard error; none of ``n`` draws is not a certain zero:
+    it shows the exact one-sided 95 % upper bound, 1 - 0.05^(1/n) (about 3/n)."""
+    if n and p == 0:
+        return f"  0 of {n} draws (below {100 * (1 - 0.05 ** (1 / n)):.2g} % at 95 % confidence)"
     return f"{100 * p:5.1f} % ± {100 * se:.1f}"
 
 
@@ -240,8 +262,14 @@ def print_summary(tree, f) -> None:
           f"probabilities ± 1 Monte Carlo standard error", file=f)
     print("\nprobability of congestion at least once in the horizon, per phase:", file=f)
     for ph in s.phase.values:
-        print(f"  phase {ph}: {_pct(float(s.p_congested_horizon.sel(phase=ph)), float(s.p_congested_horizon_mcse.sel(phase=ph)))}",
+        print(f"  phase {ph}: {_pct(float(s.p_congested_horizon.sel(phase=ph)), float(s.p_congested_horizon_mcse.sel(phase=ph)), n)}",
               file=f)
+    from .query import above_service
+
+    above = above_service(tree)
+    if above is not None:
+        print(f"  plausibility: agent-half-hours whose drawn power exceeds the agent's service capacity: {above}"
+              f"{'' if above == 0 else '  <- should be 0: the priors draw more than a service can carry'}", file=f)
     unres, nonc = h["resolved"], tree["sample_stats"]["converged"]
     print(f"  congested half-hours the agents' flexibility cannot resolve: {int((~unres.values).sum())}; "
           f"load flows without a solution: {int((~nonc.values).sum())} (counted as congested)", file=f)
@@ -382,6 +410,30 @@ def _cmd_map(args) -> int:
     return 0
 
 
+def _cmd_check_priors(args) -> int:
+    from .outdir import safe_name
+    from .priors import load_priors
+    from .priors.check import check_priors, figure
+
+    if args.draws < 1:
+        raise ConfigError(f"--draws {args.draws}: must be a positive whole number")
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed}: must be a whole number >= 0")
+    pri = load_priors(args.priors)
+    out = Path(args.out) if args.out else Path("reports") / f"check_{safe_name(pri.name)}"
+    res = check_priors(pri, against=args.against, feeder=args.feeder, draws=args.draws, seed=args.seed,
+                       season=args.season)
+    print(f"household baseload of priors {pri.name!r} ({args.draws} draws x the feeder's agents, first weekday) "
+          f"against {res.data_label} ({res.house_days} house-days)")
+    print(res.markdown())
+    out.mkdir(parents=True, exist_ok=True)
+    res.table.to_csv(out / "check_priors.csv", index_label="figure")
+    print(f"wrote {out / 'check_priors.csv'} and {figure(res, out / 'check_priors.png')}")
+    if not res.ok:
+        print(f"missed: {', '.join(res.misses)}", file=sys.stderr)
+    return 0 if res.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -394,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_report(args)
         if args.command == "map":
             return _cmd_map(args)
+        if args.command == "check-priors":
+            return _cmd_check_priors(args)
     except BayesflexError as e:
         print(f"bayesflex: error: {e}", file=sys.stderr)
         if isinstance(e, OutputError) and e.failed_write:

@@ -216,33 +216,40 @@ class CheckResult:
         return "\n".join(rows)
 
 
+def first_weekday(times: pd.DatetimeIndex) -> int | None:
+    """Index of the first half-hour at 00:00 of a weekday with 48 half-hours after it, or None."""
+    from .baseload import half_hour_of_day
+
+    hh = half_hour_of_day(times.values)
+    starts = [i for i in range(len(times) - 47) if hh[i] == 0 and times[i].dayofweek < 5]
+    return starts[0] if starts else None
+
+
 def model_day(feeder, priors, draws: int, seed: int) -> np.ndarray:
     """(draw, house, 48) baseload kW of the first whole weekday of the horizon
     (ENWL's profiles are weekdays), every agent of ``feeder``."""
-    from .baseload import half_hour_of_day
     from .sampling import sample_priors
 
     pri = getattr(priors, "priors", priors)
     ds = sample_priors(feeder, priors, draws=draws, seed=seed)
-    times = pd.DatetimeIndex(ds.time.values)
-    hh = half_hour_of_day(times.values)
-    starts = [i for i in range(len(times) - 47) if hh[i] == 0 and times[i].dayofweek < 5]
-    if not starts:
+    i = first_weekday(pd.DatetimeIndex(ds.time.values))
+    if i is None:
         raise ConfigError(f"{getattr(pri, 'origin', 'priors')}: the horizon holds no whole weekday "
                           "(48 half-hours from 00:00) to compare with")
-    i = starts[0]
     p = ds["p_base_kw"].isel(chain=0).sum("phase").transpose("draw", "agent", "time").values
     return np.asarray(p[:, :, i:i + 48], float)
 
 
 def compare(observed: np.ndarray, draws: np.ndarray, *, reps: int = 300, seed: int = 0,
-            data_label: str = "data", model_label: str = "model") -> CheckResult:
+            data_label: str = "data", model_label: str = "model", houses: int | None = None) -> CheckResult:
     """The figures of ``observed (house-day, 48)`` (with bootstrap intervals)
-    beside those of ``draws (draw, house, 48)``."""
+    beside those of ``draws (draw, house, 48)``; ADMD for groups of at most
+    ``houses`` (the distinct households measured; default: every house-day is one)."""
     rng = np.random.default_rng(seed)
-    fd = figures_data(observed, rng, groups=1000)
+    sizes = _admd_sizes(min(observed.shape[0], houses or observed.shape[0]))
+    fd = {k: v for k, v in figures_data(observed, rng, groups=1000).items()
+          if not k.startswith("ADMD") or int(k.split("=")[1]) in sizes}
     ci = bootstrap(observed, reps, rng) if reps else dict.fromkeys(fd, (np.nan, np.nan))
-    sizes = _admd_sizes(observed.shape[0])
     fm = figures_draws(draws, rng, block=observed.shape[0], sizes=sizes)
     rows = {}
     for k, d in fd.items():
@@ -272,12 +279,14 @@ def check_priors(priors="default", *, against=None, feeder="ieee_eu_lv", draws: 
     if against is None:
         season = season or ("summer" if 4 <= pri.start.month <= 9 else "winter")
         observed = enwl_house_days(season)
-        label = f"ENWL {season}"
+        houses, label = observed.shape[0], f"ENWL {season}"
     else:
-        observed = house_days(read_observations(against, tz=pri.timezone), pri.timezone)
+        wide = read_observations(against, tz=pri.timezone)
+        observed, houses = house_days(wide, pri.timezone), wide.shape[1]
         label = Path(str(against)).name
     p = model_day(fd, priors if isinstance(priors, Posterior) else pri, draws, seed)
-    return compare(observed, p, reps=reps, seed=seed, data_label=label, model_label=f"priors {pri.name}")
+    return compare(observed, p, reps=reps, seed=seed, data_label=label, model_label=f"priors {pri.name}",
+                   houses=houses)
 
 
 def figure(result: CheckResult, path: Path) -> Path:
