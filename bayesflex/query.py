@@ -14,7 +14,7 @@ import xarray as xr
 from .errors import ConfigError
 from .results import mcse
 
-__all__ = ["BLOCK_DRAWS", "TECHNOLOGY_NAMES", "adjustment_quantiles", "cause_text", "causes",
+__all__ = ["BLOCK_DRAWS", "TECHNOLOGY_NAMES", "above_service", "adjustment_quantiles", "cause_text", "causes",
            "congestion_probability", "draw_block", "draw_blocks", "flexibility_at_risk", "flexibility_summary",
            "half_hour", "n_draws", "portfolio_position", "predictive", "product_at_risk", "top_agents"]
 
@@ -49,6 +49,15 @@ def predictive(tree: xr.DataTree) -> xr.Dataset:
         if g in tree.children:
             return tree[g].to_dataset()
     raise ConfigError("study result has no prior_predictive or posterior_predictive group")
+
+
+def above_service(tree: xr.DataTree) -> int | None:
+    """Agent-half-hours (over all draws) whose drawn net power exceeds the agent's service
+    capacity: 0 for plausible priors; None for a result that does not record it."""
+    for g in ("posterior", "prior"):  # the draws' parameters and states (ArviZ's groups)
+        if g in tree.children and "n_above_service" in tree[g]:
+            return int(tree[g]["n_above_service"].sum())
+    return None
 
 
 def half_hour(times, value, what: str = "time") -> pd.Timestamp:

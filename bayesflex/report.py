@@ -22,7 +22,8 @@ import xarray as xr
 from . import maps
 from .errors import ConfigError
 from .outdir import fresh
-from .query import congestion_probability, flexibility_summary, n_draws, portfolio_position, top_agents
+from .query import (above_service, congestion_probability, flexibility_summary, n_draws, portfolio_position,
+                    predictive, top_agents)
 from .results import mcse, open_study
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
@@ -71,7 +72,11 @@ def _table(rows: list[tuple], header: tuple[str, ...] | None = None) -> str:
     return "".join(out)
 
 
-def _pct(p: float, se: float) -> str:
+def _pct(p: float, se: float, n: int | None = None) -> str:
+    """A probability ± its Monte Carlo standard error; with ``n``, none of n draws shows the
+    exact one-sided 95 % upper bound 1 - 0.05^(1/n) instead of a certain-looking zero."""
+    if n and p == 0:
+        return f"0 of {n} draws (below {100 * (1 - 0.05 ** (1 / n)):.2g} % at 95 % confidence)"
     return f"{100 * p:.2f} % ± {100 * se:.2f}"
 
 
@@ -94,9 +99,9 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
 
     # -- headline numbers
     rows = [(f"phase {ph}", _pct(float(s.p_congested_horizon.sel(phase=ph)),
-                                 float(s.p_congested_horizon_mcse.sel(phase=ph)))) for ph in s.phase.values]
+                                 float(s.p_congested_horizon_mcse.sel(phase=ph)), n)) for ph in s.phase.values]
     any_h = float((h["congested"].any(("time", "phase"))).mean())
-    rows.append(("any phase", _pct(any_h, float(mcse(any_h, n)))))
+    rows.append(("any phase", _pct(any_h, float(mcse(any_h, n)), n)))
     parts += ["<h2>Headline</h2><p>Probability that the feeder is congested (a bus voltage outside "
               f"{a['v_min_pu']}–{a['v_max_pu']} pu, a line or the transformer above {a['loading_max_pu']:g} × "
               "its rating, or no load-flow solution) at least once in the horizon:</p>",
@@ -126,7 +131,10 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
     cong = h["congested"].values.any(axis=-1)
     mc = [float(net[f"{k}_mcse"].max()) if net[k].size else 0.0
           for k in ("p_undervoltage", "p_overvoltage", "p_overload", "p_trafo_overload")]
+    above = above_service(tree)
     rows = [("draws × half-hours", f"{n} × {len(times)} = {n * len(times):,}"),
+            ("agent-half-hours whose drawn power exceeds the agent's service capacity (must be 0)",
+             "not recorded (a study from before the bounded baseload)" if above is None else above),
             ("load flows without a solution (counted as congested)", int((~conv).sum())),
             ("congested half-hours", int(cong.sum())),
             ("congested half-hours the agents' flexibility cannot resolve", int((cong & ~resolved).sum())),
@@ -189,6 +197,7 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
             ("bayesflex", a["bayesflex_version"])]
     rows += [(k, v) for k, v in sorted(versions.items())]
     parts += ["<h2>Inputs and reproduction</h2>", _table(rows, ("input", "value"))]
+    parts += _priors_check_section(tree)
     cmd = a.get("command") or ""
     if cmd:
         parts.append(f"<p>Reproduce the numbers with the same versions:</p><pre>{html.escape(cmd)}</pre>"
@@ -222,6 +231,45 @@ def _causes_section(tree: xr.DataTree, k: int = 5) -> list[str]:
                       ("half-hour", "phase", "P(congested)", "congested draws", "worst violation", "causes",
                        "agents causing most")))
     return out
+
+
+def _priors_check_section(tree: xr.DataTree) -> list[str]:
+    """The prior predictive check of the study's own household baseload draws against
+    ENWL's households of the season (``bayesflex check-priors`` on these draws)."""
+    from .priors.check import ENWL, compare, enwl_house_days, first_weekday
+
+    head = "<h3>Household baseload against measured households</h3>"
+    try:
+        pp = predictive(tree)
+    except ConfigError:
+        return []
+    if "p_base_kw" not in pp:
+        return []
+    times = pd.DatetimeIndex(pp.time.values)
+    i = first_weekday(times)
+    if i is None:
+        return [head, "<p>Not checked: the horizon holds no whole weekday to compare with ENWL's weekday "
+                "profiles (run <code>bayesflex check-priors</code>).</p>"]
+    season = "summer" if 4 <= times[i].month <= 9 else "winter"
+    try:
+        x = enwl_house_days(season)
+    except ConfigError:
+        return [head, f"<p>Not checked: ENWL's profiles are not at {html.escape(str(ENWL))} "
+                "(run <code>bayesflex check-priors --against YOUR_READINGS</code>).</p>"]
+    p = pp["p_base_kw"].isel(chain=0).sum("phase").transpose("draw", "agent", "time").values[:, :, i:i + 48]
+    res = compare(x, p.astype(float), reps=200, seed=0, data_label=f"ENWL {season}", model_label="this study")
+    rows = []
+    for k, r in res.table.iterrows():
+        fmt = ".2g" if k.startswith("share") else ".3g"
+        rows.append((k, f"{r['data']:{fmt}} ({r['data_lo']:{fmt}}–{r['data_hi']:{fmt}})", f"{r['model']:{fmt}}",
+                     r["target"], "PASS" if r["ok"] else "MISS"))
+    n_ok = int(res.table["ok"].sum())
+    return [head, f"<p>The study's own draws of household baseload on {times[i]:%A %d %B} (every agent of every "
+            f"draw) against ENWL's 100 {season} households (one weekday each; 95 % bootstrap interval over "
+            f"households): {n_ok} of {len(rows)} targets met. Figures and targets: "
+            "<code>bayesflex check-priors</code>.</p>",
+            _table(rows, ("figure (kW unless a ratio or share)", "ENWL (95 % bootstrap)", "this study", "target",
+                          ""))]
 
 
 def write_report(study: str | Path | xr.DataTree, directory: str | Path | None = None) -> Path:
