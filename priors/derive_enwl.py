@@ -5,13 +5,11 @@
 Reads the Electricity North West "Low Voltage Network Solutions" profiles
 (100 households, one day each, 5-minute kW; see shared/data/enwl/README.md),
 averages them to half-hours and prints, for winter and summer residential
-demand: the mean daily shape (kW per half-hour from 00:00), the mean and sd of
-log daily kWh across households, and the sd and lag-1 autocorrelation of the
-half-hourly log residuals; for PV, a log-normal fit of the installed size
-(taken as each profile's 5-minute peak).  Method of the residuals:
-ln(max(kW, 0.01)) - ln(household's mean kW) - ln(shape / mean(shape)),
-lag-1 autocorrelation pooled over households after centring each one, within
-the day.  Nothing here is imported by bayesflex.
+demand, the mean daily shape (``shape_kw``, kW per half-hour from 00:00) and
+descriptive figures (mean daily kWh, median evening peak); for PV, a
+log-normal fit of the installed size (taken as each profile's 5-minute peak).
+The baseload model's other numbers are fitted by priors/fit_baseload.py.
+Nothing here is imported by bayesflex.
 """
 
 from __future__ import annotations
@@ -35,18 +33,10 @@ def demand(path: Path) -> dict:
     x = half_hourly(path)
     daily = x.sum(axis=0) / 2  # kWh
     shape = x.mean(axis=1)
-    log_daily = np.log(daily)
-    res = np.log(np.maximum(x, 0.01)) - np.log(x.mean(axis=0))[None] - np.log(shape / shape.mean())[:, None]
-    c = res - res.mean(axis=0, keepdims=True)
-    lag1 = (c[1:] * c[:-1]).sum() / (c**2).sum()
     return {
         "shape_kw": np.round(shape, 3).tolist(),
-        "log_daily_kwh_mean": round(float(log_daily.mean()), 3),
-        "log_daily_kwh_sd": round(float(log_daily.std(ddof=1)), 3),
-        "se_of_mean": round(float(log_daily.std(ddof=1) / np.sqrt(len(daily))), 3),
-        "noise_sd": round(float(res.std()), 3),
-        "noise_rho": round(float(lag1), 3),
         "daily_kwh_mean": round(float(daily.mean()), 2),
+        "daily_kwh_cv": round(float(daily.std(ddof=1) / daily.mean()), 3),
         "evening_peak_kw_p50": round(float(np.median(x[32:40].max(axis=0))), 2),
     }
 
