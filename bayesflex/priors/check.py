@@ -257,7 +257,8 @@ def compare(observed: np.ndarray, draws: np.ndarray, *, reps: int = 300, seed: i
         m = fm[k]
         rows[k] = {"data": d, "data_lo": ci[k][0], "data_hi": ci[k][1], "model": m,
                    "ratio": m / d if d > 0 else np.nan,
-                   "target": f"+-{tol:.0%}" if kind == "within" else f"<= {tol:g}", "ok": verdict(k, d, m)}
+                   "target": f"± {tol:.0%}" if kind == "within" else "none" if tol == 0 else f"≤ {tol:g}",
+                   "ok": verdict(k, d, m)}
     return CheckResult(pd.DataFrame.from_dict(rows, orient="index"), data_label, model_label,
                        observed.shape[0], draws, observed)
 
