@@ -73,6 +73,7 @@ def draws(ieee, tmp_path_factory):
         ({"NOISE_RHO": '{ dist = "Uniform", lower = 0.5, upper = 1.5 }'}, ["persistence", "outside [0, 1]"]),
         ({"PV_WHO": 'penetration = 0.3\nagents = ["LOAD1"]'}, ["exactly one of penetration"]),
         ({"DAY_SHARE": "0.3\ncolour = 2"}, ["[baseload]", "unknown key 'colour'"]),
+        ({"DAY_SHARE": "0.3\nnoise_sd = 0.9"}, ["[baseload]", "log-normal baseload that bayesflex replaced"]),
         ({"SERVICE_SHARE": "[0.5, 0.6, 0.1]"}, ["service_share", "add up to 1"]),
         ({"SERVICE_SHARE": "[0.5, 0.5]"}, ["service_share", "3 probabilities"]),
     ],

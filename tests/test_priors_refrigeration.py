@@ -85,3 +85,12 @@ def test_bad_refrigeration_tables(ieee, tmp_path, edit, words):
         sample_priors(ieee, path, draws=2, seed=1)
     for w in words:
         assert w in str(e.value), str(e.value)
+
+
+def test_shops_never_draw_more_than_their_service(shops):
+    """A shop's supply is sized to its plant: no agent-half-hour of net power above the
+    agent's service, and a shop's baseload keeps at least a household's largest service."""
+    assert int(shops.n_above_service.sum()) == 0
+    has = shops.refrigeration_has.values[0]
+    cap = shops.baseload_cap_kw.values[0]
+    assert has.any() and (cap[has] >= 23.0 - 1e-9).all()

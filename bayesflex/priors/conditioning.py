@@ -260,6 +260,9 @@ def condition(
     days = day_index(wide.index.values)
     obs_agents = tuple(wide.columns)
     rho = tech["persistence"].mean()
+    if rho >= 0.99:
+        raise ConfigError(f"{pri.origin} [baseload] persistence: mean {rho:.3g}; conditioning needs it below 0.99 "
+                          "(readings that never change carry no information to weight)")
     weight = (1 - rho) / (1 + rho)
 
     def rv(key):

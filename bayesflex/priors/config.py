@@ -237,6 +237,10 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
     if not isinstance(tab, dict):
         raise ConfigError(f"{where}: must be a table")
     allowed = set(schema) | _EXTRA_KEYS.get(tech, set())
+    if tech == "baseload" and {"log_daily_kwh_mean", "noise_sd"} & set(tab):
+        raise ConfigError(f"{where}: log_daily_kwh_mean, log_daily_kwh_sd, noise_sd and noise_rho belong to the "
+                          "log-normal baseload that bayesflex replaced (its tail drew houses beyond any fuse); "
+                          "copy the [baseload] table of priors/default.toml and keep your shape_kw")
     for k in tab:
         if k not in allowed:
             raise ConfigError(f"{where}: unknown key {k!r} (allowed: {', '.join(sorted(allowed))})")

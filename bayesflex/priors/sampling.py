@@ -20,6 +20,8 @@ from .config import Priors, check_agents, load_priors
 
 __all__ = ["draw_parameters", "sample_priors"]
 
+#: the technologies; a technology's PyMC parameters draw from the child of the seed at its position
+#: here (draw_parameters): never reorder
 MODELS = {"baseload": baseload, "pv": pv, "ev": ev, "heat_pump": heat_pump, "battery": battery,
           "refrigeration": refrigeration}
 #: position of each stream in SeedSequence(seed).spawn(...): never reorder
@@ -83,11 +85,17 @@ def _params(par: dict, tech: str) -> dict[str, np.ndarray]:
 def _service_kw(tech, par: dict, ratings: dict, feeder: Feeder) -> np.ndarray:
     """Each agent's service capacity, kW (draw, agent): the drawn fuse's kW on each of
     its phases, at least ``electrified_service_kw`` per phase for an agent with an EV
-    charger or a heat pump."""
+    charger or a heat pump, and for an agent with refrigeration (a shop) the ratings of
+    all its appliances plus ``electrified_service_kw`` per phase: a commercial supply is
+    sized to its plant (ASSUMPTION)."""
     per_phase = np.asarray(tech.extra["service_kw"])[par.pop("baseload.service").astype(int)]
     electrified = sum((ratings[k] > 0 for k in ("ev", "heat_pump") if k in ratings), np.zeros(per_phase.shape, bool))
     per_phase = np.where(electrified, np.maximum(per_phase, tech.extra["electrified_service_kw"]), per_phase)
-    return per_phase * feeder.agent_phases.sum(axis=1)[None, :]
+    service = per_phase * feeder.agent_phases.sum(axis=1)[None, :]
+    if "refrigeration" in ratings:
+        sized = sum(ratings.values()) + tech.extra["electrified_service_kw"] * feeder.agent_phases.sum(axis=1)[None, :]
+        service = np.where(ratings["refrigeration"] > 0, np.maximum(service, sized), service)
+    return service
 
 
 def _owners(tech, feeder: Feeder, draws: int, rng: np.random.Generator) -> np.ndarray:
