@@ -16,13 +16,15 @@ normal), exactly the model's margins::
 
 With several days per agent the household and day parts separate
 (``day_share`` is then learnt); with one day they do not and ``day_share``
-keeps its prior.  The half-hours of a day are not independent (the model's
-Gaussian copula, lag-1 correlation ``copula_rho``); instead of the copula
-density, whose Beta CDF would dominate the cost of every gradient, the
-log-likelihood of the margins is weighted by ``(1 - rho) / (1 + rho)`` (the
-effective share of independent half-hours in an AR(1): a composite
-likelihood with its curvature adjusted, e.g. Ribatet, Cooley and Davison
-2012), with ``rho`` the prior mean of ``copula_rho``, which is not updated.
+keeps its prior.  The half-hours of a day are not independent (the
+model's Gamma chains, ``persistence``), and the chains have no closed-form
+likelihood; the log-likelihood of the margins is weighted by
+``(1 - rho) / (1 + rho)`` (the effective share of independent half-hours in
+an AR(1): a composite likelihood with its curvature adjusted, e.g. Ribatet,
+Cooley and Davison 2012), with ``rho`` the prior mean of ``persistence`` (an
+approximation of the readings' lag-1 correlation), which is not updated;
+simulation-based calibration (tests/test_priors_conditioning.py) checks the
+result.
 ``C`` is the largest service in ``service_kw``: the meter does not say which
 fuse a house has, and for a mean far below ``C`` the Beta barely depends on
 it.
