@@ -28,13 +28,13 @@ RUN = ["run", "--draws", "20", "--periods", "6", "--start", "2026-01-14T17:00", 
 
 @pytest.fixture(scope="module")
 def tight_feeder(tmp_path_factory) -> Path:
-    """The default feeder with a strict 1.01 pu lower limit, so that a small
+    """The default feeder with a strict 1.02 pu lower limit, so that a small
     study has violations on every phase for the maps and the report to show
     (households' baseload bounded by their fuses keep a real feeder above 0.96 pu)."""
     text = (REPO / "feeders" / "ieee_eu_lv.toml").read_text()
     assert text.count("v_min_pu = 0.94") == 1
     path = tmp_path_factory.mktemp("feeder") / "ieee_eu_lv_tight.toml"
-    path.write_text(text.replace("v_min_pu = 0.94", "v_min_pu = 1.01").replace('name = "ieee_eu_lv"',
+    path.write_text(text.replace("v_min_pu = 0.94", "v_min_pu = 1.02").replace('name = "ieee_eu_lv"',
                                                                                   'name = "ieee_eu_lv_tight"'))
     return path
 
@@ -44,7 +44,7 @@ def study(tmp_path_factory, tight_feeder) -> Path:
     out = tmp_path_factory.mktemp("study")
     assert main([*RUN, "--feeder", str(tight_feeder), "--out", str(out)]) == 0
     tree = open_study(out)
-    assert tree.attrs["v_min_pu"] == 1.01
+    assert tree.attrs["v_min_pu"] == 1.02
     assert (tree["network"]["p_undervoltage"].max(("time", "bus")) > 0).all()  # every phase has something to map
     assert float(tree["heuristic"]["adjust_down_kw"].sum() + tree["heuristic"]["adjust_up_kw"].sum()) > 0
     return out
@@ -111,7 +111,7 @@ def test_maps_are_figures_with_a_panel_per_phase_and_a_colour_bar(study, tmp_pat
     fig = maps.feeder_map(tree)
     assert isinstance(fig, Figure) and len(fig.axes) == 4  # three phases and the colour bar
     assert "probability" in fig.axes[-1].get_ylabel()
-    assert "1.01" in fig._suptitle.get_text() and "1.1" in fig._suptitle.get_text()
+    assert "1.02" in fig._suptitle.get_text() and "1.1" in fig._suptitle.get_text()
     one = maps.feeder_map(tree, phase="b", time=str(tree["summary"].time.values[2]), kind="undervoltage")
     assert len(one.axes) == 2
     for name, f in (("map.png", fig), ("map.svg", one), ("heat.png", maps.congestion_heatmap(tree)),
