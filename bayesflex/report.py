@@ -236,7 +236,7 @@ def _causes_section(tree: xr.DataTree, k: int = 5) -> list[str]:
 def _priors_check_section(tree: xr.DataTree) -> list[str]:
     """The prior predictive check of the study's own household baseload draws against
     ENWL's households of the season (``bayesflex check-priors`` on these draws)."""
-    from .priors.check import ENWL, compare, enwl_house_days, first_weekday
+    from .priors.check import ENWL, compare, enwl_house_days, season_of, weekday_kw
 
     head = "<h3>Household baseload against measured households</h3>"
     try:
@@ -245,26 +245,25 @@ def _priors_check_section(tree: xr.DataTree) -> list[str]:
         return []
     if "p_base_kw" not in pp:
         return []
-    times = pd.DatetimeIndex(pp.time.values)
-    i = first_weekday(times)
-    if i is None:
+    day = weekday_kw(pp)
+    if day is None:
         return [head, "<p>Not checked: the horizon holds no whole weekday to compare with ENWL's weekday "
                 "profiles (run <code>bayesflex check-priors</code>).</p>"]
-    season = "summer" if 4 <= times[i].month <= 9 else "winter"
+    start, p = day
+    season = season_of(start)
     try:
         x = enwl_house_days(season)
     except ConfigError:
         return [head, f"<p>Not checked: ENWL's profiles are not at {html.escape(str(ENWL))} "
                 "(run <code>bayesflex check-priors --against YOUR_READINGS</code>).</p>"]
-    p = pp["p_base_kw"].isel(chain=0).sum("phase").transpose("draw", "agent", "time").values[:, :, i:i + 48]
-    res = compare(x, p.astype(float), reps=200, seed=0, data_label=f"ENWL {season}", model_label="this study")
+    res = compare(x, p, reps=200, seed=0, data_label=f"ENWL {season}", model_label="this study")
     rows = []
     for k, r in res.table.iterrows():
         fmt = ".2g" if k.startswith("share") else ".3g"
         rows.append((k, f"{r['data']:{fmt}} ({r['data_lo']:{fmt}}–{r['data_hi']:{fmt}})", f"{r['model']:{fmt}}",
                      r["target"], "PASS" if r["ok"] else "MISS"))
     n_ok = int(res.table["ok"].sum())
-    return [head, f"<p>The study's own draws of household baseload on {times[i]:%A %d %B} (every agent of every "
+    return [head, f"<p>The study's own draws of household baseload on {start:%A %d %B} (every agent of every "
             f"draw) against ENWL's 100 {season} households (one weekday each; 95 % bootstrap interval over "
             f"households): {n_ok} of {len(rows)} targets met. Figures and targets: "
             "<code>bayesflex check-priors</code>.</p>",

@@ -24,7 +24,7 @@ import numpy as np
 def peer_baseload(feeder, priors, draws):
     import pymc as pm
 
-    from bayesflex.priors.baseload import beta_ab, shape_kw_at
+    from bayesflex.priors.baseload import beta_ab, log_level, shape_kw_at
 
     tech = priors["baseload"]
     times = np.array(np.arange(96) * np.timedelta64(30, "m") + np.datetime64(priors.start.isoformat()[:16]))
@@ -38,7 +38,7 @@ def peer_baseload(feeder, priors, draws):
         sd, share = rv["level_log_sd"], rv["day_share"]
         z = pm.Normal("z", 0, 1, dims="agent")
         w = pm.Normal("w", 0, 1, dims=("agent", "day"))
-        level = rv["level_log_mean"] - sd**2 / 2 + sd * (pm.math.sqrt(1 - share) * z[:, None] + pm.math.sqrt(share) * w)
+        level = log_level(rv["level_log_mean"], sd, share, z[:, None], w, xp=pm.math)
         fuse = pm.Categorical("fuse", p=np.asarray(tech.extra["service_share"]), dims="agent")
         cap = pm.math.constant(np.asarray(tech.extra["service_kw"]))[fuse][:, None]
         mu = shape[None, :] * pm.math.exp(level[:, day])

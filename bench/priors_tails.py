@@ -24,14 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bayesflex.priors.check import ADMD_N, EVENING, _admd_data, _admd_draws, compare, read_enwl  # noqa: F401
-
-PROFILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "enwl" / "profiles"
-
-
-def read_profiles(path: Path) -> np.ndarray:
-    """(house, 48) half-hourly mean kW of an ENWL profile file (288 x 100, no header, BOM)."""
-    return read_enwl(path)
+from bayesflex.priors.check import ENWL, compare, read_enwl
 
 
 def main() -> None:
@@ -42,7 +35,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reps", type=int, default=300, help="bootstrap resamples of the households")
-    ap.add_argument("--profiles", type=Path, default=PROFILES, help="folder of the ENWL profile CSVs")
+    ap.add_argument("--profiles", type=Path, default=ENWL, help="folder of the ENWL profile CSVs")
     ap.add_argument("--npz", type=Path, help="evaluate these draws instead: array p_kw (draw, house, 48)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -50,7 +43,7 @@ def main() -> None:
     path = args.profiles / f"{season.capitalize()}_Load_Profiles.csv"
     if not path.exists():
         sys.exit(f"{path}: not found (give --profiles, the folder of shared/data/enwl/profiles)")
-    x = read_profiles(path)
+    x = read_enwl(path)
     t = time.perf_counter()
     if args.npz:
         p = np.load(args.npz)["p_kw"]

@@ -6,7 +6,7 @@
 Prints the target tables of issue 14's deliverable 2 for the low-carbon
 technologies, in the format of ``bench/priors_tails.py``: each figure of the
 data (ENWL's 100 profiles, 5-minute kW averaged to half-hours by
-``priors_tails.read_profiles``) with its bootstrap 95 % interval (profiles
+``bayesflex.priors.check.read_enwl``) with its bootstrap 95 % interval (profiles
 resampled), the same figure of the model's draws, their ratio and PASS/MISS
 against the target.
 
@@ -68,8 +68,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from priors_tails import PROFILES, _admd_data, _admd_draws, read_profiles
+from bayesflex.priors.check import ENWL as PROFILES
+from bayesflex.priors.check import admd_data, admd_draws, first_weekday, read_enwl
 
 CHARGING_KW = 0.1  # a half-hour's mean above this: the car is charging
 OFF_KW = 0.1  # a heat pump's half-hour below this: off
@@ -87,7 +87,7 @@ def read_data(tech: str, profiles: Path = PROFILES) -> np.ndarray:
     """(unit, 48) half-hourly kW of a technology's ENWL file; PV as kW per kWp
     (each profile over its own 5-minute peak), generation positive."""
     path = profiles / FILES[tech]
-    x = read_profiles(path)
+    x = read_enwl(path)
     if tech == "pv":
         peak = pd.read_csv(path, header=None, encoding="utf-8-sig").to_numpy(float).max(axis=0)
         x = x / peak[:, None]
@@ -122,17 +122,14 @@ def model_days(priors_name: str, techs, draws: int, seed: int, feeder: str = "ie
     generation positive."""
     warnings.simplefilter("ignore")
     import bayesflex as bf
-    from bayesflex.priors.baseload import half_hour_of_day
 
     with tempfile.TemporaryDirectory() as d:
         path = everyone_owns(priors_name, techs, Path(d), edits)
         ds = bf.sample_priors(bf.load_feeder(feeder), path, draws=draws, seed=seed)
     times = pd.DatetimeIndex(ds.time.values)
-    hh = half_hour_of_day(times.values)
-    starts = [i for i in range(len(times) - 47) if hh[i] == 0 and times[i].dayofweek < 5]
-    if not starts:
+    i = first_weekday(times)
+    if i is None:
         raise SystemExit(f"priors {priors_name!r}: the horizon holds no whole weekday (48 half-hours from 00:00)")
-    i = starts[0]
     out = {}
     for t in techs:
         has = ds[f"{'hp' if t == 'hp' else t}_has"].isel(chain=0).values
@@ -181,7 +178,7 @@ def hp_figures(x: np.ndarray, admd) -> dict[str, float]:
 def figures_data(tech: str, x: np.ndarray, rng, groups: int = 200) -> dict[str, float]:
     """Every figure of one set of measured unit-days ``x (unit, 48)``."""
     def admd(n):
-        return _admd_data(x, n, groups, rng)
+        return admd_data(x, n, groups, rng)
 
     if tech == "ev":
         return ev_figures(share_charging(x), x, admd)
@@ -193,7 +190,7 @@ def figures_data(tech: str, x: np.ndarray, rng, groups: int = 200) -> dict[str, 
 def figures_draws(tech: str, p: np.ndarray, rng) -> dict[str, float]:
     """The same figures of model draws ``p (draw, unit, 48)``."""
     def admd(n):
-        return _admd_draws(p, n, rng)
+        return admd_draws(p, n, rng)
 
     if tech == "ev":
         return ev_figures(share_charging(p), p, admd)

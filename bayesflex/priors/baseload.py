@@ -154,10 +154,18 @@ def simulate(par: dict[str, np.ndarray], shape_kw, times: np.ndarray, cap_kw: np
     return p, q
 
 
+def log_level(mean, sd, share, z, w, xp=np):
+    """ln of the household-and-day level, its mean correction included: ``z`` the
+    household's standard normal (broadcast against ``w``, the day's), the rest the
+    population's ``level_log_mean``, ``level_log_sd``, ``day_share``.  ``xp`` is numpy
+    or ``pytensor.tensor`` (the sampler and the conditioning fit share it)."""
+    return mean - sd**2 / 2 + sd * (xp.sqrt(1 - share) * z + xp.sqrt(share) * w)
+
+
 def level_log(par: dict[str, np.ndarray], z: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``level_log (draw, agent, day)`` from the population parameters (draw,)
     and standard normals ``z (draw, agent)`` (household), ``w (draw, agent, day)`` (day)."""
-    sd = np.asarray(par["level_log_sd"], float)[:, None, None]
-    share = np.asarray(par["day_share"], float)[:, None, None]
-    mean = np.asarray(par["level_log_mean"], float)[:, None, None]
-    return mean - sd**2 / 2 + sd * (np.sqrt(1 - share) * z[:, :, None] + np.sqrt(share) * w)
+    def per_draw(key):
+        return np.asarray(par[key], float)[:, None, None]
+
+    return log_level(per_draw("level_log_mean"), per_draw("level_log_sd"), per_draw("day_share"), z[:, :, None], w)

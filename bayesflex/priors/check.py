@@ -89,7 +89,7 @@ def house_days(wide: pd.DataFrame, tz: str = "UTC") -> tuple[np.ndarray, np.ndar
     return np.concatenate(rows, axis=0), np.concatenate(owner)
 
 
-def _admd_data(x: np.ndarray, n: int, groups: int, rng) -> float:
+def admd_data(x: np.ndarray, n: int, groups: int, rng) -> float:
     h = x.shape[0]
     if n == 1:
         return float(x.max(axis=1).mean())
@@ -99,7 +99,7 @@ def _admd_data(x: np.ndarray, n: int, groups: int, rng) -> float:
     return float(x[idx].mean(axis=1).max(axis=1).mean())
 
 
-def _admd_draws(p: np.ndarray, n: int, rng) -> float:
+def admd_draws(p: np.ndarray, n: int, rng) -> float:
     d, h, _ = p.shape
     if n == 1:
         return float(p.max(axis=2).mean())
@@ -108,7 +108,7 @@ def _admd_draws(p: np.ndarray, n: int, rng) -> float:
         m = d // k
         if m == 0:
             return float("nan")
-        return _admd_draws(p[:m * k].reshape(m, k * h, p.shape[2]), n, rng)
+        return admd_draws(p[:m * k].reshape(m, k * h, p.shape[2]), n, rng)
     idx = np.argsort(rng.random((d, h)), axis=1)[:, :n]
     g = np.take_along_axis(p, idx[:, :, None], axis=1)
     return float(g.mean(axis=1).max(axis=1).mean())
@@ -135,7 +135,7 @@ def figures_data(x: np.ndarray, rng, groups: int = 200) -> dict[str, float]:
     f["evening peak p90"] = float(np.percentile(ev, 90))
     f["evening peak p99"] = float(np.percentile(ev, 99))
     for n in _admd_sizes(x.shape[0]):
-        f[f"ADMD N={n}"] = _admd_data(x, n, groups, rng)
+        f[f"ADMD N={n}"] = admd_data(x, n, groups, rng)
     f["CV daily kWh"] = _cv(x.sum(axis=1) / 2)
     f["lag-1 autocorr"] = _lag1(x)
     f[f"share > {HIGH_KW:g} kW"] = float((x > HIGH_KW).mean())
@@ -153,7 +153,7 @@ def figures_draws(p: np.ndarray, rng, block: int = 100, sizes: tuple[int, ...] =
     f["evening peak p90"] = float(np.percentile(ev, 90))
     f["evening peak p99"] = float(np.percentile(ev, 99))
     for n in sizes:
-        f[f"ADMD N={n}"] = _admd_draws(p, n, rng)
+        f[f"ADMD N={n}"] = admd_draws(p, n, rng)
     f["CV daily kWh"] = _cv(flat.sum(axis=1) / 2)
     f["lag-1 autocorr"] = _lag1(flat)
     f[f"share > {HIGH_KW:g} kW"] = float((flat > HIGH_KW).mean())
@@ -238,19 +238,33 @@ def first_weekday(times: pd.DatetimeIndex) -> int | None:
     return starts[0] if starts else None
 
 
+def season_of(t: pd.Timestamp) -> str:
+    """ENWL's season for a date: summer from April to September, else winter."""
+    return "summer" if 4 <= t.month <= 9 else "winter"
+
+
+def weekday_kw(ds) -> tuple[pd.Timestamp, np.ndarray] | None:
+    """The first whole weekday of draws ``ds`` (``p_base_kw``, chain 0; ENWL's profiles
+    are weekdays): its first half-hour and the baseload (draw, agent, 48) kW; None if the
+    horizon holds no whole weekday."""
+    times = pd.DatetimeIndex(ds.time.values)
+    i = first_weekday(times)
+    if i is None:
+        return None
+    p = ds["p_base_kw"].isel(chain=0, time=slice(i, i + 48)).sum("phase").transpose("draw", "agent", "time")
+    return times[i], np.asarray(p.values, float)
+
+
 def model_day(feeder, priors, draws: int, seed: int) -> np.ndarray:
-    """(draw, house, 48) baseload kW of the first whole weekday of the horizon
-    (ENWL's profiles are weekdays), every agent of ``feeder``."""
+    """(draw, house, 48) baseload kW of the first whole weekday of the horizon, every
+    agent of ``feeder``."""
     from .sampling import sample_priors
 
-    pri = getattr(priors, "priors", priors)
-    ds = sample_priors(feeder, priors, draws=draws, seed=seed)
-    i = first_weekday(pd.DatetimeIndex(ds.time.values))
-    if i is None:
-        raise ConfigError(f"{getattr(pri, 'origin', 'priors')}: the horizon holds no whole weekday "
-                          "(48 half-hours from 00:00) to compare with")
-    p = ds["p_base_kw"].isel(chain=0).sum("phase").transpose("draw", "agent", "time").values
-    return np.asarray(p[:, :, i:i + 48], float)
+    day = weekday_kw(sample_priors(feeder, priors, draws=draws, seed=seed))
+    if day is None:
+        raise ConfigError(f"{getattr(getattr(priors, 'priors', priors), 'origin', 'priors')}: the horizon holds "
+                          "no whole weekday (48 half-hours from 00:00) to compare with")
+    return day[1]
 
 
 def compare(observed: np.ndarray, draws: np.ndarray, *, reps: int = 300, seed: int = 0,
@@ -261,7 +275,7 @@ def compare(observed: np.ndarray, draws: np.ndarray, *, reps: int = 300, seed: i
     for groups of at most as many households as were measured."""
     houses = len(np.unique(owner)) if owner is not None else observed.shape[0]
     rng = np.random.default_rng(seed)
-    sizes = _admd_sizes(min(observed.shape[0], houses or observed.shape[0]))
+    sizes = _admd_sizes(min(observed.shape[0], houses))
     fd = {k: v for k, v in figures_data(observed, rng, groups=1000).items()
           if not k.startswith("ADMD") or int(k.split("=")[1]) in sizes}
     ci = bootstrap(observed, reps, rng, owner=owner) if reps else dict.fromkeys(fd, (np.nan, np.nan))
@@ -293,7 +307,7 @@ def check_priors(priors="default", *, against=None, feeder="ieee_eu_lv", draws: 
         else load_priors(priors)
     fd = feeder if isinstance(feeder, Feeder) else load_feeder(feeder)
     if against is None:
-        season = season or ("summer" if 4 <= pri.start.month <= 9 else "winter")
+        season = season or season_of(pri.start)
         observed, owner = enwl_house_days(season), None
         label = f"ENWL {season}"
     else:

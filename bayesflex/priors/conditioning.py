@@ -43,7 +43,7 @@ import xarray as xr
 
 from .._tables import agents_and_times, read_csv, zone
 from ..errors import ConfigError
-from .baseload import EDGE, beta_ab, day_index, half_hour_of_day, shape_kw_at
+from .baseload import EDGE, beta_ab, day_index, half_hour_of_day, log_level, shape_kw_at
 from .config import Priors, load_priors
 
 __all__ = ["Posterior", "condition", "read_observations"]
@@ -278,8 +278,7 @@ def condition(
         appliance, knee, power = rv("appliance_kw"), rv("knee_kw"), rv("knee_power")
         z = pm.Normal("z", 0.0, 1.0, dims="agent")
         w = pm.Normal("w", 0.0, 1.0, dims=("agent", "day"))
-        level = mean - sd**2 / 2 + sd * (pm.math.sqrt(1 - share) * z[:, None] + pm.math.sqrt(share) * w)
-        mu = shape * pm.math.exp(level[:, days])
+        mu = shape * pm.math.exp(log_level(mean, sd, share, z[:, None], w, xp=pm.math)[:, days])
         a, b = beta_ab(mu, cap, appliance, knee, power, xp=pm.math)
         pm.Potential("readings", weight * pm.logp(pm.Beta.dist(alpha=a, beta=b), y).sum())
         idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=min(chains, 2), random_seed=seed,

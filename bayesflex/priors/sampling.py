@@ -91,9 +91,10 @@ def _service_kw(tech, par: dict, ratings: dict, feeder: Feeder) -> np.ndarray:
     per_phase = np.asarray(tech.extra["service_kw"])[par.pop("baseload.service").astype(int)]
     electrified = sum((ratings[k] > 0 for k in ("ev", "heat_pump") if k in ratings), np.zeros(per_phase.shape, bool))
     per_phase = np.where(electrified, np.maximum(per_phase, tech.extra["electrified_service_kw"]), per_phase)
-    service = per_phase * feeder.agent_phases.sum(axis=1)[None, :]
+    phases = feeder.agent_phases.sum(axis=1)[None, :]
+    service = per_phase * phases
     if "refrigeration" in ratings:
-        sized = sum(ratings.values()) + tech.extra["electrified_service_kw"] * feeder.agent_phases.sum(axis=1)[None, :]
+        sized = sum(ratings.values()) + tech.extra["electrified_service_kw"] * phases
         service = np.where(ratings["refrigeration"] > 0, np.maximum(service, sized), service)
     return service
 
@@ -233,8 +234,7 @@ def sample_priors(
     rng = np.random.default_rng(streams[STREAMS["baseload"]])
     b = _params(par, "baseload")
     service_kw = _service_kw(pri["baseload"], par, ratings, feeder)
-    cap_kw = service_kw - sum(ratings.values()) if ratings else service_kw.copy()
-    cap_kw = np.maximum(cap_kw, baseload.MIN_CAP_KW)
+    cap_kw = np.maximum(service_kw - sum(ratings.values(), 0.0), baseload.MIN_CAP_KW)
     days = int(baseload.day_index(times.values)[-1]) + 1
     z = rng.standard_normal((draws, n_agent))
     w = rng.standard_normal((draws, n_agent, days))
@@ -263,8 +263,8 @@ def sample_priors(
 
     # plausibility: agent-half-hours whose drawn net power exceeds the agent's service (0 by
     # construction unless MIN_CAP_KW had to lift a capacity; a check, not an assumption)
-    net = p_base + sum(f[0] for f in flex.values())
-    beyond = (np.abs(net) > service_kw[:, None, :] * (1 + 1e-6)).sum(axis=(1, 2))
+    p_net = p_base + sum(f[0] for f in flex.values())
+    beyond = (np.abs(p_net) > service_kw[:, None, :] * (1 + 1e-6)).sum(axis=(1, 2))
     extra_vars["n_above_service"] = (("chain", "draw"), beyond[None].astype(np.int64),
                                      {"long_name": "agent-half-hours whose net power exceeds the agent's service "
                                       "capacity (must be 0)"})
@@ -286,7 +286,7 @@ def sample_priors(
     # lower suction pressure, a battery within power and every later SoC limit; baseload
     # cannot move
     data = {
-        "p_kw": (p_base + sum(f[0] for f in flex.values()), "kW", "net active power, load positive"),
+        "p_kw": (p_net, "kW", "net active power, load positive"),
         "q_kvar": (q_base, "kvar", "net reactive power, load positive"),
         "p_base_kw": (p_base, "kW", "household baseload"),
         "q_base_kvar": (q_base, "kvar", "household baseload, reactive"),
