@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import __version__
@@ -204,12 +205,12 @@ def _run_fleet(args, priors, study: dict, t0: float) -> int:
           f"results in {out}/<feeder>/", flush=True)
     table = run_fleet(found, priors, out=out, resume=args.resume, log=lambda line: print(line, flush=True), **study)
     ok = table[table.status == "ok"]
-    print(f"\nfeeders ranked by congestion risk (probability ± 1 Monte Carlo SE; {len(ok)} of {len(table)} "
+    print(f"\nfeeders ranked by congestion risk (probability [95 % interval]; {len(ok)} of {len(table)} "
           "studied):")
-    print(f"  {'rank':>4}  {'feeder':<24}{'congested in horizon':>22}{'unresolvable':>16}  worst half-hour")
+    print(f"  {'rank':>4}  {'feeder':<24}{'congested in horizon':>26}{'unresolvable':>26}  worst half-hour")
     for _, r in ok.head(15).iterrows():
-        print(f"  {r['rank']:>4}  {r.feeder:<24}{_pct(r.p_congested_horizon, r.p_congested_horizon_mcse):>22}"
-              f"{_pct(r.p_unresolved_horizon, r.p_unresolved_horizon_mcse):>16}  "
+        print(f"  {r['rank']:>4}  {r.feeder:<24}{_row_prob(r, 'p_congested_horizon'):>26}"
+              f"{_row_prob(r, 'p_unresolved_horizon'):>26}  "
               f"{r.worst_half_hour} ({100 * r.p_congested_worst_half_hour:.1f} %)")
     if len(ok) > 15:
         print(f"  ... {len(ok) - 15} more in {out / FLEET_FILE}")
@@ -226,12 +227,17 @@ def _run_fleet(args, priors, study: dict, t0: float) -> int:
     return 0
 
 
-def _pct(p: float, se: float, n: int | None = None) -> str:
-    """A probability ± its Monte Carlo standard error; none of ``n`` draws is not a certain zero:
-    it shows the exact one-sided 95 % upper bound, 1 - 0.05^(1/n) (about 3/n)."""
-    if n and p == 0:
-        return f"  0 of {n} draws (below {100 * (1 - 0.05 ** (1 / n)):.2g} % at 95 % confidence)"
-    return f"{100 * p:5.1f} % ± {100 * se:.1f}"
+def _prob(p: float, lo: float, hi: float, n: float | None = None) -> str:
+    """A probability with its 95 % interval, as everywhere in bayesflex (bayesflex.intervals)."""
+    from .intervals import format_probability
+
+    return format_probability(float(p), float(lo), float(hi), n)
+
+
+def _row_prob(r, column: str = "probability", n: float | None = None) -> str:
+    """The probability in ``r[column]`` with its interval (columns ``lo``/``hi`` or ``column_lo``/``column_hi``)."""
+    lo, hi = ("lo", "hi") if column == "probability" else (f"{column}_lo", f"{column}_hi")
+    return _prob(r[column], r[lo], r[hi], n)
 
 
 def _worst_per(df: pd.DataFrame, keys: list[str], order, k: int = 5) -> tuple[pd.DataFrame, int]:
@@ -249,71 +255,120 @@ def _worst_per(df: pd.DataFrame, keys: list[str], order, k: int = 5) -> tuple[pd
 
 def print_summary(tree, f) -> None:
     """The short summary of a study a person reads first."""
-    from .query import congestion_probability, flexibility_summary, n_draws, portfolio_position, top_agents
-    from .results import mcse
+    from . import query as q
+    from .results import study_effective_draws
 
-    a, s, h = tree.attrs, tree["summary"], tree["heuristic"]
-    n = n_draws(tree)
+    a, s = tree.attrs, tree["summary"]
+    n = q.n_draws(tree)
+    n_eff = study_effective_draws(tree)
     kind = "posterior" if a.get("conditioned") else "prior"
     t = pd.to_datetime(s.time.values)
     print(f"bayesflex {a['bayesflex_version']}: feeder {a['feeder']}, priors {a['priors']} ({kind}), {n} draws, "
           f"{len(t)} half-hours from {t[0]:%Y-%m-%d %H:%M}, seed {a['seed']}", file=f)
+    eff = "" if n_eff >= n else f"; {n_eff:.0f} effective draws (the posterior's smallest bulk ESS)"
     print(f"limits {a['v_min_pu']}-{a['v_max_pu']} pu, loading {a['loading_max_pu']} pu; "
-          f"probabilities ± 1 Monte Carlo standard error", file=f)
-    print("\nprobability of congestion at least once in the horizon, per phase:", file=f)
+          f"probabilities with their 95 % Monte Carlo interval [Wilson]{eff}", file=f)
+    print("\nprobability of congestion at least once in the horizon:", file=f)
     for ph in s.phase.values:
-        print(f"  phase {ph}: {_pct(float(s.p_congested_horizon.sel(phase=ph)), float(s.p_congested_horizon_mcse.sel(phase=ph)), n)}",
+        sp = s.sel(phase=ph)
+        print(f"  phase {ph}:   {_prob(sp.p_congested_horizon, sp.p_congested_horizon_lo, sp.p_congested_horizon_hi, n)}",
               file=f)
-    from .query import above_service
-
-    above = above_service(tree)
+    if "p_congested_any_horizon" in s:
+        print(f"  any phase: {_prob(s.p_congested_any_horizon, s.p_congested_any_horizon_lo, s.p_congested_any_horizon_hi, n)}",
+              file=f)
+    _print_model_uncertainty(s, f)
+    if "p_unresolved_horizon" in s:
+        print(f"  the agents' flexibility cannot resolve it, at least once: "
+              f"{_prob(s.p_unresolved_horizon, s.p_unresolved_horizon_lo, s.p_unresolved_horizon_hi, n)}", file=f)
+    above = q.above_service(tree)
     if above is not None:
         print(f"  plausibility: agent-half-hours whose drawn power exceeds the agent's service capacity: {above}"
               f"{'' if above == 0 else '  <- should be 0: the priors draw more than a service can carry'}", file=f)
-    unres, nonc = h["resolved"], tree["sample_stats"]["converged"]
-    print(f"  congested half-hours the agents' flexibility cannot resolve: {int((~unres.values).sum())}; "
-          f"load flows without a solution: {int((~nonc.values).sum())} (counted as congested)", file=f)
-    worst = congestion_probability(tree, "time", top=5)
+    nonc = ~tree["sample_stats"]["converged"].values
+    if nonc.any():
+        print(f"  load flows without a solution (counted as congested): {int(nonc.sum())} of {nonc.size:,} "
+              "draw-half-hours", file=f)
+    worst = q.congestion_probability(tree, "time", top=5)
     worst = worst[worst.probability > 0]
     print("\nworst half-hours (any phase):" + ("  none congested in any draw" if worst.empty else ""), file=f)
     for _, r in worst.iterrows():
-        print(f"  {pd.Timestamp(r.time):%a %H:%M}  {_pct(r.probability, r.mcse)}", file=f)
-    buses = _worst_per(congestion_probability(tree, "bus"), ["bus", "phase"], tree["network"].bus.values)
+        print(f"  {pd.Timestamp(r.time):%a %H:%M}  {_row_prob(r)}", file=f)
+    buses = _worst_per(q.congestion_probability(tree, "bus"), ["bus", "phase"], tree["network"].bus.values)
     print("\nbuses most at risk (voltage, worst half-hour):" + ("  none" if buses[0].empty else ""), file=f)
     for _, r in buses[0].iterrows():
-        print(f"  bus {r.bus:<8} phase {r.phase}  {_pct(r.probability, r.mcse)}  at {pd.Timestamp(r.time):%a %H:%M}",
-              file=f)
+        print(f"  bus {r.bus:<8} phase {r.phase}  {_row_prob(r)}  at {pd.Timestamp(r.time):%a %H:%M}", file=f)
     if buses[1]:
         print(f"  (and {buses[1]} more bus-phases at the same probability)", file=f)
-    lines = _worst_per(congestion_probability(tree, "line"), ["line"], tree["network"].line.values)
-    p_tr = tree["network"]["p_trafo_overload"]
-    tr = float(p_tr.max()) if p_tr.size else 0.0
+    lines = _worst_per(q.congestion_probability(tree, "line"), ["line"], tree["network"].line.values)
     print("\nlines most at risk (overload, worst half-hour):" + ("  none" if lines[0].empty else ""), file=f)
     for _, r in lines[0].iterrows():
-        print(f"  {r.line:<10} {_pct(r.probability, r.mcse)}  at {pd.Timestamp(r.time):%a %H:%M}", file=f)
+        print(f"  {r.line:<10} {_row_prob(r)}  at {pd.Timestamp(r.time):%a %H:%M}", file=f)
     if lines[1]:
         print(f"  (and {lines[1]} more lines at the same probability)", file=f)
-    print(f"  transformer overload, worst transformer and half-hour: {_pct(tr, float(mcse(tr, n)))}", file=f)
-    agents = top_agents(tree, 5)
+    tr = q.congestion_probability(tree, "trafo", top=1)
+    if len(tr):
+        print(f"  transformer overload, worst transformer and half-hour: {_row_prob(tr.iloc[0], n=n)}", file=f)
+    agents = q.top_agents(tree, 5)
     agents = agents[agents.p_adjusted_in_horizon > 0]
     print("\nagents most often adjusted (at least once in the horizon):" + ("  none" if agents.empty else ""),
           file=f)
     for _, r in agents.iterrows():
-        print(f"  {r.agent:<10} {_pct(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_mcse)}   when adjusted: "
+        print(f"  {r.agent:<10} {_row_prob(r, 'p_adjusted_in_horizon')}   when adjusted: "
               f"turn-down {r.down_kw_when_adjusted:.2f} kW, turn-up {r.up_kw_when_adjusted:.2f} kW", file=f)
     _print_causes(tree, f)
-    pos = portfolio_position(tree)
+    pos = q.portfolio_position(tree)
     if pos:
         print(f"\nportfolio: {pos['agents']} agents with positions; planned P_T {pos['p_min_kw']:.1f} .. "
               f"{pos['p_max_kw']:.1f} kW over the horizon, bounds {pos['lb_min_kw']:.1f} .. {pos['ub_max_kw']:.1f} kW",
               file=f)
     if "flex_up_kw" in s:
-        print("\nportfolio flexibility sellable against the plan after network limits "
-              "(kW; lowest / median over the horizon):", file=f)
-        print(f"  {'confidence':<12}{'turn-up':>18}{'turn-down':>20}", file=f)
-        for _, r in flexibility_summary(tree).iterrows():
-            print(f"  P{100 * r.confidence:<11.0f}{r.up_every_kw:>8.1f} / {r.up_median_kw:<8.1f}"
-                  f"{r.down_every_kw:>10.1f} / {r.down_median_kw:<8.1f}", file=f)
+        _print_flexibility(q.flexibility_summary(tree), f)
+
+
+def model_uncertainty_lines(s, k: int = 3) -> list[str]:
+    """The headline's spread over the priors' parameter uncertainty, in lines of words (none: not
+    screened); :mod:`bayesflex.uncertainty` says how it is estimated."""
+    from .intervals import _pct
+
+    if "p_congested_any_horizon_given_theta" not in s:
+        return []
+    v = s["p_congested_any_horizon_given_theta"]
+    sp = v.values
+    lines = [(f"over the priors' parameter uncertainty: {_pct(sp[0])}-{_pct(sp[-1])} % (10-90 % of P(congested | "
+              f"parameters) over the draws; first order, the parameters explain {100 * float(v.attrs['r2']):.0f} % "
+              "of the worst margin's variance)")]
+    for i in range(min(k, s.sizes["parameter"])):
+        par = s.isel(parameter=i)
+        lines.append(f"{'most influential:' if i == 0 else '':<18}{par.parameter.item():<26} "
+                     f"{_pct(float(par.screen_p_low)):>5} % at its 10 % quantile, {_pct(float(par.screen_p_high)):>5} % "
+                     f"at its 90 % (worst margin {float(par.screen_margin_effect_pu):+.4f} pu)")
+    return lines
+
+
+def _print_model_uncertainty(s, f) -> None:
+    for line in model_uncertainty_lines(s):
+        print("    " + line, file=f)
+
+
+def _kw(x: float, lo: float, hi: float) -> str:
+    """kW with its 95 % interval; an end the draws cannot bound shows as '?'."""
+    if not np.isfinite(x):
+        return "n/a"
+    ends = [f"{v:.1f}" if np.isfinite(v) else "?" for v in (lo, hi)]
+    return f"{x:.1f} [{ends[0]}, {ends[1]}]"
+
+
+def _print_flexibility(df: pd.DataFrame, f) -> None:
+    print("\nportfolio flexibility sellable against the plan after network limits (kW):", file=f)
+    print(f"  in every half-hour of the horizon at once (joint: each draw's lowest half-hour; 95 % interval)\n"
+          f"    {'confidence':<10}{'turn-up':>20}{'turn-down':>20}", file=f)
+    for _, r in df.iterrows():
+        print(f"    P{100 * r.confidence:<9.0f}{_kw(r.up_joint_kw, r.up_joint_kw_lo, r.up_joint_kw_hi):>20}"
+              f"{_kw(r.down_joint_kw, r.down_joint_kw_lo, r.down_joint_kw_hi):>20}", file=f)
+    print("  each half-hour on its own: lowest / median over the half-hours (not deliverable in all at once)", file=f)
+    for _, r in df.iterrows():
+        print(f"    P{100 * r.confidence:<9.0f}{r.up_lowest_half_hour_kw:>11.1f} / {r.up_median_half_hour_kw:<6.1f}"
+              f"{r.down_lowest_half_hour_kw:>11.1f} / {r.down_median_half_hour_kw:<6.1f}", file=f)
 
 
 def _print_causes(tree, f, k: int = 3) -> None:
@@ -326,7 +381,7 @@ def _print_causes(tree, f, k: int = 3) -> None:
     print("\nwhat causes congestion, most congested half-hours (mean share of the phase's worst violation over "
           "its congested draws):" + ("  none congested" if df.empty else ""), file=f)
     for _, r in df.iterrows():
-        print(f"  {pd.Timestamp(r.time):%a %H:%M}, phase {r.phase}: {cause_text(r)} ({r.draws} "
+        print(f"  {pd.Timestamp(r.time):%a %H:%M}, phase {r.phase} ({_row_prob(r, 'p_congested')}): {cause_text(r)} ({r.draws} "
               f"draw{'s' if r.draws != 1 else ''})", file=f)
 
 

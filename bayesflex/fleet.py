@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import BayesflexError, ConfigError, OutputError
+from .intervals import format_probability, wilson_interval
 from .outdir import fresh, inside, safe_name
-from .results import mcse
+from .results import mcse, study_effective_draws
 
 __all__ = ["FLEET_FILE", "find_feeders", "fleet_row", "run_fleet"]
 
@@ -88,9 +89,11 @@ def fleet_row(tree) -> dict:
     """One feeder's figures for the fleet table, from its study (small arrays only)."""
     s, h = tree["summary"], tree["heuristic"]
     n = int(tree.attrs["draws"])
+    n_eff = study_effective_draws(tree)
     cong = h["congested"].values[0]  # (draw, time, phase)
     any_h = float(cong.any(axis=(1, 2)).mean())
     unres = float((~h["resolved"].values[0]).any(axis=1).mean())
+    (any_lo, any_hi), (unres_lo, unres_hi) = wilson_interval(any_h, n_eff), wilson_interval(unres, n_eff)
     per_t = s["p_congested_any"].values
     worst_t = int(np.argmax(per_t))
     p_tr = tree["network"]["p_trafo_overload"].values
@@ -114,11 +117,13 @@ def fleet_row(tree) -> dict:
     return {
         "agents": int(tree["constant_data"].sizes["agent"]), "buses": int(tree["constant_data"].sizes["bus"]),
         "draws": n,
-        "p_congested_horizon": any_h, "p_congested_horizon_mcse": float(mcse(any_h, n)),
+        "p_congested_horizon": any_h, "p_congested_horizon_mcse": float(mcse(any_h, n_eff)),
+        "p_congested_horizon_lo": float(any_lo), "p_congested_horizon_hi": float(any_hi),
         "worst_phase": str(s.phase.values[int(np.argmax(s["p_congested_horizon"].values))]),
         "p_congested_worst_half_hour": float(per_t[worst_t]),
         "worst_half_hour": pd.Timestamp(s.time.values[worst_t]).strftime("%Y-%m-%d %H:%M"),
-        "p_unresolved_horizon": unres, "p_unresolved_horizon_mcse": float(mcse(unres, n)),
+        "p_unresolved_horizon": unres, "p_unresolved_horizon_mcse": float(mcse(unres, n_eff)),
+        "p_unresolved_horizon_lo": float(unres_lo), "p_unresolved_horizon_hi": float(unres_hi),
         "p_trafo_overload_max": float(p_tr.max()) if p_tr.size else 0.0,
         "p_nonconverged": float(s["p_nonconverged"].values.max()),
         "p_draws_without_solution": p_unsolved,
@@ -172,8 +177,10 @@ def run_fleet(feeders, priors="default", *, out: str | Path, resume: bool = Fals
             row |= {"status": "failed", "error": f"{type(err).__name__}: {' '.join(str(err).split())}"}
         rows.append(row)
         if log is not None:
-            what = (f"P(congested in horizon) {100 * row['p_congested_horizon']:.1f} % ± "
-                    f"{100 * row['p_congested_horizon_mcse']:.1f}" if row["status"] == "ok" else f"FAILED: {row['error']}")
+            what = ("P(congested in horizon) " + format_probability(row["p_congested_horizon"],
+                                                                    row["p_congested_horizon_lo"],
+                                                                    row["p_congested_horizon_hi"], row["draws"])
+                    if row["status"] == "ok" else f"FAILED: {row['error']}")
             log(f"[{len(rows)}/{len(found)}] {name}: {what} ({time.perf_counter() - t0:.1f} s)")
     table = rank(pd.DataFrame(rows))
     _write_csv(table, out / FLEET_FILE)
@@ -202,7 +209,8 @@ def _write_csv(table: pd.DataFrame, path: Path) -> None:
 
 
 def plot_fleet(table: pd.DataFrame, path: Path, top: int = 40) -> Path:
-    """Horizontal bars: each feeder's probability of congestion in the horizon (± 2 MC SE), riskiest on top."""
+    """Horizontal bars: each feeder's probability of congestion in the horizon with its 95 % Wilson
+    interval, riskiest on top."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,11 +219,16 @@ def plot_fleet(table: pd.DataFrame, path: Path, top: int = 40) -> Path:
     t = table[table.status == "ok"].head(top).iloc[::-1]
     fig, ax = plt.subplots(figsize=(7, 1.4 + 0.28 * len(t)))
     y = np.arange(len(t))
-    ax.barh(y, 100 * t.p_congested_horizon, xerr=200 * t.p_congested_horizon_mcse, color="#c0392b", alpha=0.85,
-            label="congested at least once", error_kw={"lw": 0.8})
+    p = t.p_congested_horizon.to_numpy()
+    if "p_congested_horizon_lo" in t:
+        err = 100 * np.vstack([p - t.p_congested_horizon_lo.to_numpy(), t.p_congested_horizon_hi.to_numpy() - p])
+    else:  # a fleet.csv from before the intervals: the interval from the draws
+        lo, hi = wilson_interval(p, t.draws.to_numpy(float))
+        err = 100 * np.vstack([p - lo, hi - p])
+    ax.barh(y, 100 * p, xerr=err, color="#c0392b", alpha=0.85, label="congested at least once", error_kw={"lw": 0.8})
     ax.barh(y, 100 * t.p_unresolved_horizon, color="#2c3e50", height=0.4, label="not resolvable by the agents")
     ax.set_yticks(y, t.feeder)
-    ax.set_xlabel("probability in the horizon, % (bars: ± 2 Monte Carlo SE)")
+    ax.set_xlabel("probability in the horizon, % (error bars: 95 % Wilson interval)")
     ax.set_xlim(0, 100)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"feeders ranked by congestion risk ({len(t)} of {int((table.status == 'ok').sum())} shown)",

@@ -18,8 +18,9 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 
 from .errors import ConfigError
+from .intervals import format_probability, quantile_interval, wilson_interval
 from .query import BLOCK_DRAWS, draw_block, draw_blocks, half_hour, n_draws
-from .results import mcse
+from .results import study_effective_draws
 
 __all__ = ["adjustment_figure", "congestion_heatmap", "feeder_map", "flexibility_figure", "trafo_fan_chart",
            "voltage_fan_chart"]
@@ -192,10 +193,11 @@ def trafo_fan_chart(tree: xr.DataTree) -> Figure:
         _fan(ax, times, load, "tab:blue", "loading")
         ax.axhline(tree.attrs["loading_max_pu"], color="tab:red", linestyle="--", linewidth=1, label="rating")
         p = float(net["p_trafo_overload"].sel(trafo=name).max())
+        lo, hi = wilson_interval(p, study_effective_draws(tree))
         ax.set_ylabel("current / rated (pu)")
         ax.set_ylim(bottom=0)
-        ax.set_title(f"transformer {name}: P(overload) at most {p:.3f} ± {mcse(p, n_draws(tree)):.3f} "
-                     "in any half-hour", fontsize=10)
+        ax.set_title(f"transformer {name}: P(overload) in its worst half-hour "
+                     f"{format_probability(p, float(lo), float(hi), n_draws(tree))}", fontsize=10)
     axes[0].legend(fontsize=8, ncol=3, loc="upper left")
     return fig
 
@@ -259,7 +261,8 @@ def adjustment_figure(tree: xr.DataTree, k: int = 8, *, top=None) -> Figure:
                flierprops={"markersize": 2})
     ax.axvline(0, color="0.5", linewidth=0.8)
     for i, (_, r) in enumerate(top[::-1].iterrows()):
-        ax.annotate(f"P = {r.p_adjusted_in_horizon:.3f} ± {r.p_adjusted_in_horizon_mcse:.3f}", (1.0, i + 1),
+        ax.annotate(f"P = {format_probability(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_lo, r.p_adjusted_in_horizon_hi)}",
+                    (1.0, i + 1),
                     xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points", fontsize=7,
                     va="center")
     ax.set_xlabel("adjustment when adjusted (kW per half-hour): turn-down < 0 < turn-up")
@@ -271,8 +274,9 @@ def adjustment_figure(tree: xr.DataTree, k: int = 8, *, top=None) -> Figure:
 def flexibility_figure(tree: xr.DataTree) -> Figure:
     """The aggregator's flexibility at risk: portfolio turn-up and turn-down it can sell
     against its planned position after network limits (:func:`bayesflex.results.deliverable`),
-    against the confidence of delivering it, for every half-hour
-    of the horizon (its minimum) and for the median half-hour."""
+    against the confidence of delivering it: in every half-hour of the horizon at once (the
+    quantile of each draw's lowest half-hour, with its 95 % order-statistic band) and in the
+    median half-hour taken on its own."""
     h = tree["heuristic"]
     conf = np.linspace(0.5, 0.99, 50)
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -282,14 +286,19 @@ def flexibility_figure(tree: xr.DataTree) -> Figure:
         if name not in h:
             continue
         tot = h[name].values.reshape(-1, h.sizes["time"])
-        q = np.quantile(tot, 1 - conf, axis=0)  # (conf, time)
-        ax.plot(100 * conf, q.min(axis=1), color=color, linewidth=2, label=f"turn-{side}, in every half-hour")
-        ax.plot(100 * conf, np.median(q, axis=1), color=color, linestyle="--", label=f"turn-{side}, median half-hour")
+        joint = tot.min(axis=1)  # each draw's lowest half-hour
+        lo, hi = quantile_interval(joint, 1 - conf)
+        ax.fill_between(100 * conf, np.where(np.isfinite(lo), lo, 0), np.where(np.isfinite(hi), hi, np.nan),
+                        color=color, alpha=0.15, linewidth=0)
+        ax.plot(100 * conf, np.quantile(joint, 1 - conf), color=color, linewidth=2,
+                label=f"turn-{side}, in every half-hour at once (95 % band)")
+        ax.plot(100 * conf, np.median(np.quantile(tot, 1 - conf, axis=0), axis=1), color=color, linestyle="--",
+                label=f"turn-{side}, median half-hour on its own")
     ax.set_xlabel("confidence of delivering (%)  (P50 ... P99)")
     ax.set_ylabel("portfolio flexibility deliverable (kW)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("flexibility at risk: what the portfolio can commit after network limits, per half-hour",
-                 fontsize=10)
+    ax.set_title(f"flexibility at risk: what the portfolio can commit after network limits "
+                 f"({n_draws(tree)} draws)", fontsize=10)
     return fig

@@ -12,11 +12,13 @@ import pandas as pd
 import xarray as xr
 
 from .errors import ConfigError
-from .results import mcse
+from .intervals import quantile_interval, wilson_interval
+from .results import mcse, study_effective_draws
 
 __all__ = ["BLOCK_DRAWS", "TECHNOLOGY_NAMES", "above_service", "adjustment_quantiles", "cause_text", "causes",
            "congestion_probability", "draw_block", "draw_blocks", "flexibility_at_risk", "flexibility_summary",
-           "half_hour", "n_draws", "portfolio_position", "predictive", "product_at_risk", "top_agents"]
+           "half_hour", "n_draws", "portfolio_position", "predictive", "product_at_risk", "top_agents",
+           "with_interval"]
 
 _WHERE = ("bus", "line", "phase", "time", "trafo")
 
@@ -41,6 +43,16 @@ def draw_blocks(da: xr.DataArray | xr.Dataset, size: int = BLOCK_DRAWS):
 def n_draws(tree: xr.DataTree) -> int:
     h = tree["heuristic"]
     return int(h.sizes["chain"] * h.sizes["draw"])
+
+
+def with_interval(df: pd.DataFrame, column: str, n: float, prefix: str | None = None) -> pd.DataFrame:
+    """``df`` with the Monte Carlo standard error and 95 % Wilson interval of the probability
+    in ``column`` estimated from ``n`` effective draws: columns ``{prefix}mcse``, ``{prefix}lo``,
+    ``{prefix}hi`` (``prefix`` defaults to ``column + "_"``)."""
+    prefix = f"{column}_" if prefix is None else prefix
+    p = df[column].to_numpy(float)
+    lo, hi = wilson_interval(p, n)
+    return df.assign(**{f"{prefix}mcse": mcse(p, n), f"{prefix}lo": lo, f"{prefix}hi": hi})
 
 
 def predictive(tree: xr.DataTree) -> xr.Dataset:
@@ -90,7 +102,8 @@ def _pick(da, dim: str, value, what: str):
 
 def congestion_probability(tree: xr.DataTree, by: str = "bus", *, phase=None, time=None,
                            kind: str = "any", top: int | None = None) -> pd.DataFrame:
-    """Probability of congestion, with its Monte Carlo standard error.
+    """Probability of congestion, with its Monte Carlo standard error and 95 % Wilson interval
+    (columns ``mcse``, ``lo``, ``hi``; over the study's effective draws).
 
     ``by``: "bus" (under-/over-voltage per time, bus and phase; ``kind`` "under",
     "over" or "any" = the larger), "line" (overload per time and line),
@@ -99,7 +112,7 @@ def congestion_probability(tree: xr.DataTree, by: str = "bus", *, phase=None, ti
     (highest first), cut to ``top`` rows if given.
     """
     net, summ = tree["network"], tree["summary"]
-    n = n_draws(tree)
+    n = study_effective_draws(tree)
     if by == "bus":
         if kind not in ("under", "over", "any"):
             raise ConfigError(f"kind {kind!r} unknown (allowed: under, over, any)")
@@ -120,7 +133,7 @@ def congestion_probability(tree: xr.DataTree, by: str = "bus", *, phase=None, ti
         raise ConfigError(f"by {by!r} unknown (allowed: {', '.join(_WHERE)})")
     df = da.rename("probability").to_dataframe().reset_index()
     df = df[[c for c in df.columns if c not in ("kind",)]]
-    df["mcse"] = mcse(df["probability"].to_numpy(), n)
+    df = with_interval(df, "probability", n, prefix="")
     df = df.sort_values("probability", ascending=False, kind="stable")
     return (df.head(top) if top else df).reset_index(drop=True)
 
@@ -155,20 +168,24 @@ def adjustment_quantiles(tree: xr.DataTree, agent: str, *, q=(0.5, 0.9, 0.95), t
 def flexibility_at_risk(tree: xr.DataTree, confidence: float = 0.9, *, direction: str = "up",
                         time=None) -> pd.DataFrame:
     """Portfolio turn-up or turn-down (kW) deliverable with at least ``confidence``,
-    per half-hour: the (1 - confidence) quantile over draws of what the portfolio
-    can sell against its planned position after network adjustments
-    (:func:`bayesflex.results.deliverable`), beside its mean and the portfolio power."""
+    in each half-hour on its own: the (1 - confidence) quantile over draws of what the
+    portfolio can sell against its planned position after network adjustments
+    (:func:`bayesflex.results.deliverable`) with its 95 % order-statistic interval,
+    beside its mean and the portfolio power.  A figure offered in *every* half-hour of a
+    window is a joint quantile: :func:`product_at_risk`."""
     da = _deliverable(tree, direction)
     if not 0 < confidence < 1:
         raise ConfigError(f"confidence {confidence!r} must lie strictly between 0 and 1")
     h = tree["heuristic"]
     da = _pick(da, "time", time, "time").stack(sample=("chain", "draw"))
     pos = _pick(h["portfolio_p_kw"], "time", time, "time").stack(sample=("chain", "draw"))
+    lo, hi = quantile_interval(da.transpose("sample", "time").values, 1 - confidence, axis=0)
     return pd.DataFrame({
         "time": pd.to_datetime(da.time.values),
         "direction": direction,
         "confidence": confidence,
         "deliverable_kw": da.quantile(1 - confidence, dim="sample").values,
+        "deliverable_kw_lo": lo, "deliverable_kw_hi": hi,
         "mean_kw": da.mean("sample").values,
         "portfolio_p_kw_median": pos.median("sample").values,
     })
@@ -195,7 +212,8 @@ def product_at_risk(tree: xr.DataTree, direction: str, kw: float, *, start, end=
     ``commitment_kw``, the most that can be committed with at least that
     confidence (the (1 - c) quantile of the delivery); and, the same in every
     row, the probability of delivering the ``kw`` asked, with its Monte Carlo
-    error, the delivery's mean and its 5/50/95 % quantiles."""
+    error and 95 % Wilson interval, the delivery's mean and its 5/50/95 % quantiles.
+    ``commitment_kw_lo``/``_hi``: the commitment's 95 % order-statistic interval."""
     da = _deliverable(tree, direction)
     try:
         kw = float(kw)
@@ -213,13 +231,18 @@ def product_at_risk(tree: xr.DataTree, direction: str, kw: float, *, start, end=
     window = da.sel(time=slice(t0, t1))
     delivered = window.min("time").values.ravel()
     p = float((delivered >= kw - 1e-9).mean())
+    n = min(study_effective_draws(tree), delivered.size)
     q05, q50, q95 = np.quantile(delivered, [0.05, 0.5, 0.95])
+    lo, hi = wilson_interval(p, n)
     common = {"direction": direction, "kw": kw, "start": t0, "end": t1, "half_hours": window.sizes["time"],
-              "p_deliver": p, "p_deliver_mcse": float(mcse(p, delivered.size)), "mean_kw": float(delivered.mean()),
-              "q05_kw": q05, "q50_kw": q50, "q95_kw": q95}
+              "p_deliver": p, "p_deliver_mcse": float(mcse(p, n)), "p_deliver_lo": float(lo),
+              "p_deliver_hi": float(hi), "mean_kw": float(delivered.mean()), "q05_kw": q05, "q50_kw": q50,
+              "q95_kw": q95}
     commit = np.quantile(delivered, 1 - np.asarray(conf))
-    return pd.DataFrame([{"confidence": c, "commitment_kw": float(k), "meets_kw": bool(k >= kw - 1e-9), **common}
-                         for c, k in zip(conf, commit)])
+    c_lo, c_hi = quantile_interval(delivered, 1 - np.asarray(conf))
+    return pd.DataFrame([{"confidence": c, "commitment_kw": float(k), "commitment_kw_lo": float(a),
+                          "commitment_kw_hi": float(b), "meets_kw": bool(k >= kw - 1e-9), **common}
+                         for c, k, a, b in zip(conf, commit, c_lo, c_hi)])
 
 
 def portfolio_position(tree: xr.DataTree) -> dict | None:
@@ -235,15 +258,30 @@ def portfolio_position(tree: xr.DataTree) -> dict | None:
 
 
 def flexibility_summary(tree: xr.DataTree) -> pd.DataFrame:
-    """Per confidence level of the study's summary: portfolio turn-up and turn-down
-    deliverable (kW) in every half-hour (the horizon's lowest) and in the median one."""
+    """Per confidence level of the study's summary, portfolio turn-up and turn-down (kW):
+
+    ``up_joint_kw`` (``_lo``, ``_hi``: its 95 % interval) what is delivered in *every*
+    half-hour of the horizon with that confidence (the quantile of each draw's lowest
+    half-hour: a joint figure); ``up_lowest_half_hour_kw`` and ``up_median_half_hour_kw``
+    the lowest and the median over the half-hours of the per-half-hour figures, each
+    half-hour taken on its own (the lowest is *not* deliverable in every half-hour with
+    that confidence: the half-hours' shortfalls fall in different draws)."""
     s = tree["summary"]
     rows = []
     for c in s.confidence.values:
-        up, dn = s.flex_up_kw.sel(confidence=c).values, s.flex_down_kw.sel(confidence=c).values
-        rows.append({"confidence": float(c), "up_every_kw": up.min(), "up_median_kw": np.median(up),
-                     "down_every_kw": dn.min(), "down_median_kw": np.median(dn)})
+        row = {"confidence": float(c)}
+        for side in ("up", "down"):
+            per = s[f"flex_{side}_kw"].sel(confidence=c).values
+            row |= {f"{side}_joint_kw": _joint(s, side, c, ""), f"{side}_joint_kw_lo": _joint(s, side, c, "_lo"),
+                    f"{side}_joint_kw_hi": _joint(s, side, c, "_hi"),
+                    f"{side}_lowest_half_hour_kw": per.min(), f"{side}_median_half_hour_kw": np.median(per)}
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _joint(s: xr.Dataset, side: str, c: float, suffix: str) -> float:
+    name = f"flex_{side}_joint_kw{suffix}"
+    return float(s[name].sel(confidence=c)) if name in s else np.nan  # NaN: a study from before joint figures
 
 
 def draw_block(da: xr.DataArray, c: int, draws: slice, dims: tuple[str, ...], **sel) -> np.ndarray:
@@ -256,6 +294,7 @@ def top_agents(tree: xr.DataTree, k: int = 10, *, block: int = BLOCK_DRAWS) -> p
     least one adjustment in the horizon, with its MC error, the probability
     per half-hour, the mean turn-down and turn-up (kW) in the half-hours where
     the agent is adjusted, and how often it ranks first for a violation.
+    (``p_adjusted_in_horizon_lo``/``_hi``: its 95 % Wilson interval.)
 
     Read ``block`` draws at a time (counts and float64 sums accumulated), so
     memory does not grow with the number of draws."""
@@ -284,10 +323,11 @@ def top_agents(tree: xr.DataTree, k: int = 10, *, block: int = BLOCK_DRAWS) -> p
         dn = np.where(count > 0, dn_sum / count, 0.0)
     df = pd.DataFrame({
         "agent": [str(a) for a in h.agent.values],
-        "p_adjusted_in_horizon": p_any, "p_adjusted_in_horizon_mcse": mcse(p_any, n),
+        "p_adjusted_in_horizon": p_any,
         "p_adjusted_per_half_hour": count / cells,
         "down_kw_when_adjusted": dn, "up_kw_when_adjusted": up, "p_ranked_first": first / cells,
     })
+    df = with_interval(df, "p_adjusted_in_horizon", min(n, study_effective_draws(tree)))
     df = df.sort_values(["p_adjusted_in_horizon", "p_adjusted_per_half_hour"], ascending=False, kind="stable")
     return df.head(k).reset_index(drop=True)
 
@@ -323,7 +363,7 @@ def causes(tree: xr.DataTree, *, time=None, phase=None, top: int | None = None, 
     present = [str(k) for k in ds.technology.values
                if (ds.cause_share.sel(technology=k) > 0).any() or (ds.cause_relief_share.sel(technology=k) < 0).any()]
     ds = _pick(_pick(ds, "phase", phase, "phase"), "time", time, "time")
-    n = n_draws(tree)
+    n = study_effective_draws(tree)
     names = [str(a) for a in ds.agent.values]
     rows = []
     for t in ds.time.values:
@@ -336,8 +376,9 @@ def causes(tree: xr.DataTree, *, time=None, phase=None, top: int | None = None, 
             kinds = at.cause_violation_draws
             a_share = at.cause_agent_share.values
             order = np.argsort(-a_share, kind="stable")[:agents]
+            lo, hi = wilson_interval(pc, n)
             row = {"time": pd.Timestamp(t), "phase": str(ph), "p_congested": pc, "p_congested_mcse": float(mcse(pc, n)),
-                   "draws": d,
+                   "p_congested_lo": float(lo), "p_congested_hi": float(hi), "draws": d,
                    "violation": ", ".join(f"{_VIOLATION_NAMES[str(v)]} {int(kinds.sel(violation=v))}"
                                           for v in kinds.violation.values if int(kinds.sel(violation=v)) > 0)}
             row |= {k: float(at.cause_share.sel(technology=k)) for k in present}
@@ -348,7 +389,7 @@ def causes(tree: xr.DataTree, *, time=None, phase=None, top: int | None = None, 
             row["share_mcse_max"] = float(at.cause_share_mcse.sel(technology=present).max()) if d > 1 else np.nan
             row["agents"] = ", ".join(f"{names[i]} {100 * a_share[i]:.0f} %" for i in order if a_share[i] > 0)
             rows.append(row)
-    cols = ["time", "phase", "p_congested", "p_congested_mcse", "draws", "violation", *present, "relief",
+    cols = ["time", "phase", "p_congested", "p_congested_mcse", "p_congested_lo", "p_congested_hi", "draws", "violation", *present, "relief",
             "relief_from", "share_mcse_max", "agents"]
     df = pd.DataFrame(rows, columns=cols)
     df = df.sort_values(["p_congested", "time"], ascending=[False, True], kind="stable")

@@ -21,10 +21,11 @@ import xarray as xr
 
 from . import maps
 from .errors import ConfigError
+from .intervals import format_probability
 from .outdir import fresh
 from .query import (above_service, congestion_probability, flexibility_summary, n_draws, portfolio_position,
                     predictive, top_agents)
-from .results import mcse, open_study
+from .results import open_study, study_effective_draws
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
 
@@ -72,12 +73,23 @@ def _table(rows: list[tuple], header: tuple[str, ...] | None = None) -> str:
     return "".join(out)
 
 
-def _pct(p: float, se: float, n: int | None = None) -> str:
-    """A probability ± its Monte Carlo standard error; with ``n``, none of n draws shows the
-    exact one-sided 95 % upper bound 1 - 0.05^(1/n) instead of a certain-looking zero."""
-    if n and p == 0:
-        return f"0 of {n} draws (below {100 * (1 - 0.05 ** (1 / n)):.2g} % at 95 % confidence)"
-    return f"{100 * p:.2f} % ± {100 * se:.2f}"
+def _prob(p: float, lo: float, hi: float, n: float | None = None) -> str:
+    """A probability with its 95 % interval, as everywhere in bayesflex (bayesflex.intervals)."""
+    return format_probability(float(p), float(lo), float(hi), n)
+
+
+def _effective(attrs, n: int) -> str:
+    eff = float(attrs.get("effective_draws", n))
+    return "" if eff >= n else (f" over {eff:.0f} effective draws: the posterior's smallest bulk effective sample "
+                                "size, since the draws share its MCMC samples")
+
+
+def _kw(x: float, lo: float, hi: float) -> str:
+    """kW with its 95 % interval; an end the draws cannot bound shows as '?'."""
+    if not np.isfinite(x):
+        return "n/a"
+    ends = [f"{v:.1f}" if np.isfinite(v) else "?" for v in (lo, hi)]
+    return f"{x:.1f} [{ends[0]}, {ends[1]}]"
 
 
 def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
@@ -93,24 +105,30 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
              f"<style>{_CSS}</style></head><body>",
              f"<h1>Congestion risk: feeder {html.escape(a['feeder'])}, priors {html.escape(a['priors'])}</h1>",
              f"<p>{n} draws ({kind}) of every agent's power, {len(times)} half-hours from "
-             f"{times[0]:%A %d %B %Y %H:%M}; seed {a['seed']}. Every probability is given ± one Monte Carlo "
-             f"standard error.</p>",
+             f"{times[0]:%A %d %B %Y %H:%M}; seed {a['seed']}. Every probability is given with its 95 % interval (Wilson score "
+             f"interval{_effective(a, n)}); a probability of none of the draws is not zero but below the "
+             f"interval's upper bound. Quantiles carry 95 % order-statistic intervals.</p>",
              f"{CREATED_PREFIX}{html.escape(created)}; study created {html.escape(a['created_at'])}</p>"]
 
     # -- headline numbers
-    rows = [(f"phase {ph}", _pct(float(s.p_congested_horizon.sel(phase=ph)),
-                                 float(s.p_congested_horizon_mcse.sel(phase=ph)), n)) for ph in s.phase.values]
-    any_h = float((h["congested"].any(("time", "phase"))).mean())
-    rows.append(("any phase", _pct(any_h, float(mcse(any_h, n)), n)))
+    rows = [(f"phase {ph}", _prob(s.p_congested_horizon.sel(phase=ph), s.p_congested_horizon_lo.sel(phase=ph),
+                                  s.p_congested_horizon_hi.sel(phase=ph), n)) for ph in s.phase.values]
+    if "p_congested_any_horizon" in s:
+        rows.append(("any phase", _prob(s.p_congested_any_horizon, s.p_congested_any_horizon_lo,
+                                        s.p_congested_any_horizon_hi, n)))
+    if "p_unresolved_horizon" in s:
+        rows.append(("any phase, not resolvable by the agents' flexibility",
+                     _prob(s.p_unresolved_horizon, s.p_unresolved_horizon_lo, s.p_unresolved_horizon_hi, n)))
     parts += ["<h2>Headline</h2><p>Probability that the feeder is congested (a bus voltage outside "
               f"{a['v_min_pu']}–{a['v_max_pu']} pu, a line or the transformer above {a['loading_max_pu']:g} × "
               "its rating, or no load-flow solution) at least once in the horizon:</p>",
               _table(rows, ("where", "probability"))]
+    parts += _model_uncertainty_section(s)
     worst = congestion_probability(tree, "time", top=5)
     worst = worst[worst.probability > 0]
     if not worst.empty:
         parts.append("<p>Worst half-hours:</p>" + _table(
-            [(f"{pd.Timestamp(r.time):%a %H:%M}", _pct(r.probability, r.mcse)) for _, r in worst.iterrows()],
+            [(f"{pd.Timestamp(r.time):%a %H:%M}", _prob(r.probability, r.lo, r.hi)) for _, r in worst.iterrows()],
             ("half-hour", "P(congestion, any phase)")))
     pos = portfolio_position(tree)
     if pos:
@@ -118,28 +136,38 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
                      f"{pos['p_min_kw']:.1f} to {pos['p_max_kw']:.1f} kW over the horizon, bounds "
                      f"{pos['lb_min_kw']:.1f} to {pos['ub_max_kw']:.1f} kW.</p>")
     if "flex_up_kw" in s:
-        rows = [(f"P{100 * f.confidence:.0f}", f"{f.up_every_kw:.1f}", f"{f.up_median_kw:.1f}",
-                 f"{f.down_every_kw:.1f}", f"{f.down_median_kw:.1f}") for _, f in flexibility_summary(tree).iterrows()]
+        flex = flexibility_summary(tree)
+        rows = [(f"P{100 * f.confidence:.0f}", _kw(f.up_joint_kw, f.up_joint_kw_lo, f.up_joint_kw_hi),
+                 _kw(f.down_joint_kw, f.down_joint_kw_lo, f.down_joint_kw_hi), f"{f.up_lowest_half_hour_kw:.1f}",
+                 f"{f.up_median_half_hour_kw:.1f}", f"{f.down_lowest_half_hour_kw:.1f}",
+                 f"{f.down_median_half_hour_kw:.1f}") for _, f in flex.iterrows()]
         parts.append("<p>Portfolio flexibility sellable against the planned position after network limits "
-                     "(kW), with the confidence given:</p>" + _table(rows, ("confidence", "turn-up, every half-hour", "turn-up, median "
-                                                  "half-hour", "turn-down, every half-hour",
-                                                  "turn-down, median half-hour")))
+                     "(kW), with the confidence given. <b>In every half-hour</b> is a joint figure: the quantile "
+                     f"over draws of each draw's lowest half-hour, so it is delivered in all {len(times)} half-hours at "
+                     "once with that confidence (95 % order-statistic interval in brackets). The per-half-hour figures "
+                     "take each half-hour on its own: their lowest is <i>not</i> deliverable in every half-hour "
+                     "with that confidence, since the half-hours fall short in different draws.</p>"
+                     + _table(rows, ("confidence", "turn-up in every half-hour", "turn-down in every half-hour",
+                                     "turn-up, lowest half-hour on its own", "turn-up, median half-hour",
+                                     "turn-down, lowest half-hour on its own", "turn-down, median half-hour")))
 
     # -- diagnostics
     conv = tree["sample_stats"]["converged"].values
     resolved = h["resolved"].values
     cong = h["congested"].values.any(axis=-1)
-    mc = [float(net[f"{k}_mcse"].max()) if net[k].size else 0.0
-          for k in ("p_undervoltage", "p_overvoltage", "p_overload", "p_trafo_overload")]
+    widest = [float((net[f"{k}_hi"] - net[f"{k}_lo"]).max()) if net[k].size and f"{k}_hi" in net else 0.0
+              for k in ("p_undervoltage", "p_overvoltage", "p_overload", "p_trafo_overload")]
+    n_eff = study_effective_draws(tree)
     above = above_service(tree)
     rows = [("draws × half-hours", f"{n} × {len(times)} = {n * len(times):,}"),
             ("agent-half-hours whose drawn power exceeds the agent's service capacity (must be 0)",
              "not recorded (a study from before the bounded baseload)" if above is None else above),
             ("load flows without a solution (counted as congested)", int((~conv).sum())),
-            ("congested half-hours", int(cong.sum())),
-            ("congested half-hours the agents' flexibility cannot resolve", int((cong & ~resolved).sum())),
-            ("largest Monte Carlo standard error of a bus/line/transformer probability", f"{max(mc):.4f}"),
-            ("Monte Carlo standard error of a probability p", f"√(p(1 − p)/{n})")]
+            ("congested (draw, half-hour) cases, out of draws × half-hours", f"{int(cong.sum()):,}"),
+            ("of which the agents' flexibility cannot resolve", f"{int((cong & ~resolved).sum()):,}"),
+            ("widest 95 % interval of a bus/line/transformer probability", f"{100 * max(widest):.2f} percentage points"),
+            ("interval of a probability p", f"Wilson score interval over {n_eff:g} effective draws; "
+                                            f"Monte Carlo standard error √(p(1 − p)/{n_eff:g})")]
     diag = ["<h2>Diagnostics</h2>", _table(rows, ("check", "value"))]
     if a.get("conditioned"):
         ok = bool(a.get("conditioning_ok", 0))
@@ -177,7 +205,8 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
                          "agents most often adjusted.", "adjustments"))
     top = top[top.p_adjusted_in_horizon > 0]
     if not top.empty:
-        parts.append(_table([(r.agent, _pct(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_mcse),
+        parts.append(_table([(r.agent, _prob(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_lo,
+                                             r.p_adjusted_in_horizon_hi),
                               f"{r.down_kw_when_adjusted:.2f}", f"{r.up_kw_when_adjusted:.2f}",
                               f"{r.p_ranked_first:.5f}") for _, r in top.iterrows()],
                             ("agent", "P(adjusted in the horizon)", "turn-down kW when adjusted",
@@ -207,6 +236,35 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
     return "\n".join(parts)
 
 
+def _model_uncertainty_section(s: xr.Dataset, k: int = 6) -> list[str]:
+    """The headline's dependence on the priors' uncertain parameters (bayesflex.uncertainty)."""
+    from .intervals import _pct
+
+    if "p_congested_any_horizon_given_theta" not in s:
+        return []
+    v = s["p_congested_any_horizon_given_theta"]
+    sp, lo, hi = v.values, s["p_congested_any_horizon_given_theta_lo"].values, \
+        s["p_congested_any_horizon_given_theta_hi"].values
+    rows = [(str(p.parameter.item()), f"{float(p.screen_theta_low):.3g}", f"{float(p.screen_theta_high):.3g}",
+             f"{_pct(float(p.screen_p_low))} %", f"{_pct(float(p.screen_p_high))} %",
+             f"{float(p.screen_margin_effect_pu):+.4f}") for p in (s.isel(parameter=i) for i in
+                                                                    range(min(k, s.sizes["parameter"])))]
+    return [
+        "<h3>Model uncertainty beside Monte Carlo error</h3>"
+        "<p>The interval above is Monte Carlo error: how well these draws pin down the probability the priors "
+        "imply. The priors' own parameters are uncertain too (each draw has its own population-level "
+        "parameters, drawn from their priors). Over that uncertainty the probability of congestion on any phase "
+        f"in the horizon ranges <b>{_pct(sp[0])}–{_pct(sp[-1])} %</b> (10–90 % of P(congested | parameters) "
+        f"over the draws, median {_pct(sp[1])} %; 95 % bootstrap intervals {_pct(lo[0])}–{_pct(hi[0])} % and "
+        f"{_pct(lo[-1])}–{_pct(hi[-1])} % for the ends). Estimated from these draws without further load flows: "
+        "each draw's worst margin to a limit is regressed on its parameters (first order; they explain "
+        f"{100 * float(v.attrs.get('r2', float('nan'))):.0f} % of its variance), and the margins are moved as if "
+        "a parameter sat at its 10 % or 90 % quantile. A parameter that moves the headline a lot is worth "
+        "measuring better, and worth checking by running the study with it fixed.</p>",
+        _table(rows, ("parameter, most influential first", "its 10 % quantile", "its 90 % quantile",
+                      "P(congested) at its 10 %", "P(congested) at its 90 %", "worst margin moves (pu)"))]
+
+
 def _causes_section(tree: xr.DataTree, k: int = 5) -> list[str]:
     """What causes the congestion of the ``k`` most congested half-hour phases."""
     from .query import cause_text, causes
@@ -226,7 +284,7 @@ def _causes_section(tree: xr.DataTree, k: int = 5) -> list[str]:
         "(fewer draws, rougher shares). What pushes the other way is shown apart, as the part of the push it "
         "takes back (PV in an evening under-voltage, or load on another phase raising this phase's voltage "
         "through the neutral). Reactive power is not shared out; the numbers are first order.</p>")
-    out.append(_table([(f"{pd.Timestamp(r.time):%a %H:%M}", r.phase, _pct(r.p_congested, r.p_congested_mcse),
+    out.append(_table([(f"{pd.Timestamp(r.time):%a %H:%M}", r.phase, _prob(r.p_congested, r.p_congested_lo, r.p_congested_hi),
                         int(r.draws), r.violation, cause_text(r), r.agents) for _, r in df.iterrows()],
                       ("half-hour", "phase", "P(congested)", "congested draws", "worst violation", "causes",
                        "agents causing most")))

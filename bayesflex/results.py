@@ -12,7 +12,9 @@ Groups (dimensions in the order ``chain, draw, time, agent|bus|line, phase``):
 ``network``
     per draw: ``v_min_pu``/``v_max_pu`` per phase, ``loading_max_pu``,
     ``trafo_loading_pu``; probabilities with their Monte Carlo standard errors
-    (``*_mcse``): ``p_undervoltage``/``p_overvoltage (time, bus, phase)``,
+    (``*_mcse``) and 95 % Wilson intervals (``*_lo``, ``*_hi``; over the root
+    attribute ``effective_draws``: the draws, or a posterior's smallest bulk
+    ESS): ``p_undervoltage``/``p_overvoltage (time, bus, phase)``,
     ``p_overload (time, line)``, ``p_trafo_overload (time, trafo)``; with
     ``full_voltages`` also ``v_pu``.
 ``heuristic``
@@ -33,8 +35,18 @@ Groups (dimensions in the order ``chain, draw, time, agent|bus|line, phase``):
     ``cause_violation_draws (time, phase, violation)`` the kinds of violation.
 ``summary``
     probabilities of congestion per time and phase and over the horizon, of
-    unresolved congestion, and the portfolio flexibility at confidence levels;
-    with positions, the portfolio position ``P_T`` and its bounds.
+    unresolved congestion (each with ``_mcse``, ``_lo``, ``_hi``), and the
+    portfolio flexibility at confidence levels with 95 % order-statistic
+    intervals: per half-hour (``flex_up_kw (confidence, time)``) and jointly,
+    delivered in every half-hour of the horizon (``flex_up_joint_kw
+    (confidence)``, a quantile of each draw's lowest half-hour); with
+    positions, the portfolio position ``P_T`` and its bounds.  Model
+    uncertainty beside the Monte Carlo error (:mod:`bayesflex.uncertainty`):
+    ``p_congested_any_horizon_given_theta (spread_quantile)`` the spread of
+    the headline over the priors' population-level parameters, and per
+    ``parameter`` the headline at its 10 % and 90 % quantiles
+    (``screen_p_low``/``_high``) and the move of the worst margin
+    (``screen_margin_effect_pu``).
 ``positions``
     the aggregator's planned positions, when the study was given them.
 ``sample_stats``
@@ -69,10 +81,11 @@ import xarray as xr
 
 from .errors import ConfigError
 from .feeder import PHASES, Feeder
+from .intervals import quantile_interval, wilson_interval
 from .outdir import ensure_space, fresh, regular
 
-__all__ = ["CHECKSUM_SUFFIX", "CONFIDENCE", "RESULT_FILE", "StudyStore", "build_tree", "mcse", "open_study",
-           "save_study"]
+__all__ = ["CHECKSUM_SUFFIX", "CONFIDENCE", "RESULT_FILE", "StudyStore", "build_tree", "effective_draws",
+           "flexibility_vars", "mcse", "open_study", "probability_vars", "save_study", "study_effective_draws"]
 
 RESULT_FILE = "result.nc"
 #: the result's checksum file: ``result.nc.sha256``
@@ -145,9 +158,33 @@ _PORTFOLIO_LONG = {
 }
 
 
-def mcse(p, n: int):
-    """Monte Carlo standard error of a probability estimated from ``n`` independent draws."""
+def mcse(p, n: float):
+    """Monte Carlo standard error of a probability estimated from ``n`` independent (or effective) draws."""
     return np.sqrt(p * (1 - p) / n)
+
+
+def probability_vars(name: str, p, n: float, dims: tuple[str, ...], what: str) -> dict:
+    """A probability estimated from ``n`` effective draws with its Monte Carlo standard error
+    (``name_mcse``) and its 95 % Wilson interval (``name_lo``, ``name_hi``), as result variables."""
+    lo, hi = wilson_interval(p, n)
+    return {name: (dims, p, {"units": "1", "long_name": f"probability of {what} ({n:g} effective draws)"}),
+            f"{name}_mcse": (dims, mcse(p, n), {"units": "1", "long_name": "Monte Carlo standard error"}),
+            f"{name}_lo": (dims, lo, {"units": "1", "long_name": "95 % Wilson interval, lower bound"}),
+            f"{name}_hi": (dims, hi, {"units": "1", "long_name": "95 % Wilson interval, upper bound"})}
+
+
+def effective_draws(draws: int, posterior=None) -> float:
+    """How many independent draws a study's probabilities rest on: ``draws`` from the priors;
+    from a posterior, no more than the smallest bulk effective sample size of the MCMC draws
+    the study resamples (their parameters are shared by the study's draws that pick them)."""
+    ess = [d.get("ess_bulk", np.inf) for d in (getattr(posterior, "diagnostics", None) or {}).values()]
+    return float(min([draws, *ess]))
+
+
+def study_effective_draws(tree) -> float:
+    """The effective draws a study's probabilities rest on (its root attribute; ``draws`` for a
+    study written before it was recorded)."""
+    return float(tree.attrs.get("effective_draws", tree.attrs["draws"]))
 
 
 def _is_big(dims: tuple[str, ...]) -> bool:
@@ -294,6 +331,7 @@ def _provenance(feeder: Feeder, priors, posterior, *, draws: int, seed: int, opt
         "bayesflex_version": __version__,
         "versions": json.dumps(versions, sort_keys=True),
         "seed": int(seed), "draws": int(draws), "chunk_draws": CHUNK_DRAWS,
+        "effective_draws": effective_draws(draws, posterior),
         "feeder": feeder.name, "feeder_origin": str(feeder.origin), "feeder_sha256": feeder.sha256,
         "priors": pri.name, "priors_origin": str(getattr(pri, "origin", "")), "priors_sha256": pri.sha256,
         "priors_toml": pri.text,
@@ -346,7 +384,7 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
     """
     from .engine import CAUSES, VIOLATIONS
 
-    n = draws  # one chain
+    n = effective_draws(draws, posterior)  # one chain; a posterior's draws share its MCMC samples
     coords = {**store.coords, "bus": list(feeder.buses), "line": list(feeder.lines),
               "trafo": [t.name for t in feeder.trafos], "technology": list(CAUSES), "violation": list(VIOLATIONS)}
     groups: dict[str, dict] = {"network": {}, "heuristic": {}, "sample_stats": {}}
@@ -355,9 +393,7 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
         groups[group][k] = (("chain", "draw") + dims, v[None], attrs)
     for k, c in store.counts.items():
         name, dims = _COUNTS[k]
-        p = c / n
-        groups["network"][name] = (dims, p, {"units": "1", "long_name": f"probability ({n} draws)"})
-        groups["network"][f"{name}_mcse"] = (dims, mcse(p, n), {"units": "1", "long_name": "Monte Carlo SE"})
+        groups["network"].update(probability_vars(name, c / draws, n, dims, name[2:].replace("_", " ")))
     heur = groups["heuristic"]
     port = dict(store.portfolio)
     if "portfolio_headroom_up_kw" in port:
@@ -374,13 +410,16 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
                                                                                "agents' planned positions"})
     for side in ("up", "down"):
         tot = port.get(f"portfolio_deliverable_{side}_kw")
-        if tot is not None:  # deliverable with confidence c: the (1 - c) quantile over draws
-            summary[f"flex_{side}_kw"] = (("confidence", "time"), np.quantile(tot, 1 - np.asarray(CONFIDENCE), axis=0),
-                                          {"units": "kW", "long_name": f"portfolio turn-{side} deliverable with "
-                                                                       "at least this confidence"})
+        if tot is not None:
+            summary.update(flexibility_vars(tot, side))
     rest = xr.concat(store.rest, dim="draw", data_vars="minimal", coords="minimal", compat="override",
                      join="override")
     rest.attrs = {}
+    summary_coords = {**_sub(coords, "time", "phase"), "confidence": list(CONFIDENCE)}
+    screened = _screening(store, rest)
+    if screened is not None:
+        summary.update(screened[0])
+        summary_coords.update(screened[1])
     kind = store.kind
     tree = {
         f"{kind}_predictive": xr.Dataset(coords=_sub(coords, "chain", "draw", "time", "agent", "phase")),
@@ -389,7 +428,7 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
                                                              "phase")),
         "heuristic": xr.Dataset(heur, coords=_sub(coords, "chain", "draw", "time", "agent", "phase", "technology",
                                                   "violation")),
-        "summary": xr.Dataset(summary, coords={**_sub(coords, "time", "phase"), "confidence": list(CONFIDENCE)}),
+        "summary": xr.Dataset(summary, coords=summary_coords),
         "sample_stats": xr.Dataset(groups["sample_stats"], coords=_sub(coords, "chain", "draw", "time")),
         "constant_data": _constant_data(feeder),
     }
@@ -504,19 +543,76 @@ def _sub(coords: dict, *names: str) -> dict:
     return {k: coords[k] for k in names}
 
 
-def _summary(store: StudyStore, n: int) -> dict:
+def _screening(store: StudyStore, rest: xr.Dataset) -> tuple[dict, dict] | None:
+    """How much the headline depends on the priors' population-level parameters
+    (:mod:`bayesflex.uncertainty`): summary variables and their coordinates, or None."""
+    from .uncertainty import ENDS, SPREAD, draw_margin, screen
+
+    theta = {str(k): v.values[0] for k, v in rest.data_vars.items() if v.dims == ("chain", "draw")
+             and v.dtype.kind == "f"}
+    res = screen(draw_margin(store.small["exceedance_pu"]), theta)
+    if res is None:
+        return None
+    par, sq = ("parameter",), ("spread_quantile",)
+    what = "P(congested on any phase at least once in the horizon)"
+    out = {
+        "p_congested_any_horizon_given_theta": (sq, res.spread, {
+            "units": "1", "long_name": f"quantiles over the draws' parameters theta of {what} given theta: its "
+                                       "spread over the priors' parameter uncertainty (first-order screening)",
+            "r2": res.r2, "method": "bayesflex.uncertainty.screen"}),
+        "p_congested_any_horizon_given_theta_lo": (sq, res.spread_lo, {"units": "1", "long_name": "95 % bootstrap "
+                                                                                                  "interval, lower"}),
+        "p_congested_any_horizon_given_theta_hi": (sq, res.spread_hi, {"units": "1", "long_name": "95 % bootstrap "
+                                                                                                  "interval, upper"}),
+        "screen_theta_low": (par, res.theta_low, {"long_name": f"the parameter's {ENDS[0]:.0%} quantile over draws"}),
+        "screen_theta_high": (par, res.theta_high, {"long_name": f"the parameter's {ENDS[1]:.0%} quantile"}),
+        "screen_p_low": (par, res.p_low, {"units": "1", "long_name": f"{what} with the parameter at its "
+                                                                      f"{ENDS[0]:.0%} quantile (first order)"}),
+        "screen_p_high": (par, res.p_high, {"units": "1", "long_name": f"{what} with the parameter at its "
+                                                                        f"{ENDS[1]:.0%} quantile (first order)"}),
+        "screen_margin_effect_pu": (par, res.margin_effect_pu, {
+            "units": "pu", "long_name": "move of the draws' worst exceedance of a limit between the parameter's "
+                                        f"{ENDS[0]:.0%} and {ENDS[1]:.0%} quantiles (regression slope x range)"}),
+    }
+    return out, {"parameter": list(res.parameters), "spread_quantile": list(SPREAD)}
+
+
+def flexibility_vars(tot: np.ndarray, side: str) -> dict:
+    """The portfolio's deliverable turn-``side`` (``tot``: draw x time, kW) at the confidence
+    levels, with 95 % order-statistic intervals: per half-hour (``flex_{side}_kw``, each
+    half-hour on its own) and jointly over the horizon (``flex_{side}_joint_kw``: the
+    (1 - c) quantile over draws of each draw's lowest half-hour, so that the figure is
+    delivered in *every* half-hour with confidence c)."""
+    q = 1 - np.asarray(CONFIDENCE)
+    out = {}
+    for name, x, dims, what in (
+            (f"flex_{side}_kw", tot, ("confidence", "time"), "in this half-hour"),
+            (f"flex_{side}_joint_kw", tot.min(axis=1), ("confidence",), "in every half-hour of the horizon (joint)")):
+        lo, hi = quantile_interval(x, q, axis=0)
+        out[name] = (dims, np.quantile(x, q, axis=0),
+                     {"units": "kW", "long_name": f"portfolio turn-{side} deliverable {what} with at least this "
+                                                  "confidence: the (1 - confidence) quantile over draws"})
+        out[f"{name}_lo"] = (dims, lo, {"units": "kW", "long_name": "95 % order-statistic interval, lower bound "
+                                                                    "(-inf: too few draws to bound it)"})
+        out[f"{name}_hi"] = (dims, hi, {"units": "kW", "long_name": "95 % order-statistic interval, upper bound "
+                                                                    "(inf: too few draws to bound it)"})
+    return out
+
+
+def _summary(store: StudyStore, n: float) -> dict:
     a = store.small
     cong = a["congested"]  # (draw, time, phase)
     out = {}
 
     def prob(name, x, dims, what):
-        p = x.mean(axis=0)
-        out[name] = (dims, p, {"units": "1", "long_name": f"probability of {what} ({n} draws)"})
-        out[f"{name}_mcse"] = (dims, mcse(p, n), {"units": "1", "long_name": "Monte Carlo SE"})
+        out.update(probability_vars(name, x.mean(axis=0), n, dims, what))
 
     prob("p_congested", cong, ("time", "phase"), "congestion on the phase")
     prob("p_congested_any", cong.any(axis=2), ("time",), "congestion on any phase")
     prob("p_congested_horizon", cong.any(axis=1), ("phase",), "congestion on the phase at least once in the horizon")
+    prob("p_congested_any_horizon", cong.any(axis=(1, 2)), (), "congestion on any phase at least once in the horizon")
+    prob("p_unresolved_horizon", (~a["resolved"]).any(axis=1), (),
+         "congestion the agents' flexibility cannot resolve, at least once in the horizon")
     prob("p_unresolved", ~a["resolved"], ("time",), "congestion the agents' flexibility cannot resolve")
     prob("p_nonconverged", ~a["converged"], ("time",), "no load-flow solution")
     return out

@@ -304,7 +304,8 @@ def test_query_causes_prints_the_files_shares_and_names_what_is_allowed(ev_study
     assert "choose from 'a', 'b', 'c'" in capsys.readouterr().err
     buf = io.StringIO()
     print_summary(ev_study, buf)
-    assert re.search(r"what causes congestion.*\n  \w{3} \d\d:\d\d, phase a: \d+ % EV, \d+ % baseload \(\d+ draws?\)",
+    assert re.search(r"what causes congestion.*\n  \w{3} \d\d:\d\d, phase a \([\d.]+ % \[[\d.]+, [\d.]+\]\): \d+ % EV, \d+ % baseload "
+                     r"\(\d+ draws?\)",
                      buf.getvalue())
 
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from bayesflex.cli import main
 from bayesflex.results import open_study
@@ -46,7 +47,11 @@ def test_query_answers_as_table_csv_and_json(study_dir, capsys):
     tree = open_study(study_dir)
     d = str(study_dir)
     csv = pd.read_csv(io.StringIO(_query(capsys, d, "congestion", "--by", "phase", "--top", "0", "--format", "csv")))
-    assert len(csv) == 6 * 3 and set(csv.columns) == {"time", "phase", "probability", "mcse"}
+    assert len(csv) == 6 * 3 and set(csv.columns) == {"time", "phase", "probability", "mcse", "lo", "hi"}
+    n = tree.attrs["draws"]
+    for _, r in csv.iterrows():  # the 95 % Wilson interval of the count, as scipy computes it
+        ci = stats.binomtest(round(r.probability * n), n).proportion_ci(method="wilson")
+        assert (r.lo, r.hi) == pytest.approx((ci.low, ci.high), abs=1e-6)
     # the numbers are the file's
     p = tree["summary"]["p_congested"].to_series()
     for _, r in csv.iterrows():
