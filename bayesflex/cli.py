@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import __version__
@@ -328,19 +327,19 @@ def print_summary(tree, f) -> None:
 def model_uncertainty_lines(s, k: int = 3) -> list[str]:
     """The headline's spread over the priors' parameter uncertainty, in lines of words (none: not
     screened); :mod:`bayesflex.uncertainty` says how it is estimated."""
-    from .intervals import _pct
+    from .intervals import format_percent as pct
 
     if "p_congested_any_horizon_given_theta" not in s:
         return []
     v = s["p_congested_any_horizon_given_theta"]
     sp = v.values
-    lines = [(f"over the priors' parameter uncertainty: {_pct(sp[0])}-{_pct(sp[-1])} % (10-90 % of P(congested | "
+    lines = [(f"over the priors' parameter uncertainty: {pct(sp[0])}-{pct(sp[-1])} % (10-90 % of P(congested | "
               f"parameters) over the draws; first order, the parameters explain {100 * float(v.attrs['r2']):.0f} % "
               "of the worst margin's variance)")]
     for i in range(min(k, s.sizes["parameter"])):
         par = s.isel(parameter=i)
         lines.append(f"{'most influential:' if i == 0 else '':<18}{par.parameter.item():<26} "
-                     f"{_pct(float(par.screen_p_low)):>5} % at its 10 % quantile, {_pct(float(par.screen_p_high)):>5} % "
+                     f"{pct(float(par.screen_p_low)):>5} % at its 10 % quantile, {pct(float(par.screen_p_high)):>5} % "
                      f"at its 90 % (worst margin {float(par.screen_margin_effect_pu):+.4f} pu)")
     return lines
 
@@ -350,21 +349,15 @@ def _print_model_uncertainty(s, f) -> None:
         print("    " + line, file=f)
 
 
-def _kw(x: float, lo: float, hi: float) -> str:
-    """kW with its 95 % interval; an end the draws cannot bound shows as '?'."""
-    if not np.isfinite(x):
-        return "n/a"
-    ends = [f"{v:.1f}" if np.isfinite(v) else "?" for v in (lo, hi)]
-    return f"{x:.1f} [{ends[0]}, {ends[1]}]"
-
-
 def _print_flexibility(df: pd.DataFrame, f) -> None:
+    from .intervals import format_kw
+
     print("\nportfolio flexibility sellable against the plan after network limits (kW):", file=f)
     print(f"  in every half-hour of the horizon at once (joint: each draw's lowest half-hour; 95 % interval)\n"
           f"    {'confidence':<10}{'turn-up':>20}{'turn-down':>20}", file=f)
     for _, r in df.iterrows():
-        print(f"    P{100 * r.confidence:<9.0f}{_kw(r.up_joint_kw, r.up_joint_kw_lo, r.up_joint_kw_hi):>20}"
-              f"{_kw(r.down_joint_kw, r.down_joint_kw_lo, r.down_joint_kw_hi):>20}", file=f)
+        print(f"    P{100 * r.confidence:<9.0f}{format_kw(r.up_joint_kw, r.up_joint_kw_lo, r.up_joint_kw_hi):>20}"
+              f"{format_kw(r.down_joint_kw, r.down_joint_kw_lo, r.down_joint_kw_hi):>20}", file=f)
     print("  each half-hour on its own: lowest / median over the half-hours (not deliverable in all at once)", file=f)
     for _, r in df.iterrows():
         print(f"    P{100 * r.confidence:<9.0f}{r.up_lowest_half_hour_kw:>11.1f} / {r.up_median_half_hour_kw:<6.1f}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-__all__ = ["LEVEL", "format_probability", "quantile_interval", "wilson_interval"]
+__all__ = ["LEVEL", "format_kw", "format_percent", "format_probability", "quantile_interval", "wilson_interval"]
 
 #: the confidence level of every interval the package reports
 LEVEL = 0.95
@@ -94,11 +94,20 @@ def format_probability(p: float, lo: float, hi: float, n: float | None = None) -
     a zero reads ``"0 of 1000 draws (< 0.38 %, 95 %)"`` (``n`` given) or ``"0 (< 0.38 %, 95 %)"``."""
     if p == 0:
         of = f"0 of {n:.0f} draws" if n else "0"
-        return f"{of} (< {_pct(hi)} %, 95 %)"
-    return f"{_pct(p)} % [{_pct(lo)}, {_pct(hi)}]"
+        return f"{of} (< {format_percent(hi)} %, 95 %)"
+    return f"{format_percent(p)} % [{format_percent(lo)}, {format_percent(hi)}]"
 
 
-def _pct(x: float) -> str:
+def format_kw(x: float, lo: float, hi: float) -> str:
+    """A quantity in kW with its 95 % interval, ``"18.5 [16.9, 20.3]"``; an end the draws cannot
+    bound (infinite) shows as ``?``."""
+    if not np.isfinite(x):
+        return "n/a"
+    ends = [f"{v:.1f}" if np.isfinite(v) else "?" for v in (lo, hi)]
+    return f"{x:.1f} [{ends[0]}, {ends[1]}]"
+
+
+def format_percent(x: float) -> str:
     """A fraction in %: two significant figures below 1 %, one decimal up to 100 % (0.38, 2.8, 12.0, 100)."""
     v = 100 * x
     if v >= 99.95 or v == 0:

@@ -21,7 +21,7 @@ import xarray as xr
 
 from . import maps
 from .errors import ConfigError
-from .intervals import format_probability
+from .intervals import format_kw, format_percent, format_probability
 from .outdir import fresh
 from .query import (above_service, congestion_probability, flexibility_summary, n_draws, portfolio_position,
                     predictive, top_agents)
@@ -84,14 +84,6 @@ def _effective(attrs, n: int) -> str:
                                 "size, since the draws share its MCMC samples")
 
 
-def _kw(x: float, lo: float, hi: float) -> str:
-    """kW with its 95 % interval; an end the draws cannot bound shows as '?'."""
-    if not np.isfinite(x):
-        return "n/a"
-    ends = [f"{v:.1f}" if np.isfinite(v) else "?" for v in (lo, hi)]
-    return f"{x:.1f} [{ends[0]}, {ends[1]}]"
-
-
 def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
     """The report's HTML, from a study's tree alone."""
     a = tree.attrs
@@ -137,8 +129,8 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
                      f"{pos['lb_min_kw']:.1f} to {pos['ub_max_kw']:.1f} kW.</p>")
     if "flex_up_kw" in s:
         flex = flexibility_summary(tree)
-        rows = [(f"P{100 * f.confidence:.0f}", _kw(f.up_joint_kw, f.up_joint_kw_lo, f.up_joint_kw_hi),
-                 _kw(f.down_joint_kw, f.down_joint_kw_lo, f.down_joint_kw_hi), f"{f.up_lowest_half_hour_kw:.1f}",
+        rows = [(f"P{100 * f.confidence:.0f}", format_kw(f.up_joint_kw, f.up_joint_kw_lo, f.up_joint_kw_hi),
+                 format_kw(f.down_joint_kw, f.down_joint_kw_lo, f.down_joint_kw_hi), f"{f.up_lowest_half_hour_kw:.1f}",
                  f"{f.up_median_half_hour_kw:.1f}", f"{f.down_lowest_half_hour_kw:.1f}",
                  f"{f.down_median_half_hour_kw:.1f}") for _, f in flex.iterrows()]
         parts.append("<p>Portfolio flexibility sellable against the planned position after network limits "
@@ -238,15 +230,13 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
 
 def _model_uncertainty_section(s: xr.Dataset, k: int = 6) -> list[str]:
     """The headline's dependence on the priors' uncertain parameters (bayesflex.uncertainty)."""
-    from .intervals import _pct
-
     if "p_congested_any_horizon_given_theta" not in s:
         return []
     v = s["p_congested_any_horizon_given_theta"]
     sp, lo, hi = v.values, s["p_congested_any_horizon_given_theta_lo"].values, \
         s["p_congested_any_horizon_given_theta_hi"].values
     rows = [(str(p.parameter.item()), f"{float(p.screen_theta_low):.3g}", f"{float(p.screen_theta_high):.3g}",
-             f"{_pct(float(p.screen_p_low))} %", f"{_pct(float(p.screen_p_high))} %",
+             f"{format_percent(float(p.screen_p_low))} %", f"{format_percent(float(p.screen_p_high))} %",
              f"{float(p.screen_margin_effect_pu):+.4f}") for p in (s.isel(parameter=i) for i in
                                                                     range(min(k, s.sizes["parameter"])))]
     return [
@@ -254,9 +244,9 @@ def _model_uncertainty_section(s: xr.Dataset, k: int = 6) -> list[str]:
         "<p>The interval above is Monte Carlo error: how well these draws pin down the probability the priors "
         "imply. The priors' own parameters are uncertain too (each draw has its own population-level "
         "parameters, drawn from their priors). Over that uncertainty the probability of congestion on any phase "
-        f"in the horizon ranges <b>{_pct(sp[0])}–{_pct(sp[-1])} %</b> (10–90 % of P(congested | parameters) "
-        f"over the draws, median {_pct(sp[1])} %; 95 % bootstrap intervals {_pct(lo[0])}–{_pct(hi[0])} % and "
-        f"{_pct(lo[-1])}–{_pct(hi[-1])} % for the ends). Estimated from these draws without further load flows: "
+        f"in the horizon ranges <b>{format_percent(sp[0])}–{format_percent(sp[-1])} %</b> (10–90 % of P(congested | parameters) "
+        f"over the draws, median {format_percent(sp[1])} %; 95 % bootstrap intervals {format_percent(lo[0])}–{format_percent(hi[0])} % and "
+        f"{format_percent(lo[-1])}–{format_percent(hi[-1])} % for the ends). Estimated from these draws without further load flows: "
         "each draw's worst margin to a limit is regressed on its parameters (first order; they explain "
         f"{100 * float(v.attrs.get('r2', float('nan'))):.0f} % of its variance), and the margins are moved as if "
         "a parameter sat at its 10 % or 90 % quantile. A parameter that moves the headline a lot is worth "
