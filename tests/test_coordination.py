@@ -6,13 +6,25 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy.optimize import brentq
 
 import bayesflex as bf
-from bayesflex.coordination import Aggregator, coordinate, power_range
+from bayesflex.coordination import (
+    Aggregator,
+    Round,
+    _verdict,
+    confirmation_seed,
+    coordinate,
+    draws_to_confirm,
+    power_range,
+    tolerated_draws,
+)
 from bayesflex.errors import ConfigError
 from bayesflex.portfolio import Battery, HeatPump
 
 N = 24  # twelve hours from midnight
+Z2 = 1.959963984540054**2  # 97.5 % normal quantile, squared
+TUNING, FRESH = 10, 100  # draws per round and of the confirmation in the fixture
 PRICE = np.r_[np.full(6, 0.12), np.full(4, 0.10), np.full(6, 0.20), np.full(8, 0.30)]  # GBP/kWh
 
 
@@ -32,19 +44,22 @@ def _pumps(feeder, k=24):
 
 @pytest.fixture(scope="module")
 def result(small_area):
+    """Tuned on 10 draws a round: too few to bound a risk of 5 % (that needs 73 with none congested)."""
     pumps = _pumps(small_area)
     aggs = [Aggregator("alpha", tuple(pumps[::2])), Aggregator("beta", tuple(pumps[1::2]))]
-    return coordinate(small_area, "two_area", aggs, PRICE, risk=0.05, draws=30, seed=3, max_rounds=12)
+    return coordinate(small_area, "two_area", aggs, PRICE, risk=0.05, draws=TUNING, seed=3, max_rounds=12,
+                      confirm_draws=FRESH)
 
 
-def test_cheap_hours_overload_first_and_the_loop_makes_them_secure(result):
+def test_cheap_hours_overload_first_and_the_loop_clears_the_tuning_draws(result):
     first, last = result.rounds[0], result.rounds[-1]
     assert first.p_congested.max() > 0.5  # every pump preheats in the cheapest half-hours
-    assert result.secure, result.outcome
-    # the last study, on the final schedules, is within the accepted risk in every half-hour
+    assert result.secure_in_sample, result.outcome
+    # the last study, on the final schedules, has no congested tuning draw: 10 draws bound no count below 5 %
     p = result.tree["summary"]["p_congested_any"].values
     np.testing.assert_array_equal(p, last.p_congested)
-    assert (p <= result.risk).all()
+    assert tolerated_draws(TUNING, result.risk) == 0
+    assert (p == 0).all()
     assert last.trafo_peak_pu[0] < first.trafo_peak_pu[0]
     assert result.peak_reduction()[0] > 0
 
@@ -58,8 +73,82 @@ def test_final_schedules_keep_the_dso_limits_and_cost_no_less(result):
         assert s.total_cost >= result.first[name].cost - 1e-9
     assert result.customer_cost_increase() >= -1e-12
     table = result.table()
-    assert list(table["round"]) == list(range(len(result.rounds)))
-    assert (np.diff(table["limits"]) >= 0).all()  # limits only ever tighten
+    tuning = table[table["sample"] == "tuning"]
+    assert list(tuning["round"]) == list(range(len(result.rounds)))
+    assert (np.diff(tuning["limits"]) >= 0).all()  # limits only ever tighten
+
+
+def test_clear_on_the_tuning_draws_is_not_secure_on_fresh_ones(result):
+    """The verdict is checked on other draws than the loop tuned against, and fails there."""
+    fresh = result.confirmation
+    assert result.confirm_tree.attrs["seed"] == fresh.seed == confirmation_seed(3)
+    assert fresh.seed != result.tree.attrs["seed"] == 3
+    assert fresh.draws == result.confirm_tree["heuristic"].sizes["draw"] == FRESH
+    assert not result.secure and result.outcome.startswith("not secure out of sample"), result.outcome
+    lo, hi = fresh.interval()
+    k = int(np.argmax(fresh.p_congested))
+    assert lo[k] > result.risk  # congested beyond doubt, not a near miss
+    row = result.table().iloc[-1]  # the confirmation is the table's last row, on the last round's schedules
+    assert (row["sample"], row["round"], row["draws"]) == ("fresh", result.rounds[-1].index, FRESH)
+    assert row["p_congested_max_lo"] == lo[k] and row["p_congested_max_hi"] == hi[k]
+    for figure in (f"{FRESH} fresh draws", f"{TUNING} tuning draws", f"{100 * fresh.p_congested[k]:.1f} %"):
+        assert figure in result.outcome
+
+
+def test_the_confirmation_is_reproducible_from_the_seed(result, small_area):
+    """Same seed, same verdict: the confirmation is the study of the final schedules at the derived seed."""
+    tree = bf.run_study(small_area, "two_area", draws=FRESH, seed=confirmation_seed(3), positions=result.positions,
+                        headroom=False)
+    np.testing.assert_array_equal(tree["summary"]["p_congested_any"].values, result.confirmation.p_congested)
+    assert confirmation_seed(3) == confirmation_seed(3) != confirmation_seed(4)
+
+
+def test_schedules_without_congestion_are_confirmed_secure(small_area):
+    """Twelve pumps never overload the transformer: none of 100 fresh draws is congested, bound 3.7 % < 5 %."""
+    pumps = _pumps(small_area, 12)
+    res = coordinate(small_area, "two_area", [Aggregator("alpha", tuple(pumps))], PRICE, risk=0.05, draws=5, seed=2,
+                     max_rounds=0, confirm_draws=100)
+    assert res.secure and res.outcome.startswith("secure"), res.outcome
+    assert res.confirmation.p_congested.max() == 0 and res.confirmation.interval()[1].max() < 0.05
+
+
+def _study(p, draws, seed=0):
+    p = np.asarray(p, float)
+    return Round(0, p, p * 0, p[:, None], np.ones(1), np.ones(1), {}, {}, {}, 0, draws, seed)
+
+
+def test_verdict_on_the_upper_bound_of_the_fresh_draws():
+    tuned = _study([0.0, 0.0], 30)
+    secure, text = _verdict("within", True, tuned, _study([0.0, 0.0], 100), 0.05)  # bound 3.84 / 103.84 = 3.7 %
+    assert secure and text.startswith("secure")
+    secure, text = _verdict("within", True, tuned, _study([0.0, 0.06], 1000), 0.05)
+    assert not secure and text.startswith("not secure out of sample")
+    # 0 of 50: bound 3.84 / 53.84 = 7.1 % >= 5 %; 73 draws would do (3.84 / 76.84 = 4.998 %)
+    secure, text = _verdict("within", True, tuned, _study([0.0, 0.0], 50), 0.05)
+    assert not secure and text.startswith("not confirmed") and "about 73 fresh draws" in text
+    # the in-sample verdict stands when it is negative, whatever the fresh draws say
+    secure, text = _verdict("not secure after 3 rounds", False, tuned, _study([0.0, 0.0], 1000), 0.05)
+    assert not secure and text.startswith("not secure after 3 rounds")
+
+
+def _score_upper(k: int, n: int) -> float:
+    """Upper end of the 95 % score interval, by root-finding: the u > k/n where the score
+    statistic (k/n - u)^2 n / (u (1 - u)) reaches z^2."""
+    return brentq(lambda u: (k / n - u) ** 2 * n - Z2 * u * (1 - u), max(k / n, 1e-12), 1.0)
+
+
+def test_tolerated_and_needed_draws_follow_the_wilson_bound():
+    # zero count: upper bound z^2 / (n + z^2) < risk  <=>  n > z^2 (1 - risk) / risk = 72.99 at 5 %
+    assert draws_to_confirm(0.0, 0.05) == 73 and Z2 / (73 + Z2) < 0.05 < Z2 / (72 + Z2)
+    assert tolerated_draws(72, 0.05) == 0 and tolerated_draws(73, 0.05) == 0
+    assert draws_to_confirm(0.05, 0.05) == np.inf
+    for n, risk in ((200, 0.05), (1000, 0.05), (30, 0.2)):
+        k = tolerated_draws(n, risk)
+        assert _score_upper(k, n) < risk <= _score_upper(k + 1, n), (n, risk, k)
+        assert k < risk * n  # stricter than the point estimate
+    for p, risk in ((0.02, 0.05), (0.004, 0.01)):
+        n = draws_to_confirm(p, risk)
+        assert _score_upper(p * n, n) < risk <= _score_upper(p * (n - 1), n - 1)
 
 
 def test_congestion_that_is_not_the_portfolios_is_reported(small_area):
@@ -67,9 +156,9 @@ def test_congestion_that_is_not_the_portfolios_is_reported(small_area):
     f = small_area.replace(trafos=tuple(dataclasses.replace(t, sn_kva=10.0) for t in small_area.trafos))
     pumps = _pumps(f, 4)
     res = coordinate(f, "two_area", [Aggregator("alpha", tuple(pumps))], PRICE, risk=0.05, draws=10, seed=1,
-                     max_rounds=6)
-    assert not res.secure
-    assert res.outcome.startswith("not secure")
+                     max_rounds=6, confirm_draws=20)
+    assert not res.secure and not res.secure_in_sample
+    assert res.outcome.startswith("not secure") and "on 20 fresh draws" in res.outcome
 
 
 def test_power_range_moves_towards_idle_only():
@@ -88,3 +177,5 @@ def test_bad_aggregators_are_named(small_area):
         coordinate(small_area, "two_area", [Aggregator("a", (pumps[0],)), Aggregator("b", (pumps[0],))], PRICE)
     with pytest.raises(ConfigError, match="risk"):
         coordinate(small_area, "two_area", [Aggregator("a", tuple(pumps))], PRICE, risk=0)
+    with pytest.raises(ConfigError, match=r"confirm_draws 0\b.*whole number >= 1"):
+        coordinate(small_area, "two_area", [Aggregator("a", tuple(pumps))], PRICE, confirm_draws=0)
