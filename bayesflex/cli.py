@@ -364,7 +364,7 @@ def _print_causes(tree, f, k: int = 3) -> None:
 def _cmd_query(args) -> int:
     from . import query
     from .results import open_study
-    from .timefmt import local_frame, zone_note
+    from .timefmt import local_frame
 
     tree = open_study(args.dir)
     _local_args(tree, args, "time", "start", "end")
@@ -403,7 +403,6 @@ def _cmd_query(args) -> int:
     elif args.format == "json":
         print(df.to_json(orient="records", date_format="iso", double_precision=10))
     else:
-        print(zone_note(tree))
         with pd.option_context("display.max_rows", None, "display.width", 160):
             print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return 0

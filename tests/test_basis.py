@@ -142,7 +142,7 @@ def test_query_tables_and_arguments_are_local(july, capsys):
     assert sorted(csv.time) == ["2026-07-15T13:00:00+01:00", "2026-07-15T13:30:00+01:00"]
     assert main(["query", str(out), "congestion", "--by", "time", "--time", "2026-07-15 13:30"]) == 0
     table = capsys.readouterr().out
-    assert "times in Europe/London (BST)" in table and "2026-07-15 13:30 BST" in table and "13:00" not in table
+    assert "2026-07-15 13:30 BST" in table and "13:00" not in table
     assert local_half_hour(tree, "2026-07-15 13:30") == pd.Timestamp("2026-07-15 12:30")
     with pytest.raises(ConfigError, match=r"--time '2026-07-15 12:00' is not a half-hour of the study "
                                           r"\(2026-07-15 13:00 BST .. 2026-07-15 13:30 BST"):
