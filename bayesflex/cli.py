@@ -156,7 +156,7 @@ def _check_run_args(args) -> None:
 
 def _cmd_run(args, argv) -> int:
     _check_run_args(args)
-    from .engine import run_study
+    from .engine import local_start, run_study, with_timezone
     from .feeder import load_feeder
     from .outdir import as_output_error
     from .priors import load_priors
@@ -165,6 +165,7 @@ def _cmd_run(args, argv) -> int:
 
     t0 = time.perf_counter()
     priors = load_priors(args.priors)
+    local_start(args.start, with_timezone(priors, args.timezone), "--start")  # before the feeder is read
     command = "bayesflex " + " ".join(shlex.quote(a) for a in argv)
     study = {"draws": args.draws, "seed": args.seed, "jobs": args.jobs, "observations": args.observations,
              "ev_states": args.ev_states, "start": args.start, "periods": args.periods, "method": args.method,

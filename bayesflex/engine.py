@@ -283,7 +283,7 @@ def check_horizon(start, periods, *, label: str = "{} = ") -> tuple[str | None, 
     return start, periods
 
 
-def local_start(start, priors) -> str | None:
+def local_start(start, priors, what: str = "start") -> str | None:
     """The study's first half-hour as naive UTC text: ``start`` is a wall-clock time of the site's
     zone (the priors' ``[site] timezone``), or carries its UTC offset; None stays None (the priors'
     ``[horizon] start``).  A time the clocks skip or pass twice asks for the offset."""
@@ -291,9 +291,9 @@ def local_start(start, priors) -> str | None:
         return None
     from .timefmt import utc_of_local
 
-    t = utc_of_local(start, getattr(priors, "priors", priors).timezone, "start")
+    t = utc_of_local(start, getattr(priors, "priors", priors).timezone, what)
     if t != t.floor("30min"):
-        raise ConfigError(f"start {start!r} is {t:%Y-%m-%d %H:%M} UTC: the study's half-hours are UTC ones; give a "
+        raise ConfigError(f"{what} {start!r} is {t:%Y-%m-%d %H:%M} UTC: the study's half-hours are UTC ones; give a "
                           f"time on a UTC half-hour")
     return t.isoformat()
 
