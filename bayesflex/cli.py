@@ -414,9 +414,12 @@ def _local_args(tree, args, *names: str) -> None:
     with a UTC offset) as the stored UTC half-hours the query functions take."""
     from .timefmt import local_half_hour
 
-    for name in names:
-        if getattr(args, name, None) is not None:
-            setattr(args, name, str(local_half_hour(tree, getattr(args, name), f"--{name}")))
+    given = {name: getattr(args, name, None) for name in names}
+    for name, value in given.items():
+        if value is not None:
+            setattr(args, name, str(local_half_hour(tree, value, f"--{name}")))
+    if given.get("start") is not None and given.get("end") is not None and args.end < args.start:  # ISO: sortable
+        raise ConfigError(f"--end {given['end']!r} is before --start {given['start']!r}")
 
 
 def _levels(text: str) -> tuple[float, ...]:
