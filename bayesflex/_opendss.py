@@ -86,7 +86,10 @@ Mapping to bayesflex:
   unless ``%imag``/``%noloadloss`` give one.  ``leadlag=lag`` (the ANSI
   default) is a 30 degree shift (Dyn1), ``lead`` -30 degrees (Dyn11).
 * ``Line``: three-phase, the engine's R/X/C matrices times length; rating
-  ``NormAmps``.
+  ``NormAmps``.  A line whose line code (and the line itself) gives no
+  ``normamps`` has OpenDSS's default 400 A: ``Feeder.line_rating_defaulted``
+  says which (ENWL's models give none); ``load_feeder`` warns, and a feeder
+  TOML's ``[line_i_max_a]`` table sets ratings per line code.
 * ``Load``: one agent per load, wye, constant power (model 1).
 """
 
@@ -191,6 +194,8 @@ _NEEDS = {
     "transformer": ({"xhl", "x12"}, {"kvs", "kv"}, {"kvas", "kva"}, {"buses", "bus"}),
 }
 _MAX_OHM_PER_KM = 1e3
+#: the rating OpenDSS gives a line whose line code has no ``normamps`` [A]
+OPENDSS_DEFAULT_AMPS = 400.0
 #: km per length unit, by the engine's unit code (0: none)
 _KM_PER_UNIT = (math.nan, 1.609344, 0.3048, 1.0, 1e-3, 0.3048e-3, 0.0254e-3, 1e-5, 1e-6)
 
@@ -918,7 +923,7 @@ def _read(dss, master: Path, reading: _Reading, name: str) -> dict:
         ))
 
     # lines
-    line_names, lf, lt, zs, ys, amps = [], [], [], [], [], []
+    line_names, lf, lt, zs, ys, amps, codes, defaulted = [], [], [], [], [], [], [], []
     w = 2 * math.pi * f_hz
     for lname in dss.Lines.AllNames():
         dss.Lines.Name(lname)
@@ -949,6 +954,8 @@ def _read(dss, master: Path, reading: _Reading, name: str) -> dict:
         zs.append(z)
         ys.append(y)
         amps.append(dss.Lines.NormAmps())
+        codes.append(dss.Lines.LineCode().lower())
+        defaulted.append(_rating_defaulted(given, lname.lower(), codes[-1], amps[-1]))
 
     # loads
     agents, a_bus, a_ph, a_p, a_q = [], [], [], [], []
@@ -1001,8 +1008,17 @@ def _read(dss, master: Path, reading: _Reading, name: str) -> dict:
         line_y_s=np.array(ys).reshape(-1, 3, 3), line_i_max_a=amps, trafos=trafos, source=source,
         agents=agents, agent_bus=np.array(a_bus, np.int64), agent_phases=np.array(a_ph, bool).reshape(-1, 3),
         agent_p_kw=np.array(a_p).reshape(-1, 3), agent_q_kvar=np.array(a_q).reshape(-1, 3), bus_xy=xy,
-        meta={"opendss_circuit": dss.Circuit.Name()},
+        meta={"opendss_circuit": dss.Circuit.Name()}, line_code=codes,
+        line_rating_defaulted=np.array(defaulted, bool),
     )
+
+
+def _rating_defaulted(given: dict[str, tuple[str, set[str]]], line: str, code: str, amps: float) -> bool:
+    """Whether a line's rating is OpenDSS's default (:data:`OPENDSS_DEFAULT_AMPS`): neither the line
+    nor its line code gives ``normamps``, and the engine reports the default (a line built from a
+    geometry or ``like=`` another line gets its rating from there)."""
+    keys = given.get(f"line.{line}", ("", set()))[1] | given.get(f"linecode.{code}", ("", set()))[1]
+    return "normamps" not in keys and amps == OPENDSS_DEFAULT_AMPS
 
 
 def _disabled(dss) -> list[str]:

@@ -97,6 +97,9 @@ def feeder_from_pandapower(net, *, name: str, origin: str) -> Feeder:
     line_from = [bus_of(b, f"line {n!r}") for b, n in zip(line.from_bus, line_names)]
     line_to = [bus_of(b, f"line {n!r}") for b, n in zip(line.to_bus, line_names)]
     i_max_a = line.max_i_ka.to_numpy(float) * 1e3 * line.df.to_numpy(float) * par
+    # a line's code: its standard type, when its rating is that of one cable of the type (no parallel, no derating)
+    std = line["std_type"] if "std_type" in line.columns else [None] * n_line
+    codes = [str(t) if isinstance(t, str) and p == 1 and d == 1 else "" for t, p, d in zip(std, par, line.df)]
 
     trafos = []
     for idx, t in net.trafo[net.trafo.in_service.astype(bool)].iterrows():
@@ -186,7 +189,7 @@ def feeder_from_pandapower(net, *, name: str, origin: str) -> Feeder:
         line_i_max_a=i_max_a, trafos=trafos, source=source, agents=agents,
         agent_bus=np.array(a_bus, np.int64).reshape(-1), agent_phases=np.array(a_ph, bool).reshape(-1, 3),
         agent_p_kw=np.array(a_p, float).reshape(-1, 3), agent_q_kvar=np.array(a_q, float).reshape(-1, 3),
-        bus_xy=xy,
+        bus_xy=xy, line_code=codes,
     )
 
 

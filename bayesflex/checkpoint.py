@@ -96,6 +96,7 @@ def study_fingerprint(feeder, priors, posterior, *, draws: int, seed: int, opts,
         "method": opts.method, "start": None if opts.start is None else str(opts.start),
         "periods": None if opts.periods is None else int(opts.periods),
         "full_voltages": bool(opts.full_voltages), "headroom": bool(opts.headroom),
+        "timezone": getattr(priors, "priors", priors).timezone,  # local clocks in the draws (EV timers)
     }
     return {"sha256": _digest(json.dumps(what, sort_keys=True)), **what}
 

@@ -39,7 +39,15 @@ def _parser() -> argparse.ArgumentParser:
                                                           "the numbers do not depend on it")
     run.add_argument("--observations", default=None, help="meter readings (CSV/NetCDF) to condition on")
     run.add_argument("--ev-states", default=None, help="EV state logs (CSV) to condition on")
-    run.add_argument("--start", default=None, help="first half-hour (default: the priors file's)")
+    run.add_argument("--start", default=None, help="first half-hour, local time of the site (--timezone), e.g. "
+                                                   "'2026-07-15 00:00', or with a UTC offset (default: the priors "
+                                                   "file's)")
+    run.add_argument("--timezone", default=None, metavar="ZONE",
+                     help="the site's IANA time zone, e.g. Europe/London (default: the priors' [site] timezone): "
+                          "times are stored in UTC and printed, and --start read, in it")
+    run.add_argument("--ratings", default=None, metavar="FILE",
+                     help="line ratings per line code: a TOML file with a [line_i_max_a] table (line code = "
+                          "amperes), e.g. for OpenDSS models whose line codes give no normamps (default 400 A)")
     run.add_argument("--periods", type=int, default=None, help="half-hours (default: the priors file's, 96)")
     run.add_argument("--positions", default=None, help="the aggregator's planned positions (CSV/NetCDF: agent, time, "
                                                        "p_kw, p_lb_kw, p_ub_kw[, offer_price])")
@@ -87,8 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("dir", help="study folder (or its result.nc)")
     m.add_argument("--kind", default="any", choices=("any", "undervoltage", "overvoltage", "overload"))
     m.add_argument("--phase", default=None, choices=("a", "b", "c"), help="one phase (default: all three)")
-    m.add_argument("--time", default=None, help="a half-hour, e.g. '2026-01-14 19:00' (default: the worst over "
-                                                "the horizon)")
+    m.add_argument("--time", default=None, help="a half-hour in the site's local time, e.g. '2026-01-14 19:00' "
+                                                "(default: the worst over the horizon)")
     m.add_argument("--heatmap", action="store_true", help="probability by half-hour and bus instead of the map")
     m.add_argument("--out", default=None, help="output file, .png or .svg (default: DIR/map_<kind>.png)")
     m.add_argument("--dpi", type=int, default=120)
@@ -106,14 +114,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="congestion: where (default: bus)")
     q.add_argument("--kind", default="any", choices=("any", "under", "over"), help="congestion by bus: voltage side")
     q.add_argument("--phase", default=None, choices=("a", "b", "c"))
-    q.add_argument("--time", default=None, help="a half-hour, e.g. '2026-01-14 18:00'")
+    q.add_argument("--time", default=None, help="a half-hour in the site's local time (as the tables print it), "
+                                                "e.g. '2026-01-14 18:00'")
     q.add_argument("--agent", default=None, help="adjustment: the agent")
     q.add_argument("--quantiles", default="0.5,0.9,0.95", help="adjustment: quantiles (default 0.5,0.9,0.95)")
     q.add_argument("--confidence", default=None,
                    help="flexibility: confidence (default 0.9); product: levels (default 0.5,0.9,0.95)")
     q.add_argument("--direction", default="up", choices=("up", "down"), help="flexibility, product: direction")
     q.add_argument("--kw", type=float, default=None, help="product: the power offered, kW")
-    q.add_argument("--start", default=None, help="product: first half-hour, e.g. '2026-01-14 17:00'")
+    q.add_argument("--start", default=None, help="product: first half-hour, local time, e.g. '2026-01-14 17:00'")
     q.add_argument("--end", default=None, help="product: last half-hour (default: --start)")
     q.add_argument("--top", type=int, default=20, help="congestion, agents, causes: rows to show (default 20; "
                                                        "0 = all)")
@@ -136,11 +145,18 @@ def _check_run_args(args) -> None:
 
     check_horizon(args.start, args.periods, label="--{} ")
     check_backend(args.backend, args.scheduler)
+    if args.timezone is not None:
+        from ._tables import zone
+
+        zone(args.timezone, "--timezone")
+    if args.ratings is not None and args.feeders is not None:
+        raise ConfigError("--ratings applies to one --feeder; for --feeders give each feeder a TOML with its "
+                          "[line_i_max_a] table")
 
 
 def _cmd_run(args, argv) -> int:
     _check_run_args(args)
-    from .engine import run_study
+    from .engine import local_start, run_study, with_timezone
     from .feeder import load_feeder
     from .outdir import as_output_error
     from .priors import load_priors
@@ -149,14 +165,15 @@ def _cmd_run(args, argv) -> int:
 
     t0 = time.perf_counter()
     priors = load_priors(args.priors)
+    local_start(args.start, with_timezone(priors, args.timezone), "--start")  # before the feeder is read
     command = "bayesflex " + " ".join(shlex.quote(a) for a in argv)
     study = {"draws": args.draws, "seed": args.seed, "jobs": args.jobs, "observations": args.observations,
              "ev_states": args.ev_states, "start": args.start, "periods": args.periods, "method": args.method,
              "full_voltages": args.full_voltages, "command": command, "positions": args.positions,
-             "backend": args.backend, "scheduler": args.scheduler}
+             "backend": args.backend, "scheduler": args.scheduler, "timezone": args.timezone}
     if args.feeders is not None:
         return _run_fleet(args, priors, study, t0)
-    feeder = load_feeder(args.feeder)
+    feeder = load_feeder(args.feeder, ratings=args.ratings)
     out = Path(args.out) if args.out else default_out(feeder, priors.name)
     try:
         tree = run_study(feeder, priors, out=out, resume=args.resume, **study)
@@ -252,10 +269,18 @@ def _worst_per(df: pd.DataFrame, keys: list[str], order, k: int = 5) -> tuple[pd
     return shown, more
 
 
+def _source_text(a) -> str:
+    """"; source 1.05 pu of 11 kV" from a result's attributes ("" for a result that does not record it)."""
+    if "source_vm_pu" not in a:
+        return ""
+    return f"; source {float(a['source_vm_pu']):.3f} pu of {float(a['source_vn_kv']):g} kV"
+
+
 def print_summary(tree, f) -> None:
     """The short summary of a study a person reads first."""
     from . import query as q
     from .results import study_effective_draws
+    from .timefmt import fmt_time, zone_note
 
     a, s = tree.attrs, tree["summary"]
     n = q.n_draws(tree)
@@ -263,10 +288,11 @@ def print_summary(tree, f) -> None:
     kind = "posterior" if a.get("conditioned") else "prior"
     t = pd.to_datetime(s.time.values)
     print(f"bayesflex {a['bayesflex_version']}: feeder {a['feeder']}, priors {a['priors']} ({kind}), {n} draws, "
-          f"{len(t)} half-hours from {t[0]:%Y-%m-%d %H:%M}, seed {a['seed']}", file=f)
+          f"{len(t)} half-hours from {fmt_time(t[0], tree, '%Y-%m-%d %H:%M')}, seed {a['seed']}"
+          f"{_source_text(a)}", file=f)
     eff = "" if n_eff >= n else f"; {n_eff:.0f} effective draws (the posterior's smallest bulk ESS)"
     print(f"limits {a['v_min_pu']}-{a['v_max_pu']} pu, loading {a['loading_max_pu']} pu; "
-          f"probabilities with their 95 % Monte Carlo interval [Wilson]{eff}", file=f)
+          f"probabilities with their 95 % Monte Carlo interval [Wilson]{eff}; {zone_note(tree)}", file=f)
     print("\nprobability of congestion at least once in the horizon:", file=f)
     for ph in s.phase.values:
         sp = s.sel(phase=ph)
@@ -291,17 +317,17 @@ def print_summary(tree, f) -> None:
     worst = worst[worst.probability > 0]
     print("\nworst half-hours (any phase):" + ("  none congested in any draw" if worst.empty else ""), file=f)
     for _, r in worst.iterrows():
-        print(f"  {pd.Timestamp(r.time):%a %H:%M}  {_row_prob(r)}", file=f)
+        print(f"  {fmt_time(r.time, tree)}  {_row_prob(r)}", file=f)
     buses = _worst_per(q.congestion_probability(tree, "bus"), ["bus", "phase"], tree["network"].bus.values)
     print("\nbuses most at risk (voltage, worst half-hour):" + ("  none" if buses[0].empty else ""), file=f)
     for _, r in buses[0].iterrows():
-        print(f"  bus {r.bus:<8} phase {r.phase}  {_row_prob(r)}  at {pd.Timestamp(r.time):%a %H:%M}", file=f)
+        print(f"  bus {r.bus:<8} phase {r.phase}  {_row_prob(r)}  at {fmt_time(r.time, tree)}", file=f)
     if buses[1]:
         print(f"  (and {buses[1]} more bus-phases at the same probability)", file=f)
     lines = _worst_per(q.congestion_probability(tree, "line"), ["line"], tree["network"].line.values)
     print("\nlines most at risk (overload, worst half-hour):" + ("  none" if lines[0].empty else ""), file=f)
     for _, r in lines[0].iterrows():
-        print(f"  {r.line:<10} {_row_prob(r)}  at {pd.Timestamp(r.time):%a %H:%M}", file=f)
+        print(f"  {r.line:<10} {_row_prob(r)}  at {fmt_time(r.time, tree)}", file=f)
     if lines[1]:
         print(f"  (and {lines[1]} more lines at the same probability)", file=f)
     tr = q.congestion_probability(tree, "trafo", top=1)
@@ -322,6 +348,8 @@ def print_summary(tree, f) -> None:
               file=f)
     if "flex_up_kw" in s:
         _print_flexibility(q.flexibility_summary(tree), f)
+        if a.get("headroom_definition"):
+            print(f"  headroom: {a['headroom_definition']}", file=f)
 
 
 def model_uncertainty_lines(s, k: int = 3) -> list[str]:
@@ -367,6 +395,7 @@ def _print_flexibility(df: pd.DataFrame, f) -> None:
 def _print_causes(tree, f, k: int = 3) -> None:
     """The causes of the ``k`` most congested half-hour phases, in words."""
     from .query import cause_text, causes
+    from .timefmt import fmt_time
 
     if "cause_share" not in tree["heuristic"]:
         return
@@ -374,7 +403,7 @@ def _print_causes(tree, f, k: int = 3) -> None:
     print("\nwhat causes congestion, most congested half-hours (mean share of the phase's worst violation over "
           "its congested draws):" + ("  none congested" if df.empty else ""), file=f)
     for _, r in df.iterrows():
-        print(f"  {pd.Timestamp(r.time):%a %H:%M}, phase {r.phase} ({_row_prob(r, 'p_congested')}): {cause_text(r)} ({r.draws} "
+        print(f"  {fmt_time(r.time, tree)}, phase {r.phase} ({_row_prob(r, 'p_congested')}): {cause_text(r)} ({r.draws} "
               f"draw{'s' if r.draws != 1 else ''})", file=f)
 
 
@@ -384,8 +413,10 @@ def _print_causes(tree, f, k: int = 3) -> None:
 def _cmd_query(args) -> int:
     from . import query
     from .results import open_study
+    from .timefmt import local_frame
 
     tree = open_study(args.dir)
+    _local_args(tree, args, "time", "start", "end")
     top = args.top or None
     if args.what == "congestion":
         df = query.congestion_probability(tree, args.by, phase=args.phase, time=args.time, kind=args.kind, top=top)
@@ -415,6 +446,7 @@ def _cmd_query(args) -> int:
         df = query.causes(tree, time=args.time, phase=args.phase, top=top)
     else:
         df = query.top_agents(tree, top or len(tree["heuristic"].agent))
+    df = local_frame(df, tree, text=args.format == "table")  # times local with the zone: text, or ISO with offset
     if args.format == "csv":
         df.to_csv(sys.stdout, index=False)
     elif args.format == "json":
@@ -423,6 +455,19 @@ def _cmd_query(args) -> int:
         with pd.option_context("display.max_rows", None, "display.width", 160):
             print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return 0
+
+
+def _local_args(tree, args, *names: str) -> None:
+    """The half-hours given as ``--time``/``--start``/``--end`` (local time of the study's site, or
+    with a UTC offset) as the stored UTC half-hours the query functions take."""
+    from .timefmt import local_half_hour
+
+    given = {name: getattr(args, name, None) for name in names}
+    for name, value in given.items():
+        if value is not None:
+            setattr(args, name, str(local_half_hour(tree, value, f"--{name}")))
+    if given.get("start") is not None and given.get("end") is not None and args.end < args.start:  # ISO: sortable
+        raise ConfigError(f"--end {given['end']!r} is before --start {given['start']!r}")
 
 
 def _levels(text: str) -> tuple[float, ...]:
@@ -445,6 +490,7 @@ def _cmd_map(args) -> int:
     from .results import open_study
 
     tree = open_study(args.dir)
+    _local_args(tree, args, "time")
     if args.heatmap:
         fig = maps.congestion_heatmap(tree, kind="any" if args.kind == "overload" else args.kind, phase=args.phase)
     else:

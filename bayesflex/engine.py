@@ -255,7 +255,8 @@ def _check_draws(draws) -> int:
 
 
 def check_horizon(start, periods, *, label: str = "{} = ") -> tuple[str | None, int | None]:
-    """``start`` (a date-time on a half-hour, UTC) and ``periods`` (1 .. ten years of half-hours), checked.
+    """``start`` (a date-time on a half-hour: local time of the site, or with a UTC offset; see
+    :func:`local_start`) and ``periods`` (1 .. ten years of half-hours), checked.
     ``label`` names an argument in messages (``"--{} "`` for the command line)."""
     import pandas as pd
 
@@ -275,11 +276,41 @@ def check_horizon(start, periods, *, label: str = "{} = ") -> tuple[str | None, 
                               "such as '2026-01-14 17:00'") from None
         if t is pd.NaT:
             raise ConfigError(f"{where}: not a date-time; give one such as '2026-01-14 17:00'")
-        if t.tzinfo is not None:
-            raise ConfigError(f"{where}: give the start in UTC without an offset (the study's time base)")
+        if t.tzinfo is not None:  # an offset: the instant given; the study's half-hours are UTC ones
+            t = t.tz_convert("UTC")
         if t != t.floor("30min"):
             raise ConfigError(f"{where}: must fall on a half-hour (e.g. {t.floor('30min'):%Y-%m-%d %H:%M})")
     return start, periods
+
+
+def local_start(start, priors, what: str = "start") -> str | None:
+    """The study's first half-hour as naive UTC text: ``start`` is a wall-clock time of the site's
+    zone (the priors' ``[site] timezone``), or carries its UTC offset; None stays None (the priors'
+    ``[horizon] start``).  A time the clocks skip or pass twice asks for the offset."""
+    if start is None:
+        return None
+    from .timefmt import utc_of_local
+
+    t = utc_of_local(start, getattr(priors, "priors", priors).timezone, what)
+    if t != t.floor("30min"):
+        raise ConfigError(f"{what} {start!r} is {t:%Y-%m-%d %H:%M} UTC: the study's half-hours are UTC ones; give a "
+                          f"time on a UTC half-hour")
+    return t.isoformat()
+
+
+def with_timezone(priors, timezone: str | None):
+    """``priors`` (a ``Priors`` or a ``Posterior``) with the site's zone set to ``timezone`` (None: as they are).
+    The zone decides local clocks in the draws (EV timers), naive times read and every time printed."""
+    if timezone is None or getattr(priors, "priors", priors).timezone == timezone:
+        return priors
+    import dataclasses
+
+    from ._tables import zone
+
+    zone(timezone, "timezone")
+    if hasattr(priors, "priors"):
+        return dataclasses.replace(priors, priors=dataclasses.replace(priors.priors, timezone=timezone))
+    return dataclasses.replace(priors, timezone=timezone)
 
 
 def check_backend(backend: str | None, scheduler: str | None) -> None:
@@ -321,6 +352,7 @@ def run_study(
     positions=None,
     resume: bool = False,
     scheduler: str | None = None,
+    timezone: str | None = None,
 ):
     """Run a probabilistic congestion study.
 
@@ -334,7 +366,13 @@ def run_study(
     observations, ev_states : metered readings / EV logs (CSV or NetCDF paths
         or tables); when given, the priors are conditioned on them first
         (:func:`bayesflex.condition`) and the draws come from the posterior.
-    start, periods : the horizon (default: the priors file's, 96 half-hours).
+    start, periods : the horizon (default: the priors file's, 96 half-hours); ``start`` is a
+        wall-clock time of the site's zone (e.g. "2026-07-15 00:00" is midnight BST, 23:00 UTC
+        the day before) or a time with its UTC offset.  The half-hours are UTC ones, so a horizon
+        across a clock change still has ``periods`` half-hours.
+    timezone : the site's IANA time zone (default: the priors' ``[site] timezone``): local clocks
+        in the draws (EV timers), naive times in observations and positions, ``start``, and every
+        time printed.  Stored as the result's ``timezone`` attribute (its times stay UTC).
     limits : voltage and thermal limits (default: the feeder's, 0.94-1.10 pu, and ratings).
     method : sensitivity method of the heuristic, "analytic" or "perturb".
     full_voltages : also keep every bus voltage of every draw (large).
@@ -381,6 +419,10 @@ def run_study(
         raise ConfigError(f"method {method!r} unknown (allowed: 'analytic', 'perturb')")
     start, periods = check_horizon(start, periods)
     check_backend(backend, scheduler)
+    if timezone is not None:
+        from ._tables import zone
+
+        zone(timezone, "timezone")
     if out is not None:
         out = check_writable(out)
         inside(out, PARTIAL_DIR)
@@ -389,6 +431,8 @@ def run_study(
     pr = priors
     if isinstance(pr, (str, Path)):
         pr = pri_mod.load_priors(pr)
+    pr = with_timezone(pr, timezone)
+    start = local_start(start, pr)
     limits = limits or Limits(v_min_pu=fd.v_min_pu, v_max_pu=fd.v_max_pu)
     pos = None
     if positions is not None:

@@ -7,7 +7,7 @@ element or key, and what would be allowed instead.
 
 from __future__ import annotations
 
-__all__ = ["BayesflexError", "ConfigError", "FeederError", "OutputError", "SolverError"]
+__all__ = ["BayesflexError", "ConfigError", "FeederError", "FeederWarning", "OutputError", "SolverError"]
 
 
 class BayesflexError(Exception):
@@ -29,6 +29,12 @@ class FeederError(BayesflexError, ValueError):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{self.source}: feeder is not usable:\n{lines}")
+
+
+class FeederWarning(UserWarning):
+    """A feeder loads, but some of what it rests on was not given by its model and was
+    filled in by a default (e.g. OpenDSS's 400 A line rating); the message says what and
+    how to set it."""
 
 
 class SolverError(BayesflexError, RuntimeError):

@@ -17,14 +17,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, FeederError
+from .errors import ConfigError, FeederError, FeederWarning
 
 __all__ = [
     "Feeder",
@@ -32,7 +34,9 @@ __all__ = [
     "Transformer",
     "load_feeder",
     "feeder_dir",
+    "read_ratings",
     "validate_feeder",
+    "with_ratings",
     "sequence_to_phase_matrix",
     "phase_to_sequence_matrix",
 ]
@@ -150,6 +154,10 @@ class Feeder:
     phase conductor, ``agent_phases (agent, 3)`` which phases an agent is
     connected to (wye, phase to neutral), ``agent_p_kw``/``agent_q_kvar
     (agent, 3)`` the powers as shipped with the source network (a snapshot).
+    ``line_code (line,)`` each line's code as the source names it (OpenDSS
+    ``LineCode``, pandapower ``std_type``; "" when none), and
+    ``line_rating_defaulted (line,)`` whether its rating is a default the
+    model never gave (OpenDSS's 400 A), see :func:`with_ratings`.
     """
 
     name: str
@@ -175,6 +183,8 @@ class Feeder:
     bus_xy: np.ndarray | None = None
     sha256: str = ""
     meta: dict = field(default_factory=dict)
+    line_code: tuple[str, ...] = ()
+    line_rating_defaulted: np.ndarray | None = None
 
     @classmethod
     def build(cls, **kw: Any) -> "Feeder":
@@ -188,6 +198,10 @@ class Feeder:
             kw[key] = _readonly(kw[key], dtype)
         for key in ("buses", "lines", "agents", "trafos"):
             kw[key] = tuple(kw[key])
+        n_line = len(kw["lines"])
+        kw["line_code"] = tuple(str(c) for c in kw.get("line_code") or ("",) * n_line)
+        defaulted = kw.get("line_rating_defaulted")
+        kw["line_rating_defaulted"] = _readonly(np.zeros(n_line, bool) if defaulted is None else defaulted, bool)
         if kw.get("bus_xy") is not None:
             kw["bus_xy"] = _readonly(kw["bus_xy"], float)
         return cls(**kw)
@@ -242,6 +256,9 @@ def validate_feeder(feeder: Feeder) -> list[str]:
     for arr, what in ((feeder.line_from, "from"), (feeder.line_to, "to")):
         bad = np.flatnonzero((arr < 0) | (arr >= nb))
         problems += [f"line {feeder.lines[i]!r}: {what} bus does not exist" for i in bad]
+    if len(feeder.line_code) != feeder.n_line or feeder.line_rating_defaulted.shape != (feeder.n_line,):
+        problems.append(f"line codes ({len(feeder.line_code)}) or rating flags "
+                        f"({len(feeder.line_rating_defaulted)}) do not match the {feeder.n_line} lines")
     for i in np.flatnonzero(~(feeder.line_i_max_a > 0)):
         problems.append(
             f"line {feeder.lines[i]!r}: rating {feeder.line_i_max_a[i]} A is not positive"
@@ -347,7 +364,7 @@ _SOURCE_KEYS = {"pandapower": {"type", "network", "kwargs"}, "pandapower_json": 
                 "opendss": {"type", "path"}}
 
 
-def load_feeder(name_or_path: str | Path) -> Feeder:
+def load_feeder(name_or_path: str | Path, *, ratings: str | Path | None = None) -> Feeder:
     """Load a feeder by name or path.
 
     * a name (``"ieee_eu_lv"``): ``feeders/<name>.toml`` of the current
@@ -355,8 +372,24 @@ def load_feeder(name_or_path: str | Path) -> Feeder:
     * a ``.toml`` feeder definition;
     * a pandapower network saved as ``.json``;
     * an OpenDSS master file (``.dss``) or a folder holding ``Master.dss``.
+
+    ``ratings``: a TOML file with a ``[line_i_max_a]`` table (line code ->
+    amperes, :func:`read_ratings`), applied after the feeder's own; its bytes
+    join the feeder's SHA-256.  Lines whose rating the model never gave (an
+    OpenDSS line code without ``normamps``: the engine's 400 A) are a
+    :class:`~bayesflex.errors.FeederWarning` naming how many and their codes.
     """
-    path = _resolve(name_or_path)
+    table = None if ratings is None else read_ratings(ratings)
+    feeder = _load_path(_resolve(name_or_path))
+    if table is not None:
+        amps, where, sha = table
+        feeder = with_ratings(feeder, amps, where)
+        feeder = feeder.replace(sha256=hashlib.sha256((feeder.sha256 + sha).encode()).hexdigest())
+    warn_default_ratings(feeder)
+    return feeder
+
+
+def _load_path(path: Path) -> Feeder:
     suffix = path.suffix.lower()
     if suffix == ".toml":
         return _load_toml(path)
@@ -394,7 +427,7 @@ def _load_toml(path: Path) -> Feeder:
         cfg = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
-    allowed_tables = {"feeder", "source", "limits"}
+    allowed_tables = {"feeder", "source", "limits", RATINGS_TABLE}
     extra = set(cfg) - allowed_tables
     if extra:
         raise ConfigError(f"{path}: unknown table(s) {sorted(extra)} (allowed: {sorted(allowed_tables)})")
@@ -453,6 +486,8 @@ def _load_toml(path: Path) -> Feeder:
 
         net = net_from_elements(src, origin=str(path))
         feeder = feeder_from_pandapower(net, name=name, origin=str(path))
+    if RATINGS_TABLE in cfg:
+        feeder = with_ratings(feeder, _ratings(cfg[RATINGS_TABLE], str(path)), str(path))
     limits = cfg.get("limits", {})
     unknown = set(limits) - {"v_min_pu", "v_max_pu"}
     if unknown:
@@ -468,3 +503,77 @@ def _load_toml(path: Path) -> Feeder:
         sha256=hashlib.sha256("".join(digests).encode()).hexdigest() if len(digests) > 1 else digests[0],
     )
     return check_feeder(feeder)
+
+
+# ----------------------------------------------------------------------------
+# line ratings per line code
+# ----------------------------------------------------------------------------
+#: the table of a feeder TOML (or a ``--ratings`` file) that sets line ratings: line code -> amperes
+RATINGS_TABLE = "line_i_max_a"
+#: the largest rating accepted [A] (an LV cable carries well under 1,000 A)
+MAX_RATING_A = 10_000.0
+
+
+def read_ratings(path: str | Path) -> tuple[dict[str, float], str, str]:
+    """A ratings file: TOML holding only a ``[line_i_max_a]`` table (line code -> rating in
+    amperes per phase conductor).  Returns the checked table, the file as text for messages,
+    and the SHA-256 of its bytes."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+        cfg = tomllib.loads(raw.decode("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the ratings file ({e.strerror or e})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from e
+    if set(cfg) != {RATINGS_TABLE}:
+        raise ConfigError(f"{p}: a ratings file holds one table, [{RATINGS_TABLE}] (line code = amperes); found "
+                          f"{sorted(cfg) or 'none'}")
+    return _ratings(cfg[RATINGS_TABLE], str(p)), str(p), hashlib.sha256(raw).hexdigest()
+
+
+def _ratings(tab, where: str) -> dict[str, float]:
+    """A ``[line_i_max_a]`` table checked: every value a rating in (0, MAX_RATING_A] amperes."""
+    if not isinstance(tab, dict):
+        raise ConfigError(f"{where}: {RATINGS_TABLE} = {tab!r} must be a table ([{RATINGS_TABLE}], line code = amperes)")
+    for code, amps in tab.items():
+        ok = isinstance(amps, (int, float)) and not isinstance(amps, bool) and math.isfinite(amps)
+        if not (ok and 0 < amps <= MAX_RATING_A):
+            raise ConfigError(f"{where}: [{RATINGS_TABLE}] {code} = {amps!r}: must be a rating in amperes "
+                              f"(a number in (0, {MAX_RATING_A:g}])")
+    return {str(k): float(v) for k, v in tab.items()}
+
+
+def with_ratings(feeder: Feeder, amps: dict[str, float], where: str) -> Feeder:
+    """``feeder`` with the rating of every line of each line code in ``amps`` (code -> A per phase
+    conductor; codes compared without case, as OpenDSS does) set and no longer flagged as defaulted.
+    A code no line has is a :class:`ConfigError` naming ``where``, the code and the known codes."""
+    codes = np.array([c.casefold() for c in feeder.line_code], dtype=object)
+    known = sorted({c for c in feeder.line_code if c})
+    i_max = np.array(feeder.line_i_max_a, float)
+    defaulted = np.array(feeder.line_rating_defaulted, bool)
+    for code, a in amps.items():
+        on = codes == code.casefold()
+        if not code or not on.any():
+            raise ConfigError(f"{where}: [{RATINGS_TABLE}] {code!r}: no line of feeder {feeder.name!r} has this line "
+                              f"code (known: {', '.join(known) if known else 'none; its lines have no line codes'})")
+        i_max[on], defaulted[on] = a, False
+    set_before = dict(feeder.meta.get("line_ratings_set", {}))
+    meta = {**feeder.meta, "line_ratings_set": set_before | amps,
+            "line_ratings_from": ", ".join(dict.fromkeys([*filter(None, [feeder.meta.get("line_ratings_from")]),
+                                                          where]))}
+    return feeder.replace(line_i_max_a=i_max, line_rating_defaulted=defaulted, meta=meta)
+
+
+def warn_default_ratings(feeder: Feeder) -> None:
+    """A :class:`~bayesflex.errors.FeederWarning` when lines use a rating their model never gave."""
+    on = np.asarray(feeder.line_rating_defaulted, bool)
+    if not on.any():
+        return
+    codes = sorted({c for c, d in zip(feeder.line_code, on) if d and c})
+    amps = ", ".join(f"{a:g} A" for a in sorted(set(np.asarray(feeder.line_i_max_a)[on])))
+    warnings.warn(f"{feeder.origin}: {int(on.sum())} of {feeder.n_line} lines use OpenDSS's default rating ({amps}): "
+                  f"their line code{'s' if len(codes) != 1 else ''} ({', '.join(codes) or 'none'}) give"
+                  f"{'' if len(codes) != 1 else 's'} no normamps; "
+                  f"set each code's rating in amperes in a [{RATINGS_TABLE}] table of a feeder TOML or a --ratings "
+                  "file", FeederWarning, stacklevel=3)

@@ -26,6 +26,7 @@ from .errors import BayesflexError, ConfigError, OutputError
 from .intervals import format_probability, wilson_interval
 from .outdir import fresh, inside, safe_name
 from .results import mcse, study_effective_draws
+from .timefmt import fmt_time
 
 __all__ = ["FLEET_FILE", "find_feeders", "fleet_row", "run_fleet"]
 
@@ -121,7 +122,7 @@ def fleet_row(tree) -> dict:
         "p_congested_horizon_lo": float(any_lo), "p_congested_horizon_hi": float(any_hi),
         "worst_phase": str(s.phase.values[int(np.argmax(s["p_congested_horizon"].values))]),
         "p_congested_worst_half_hour": float(per_t[worst_t]),
-        "worst_half_hour": pd.Timestamp(s.time.values[worst_t]).strftime("%Y-%m-%d %H:%M"),
+        "worst_half_hour": fmt_time(s.time.values[worst_t], tree, "%Y-%m-%d %H:%M"),  # local, zone named
         "p_unresolved_horizon": unres, "p_unresolved_horizon_mcse": float(mcse(unres, n_eff)),
         "p_unresolved_horizon_lo": float(unres_lo), "p_unresolved_horizon_hi": float(unres_hi),
         "p_trafo_overload_max": float(p_tr.max()) if p_tr.size else 0.0,

@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .intervals import format_probability, quantile_interval, wilson_interval
 from .query import BLOCK_DRAWS, draw_block, draw_blocks, half_hour, n_draws
 from .results import study_effective_draws
+from .timefmt import fmt_time, local_axis, zone_note
 
 __all__ = ["adjustment_figure", "congestion_heatmap", "feeder_map", "flexibility_figure", "trafo_fan_chart",
            "voltage_fan_chart"]
@@ -42,8 +43,8 @@ def _limits_text(tree: xr.DataTree) -> str:
 def _when(tree: xr.DataTree, time) -> tuple[np.datetime64 | None, str]:
     if time is None:
         return None, "worst half-hour of the horizon"
-    t = half_hour(tree["summary"].time.values, time)
-    return np.datetime64(t), f"{t:%a %d %b %H:%M}"
+    t = half_hour(tree["summary"].time.values, time)  # a stored (UTC) half-hour; printed in local time
+    return np.datetime64(t), fmt_time(t, tree, "%a %d %b %H:%M")
 
 
 def _pick_time(da: xr.DataArray, t) -> xr.DataArray:
@@ -155,15 +156,16 @@ def congestion_heatmap(tree: xr.DataTree, *, kind: str = "any", phase: str | Non
         im = ax.imshow(np.ma.masked_equal(m[rows], 0.0), aspect="auto", cmap=CMAP, vmin=0, vmax=vmax, interpolation="nearest",
                        extent=(-0.5, len(times) - 0.5, len(rows) - 0.5, -0.5))
         step = max(1, len(times) // 12)
-        ax.set_xticks(range(0, len(times), step), [f"{t:%a %H:%M}" for t in times[::step]], fontsize=7, rotation=30)
+        ax.set_xticks(range(0, len(times), step), [fmt_time(t, tree) for t in times[::step]], fontsize=7,
+                      rotation=30)
         labels = [str(b) for b in da.bus.values[rows]]
         ystep = max(1, len(rows) // 15)
         ax.set_yticks(range(0, len(rows), ystep), labels[::ystep], fontsize=7)
         ax.set_ylabel("bus")
     if im is not None:
         fig.colorbar(im, ax=list(axes), shrink=0.9).set_label("probability")
-    fig.suptitle(f"probability of a voltage violation by half-hour and bus ({kind}); {_limits_text(tree)}",
-                 fontsize=10)
+    fig.suptitle(f"probability of a voltage violation by half-hour and bus ({kind}); {_limits_text(tree)}; "
+                 f"{zone_note(tree)}", fontsize=10)
     return fig
 
 
@@ -198,6 +200,7 @@ def trafo_fan_chart(tree: xr.DataTree) -> Figure:
         ax.set_ylim(bottom=0)
         ax.set_title(f"transformer {name}: P(overload) in its worst half-hour "
                      f"{format_probability(p, float(lo), float(hi), n_draws(tree))}", fontsize=10)
+        local_axis(ax, tree, label=ax is axes[-1])
     axes[0].legend(fontsize=8, ncol=3, loc="upper left")
     return fig
 
@@ -217,6 +220,7 @@ def voltage_fan_chart(tree: xr.DataTree) -> Figure:
         for lim in (tree.attrs["v_min_pu"], tree.attrs["v_max_pu"]):
             ax.axhline(lim, color="tab:red", linestyle="--", linewidth=1)
         ax.set_ylabel(f"phase {ph}: V (pu)")
+        local_axis(ax, tree, label=ax is axes[-1])
     axes[0].legend(fontsize=7, ncol=3, loc="lower left")
     fig.suptitle(f"bus voltages per phase over the horizon (source bus excluded); {_limits_text(tree)}",
                  fontsize=10)

@@ -13,6 +13,7 @@ import datetime as _dt
 import html
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from .outdir import fresh
 from .query import (above_service, congestion_probability, flexibility_summary, n_draws, portfolio_position,
                     predictive, top_agents)
 from .results import open_study, study_effective_draws
+from .timefmt import fmt_time, zone_note
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
 
@@ -97,9 +99,10 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
              f"<style>{_CSS}</style></head><body>",
              f"<h1>Congestion risk: feeder {html.escape(a['feeder'])}, priors {html.escape(a['priors'])}</h1>",
              f"<p>{n} draws ({kind}) of every agent's power, {len(times)} half-hours from "
-             f"{times[0]:%A %d %B %Y %H:%M}; seed {a['seed']}. Every probability is given with its 95 % interval (Wilson score "
-             f"interval{_effective(a, n)}); a probability of none of the draws is not zero but below the "
-             f"interval's upper bound. Quantiles carry 95 % order-statistic intervals.</p>",
+             f"{fmt_time(times[0], tree, '%A %d %B %Y %H:%M')}; seed {a['seed']}. Every probability is given with "
+             f"its 95 % interval (Wilson score interval{_effective(a, n)}); a probability of none of the draws is "
+             "not zero but below the interval's upper bound. Quantiles carry 95 % order-statistic intervals; "
+             f"{html.escape(zone_note(tree))}.</p>",
              f"{CREATED_PREFIX}{html.escape(created)}; study created {html.escape(a['created_at'])}</p>"]
 
     # -- headline numbers
@@ -120,7 +123,7 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
     worst = worst[worst.probability > 0]
     if not worst.empty:
         parts.append("<p>Worst half-hours:</p>" + _table(
-            [(f"{pd.Timestamp(r.time):%a %H:%M}", _prob(r.probability, r.lo, r.hi)) for _, r in worst.iterrows()],
+            [(fmt_time(r.time, tree), _prob(r.probability, r.lo, r.hi)) for _, r in worst.iterrows()],
             ("half-hour", "P(congestion, any phase)")))
     pos = portfolio_position(tree)
     if pos:
@@ -142,6 +145,7 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
                      + _table(rows, ("confidence", "turn-up in every half-hour", "turn-down in every half-hour",
                                      "turn-up, lowest half-hour on its own", "turn-up, median half-hour",
                                      "turn-down, lowest half-hour on its own", "turn-down, median half-hour")))
+        parts.append(_headroom_note(a))
 
     # -- diagnostics
     conv = tree["sample_stats"]["converged"].values
@@ -172,6 +176,7 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
             diag.append(_table([(k, f"{v.get('r_hat', float('nan')):.4f}", f"{v.get('ess_bulk', float('nan')):.0f}")
                                 for k, v in sorted(d.items())], ("parameter", "R-hat", "bulk ESS")))
     parts += diag
+    parts += _basis_section(tree)
 
     # -- figures
     parts.append("<h2>Where and when</h2>")
@@ -180,7 +185,7 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
                              "worst half-hour of the horizon, per phase.", "map-worst"))
         if not worst.empty:
             t = pd.Timestamp(worst.time.iloc[0])
-            parts.append(_figure(maps.feeder_map(tree, time=t), f"The same at the worst half-hour, {t:%a %H:%M}.",
+            parts.append(_figure(maps.feeder_map(tree, time=t), f"The same at the worst half-hour, {fmt_time(t, tree)}.",
                                  "map-worst-half-hour"))
     except ConfigError as err:
         parts.append(f"<p class='warn'>No map: {html.escape(str(err))}</p>")
@@ -207,6 +212,7 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
         parts.append(_figure(maps.flexibility_figure(tree), "Flexibility at risk: portfolio turn-up and turn-down "
                              "deliverable after network limits, against the confidence of delivering it.",
                              "flexibility"))
+        parts.append(_headroom_note(a))
 
     # -- inputs and reproduction
     versions = json.loads(a.get("versions", "{}"))
@@ -255,6 +261,76 @@ def _model_uncertainty_section(s: xr.Dataset, k: int = 6) -> list[str]:
                       "P(congested) at its 10 %", "P(congested) at its 90 %", "worst margin moves (pu)"))]
 
 
+def _headroom_note(a) -> str:
+    """What "headroom" means in this study (the result's ``headroom_definition``)."""
+    text = a.get("headroom_definition")
+    return f"<p class='muted'>Headroom: {html.escape(str(text))}.</p>" if text else ""
+
+
+def _basis_section(tree: xr.DataTree) -> list[str]:
+    """"What these numbers rest on": the time zone, the source, the transformers, the line ratings,
+    the limits and the headroom definition, from the result's attributes and ``constant_data``."""
+    a, cd = tree.attrs, tree["constant_data"]
+    rows = [("times", f"stored in UTC, shown in local time: {zone_note(tree)}"
+             + ("" if "timezone" in a else " (this result names no time zone)"))]
+    if "source_r_ohm" in cd:
+        vn, vm = float(a["source_vn_kv"]), float(a["source_vm_pu"])
+        rows.append(("source voltage set-point",
+                     f"{vm:.3f} pu of {vn:g} kV ({vm * vn:.2f} kV line to line); every bus voltage rests on it"))
+        rows.append(("source impedance", _source_impedance(cd, vn)))
+        for t in cd.trafo.values:
+            rows.append((f"transformer {t}", _trafo_text(cd.sel(trafo=t))))
+    else:
+        rows.append(("source and transformers", "not recorded (a result from an older bayesflex)"))
+    rows.append(("line ratings", _ratings_text(tree)))
+    limits = (f"bus voltage {a['v_min_pu']}–{a['v_max_pu']} pu (phase to neutral); line and transformer current "
+              f"above {a['loading_max_pu']:g} × rating")
+    rows.append(("limits", limits))
+    rows.append(("headroom", a.get("headroom_definition", "not recorded")))
+    return ["<h2>What these numbers rest on</h2>",
+            "<p>The feeder model as given; change any of these and the probabilities change with it.</p>",
+            _table(rows, ("what", "as used"))]
+
+
+def _source_impedance(cd, vn_kv: float) -> str:
+    """The source's sequence impedances with their short-circuit power vn²/|Z| (MVA)."""
+    r, x = cd["source_r_ohm"].values, cd["source_x_ohm"].values
+
+    def z(k: int) -> str:
+        if not np.isfinite(r[k]):
+            return "none (no path)"
+        mag = math.hypot(r[k], x[k])
+        return f"{r[k]:.4g} + j{x[k]:.4g} Ω ({f'{vn_kv**2 / mag:.4g} MVA' if mag else 'ideal'})"
+
+    pos = ("none: an ideal source in the positive sequence (it holds its voltage whatever the load)"
+           if r[1] == 0 and x[1] == 0 else z(1))
+    return f"positive sequence {pos}; negative {z(2)}; zero {z(0)} (short-circuit power vn²/|Z|)"
+
+
+def _trafo_text(t) -> str:
+    tap = float(t.trafo_tap_percent)
+    tap = "tap at neutral" if tap == 0 else f"tap {tap:+.3g} % on the {t.trafo_tap_side.item()} winding"
+    return (f"{float(t.trafo_sn_kva):g} kVA, {float(t.trafo_vn_hv_kv):g}/{float(t.trafo_vn_lv_kv):g} kV, "
+            f"vk {float(t.trafo_vk_percent):.3g} %; {tap}; LV voltage at no load {float(t.trafo_v_lv_no_load_pu):.3f} pu")
+
+
+def _ratings_text(tree: xr.DataTree) -> str:
+    a, cd = tree.attrs, tree["constant_data"]
+    n = cd.sizes["line"]
+    if "line_rating_defaulted" not in cd:
+        return f"{n} lines; whether any rating is a default is not recorded (a result from an older bayesflex)"
+    on = cd["line_rating_defaulted"].values.astype(bool)
+    amps = " / ".join(f"{v:g} A" for v in sorted(set(cd["line_i_max_a"].values[on])))
+    text = (f"{int(on.sum())} of {n} lines use OpenDSS's default {amps} rating (their line codes give no "
+            f"normamps: {', '.join(sorted({str(c) for c in cd['line_code'].values[on]}))}); their overload "
+            "probabilities rest on it" if on.any() else f"all {n} lines have the rating their model gives")
+    set_ = json.loads(a.get("line_ratings_set", "{}") or "{}")
+    if set_:
+        text += (f"; set per line code from {a.get('line_ratings_from', '?')}: "
+                 + ", ".join(f"{k} {v:g} A" for k, v in sorted(set_.items())))
+    return text
+
+
 def _causes_section(tree: xr.DataTree, k: int = 5) -> list[str]:
     """What causes the congestion of the ``k`` most congested half-hour phases."""
     from .query import cause_text, causes
@@ -274,7 +350,7 @@ def _causes_section(tree: xr.DataTree, k: int = 5) -> list[str]:
         "(fewer draws, rougher shares). What pushes the other way is shown apart, as the part of the push it "
         "takes back (PV in an evening under-voltage, or load on another phase raising this phase's voltage "
         "through the neutral). Reactive power is not shared out; the numbers are first order.</p>")
-    out.append(_table([(f"{pd.Timestamp(r.time):%a %H:%M}", r.phase, _prob(r.p_congested, r.p_congested_lo, r.p_congested_hi),
+    out.append(_table([(fmt_time(r.time, tree), r.phase, _prob(r.p_congested, r.p_congested_lo, r.p_congested_hi),
                         int(r.draws), r.violation, cause_text(r), r.agents) for _, r in df.iterrows()],
                       ("half-hour", "phase", "P(congested)", "congested draws", "worst violation", "causes",
                        "agents causing most")))

@@ -52,7 +52,15 @@ Groups (dimensions in the order ``chain, draw, time, agent|bus|line, phase``):
 ``sample_stats``
     ``converged``, ``iterations`` of the load flow, heuristic ``rounds``.
 ``constant_data``
-    the feeder's topology: agents' buses and phases, lines' ends and ratings.
+    the feeder's topology: agents' buses and phases, lines' ends, ratings,
+    line codes and which ratings are defaults the model never gave
+    (``line_rating_defaulted``); what the numbers rest on: the source's
+    sequence impedances (``source_r_ohm``/``source_x_ohm``; its set-point and
+    nominal kV are root attributes ``source_vm_pu``, ``source_vn_kv``), the
+    transformers' ratings, impedance, taps and no-load LV voltage (``trafo_*``).
+
+Times: ``time`` holds naive UTC half-hours; the root attribute ``timezone``
+names the site's zone, in which every time is printed (:mod:`bayesflex.timefmt`).
 
 A draw whose load flow did not converge is kept: ``converged=False``, counted
 as congested on every phase and as violating every limit.
@@ -342,6 +350,13 @@ def _provenance(feeder: Feeder, priors, posterior, *, draws: int, seed: int, opt
                                "a limit, most effective agents first; confirmed by a load flow",
         "command": command or "",
         "portfolio": "the agents with positions" if opts.positions is not None else "every agent",
+        "timezone": pri.timezone,  # the site's zone: times are stored in UTC and printed in it
+        "source_vm_pu": float(feeder.source.vm_pu),  # the set-point every bus voltage rests on
+        "source_va_degree": float(feeder.source.va_degree),
+        "source_vn_kv": float(feeder.bus_vn_kv[feeder.source.bus]),
+        "lines_rating_defaulted": int(np.sum(feeder.line_rating_defaulted)),
+        "line_ratings_set": json.dumps(feeder.meta.get("line_ratings_set", {}), sort_keys=True),
+        "line_ratings_from": str(feeder.meta.get("line_ratings_from", "")),
     }
     if opts.positions is not None:
         attrs["positions_origin"] = opts.positions.origin
@@ -369,10 +384,47 @@ def _constant_data(feeder: Feeder) -> xr.Dataset:
             "trafo_lv_bus": (("trafo",), np.array([feeder.buses[t.lv_bus] for t in feeder.trafos], dtype=object)),
             "bus_x": (("bus",), xy[:, 0], {"long_name": "bus coordinate (as the source gives it)"}),
             "bus_y": (("bus",), xy[:, 1], {"long_name": "bus coordinate (as the source gives it)"}),
+            "line_code": (("line",), np.array(feeder.line_code, dtype=object),
+                          {"long_name": "line code (OpenDSS LineCode, pandapower std_type; empty: none)"}),
+            "line_rating_defaulted": (("line",), np.asarray(feeder.line_rating_defaulted, bool),
+                                      {"long_name": "the rating is a default the model never gave (OpenDSS's "
+                                                    "400 A for a line code without normamps)"}),
+            **_source_data(feeder), **_trafo_data(feeder),
         },
         coords={"agent": list(feeder.agents), "phase": list(PHASES), "line": list(feeder.lines),
-                "bus": list(feeder.buses), "trafo": [t.name for t in feeder.trafos]},
+                "bus": list(feeder.buses), "trafo": [t.name for t in feeder.trafos], "sequence": [0, 1, 2]},
     )
+
+
+def _source_data(feeder: Feeder) -> dict:
+    """The source's sequence impedances as the model gives them (its set-point, angle and nominal
+    voltage are root attributes: ``source_vm_pu``, ``source_va_degree``, ``source_vn_kv``)."""
+    src = feeder.source
+    z = np.array([src.z0_ohm, src.z1_ohm, src.z2_ohm], complex)
+    seq = "sequence (0 zero, 1 positive, 2 negative); 0: an ideal source, inf: no path"
+    return {"source_r_ohm": (("sequence",), z.real, {"units": "ohm", "long_name": f"source resistance per {seq}"}),
+            "source_x_ohm": (("sequence",), z.imag, {"units": "ohm", "long_name": f"source reactance per {seq}"})}
+
+
+def _trafo_data(feeder: Feeder) -> dict:
+    """The transformers' ratings, impedance and taps, and the LV voltage at no load (from the model)."""
+    ts = feeder.trafos
+    v0 = np.abs(np.asarray(feeder.model.v0_all)).reshape(-1, 3)  # pu of each bus's nominal voltage
+
+    def col(values, units, long_name, dtype=float):
+        return ("trafo",), np.array(list(values), dtype), {"units": units, "long_name": long_name}
+
+    return {
+        "trafo_sn_kva": col((t.sn_kva for t in ts), "kVA", "rated apparent power"),
+        "trafo_vn_hv_kv": col((t.vn_hv_kv for t in ts), "kV", "rated HV voltage at the neutral tap"),
+        "trafo_vn_lv_kv": col((t.vn_lv_kv for t in ts), "kV", "rated LV voltage at the neutral tap"),
+        "trafo_vk_percent": col((t.vk_percent for t in ts), "%", "short-circuit voltage"),
+        "trafo_tap_percent": col(((t.tap_pos - t.tap_neutral) * t.tap_step_percent for t in ts), "%",
+                                 "rated voltage change the tap makes on trafo_tap_side's winding"),
+        "trafo_tap_side": col((t.tap_side for t in ts), "1", "winding with the tap changer", object),
+        "trafo_v_lv_no_load_pu": col((v0[t.lv_bus].mean() for t in ts), "pu",
+                                     "LV terminal voltage at no load (mean of the phases), of the LV bus's nominal"),
+    }
 
 
 def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: int, seed: int, opts,

@@ -288,7 +288,7 @@ def test_query_causes_prints_the_files_shares_and_names_what_is_allowed(ev_study
     h = ev_study["heuristic"]
     assert len(df) == int((h["cause_draws"] > 0).sum())
     for _, r in df.iterrows():
-        at = h.sel(time=pd.Timestamp(r.time), phase=r.phase)
+        at = h.sel(time=pd.Timestamp(r.time).tz_convert("UTC").tz_localize(None), phase=r.phase)  # printed local
         assert r.draws == int(at["cause_draws"])
         assert r.ev == pytest.approx(float(at["cause_share"].sel(technology="ev")))
         assert r.agents.startswith("house 100 %")
@@ -304,8 +304,8 @@ def test_query_causes_prints_the_files_shares_and_names_what_is_allowed(ev_study
     assert "choose from 'a', 'b', 'c'" in capsys.readouterr().err
     buf = io.StringIO()
     print_summary(ev_study, buf)
-    assert re.search(r"what causes congestion.*\n  \w{3} \d\d:\d\d, phase a \([\d.]+ % \[[\d.]+, [\d.]+\]\): \d+ % EV, \d+ % baseload "
-                     r"\(\d+ draws?\)",
+    assert re.search(r"what causes congestion.*\n  \w{3} \d\d:\d\d GMT, phase a \([\d.]+ % \[[\d.]+, [\d.]+\]\): \d+ % EV, "
+                     r"\d+ % baseload \(\d+ draws?\)",
                      buf.getvalue())
 
 

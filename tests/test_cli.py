@@ -55,7 +55,8 @@ def test_query_answers_as_table_csv_and_json(study_dir, capsys):
     # the numbers are the file's
     p = tree["summary"]["p_congested"].to_series()
     for _, r in csv.iterrows():
-        assert r.probability == pytest.approx(p.loc[(pd.Timestamp(r.time), r.phase)])
+        utc = pd.Timestamp(r.time).tz_convert("UTC").tz_localize(None)  # printed local, with its offset
+        assert r.probability == pytest.approx(p.loc[(utc, r.phase)])
     rows = json.loads(_query(capsys, d, "agents", "--top", "3", "--format", "json"))
     assert len(rows) == 3 and {"agent", "p_adjusted_in_horizon", "p_adjusted_in_horizon_mcse"} <= set(rows[0])
     flex = pd.read_csv(io.StringIO(_query(capsys, d, "flexibility", "--confidence", "0.9", "--format", "csv")))

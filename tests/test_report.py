@@ -68,6 +68,18 @@ def test_run_writes_a_self_contained_report(study):
     assert tree.attrs["feeder_sha256"] in text and tree.attrs["priors_sha256"] in text
 
 
+def test_report_states_what_the_numbers_rest_on(study):
+    """The IEEE model as pandapower ships it: ext_grid at 1.05 pu of 11 kV, an 800 kVA 11/0.416 kV
+    transformer, 905 cables with ratings; a January study prints GMT (= UTC)."""
+    text = (study / REPORT_FILE).read_text()
+    basis = text[text.index("What these numbers rest on"):text.index("Where and when")]
+    for words in ("times in Europe/London (GMT)", "1.050 pu of 11 kV", "800 kVA, 11/0.416 kV",
+                  "all 905 lines have the rating their model gives", "joint: every agent turns up"):
+        assert words in basis, words
+    assert "half-hours from Wednesday 14 January 2026 17:00 GMT" in text
+    assert "Headroom: joint" in text[text.index("Portfolio flexibility"):]  # where flexibility is shown
+
+
 def test_report_rebuilt_from_the_result_file_is_identical_but_for_its_timestamp(study, tmp_path, capsys):
     original = (study / REPORT_FILE).read_text()
     copy = tmp_path / "copy"

@@ -181,6 +181,23 @@ def _numbers(tab: dict, key: str, where: str, *, lo: float, hi: float, n: int | 
     return tuple(float(x) for x in v)
 
 
+def _local_start(start: pd.Timestamp, cfg: dict, where: str, raw) -> pd.Timestamp:
+    """The horizon's start as naive UTC (the study's time base): a time with an offset as given, a
+    naive one a wall-clock time of the site's ``[site] timezone`` (UTC when absent)."""
+    from ..timefmt import utc_of_local
+
+    site = cfg.get("site")
+    tz = site.get("timezone", "UTC") if isinstance(site, dict) else "UTC"
+    try:
+        zone(tz)
+    except ConfigError:
+        tz = "UTC"  # a bad zone is reported, naming [site] timezone, when [site] is read
+    start = utc_of_local(start, tz, f"{where} start")
+    if start != start.floor("30min"):
+        raise ConfigError(f"{where} start = {raw!r}: must fall on a UTC half-hour ({start} UTC)")
+    return start
+
+
 def parse_priors(cfg: dict, *, origin: str, text: str = "", name: str = "priors") -> Priors:
     known = {"horizon", "site", *SCHEMA}
     for table in cfg:
@@ -200,10 +217,7 @@ def parse_priors(cfg: dict, *, origin: str, text: str = "", name: str = "priors"
         raise ConfigError(f"{where} start = {raw_start!r}: not a date-time ({e})") from e
     if start is pd.NaT:
         raise ConfigError(f"{where} start = {raw_start!r}: must be a date-time such as \"2026-01-14T00:00\"")
-    if start.tzinfo is not None:  # the study's time base is UTC without a zone
-        start = start.tz_convert("UTC").tz_localize(None)
-    if start != start.floor("30min"):
-        raise ConfigError(f"{where} start = {start}: must fall on a half-hour")
+    start = _local_start(start, cfg, where, raw_start)
     periods = hz.get("periods", 96)
     if isinstance(periods, bool) or not isinstance(periods, int) or not 1 <= periods <= MAX_PERIODS:
         raise ConfigError(f"{where} periods = {periods!r}: must be a whole number of half-hours "
