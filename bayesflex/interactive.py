@@ -49,8 +49,8 @@ class _Strings:
         return list(self.index)
 
 
-def _when(t) -> str:
-    return f"{pd.Timestamp(t):%a %H:%M}"
+def _half_hours(times) -> list[str]:
+    return [f"{t:%a %H:%M}" for t in pd.to_datetime(times)]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -59,13 +59,13 @@ def _prob(p: float, n: int) -> str:
     return format_probability(p, float(lo), float(hi), n)
 
 
-def _phase_text(ph: str, pu: np.ndarray, po: np.ndarray, times, n: int) -> str:
+def _phase_text(ph: str, pu: np.ndarray, po: np.ndarray, times: list[str], n: int) -> str:
     """One bus-phase: P(under-voltage) and P(over-voltage) in each one's worst half-hour."""
     parts = []
     for what, p in (("under-voltage", pu), ("over-voltage", po)):
         k = int(np.argmax(p))
         if p[k] > 0:
-            parts.append(f"{what} {_prob(float(p[k]), n)} at {_when(times[k])}")
+            parts.append(f"{what} {_prob(float(p[k]), n)} at {times[k]}")
     if not parts:
         return f"phase {ph}: outside limits in {_prob(0.0, n)}"
     return f"phase {ph}: " + "; ".join(parts)
@@ -80,7 +80,7 @@ def _cause_texts(tree: xr.DataTree, strings: _Strings) -> dict[tuple[int, str], 
     share = h["cause_agent_share"].transpose("time", "agent", "phase").values
     draws = h["cause_draws"].transpose("time", "phase").values
     agents = [str(a) for a in h.agent.values]
-    times = h.time.values
+    times = _half_hours(h.time.values)
     out = {}
     for ti, pi in zip(*np.nonzero(draws)):
         s = share[ti, :, pi]
@@ -89,7 +89,7 @@ def _cause_texts(tree: xr.DataTree, strings: _Strings) -> dict[tuple[int, str], 
             ph = "abc"[pi]
             d = int(draws[ti, pi])
             out[(int(ti), ph)] = strings(
-                f"causing most of phase {ph}'s worst violation at {_when(times[ti])} ({d} congested "
+                f"causing most of phase {ph}'s worst violation at {times[ti]} ({d} congested "
                 f"draw{'s' if d != 1 else ''}): " + ", ".join(f"{agents[i]} {100 * s[i]:.0f} %" for i in top))
     return out
 
@@ -107,7 +107,7 @@ def map_data(tree: xr.DataTree) -> dict:
     x, y, ok = maps.bus_coordinates(tree)
     n = n_draws(tree)
     cd, net = tree["constant_data"], tree["network"]
-    times = net.time.values
+    times = _half_hours(net.time.values)
     strings = _Strings()
     causes = _cause_texts(tree, strings)
     pu = net["p_undervoltage"].transpose("bus", "phase", "time").values
@@ -115,6 +115,7 @@ def map_data(tree: xr.DataTree) -> dict:
     p_any = maps.voltage_probability(tree).transpose("bus", "phase", "time").values
     worst_t = p_any.argmax(axis=-1)  # (bus, phase)
     p_worst = p_any.max(axis=-1)
+    bins = maps.probability_bin(p_worst).tolist()
     names = [str(b) for b in cd.bus.values]
     agents_at: dict[str, list[str]] = {}
     for a, b, phs in zip(cd.agent.values, cd["agent_bus"].values, cd["agent_phases"].values):
@@ -123,8 +124,7 @@ def map_data(tree: xr.DataTree) -> dict:
     buses = []
     for i in np.flatnonzero(ok):
         at = agents_at.get(names[i])
-        bins = (int(v) for v in maps.probability_bin(p_worst[i]))
-        row = [names[i], r(x[i]), r(-y[i]), *bins, *(round(float(v), 6) for v in p_worst[i]),
+        row = [names[i], r(x[i]), r(-y[i]), *bins[i], *(round(float(v), 6) for v in p_worst[i]),
                *(strings(_phase_text(ph, pu[i, j], po[i, j], times, n)) for j, ph in enumerate("abc")),
                strings("agents here: " + (", ".join(at) if at else "none")),
                *(causes.get((int(worst_t[i, j]), ph), -1) if p_worst[i, j] > 0 else -1 for j, ph in enumerate("abc"))]
@@ -132,17 +132,19 @@ def map_data(tree: xr.DataTree) -> dict:
     pos = {b: k for k, b in enumerate(names)}
     drawn = {int(i): k for k, i in enumerate(np.flatnonzero(ok))}  # bus index -> row in ``buses``
     p_line = net["p_overload"].transpose("line", "time").values
+    line_t = p_line.argmax(axis=1) if p_line.size else np.zeros(len(p_line), int)
+    line_p = p_line.max(axis=1) if p_line.size else np.zeros(len(p_line))
+    line_bins = maps.probability_bin(line_p).tolist()
     lines = []
     for j, (name, fb, tb, amps) in enumerate(zip(cd.line.values, cd["line_from_bus"].values, cd["line_to_bus"].values,
                                                  cd["line_i_max_a"].values)):
         a, b = pos[str(fb)], pos[str(tb)]
         if a not in drawn or b not in drawn:
             continue
-        k = int(np.argmax(p_line[j]))
-        p = float(p_line[j, k])
-        when = f" at {_when(times[k])}" if p > 0 else ""
+        p = float(line_p[j])
+        when = f" at {times[line_t[j]]}" if p > 0 else ""
         tip = strings(f"P(overload, worst phase) {_prob(p, n)}{when}")
-        lines.append([str(name), drawn[a], drawn[b], int(maps.probability_bin(p)), p, tip, float(f"{amps:.4g}")])
+        lines.append([str(name), drawn[a], drawn[b], line_bins[j], round(p, 6), tip, float(f"{amps:.4g}")])
     src = pos[str(cd["source_bus"].item())]
     if src not in drawn:  # ENWL places the transformer's LV side only
         lvs = [pos[str(b)] for b in cd["trafo_lv_bus"].values if pos[str(b)] in drawn]
@@ -306,6 +308,9 @@ _JS = r"""
       view();
     });
     window.addEventListener("pointerup", function () { drag = null; svg.classList.remove("bf-drag"); });
+    function named(kind, name) {  // as bayesflex.maps.named
+      return name.toLowerCase().indexOf(kind) === 0 ? name : kind + " " + name;
+    }
     function line(text, cls) {
       var e = document.createElement("div");
       e.textContent = text;
@@ -321,15 +326,16 @@ _JS = r"""
       if (t.hasAttribute("data-bus")) {
         var b = B[+t.getAttribute("data-bus")];
         var k = sel(b);
-        line("bus " + b[0]);
+        line(named("bus", b[0]));
         for (i = 0; i < 3; i++) line(S[b[9 + i]], i === k ? "bf-sel" : "");
         line(S[b[12]], "bf-sub");
         if (b[13 + k] >= 0) line(S[b[13 + k]], "bf-sub");
       } else if (t.hasAttribute("data-line")) {
         var l = L[+t.getAttribute("data-line")];
-        line("line " + l[0]);
+        line(named("line", l[0]));
         line(S[l[5]], "bf-sel");
-        line("from bus " + B[l[1]][0] + " to bus " + B[l[2]][0] + ", rating " + l[6] + " A", "bf-sub");
+        line("from " + named("bus", B[l[1]][0]) + " to " + named("bus", B[l[2]][0]) + ", rating " + l[6] + " A",
+             "bf-sub");
       } else { tip.hidden = true; return; }
       var r = stage.getBoundingClientRect(), x = e.clientX - r.left + 14, y = e.clientY - r.top + 14;
       tip.hidden = false;

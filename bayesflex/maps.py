@@ -21,8 +21,8 @@ from .intervals import format_probability, wilson_interval
 from .query import BLOCK_DRAWS, draw_block, draw_blocks, half_hour, n_draws
 
 __all__ = ["P_COLOURS", "P_EDGES", "P_LABELS", "adjustment_figure", "bus_coordinates", "congestion_heatmap",
-           "feeder_map", "flexibility_figure", "probability_bin", "scale_title", "trafo_fan_chart", "unplaced_note",
-           "voltage_fan_chart", "voltage_probability"]
+           "feeder_map", "flexibility_figure", "named", "probability_bin", "scale_title", "trafo_fan_chart",
+           "unplaced_note", "voltage_fan_chart", "voltage_probability"]
 
 KINDS = ("any", "undervoltage", "overvoltage", "overload")
 QUANTILE_BANDS = ((0.05, 0.95), (0.25, 0.75))
@@ -35,8 +35,11 @@ P_LABELS = ("0 draws", "< 1 %", "1–5 %", "5–20 %", "≥ 20 %")
 #: grey for "0 draws", then ColorBrewer YlOrRd (colour-blind safe, prints in grey scale)
 P_COLOURS = ("#d4d4d4", "#fed976", "#fd8d3c", "#e31a1c", "#67000d")
 P_CMAP = ListedColormap(P_COLOURS, name="bayesflex_probability")
-#: probabilities to colours: BoundaryNorm on the bins (the top edge above 1 so that p = 1 is in the last bin)
-P_NORM = BoundaryNorm((0.0, 1e-12, *P_EDGES, 1.0 + 1e-9), len(P_COLOURS))
+#: rounding a probability may not move it across an edge: 0.02 + 0.03 is 0.049999999999999996 in floating point
+_EDGE_TOLERANCE = 1e-9
+#: probabilities to colours: BoundaryNorm on the bins, as :func:`probability_bin` draws them (the top edge above 1
+#: so that p = 1 is in the last bin)
+P_NORM = BoundaryNorm((0.0, 1e-12, *(e * (1 - _EDGE_TOLERANCE) for e in P_EDGES), 1.0 + 1e-9), len(P_COLOURS))
 _TOPOLOGY = "#bdbdbd"  # lines drawn only to show the feeder's shape (not coloured by a probability)
 _LABELS_PER_PANEL = 4
 
@@ -45,8 +48,8 @@ def probability_bin(p) -> np.ndarray:
     """Index into ``P_LABELS``/``P_COLOURS`` of each probability: 0 for no draw, then the bins
     of ``P_EDGES`` (``p`` a fraction in [0, 1]; NaN counts as 0)."""
     p = np.nan_to_num(np.asarray(p, float), nan=0.0)
-    # a relative 1e-9 so that 5 / 100 computed as a mean (0.05000000000000001 or 0.04999...) lands in 5-20 %
-    return np.where(p > 0, 1 + np.searchsorted(P_EDGES, p * (1 + 1e-9), side="right"), 0)
+    edges = np.asarray(P_EDGES) * (1 - _EDGE_TOLERANCE)  # as P_NORM
+    return np.where(p > 0, 1 + np.searchsorted(edges, p, side="right"), 0)
 
 
 def scale_title(what: str) -> str:
@@ -54,10 +57,10 @@ def scale_title(what: str) -> str:
     return f"P({what}) per half-hour, %"
 
 
-def _legend(fig: Figure, what: str, *, note: str = "") -> None:
+def _legend(fig: Figure, what: str) -> None:
     handles = [Patch(facecolor=c, edgecolor="0.35", linewidth=0.5, label=lab) for c, lab in zip(P_COLOURS, P_LABELS)]
-    fig.legend(handles=handles, title=scale_title(what) + (f"\n{note}" if note else ""), loc="outside right center",
-               fontsize=8, title_fontsize=8, frameon=False)
+    fig.legend(handles=handles, title=scale_title(what), loc="outside right center", fontsize=8, title_fontsize=8,
+               frameon=False)
 
 
 def _limits_text(tree: xr.DataTree) -> str:
@@ -120,6 +123,12 @@ def unplaced_note(tree: xr.DataTree, ok: np.ndarray) -> str:
             f"{'is' if one else 'are'} not drawn ({names})")
 
 
+def named(kind: str, name) -> str:
+    """"bus 12", "line LINE3": a name with its kind, unless the name already says it ("line1")."""
+    name = str(name)
+    return name if name.lower().startswith(kind) else f"{kind} {name}"
+
+
 def _label_most_at_risk(ax, xy: np.ndarray, p: np.ndarray, tie: np.ndarray, names, what: str, n: int,
                         k: int = _LABELS_PER_PANEL) -> list[int]:
     """Label up to ``k`` of the items (buses or line midpoints at ``xy``) most at risk with their
@@ -139,7 +148,7 @@ def _label_most_at_risk(ax, xy: np.ndarray, p: np.ndarray, tie: np.ndarray, name
     picked: list[int] = []
     lo, hi = wilson_interval(p, n)
     for i in cand:
-        text = f"{what} {names[i]}\n{format_probability(float(p[i]), float(lo[i]), float(hi[i]), n)}"
+        text = f"{named(what, names[i])}\n{format_probability(float(p[i]), float(lo[i]), float(hi[i]), n)}"
         d = xy[i] - centre
         d = d / (np.hypot(*d) or 1.0)
         at = xy[i] + 0.09 * size * d
@@ -332,7 +341,7 @@ def trafo_fan_chart(tree: xr.DataTree) -> Figure:
         lo, hi = wilson_interval(p, n_draws(tree))
         ax.set_ylabel("current / rated (pu)")
         ax.set_ylim(bottom=0)
-        ax.set_title(f"transformer {name}: P(overload) in its worst half-hour "
+        ax.set_title(f"transformer {name}: P(overload) in its worst half-hour: "
                      f"{format_probability(p, float(lo), float(hi), n_draws(tree))}", fontsize=10)
     axes[0].legend(fontsize=8, ncol=3, loc="upper left")
     return fig

@@ -134,6 +134,10 @@ def _with_network(tree: xr.DataTree, **arrays) -> xr.DataTree:
 def test_the_probability_scale_has_fixed_bins_in_percent():
     p = [0.0, np.nan, 1e-6, 0.001, 0.0099, 0.01, 0.0499, 0.05, 5 / 100, 0.1999, 0.2, 0.999, 1.0]
     assert [maps.P_LABELS[i] for i in maps.probability_bin(p)] == [_bin_by_hand(np.nan_to_num(v)) for v in p]
+    cmap = maps.P_CMAP  # the figures' colours are the same bins, also for 0.02 + 0.03 = 0.049999999999999996
+    assert [to_hex(cmap(maps.P_NORM(v))) for v in [*np.nan_to_num(p), 0.02 + 0.03]] == \
+        [_colour_by_hand(v) for v in np.nan_to_num(p)] + [_colour_by_hand(0.05)]
+    assert maps.P_LABELS[maps.probability_bin(0.02 + 0.03)] == "5–20 %"
     assert maps.P_LABELS == ("0 draws", "< 1 %", "1–5 %", "5–20 %", "≥ 20 %")
     assert len(set(maps.P_COLOURS)) == 5  # "0 draws" is not the colour of "< 1 %"
     assert maps.scale_title("under-voltage") == "P(under-voltage) per half-hour, %"
