@@ -53,6 +53,12 @@ def study(tmp_path_factory, tight_feeder) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def tree(study) -> xr.DataTree:
+    """The study, opened once (3 s each time on a busy machine); tests change copies only."""
+    return open_study(study)
+
+
 def _without_created(text: str) -> str:
     return re.sub(re.escape(CREATED_PREFIX) + r"[^<]*", CREATED_PREFIX, text)
 
@@ -143,8 +149,7 @@ def test_the_probability_scale_has_fixed_bins_in_percent():
     assert maps.scale_title("under-voltage") == "P(under-voltage) per half-hour, %"
 
 
-def test_maps_have_a_panel_per_phase_one_overload_panel_and_a_legend_in_percent(study, tmp_path):
-    tree = open_study(study)
+def test_maps_have_a_panel_per_phase_one_overload_panel_and_a_legend_in_percent(tree, tmp_path):
     fig = maps.feeder_map(tree)
     assert isinstance(fig, Figure)
     assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["phase a", "phase b", "phase c", "lines"]
@@ -176,10 +181,9 @@ def _coloured(ax):
     return c
 
 
-def test_map_colours_follow_the_probabilities(study):
+def test_map_colours_follow_the_probabilities(tree):
     """The buses drawn in colour on a phase are exactly those with a non-zero
     probability there, each in the colour of its bin."""
-    tree = open_study(study)
     fig = maps.feeder_map(tree, kind="undervoltage", phase="a")
     p = tree["network"]["p_undervoltage"].sel(phase="a").max("time").values
     c = _coloured(fig.axes[0])
@@ -189,11 +193,10 @@ def test_map_colours_follow_the_probabilities(study):
     assert [to_hex(rgba) for rgba in c.get_facecolors()] == [_colour_by_hand(v) for v in got]
 
 
-def test_the_scale_is_the_same_whatever_the_study_so_a_rare_event_looks_rare(study):
+def test_the_scale_is_the_same_whatever_the_study_so_a_rare_event_looks_rare(tree):
     """A 1-in-1,000 bus is drawn in the "< 1 %" colour, not the darkest one, and a probability
     keeps its colour between a quiet study and one thirty times worse (the old scale stretched
     to each study's maximum)."""
-    tree = open_study(study)
     pu = tree["network"]["p_undervoltage"].values
     rare = np.zeros_like(pu)
     rare[0, 5, 0] = 0.001
@@ -208,8 +211,7 @@ def test_the_scale_is_the_same_whatever_the_study_so_a_rare_event_looks_rare(stu
     assert [to_hex(heat.to_rgba(x)) for x in [0.0, *v]] == [_colour_by_hand(x) for x in [0.0, *v]]
 
 
-def test_the_buses_most_at_risk_are_named_with_their_interval(study):
-    tree = open_study(study)
+def test_the_buses_most_at_risk_are_named_with_their_interval(tree):
     n = tree.attrs["draws"]
     for ph in ("a", "b", "c"):
         p = tree["network"]["p_undervoltage"].sel(phase=ph).max("time")
@@ -229,8 +231,7 @@ def test_the_buses_most_at_risk_are_named_with_their_interval(study):
                 method="wilson")], rel=0.03)
 
 
-def test_buses_without_coordinates_are_left_out_with_a_note(study):
-    tree = open_study(study)
+def test_buses_without_coordinates_are_left_out_with_a_note(tree):
     p = tree["network"]["p_undervoltage"].sel(phase="a").max("time")
     gone = [str(b) for b in p.bus.values[p.values > 0][:2]]
     cd = tree["constant_data"].to_dataset()
@@ -316,12 +317,11 @@ def _renamed_bus(tree: xr.DataTree, old: str, new: str) -> xr.DataTree:
     return t
 
 
-def test_interactive_map_data_says_what_the_tree_holds(study):
+def test_interactive_map_data_says_what_the_tree_holds(tree):
     """Every placed bus and line once; the likeliest bus-phase's hover text gives its probability,
     its Wilson interval and its worst half-hour; a bus lists the agents the feeder connects there."""
     from bayesflex.interactive import map_data
 
-    tree = open_study(study)
     d = map_data(tree)
     cd, n = tree["constant_data"], tree.attrs["draws"]
     assert sorted(b[0] for b in d["buses"]) == sorted(str(b) for b in cd.bus.values)
@@ -341,13 +341,12 @@ def test_interactive_map_data_says_what_the_tree_holds(study):
     assert d["strings"][row[12]].startswith("agents here: ") and agent in d["strings"][row[12]]
 
 
-def test_interactive_map_keeps_hostile_names_as_text(study):
+def test_interactive_map_keeps_hostile_names_as_text(tree):
     import json
 
     from bayesflex.interactive import interactive_map_html
 
     evil = "</script><script>document.title='pwned'</script>&amp;<!--"
-    tree = open_study(study)
     fragment = interactive_map_html(_renamed_bus(tree, str(tree["constant_data"]["agent_bus"].values[0]), evil))
     assert fragment.count("</script>") == 2 and "<!--" not in fragment  # the two script elements' own ends
     data = json.loads(re.search(r'<script type="application/json" class="bf-data">(.*?)</script>', fragment,
@@ -355,7 +354,7 @@ def test_interactive_map_keeps_hostile_names_as_text(study):
     assert evil in [b[0] for b in data["buses"]]
 
 
-def test_interactive_map_hovers_in_headless_chromium(study, tmp_path):
+def test_interactive_map_hovers_in_headless_chromium(study, tree, tmp_path):
     """In the report as written by ``bayesflex run``: a real mouse hover on the likeliest bus
     shows its name and its probability with an interval; choosing phase c colours exactly the
     buses with a probability on phase c; a bus named like markup stays text; no console error."""
@@ -363,7 +362,6 @@ def test_interactive_map_hovers_in_headless_chromium(study, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
     from bayesflex.interactive import interactive_map_html
 
-    tree = open_study(study)
     p = maps.voltage_probability(tree).max("time")
     evil = "<img src=x onerror=\"document.title='pwned'\">"
     errors = []
