@@ -1018,6 +1018,20 @@ def _read(dss, master: Path, reading: _Reading, name: str) -> dict:
     )
 
 
+def _disabled(dss) -> list[str]:
+    """Sources, transformers, lines and loads the engine holds disabled (``enabled=no``, ``ena=false``,
+    ``like=`` a disabled one, ...): the engine leaves them out, this reader would not."""
+    out = []
+    for cls in ("Vsource", "Transformer", "Line", "Load"):
+        dss.Circuit.SetActiveClass(cls)
+        for n in dss.ActiveClass.AllNames():
+            dss.Circuit.SetActiveElement(f"{cls}.{n}")
+            if not dss.CktElement.Enabled():
+                out.append(f"{cls}.{n} is disabled (enabled=no); disabled elements are not supported: "
+                           "remove it from the model")
+    return out
+
+
 def _xy_positions(master: Path, reading: _Reading, buses: list[str]) -> np.ndarray | None:
     """Bus coordinates from ENWL's ``XY_Position.csv`` beside the master file: a header
     ``Node,X,Y``, then one bus a row (its name as the script spells it, two finite numbers).
@@ -1079,20 +1093,6 @@ def _xy_positions(master: Path, reading: _Reading, buses: list[str]) -> np.ndarr
         warnings.warn(f"{where}: {len(unknown)} row(s) name no bus of the model (first: {unknown[0]!r}); ignored",
                       stacklevel=2)
     return None if np.isnan(xy).all() else xy
-
-
-def _disabled(dss) -> list[str]:
-    """Sources, transformers, lines and loads the engine holds disabled (``enabled=no``, ``ena=false``,
-    ``like=`` a disabled one, ...): the engine leaves them out, this reader would not."""
-    out = []
-    for cls in ("Vsource", "Transformer", "Line", "Load"):
-        dss.Circuit.SetActiveClass(cls)
-        for n in dss.ActiveClass.AllNames():
-            dss.Circuit.SetActiveElement(f"{cls}.{n}")
-            if not dss.CktElement.Enabled():
-                out.append(f"{cls}.{n} is disabled (enabled=no); disabled elements are not supported: "
-                           "remove it from the model")
-    return out
 
 
 def _nominal_kv(nb, src, base_kv, index, trafos, lf, lt) -> np.ndarray:

@@ -19,6 +19,7 @@ from matplotlib.patches import Patch
 from .errors import ConfigError
 from .intervals import format_probability, wilson_interval
 from .query import BLOCK_DRAWS, draw_block, draw_blocks, half_hour, n_draws
+from .results import mcse
 
 __all__ = ["P_COLOURS", "P_EDGES", "P_LABELS", "adjustment_figure", "bus_coordinates", "congestion_heatmap",
            "feeder_map", "flexibility_figure", "named", "probability_bin", "scale_title", "trafo_fan_chart",
@@ -71,7 +72,7 @@ def _limits_text(tree: xr.DataTree) -> str:
 
 def _when(tree: xr.DataTree, time) -> tuple[np.datetime64 | None, str]:
     if time is None:
-        return None, "each one's worst half-hour"
+        return None, "worst half-hour of the horizon"
     t = half_hour(tree["summary"].time.values, time)
     return np.datetime64(t), f"{t:%a %d %b %H:%M}"
 
@@ -250,6 +251,7 @@ def feeder_map(tree: xr.DataTree, *, kind: str = "any", phase: str | None = None
         raise ConfigError(f"kind {kind!r} unknown (allowed: {', '.join(KINDS)})")
     x, y, ok = bus_coordinates(tree)
     t, when = _when(tree, time)
+    when = "each one's worst half-hour" if t is None else when
     phases = _phases(phase) if kind != "overload" else []
     segs, drawn = _segments(tree, x, y, ok)
     panels = len(phases) + (kind in ("any", "overload"))
@@ -338,11 +340,10 @@ def trafo_fan_chart(tree: xr.DataTree) -> Figure:
         _fan(ax, times, load, "tab:blue", "loading")
         ax.axhline(tree.attrs["loading_max_pu"], color="tab:red", linestyle="--", linewidth=1, label="rating")
         p = float(net["p_trafo_overload"].sel(trafo=name).max())
-        lo, hi = wilson_interval(p, n_draws(tree))
         ax.set_ylabel("current / rated (pu)")
         ax.set_ylim(bottom=0)
-        ax.set_title(f"transformer {name}: P(overload) in its worst half-hour: "
-                     f"{format_probability(p, float(lo), float(hi), n_draws(tree))}", fontsize=10)
+        ax.set_title(f"transformer {name}: P(overload) at most {p:.3f} ± {mcse(p, n_draws(tree)):.3f} "
+                     "in any half-hour", fontsize=10)
     axes[0].legend(fontsize=8, ncol=3, loc="upper left")
     return fig
 
@@ -405,10 +406,8 @@ def adjustment_figure(tree: xr.DataTree, k: int = 8, *, top=None) -> Figure:
     ax.boxplot(data[::-1], orientation="horizontal", tick_labels=labels[::-1], whis=(5, 95), showfliers=True,
                flierprops={"markersize": 2})
     ax.axvline(0, color="0.5", linewidth=0.8)
-    n = n_draws(tree)
     for i, (_, r) in enumerate(top[::-1].iterrows()):
-        lo, hi = wilson_interval(r.p_adjusted_in_horizon, n)
-        ax.annotate(f"P = {format_probability(r.p_adjusted_in_horizon, float(lo), float(hi), n)}", (1.0, i + 1),
+        ax.annotate(f"P = {r.p_adjusted_in_horizon:.3f} ± {r.p_adjusted_in_horizon_mcse:.3f}", (1.0, i + 1),
                     xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points", fontsize=7,
                     va="center")
     ax.set_xlabel("adjustment when adjusted (kW per half-hour): turn-down < 0 < turn-up")

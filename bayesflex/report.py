@@ -21,7 +21,6 @@ import xarray as xr
 
 from . import maps
 from .errors import ConfigError
-from .interactive import interactive_map_html
 from .outdir import fresh
 from .query import (above_service, congestion_probability, flexibility_summary, n_draws, portfolio_position,
                     predictive, top_agents)
@@ -160,6 +159,8 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
         parts.append(_figure(maps.feeder_map(tree), "Probability of a bus voltage outside limits (per phase) and of a "
                              "line overload, each bus's and line's worst half-hour, on the fixed scale of every "
                              "map; the buses and lines most at risk named with their 95 % interval.", "map-worst"))
+        from .interactive import interactive_map_html
+
         parts.append("<h3>Interactive map</h3>" + interactive_map_html(tree))
         if not worst.empty:
             t = pd.Timestamp(worst.time.iloc[0])
