@@ -69,6 +69,11 @@ forms, run shell commands or change directory (restored afterwards); the
 working directory is checked unchanged.  The feeder's ``sha256`` covers every
 file read, in order, with its name relative to the folder.
 
+Coordinates: ``Buscoords`` (the engine reads the file), else ENWL's
+``XY_Position.csv`` beside the master file (header ``Node,X,Y``; read by this
+reader under the same rules, at most 64 MB; a bad row is a :class:`FeederError`
+naming file and line).  Buses without coordinates keep NaN: maps leave them out.
+
 Process: the engine part runs in a child process (``fork`` on Linux, about 40 ms
 more per model; ``spawn`` elsewhere) whose address space may grow by at most
 min(8 GB, half the RAM) and which has 600 s.  A crash (signal), running out of
@@ -119,6 +124,10 @@ from .feeder import Feeder, Source, Transformer
 _MAX_FILE_BYTES = 256 * 2**20
 #: most bytes read for one model, all its files together
 _MAX_TOTAL_BYTES = 512 * 2**20
+#: ENWL's bus coordinate file, beside the master file (read when the script gives no Buscoords)
+XY_FILE = "XY_Position.csv"
+#: largest coordinate file of that kind read [bytes]: a million buses
+_MAX_XY_BYTES = 64 * 2**20
 #: wall-clock limit of the engine's child process [s]
 _TIMEOUT_S = 600.0
 #: memory the engine's child process may add to what it inherits [bytes]; None: min(8 GB, half the RAM)
@@ -317,11 +326,12 @@ def _emit(tokens: list[tuple[str, str, str]]) -> str:
     return " ".join(parts)
 
 
-def _open_checked(path: Path, written: str, reading: _Reading, *, missing_ok: bool) -> tuple[Path, bytes] | None:
+def _open_checked(path: Path, written: str, reading: _Reading, *, missing_ok: bool,
+                  max_file: int | None = None) -> tuple[Path, bytes] | None:
     """A file a script names: inside the feeder's folder tree (after following links), a regular
-    file of at most ``reading.max_file`` bytes, all files read at most ``reading.max_total``.
-    Returns its resolved path and bytes (recorded in the digest), None if it does not exist and
-    ``missing_ok``."""
+    file of at most ``reading.max_file`` bytes (or ``max_file``, if smaller), all files read at most
+    ``reading.max_total``.  Returns its resolved path and bytes (recorded in the digest), None if it
+    does not exist and ``missing_ok``."""
     lexical = Path(os.path.normpath(path))
     if not lexical.is_relative_to(reading.root):
         raise _Refused(f"{written!r} lies outside the feeder's folder {reading.root}")
@@ -344,7 +354,7 @@ def _open_checked(path: Path, written: str, reading: _Reading, *, missing_ok: bo
         if not stat.S_ISREG(st.st_mode):
             raise _Refused(f"{written!r} is not a regular file")
         left = reading.max_total - reading.total
-        _check_size(st.st_size, written, reading, left)
+        _check_size(st.st_size, written, reading, left, max_file)
         with os.fdopen(os.dup(fd), "rb") as f:
             data = f.read(st.st_size + 1)  # (a buffer of the cap would take its size in memory)
         if len(data) != st.st_size:
@@ -356,9 +366,10 @@ def _open_checked(path: Path, written: str, reading: _Reading, *, missing_ok: bo
     return real, data
 
 
-def _check_size(size: int, written: str, reading: _Reading, left: int) -> None:
-    if size > reading.max_file:
-        raise _Refused(f"{written!r} is larger than {reading.max_file / 2**20:g} MB")
+def _check_size(size: int, written: str, reading: _Reading, left: int, max_file: int | None = None) -> None:
+    cap = reading.max_file if max_file is None else min(max_file, reading.max_file)
+    if size > cap:
+        raise _Refused(f"{written!r} is larger than {cap / 2**20:g} MB")
     if size > left:
         raise _Refused(f"{written!r}: the model's files hold more than {reading.max_total / 2**20:g} MB in total")
 
@@ -1002,6 +1013,8 @@ def _read(dss, master: Path, reading: _Reading, name: str) -> dict:
             xy = None
     except AttributeError:  # older engine API
         xy = None
+    if xy is None:  # no Buscoords in the script: ENWL's coordinate file beside the master, if there is one
+        xy = _xy_positions(master, reading, buses)
     return dict(
         name=name, origin=origin, f_hz=f_hz, buses=buses, bus_vn_kv=vn, lines=line_names,
         line_from=lf, line_to=lt, line_z_ohm=np.array(zs).reshape(-1, 3, 3),
@@ -1033,6 +1046,69 @@ def _disabled(dss) -> list[str]:
                 out.append(f"{cls}.{n} is disabled (enabled=no); disabled elements are not supported: "
                            "remove it from the model")
     return out
+
+
+def _xy_positions(master: Path, reading: _Reading, buses: list[str]) -> np.ndarray | None:
+    """Bus coordinates from ENWL's ``XY_Position.csv`` beside the master file: a header
+    ``Node,X,Y``, then one bus a row (its name as the script spells it, two finite numbers).
+
+    Read as safely as the script (inside the feeder's folder after following links, a regular
+    file, at most ``_MAX_XY_BYTES``) and counted in the feeder's checksum; None if there is no
+    such file.  Buses the file does not name keep NaN (a map leaves them out and says so); rows
+    naming no bus of the model are warned about once.  Bad content is a :class:`FeederError`
+    naming the file and the line."""
+    path = master.parent / XY_FILE
+    try:
+        found = _open_checked(path, XY_FILE, reading, missing_ok=True, max_file=_MAX_XY_BYTES)
+    except _Refused as e:
+        raise FeederError(str(path), f"coordinates: {e}") from None
+    if found is None:
+        return None
+    data = found[1]
+    where = str(path)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    index = {b: i for i, b in enumerate(buses)}
+    xy = np.full((len(buses), 2), np.nan)
+    first_line: dict[str, int] = {}
+    unknown: list[str] = []
+    header = True
+    for no, raw in enumerate(re.split(rb"\r\n?|\n", data), 1):
+        try:
+            row = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise FeederError(f"{where}:{no}", "not UTF-8 text (allowed: a CSV file Node,X,Y)") from None
+        if not row:
+            continue
+        cells = [c.strip() for c in row.split(",")]
+        if header:
+            if [c.lower() for c in cells] != ["node", "x", "y"]:
+                raise FeederError(f"{where}:{no}", f"header {row[:80]!r} (allowed: Node,X,Y)")
+            header = False
+            continue
+        if len(cells) != 3 or not cells[0]:
+            raise FeederError(f"{where}:{no}", f"{row[:80]!r}: give a bus name and two numbers (Node,X,Y)")
+        name = cells[0].lower()
+        try:
+            x, y = float(cells[1]), float(cells[2])
+        except ValueError:
+            raise FeederError(f"{where}:{no}", f"{row[:80]!r}: X and Y must be numbers") from None
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise FeederError(f"{where}:{no}", f"{row[:80]!r}: X and Y must be finite numbers")
+        if name in first_line:
+            raise FeederError(f"{where}:{no}", f"bus {cells[0][:40]!r} placed again (first on line "
+                                               f"{first_line[name]})")
+        first_line[name] = no
+        if name not in index:
+            unknown.append(cells[0][:40])
+            continue
+        xy[index[name]] = x, y
+    if header:
+        raise FeederError(where, "no header Node,X,Y: the file is empty")
+    if unknown:
+        warnings.warn(f"{where}: {len(unknown)} row(s) name no bus of the model (first: {unknown[0]!r}); ignored",
+                      stacklevel=2)
+    return None if np.isnan(xy).all() else xy
 
 
 def _nominal_kv(nb, src, base_kv, index, trafos, lf, lt) -> np.ndarray:

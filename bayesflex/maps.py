@@ -8,14 +8,13 @@ Save with ``fig.savefig("map.png")`` or ``.svg``.
 
 from __future__ import annotations
 
-import matplotlib
-import matplotlib.cm
 import numpy as np
 import pandas as pd
 import xarray as xr
 from matplotlib.collections import LineCollection
-from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from .errors import ConfigError
 from .intervals import format_probability, quantile_interval, wilson_interval
@@ -23,15 +22,47 @@ from .query import BLOCK_DRAWS, draw_block, draw_blocks, half_hour, n_draws
 from .results import study_effective_draws
 from .timefmt import fmt_time, local_axis, zone_note
 
-__all__ = ["adjustment_figure", "congestion_heatmap", "feeder_map", "flexibility_figure", "trafo_fan_chart",
-           "voltage_fan_chart"]
+__all__ = ["P_COLOURS", "P_EDGES", "P_LABELS", "adjustment_figure", "bus_coordinates", "congestion_heatmap",
+           "feeder_map", "flexibility_figure", "named", "probability_bin", "scale_title", "trafo_fan_chart",
+           "unplaced_note", "voltage_fan_chart", "voltage_probability"]
 
 KINDS = ("any", "undervoltage", "overvoltage", "overload")
-#: YlOrRd without its palest fifth, so that a small probability still shows against white;
-#: zero is drawn grey (lines) or not at all (buses, heatmap cells)
-CMAP = ListedColormap(matplotlib.colormaps["YlOrRd"](np.linspace(0.2, 1.0, 256)),
-                      name="YlOrRd_visible").with_extremes(bad="white")
 QUANTILE_BANDS = ((0.05, 0.95), (0.25, 0.75))
+
+#: the one probability scale of every map, heatmap and study (a probability per half-hour):
+#: fixed bins, so that a 1-in-1,000 event looks rare and two studies compare at a glance.
+#: A bin holds p with P_EDGES[i-1] <= p < P_EDGES[i]; no draw at all is a bin of its own.
+P_EDGES = (0.01, 0.05, 0.20)
+P_LABELS = ("0 draws", "< 1 %", "1–5 %", "5–20 %", "≥ 20 %")
+#: grey for "0 draws", then ColorBrewer YlOrRd (colour-blind safe, prints in grey scale)
+P_COLOURS = ("#d4d4d4", "#fed976", "#fd8d3c", "#e31a1c", "#67000d")
+P_CMAP = ListedColormap(P_COLOURS, name="bayesflex_probability")
+#: rounding a probability may not move it across an edge: 0.02 + 0.03 is 0.049999999999999996 in floating point
+_EDGE_TOLERANCE = 1e-9
+#: probabilities to colours: BoundaryNorm on the bins, as :func:`probability_bin` draws them (the top edge above 1
+#: so that p = 1 is in the last bin)
+P_NORM = BoundaryNorm((0.0, 1e-12, *(e * (1 - _EDGE_TOLERANCE) for e in P_EDGES), 1.0 + 1e-9), len(P_COLOURS))
+_TOPOLOGY = "#bdbdbd"  # lines drawn only to show the feeder's shape (not coloured by a probability)
+_LABELS_PER_PANEL = 4
+
+
+def probability_bin(p) -> np.ndarray:
+    """Index into ``P_LABELS``/``P_COLOURS`` of each probability: 0 for no draw, then the bins
+    of ``P_EDGES`` (``p`` a fraction in [0, 1]; NaN counts as 0)."""
+    p = np.nan_to_num(np.asarray(p, float), nan=0.0)
+    edges = np.asarray(P_EDGES) * (1 - _EDGE_TOLERANCE)  # as P_NORM
+    return np.where(p > 0, 1 + np.searchsorted(edges, p, side="right"), 0)
+
+
+def scale_title(what: str) -> str:
+    """The title of the probability legend: what it is the probability of, per half-hour, in %."""
+    return f"P({what}) per half-hour, %"
+
+
+def _legend(fig: Figure, what: str) -> None:
+    handles = [Patch(facecolor=c, edgecolor="0.35", linewidth=0.5, label=lab) for c, lab in zip(P_COLOURS, P_LABELS)]
+    fig.legend(handles=handles, title=scale_title(what), loc="outside right center", fontsize=8, title_fontsize=8,
+               frameon=False)
 
 
 def _limits_text(tree: xr.DataTree) -> str:
@@ -59,91 +90,209 @@ def _phases(phase) -> list[str]:
     return [phase]
 
 
-def _bus_probability(tree, kind: str, t) -> xr.DataArray:
+def voltage_probability(tree: xr.DataTree, kind: str = "any") -> xr.DataArray:
+    """P(bus voltage outside limits) per (time, bus, phase): under- or over-voltage, or either
+    ("any": their sum, exact because one draw cannot be both at one bus and half-hour)."""
     net = tree["network"]
     if kind == "undervoltage":
-        da = net["p_undervoltage"]
-    elif kind == "overvoltage":
-        da = net["p_overvoltage"]
-    else:
-        da = xr.concat([net["p_undervoltage"], net["p_overvoltage"]], "k").max("k")
-    return _pick_time(da, t)  # (bus, phase)
+        return net["p_undervoltage"]
+    if kind == "overvoltage":
+        return net["p_overvoltage"]
+    return (net["p_undervoltage"] + net["p_overvoltage"]).clip(max=1.0)
+
+
+_VOLTAGE_WHAT = {"any": "voltage outside limits", "undervoltage": "under-voltage", "overvoltage": "over-voltage"}
+
+
+def bus_coordinates(tree: xr.DataTree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bus x, y and whether each bus has coordinates; a ConfigError if no bus has any."""
+    cd = tree["constant_data"]
+    x, y = cd["bus_x"].values.astype(float), cd["bus_y"].values.astype(float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        raise ConfigError(f"feeder {tree.attrs['feeder']!r} has no bus coordinates: no map can be drawn")
+    return x, y, ok
+
+
+def unplaced_note(tree: xr.DataTree, ok: np.ndarray) -> str:
+    """Which buses the map leaves out for want of coordinates ('' when none)."""
+    missing = [str(b) for b in tree["constant_data"].bus.values[~ok]]
+    if not missing:
+        return ""
+    names = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    one = len(missing) == 1
+    return (f"{len(missing)} of {ok.size} buses {'has' if one else 'have'} no coordinates and "
+            f"{'is' if one else 'are'} not drawn ({names})")
+
+
+def named(kind: str, name) -> str:
+    """"bus 12", "line LINE3": a name with its kind, unless the name already says it ("line1")."""
+    name = str(name)
+    return name if name.lower().startswith(kind) else f"{kind} {name}"
+
+
+def _label_most_at_risk(ax, xy: np.ndarray, p: np.ndarray, tie: np.ndarray, names, what: str, n: int,
+                        k: int = _LABELS_PER_PANEL) -> list[int]:
+    """Label up to ``k`` of the items (buses or line midpoints at ``xy``) most at risk with their
+    name and probability (95 % interval): the highest ``p`` first (ties: larger ``tie``), only
+    those at least half as likely as the likeliest, each label set off away from the drawing's
+    centre and kept clear of the labels already placed.  Returns the indices labelled."""
+    fin = np.isfinite(xy).all(axis=1)
+    cand = np.flatnonzero((p > 0) & fin)
+    if cand.size == 0:
+        return []
+    cand = cand[p[cand] >= 0.5 * p[cand].max()]
+    cand = cand[np.lexsort((-tie[cand], -p[cand]))]
+    lo_xy, hi_xy = xy[fin].min(axis=0), xy[fin].max(axis=0)
+    size = max(float((hi_xy - lo_xy).max()), 1e-9)  # a panel shows about this much either way
+    centre = (lo_xy + hi_xy) / 2
+    boxes: list[tuple[float, float, float, float]] = []
+    picked: list[int] = []
+    lo, hi = wilson_interval(p, n)
+    for i in cand:
+        text = f"{named(what, names[i])}\n{format_probability(float(p[i]), float(lo[i]), float(hi[i]), n)}"
+        d = xy[i] - centre
+        d = d / (np.hypot(*d) or 1.0)
+        at = xy[i] + 0.09 * size * d
+        # the label's box in data units (7 pt text on a ~5 inch panel: 0.016 of the panel a character, with the box)
+        w, h = 0.016 * size * max(map(len, text.split("\n"))), 0.09 * size
+        x0 = at[0] if d[0] >= 0 else at[0] - w
+        y0 = at[1] if d[1] >= 0 else at[1] - h
+        box = (x0, y0, x0 + w, y0 + h)
+        if any(box[0] < q[2] and q[0] < box[2] and box[1] < q[3] and q[1] < box[3] for q in boxes):
+            continue
+        if any(np.hypot(*(xy[i] - xy[j])) < 0.08 * size for j in picked):
+            continue
+        boxes.append(box)
+        picked.append(int(i))
+        ax.annotate(text, xy[i], xytext=tuple(at), textcoords="data", fontsize=7, zorder=6,
+                    ha="left" if d[0] >= 0 else "right", va="bottom" if d[1] >= 0 else "top",
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "lw": 0.5, "alpha": 0.9},
+                    arrowprops={"arrowstyle": "-", "color": "0.3", "lw": 0.6})
+        if len(picked) == k:
+            break
+    return picked
+
+
+def _draw_frame(ax, tree: xr.DataTree, x, y, ok) -> None:
+    """The transformer (dotted) and the source marker; at the transformer's LV bus when the
+    source bus has no coordinates (ENWL's files place the LV side only)."""
+    cd = tree["constant_data"]
+    pos = {str(b): i for i, b in enumerate(cd.bus.values)}
+    for hv, lv in zip(cd["trafo_hv_bus"].values, cd["trafo_lv_bus"].values):
+        i, j = pos[str(hv)], pos[str(lv)]
+        if ok[i] and ok[j]:
+            ax.plot([x[i], x[j]], [y[i], y[j]], color="black", linestyle=":", linewidth=1, zorder=1)
+    src = pos[str(cd["source_bus"].item())]
+    if not ok[src]:
+        lvs = [pos[str(b)] for b in cd["trafo_lv_bus"].values if ok[pos[str(b)]]]
+        src = lvs[0] if lvs else None
+    if src is not None:
+        ax.plot(x[src], y[src], marker="^", color="black", markersize=10, zorder=5, linestyle="none",
+                label="transformer / source")
+        ax.legend(loc="lower left", fontsize=7, frameon=False)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.autoscale_view()
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _segments(tree: xr.DataTree, x, y, ok) -> tuple[np.ndarray, np.ndarray]:
+    cd = tree["constant_data"]
+    pos = {str(b): i for i, b in enumerate(cd.bus.values)}
+    fr = np.array([pos[str(b)] for b in cd["line_from_bus"].values], int)
+    to = np.array([pos[str(b)] for b in cd["line_to_bus"].values], int)
+    segs = np.stack([np.c_[x[fr], y[fr]], np.c_[x[to], y[to]]], axis=1).reshape(-1, 2, 2)
+    return segs, ok[fr] & ok[to]
+
+
+def _voltage_panel(ax, tree, x, y, ok, segs, drawn, p: np.ndarray, tie: np.ndarray, title: str) -> None:
+    n = study_effective_draws(tree)  # the intervals' draws (a posterior's effective sample size)
+    ax.add_collection(LineCollection(segs[drawn], colors=_TOPOLOGY, linewidths=0.7, zorder=1))
+    zero = ok & ~(p > 0)
+    ax.scatter(x[zero], y[zero], c=P_COLOURS[0], s=3, linewidths=0, zorder=2)
+    on = ok & (p > 0)
+    order = np.flatnonzero(on)[np.argsort(p[on], kind="stable")]  # the likeliest drawn last, on top
+    ax.scatter(x[order], y[order], c=p[order], cmap=P_CMAP, norm=P_NORM, s=20, edgecolors="0.25", linewidths=0.35,
+               zorder=3)
+    _label_most_at_risk(ax, np.c_[x, y], np.where(ok, p, 0), tie, tree["constant_data"].bus.values, "bus", n)
+    ax.set_title(title + ("" if on.any() else f"\nno bus in any draw: {_zero_text(tree)}"), fontsize=9)
+
+
+def _line_panel(ax, tree, segs, drawn, p: np.ndarray, title: str) -> None:
+    n = study_effective_draws(tree)
+    hot = drawn & (p > 0)
+    ax.add_collection(LineCollection(segs[drawn & ~hot], colors=P_COLOURS[0], linewidths=0.9, zorder=1))
+    order = np.flatnonzero(hot)[np.argsort(p[hot], kind="stable")]
+    if order.size:
+        ax.add_collection(LineCollection(segs[order], array=p[order], cmap=P_CMAP, norm=P_NORM, linewidths=3.0,
+                                         zorder=2))
+    mid = segs.mean(axis=1)
+    _label_most_at_risk(ax, mid, np.where(drawn, p, 0), np.zeros(len(p)), tree["constant_data"].line.values, "line",
+                        n)
+    ax.set_title(title + ("" if hot.any() else f"\nno line in any draw: {_zero_text(tree)}"), fontsize=9)
+
+
+def _zero_text(tree) -> str:
+    """'0 of n draws (< x %, 95 %)': what no violation in any draw says."""
+    _, hi = wilson_interval(0.0, study_effective_draws(tree))
+    return format_probability(0.0, 0.0, float(hi), n_draws(tree))
 
 
 def feeder_map(tree: xr.DataTree, *, kind: str = "any", phase: str | None = None, time=None) -> Figure:
-    """The feeder drawn from its coordinates, one panel per phase: buses coloured
-    by the probability of a voltage violation on that phase, lines by the
-    probability of overload, at ``time`` (a half-hour) or the worst over the
-    horizon.  ``kind``: "any", "undervoltage", "overvoltage" or "overload"."""
+    """The feeder drawn from its coordinates on the one fixed probability scale (``P_LABELS``).
+
+    Voltage: one panel per phase, buses coloured by the probability that their voltage on
+    that phase is outside limits (``kind`` "undervoltage", "overvoltage" or "any": either).
+    Overload: one panel (a line's loading is its worst phase), lines coloured by P(overload).
+    "any" draws both.  At ``time`` (a half-hour) or each bus's and line's worst half-hour.
+    The buses and lines most at risk are labelled with their name and 95 % interval; buses
+    without coordinates are left out, and the figure says which."""
     if kind not in KINDS:
         raise ConfigError(f"kind {kind!r} unknown (allowed: {', '.join(KINDS)})")
-    cd = tree["constant_data"]
-    x, y = cd["bus_x"].values, cd["bus_y"].values
-    if not np.isfinite(x).any():
-        raise ConfigError(f"feeder {tree.attrs['feeder']!r} has no bus coordinates: no map can be drawn")
+    x, y, ok = bus_coordinates(tree)
     t, when = _when(tree, time)
-    phases = _phases(phase)
-    pos = {str(b): i for i, b in enumerate(cd.bus.values)}
-    fr = np.array([pos[str(b)] for b in cd["line_from_bus"].values])
-    to = np.array([pos[str(b)] for b in cd["line_to_bus"].values])
-    segs = np.stack([np.c_[x[fr], y[fr]], np.c_[x[to], y[to]]], axis=1)
-    p_line = _pick_time(tree["network"]["p_overload"], t).values if kind in ("any", "overload") else \
-        np.zeros(len(fr))
-    p_bus = _bus_probability(tree, kind, t) if kind != "overload" else None
-    vmax = max(1.0 / n_draws(tree), float(np.nanmax(p_line)) if len(p_line) else 0.0,
-               float(p_bus.max()) if p_bus is not None else 0.0)  # the colours span the data
-    norm = Normalize(0.0, vmax)
-    fig = Figure(figsize=(5.2 * len(phases) + 0.8, 5.6), layout="constrained")
-    axes = fig.subplots(1, len(phases), squeeze=False)[0]
-    src = pos[str(cd["source_bus"].item())]
-    cm = CMAP
-    for ax, ph in zip(axes, phases):
-        hot = p_line > 0
-        ax.add_collection(LineCollection(segs[~hot], colors="0.75", linewidths=0.8, zorder=1))
-        if hot.any():
-            ax.add_collection(LineCollection(segs[hot], colors=cm(norm(p_line[hot])), linewidths=2.5, zorder=2))
-        if p_bus is not None:
-            pb = p_bus.sel(phase=ph).values
-            on = pb > 0
-            ax.scatter(x[on], y[on], c=pb[on], cmap=CMAP, norm=norm, s=22, edgecolors="0.2", linewidths=0.3,
-                       zorder=3)
-        for hv, lv in zip(cd["trafo_hv_bus"].values, cd["trafo_lv_bus"].values):
-            i, j = pos[str(hv)], pos[str(lv)]
-            ax.plot([x[i], x[j]], [y[i], y[j]], color="black", linestyle=":", linewidth=1, zorder=1)
-        ax.plot(x[src], y[src], marker="^", color="black", markersize=11, zorder=4, linestyle="none",
-                label="transformer / source")
-        ax.set_title(f"phase {ph}")
-        ax.set_aspect("equal", adjustable="datalim")
-        ax.autoscale_view()
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.legend(loc="lower left", fontsize=8, frameon=False)
-    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=CMAP)
-    cb = fig.colorbar(sm, ax=list(axes), shrink=0.85)
-    cb.set_label("probability" + (" (bus: voltage, line: overload)" if kind == "any" else f" of {kind}"))
-    what = {"any": "voltage or thermal violation", "undervoltage": "under-voltage", "overvoltage": "over-voltage",
-            "overload": "line overload"}[kind]
-    fig.suptitle(f"{tree.attrs['feeder']}: probability of {what}, {when}\n{_limits_text(tree)}", fontsize=10)
+    when = "each one's worst half-hour" if t is None else when
+    phases = _phases(phase) if kind != "overload" else []
+    segs, drawn = _segments(tree, x, y, ok)
+    panels = len(phases) + (kind in ("any", "overload"))
+    rows, cols = (2, 2) if panels == 4 else (1, panels)
+    fig = Figure(figsize=(5.0 * cols + 2.2, 4.9 * rows + 0.7), layout="constrained")
+    axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
+    if phases:
+        pv = voltage_probability(tree, kind)
+        p_bus = _pick_time(pv, t)
+        tie = pv.sum("time")  # among equally likely buses, label the one at risk in more half-hours
+        what = _VOLTAGE_WHAT[kind]
+        for ax, ph in zip(axes, phases):
+            _voltage_panel(ax, tree, x, y, ok, segs, drawn, p_bus.sel(phase=ph).values, tie.sel(phase=ph).values,
+                           f"phase {ph}: P({what}) at each bus")
+            _draw_frame(ax, tree, x, y, ok)
+    if kind in ("any", "overload"):
+        ax = axes[len(phases)]
+        p_line = _pick_time(tree["network"]["p_overload"], t).values
+        _line_panel(ax, tree, segs, drawn, p_line, "lines: P(overload), worst phase")
+        _draw_frame(ax, tree, x, y, ok)
+    what = {"any": "bus voltage outside limits (buses) or overload (lines)", "overload": "line overload"}.get(
+        kind, _VOLTAGE_WHAT.get(kind, kind))
+    _legend(fig, {"any": "violation", "overload": "overload"}.get(kind, _VOLTAGE_WHAT.get(kind, kind)))
+    note = unplaced_note(tree, ok)
+    fig.suptitle(f"{tree.attrs['feeder']}: probability of {what}, {when}\n{_limits_text(tree)}"
+                 + (f"\n{note}" if note else ""), fontsize=10)
     return fig
 
 
 def congestion_heatmap(tree: xr.DataTree, *, kind: str = "any", phase: str | None = None) -> Figure:
-    """Probability of a voltage violation by half-hour (x) and bus (y), one panel
-    per phase; only buses with a non-zero probability at some half-hour are
-    drawn, in feeder order."""
+    """Probability of a voltage violation by half-hour (x) and bus (y), one panel per phase, on
+    the maps' fixed scale; only buses outside limits in some draw and half-hour are drawn, in
+    feeder order."""
     if kind not in ("any", "undervoltage", "overvoltage"):
         raise ConfigError(f"kind {kind!r} unknown for a voltage heatmap (allowed: any, undervoltage, overvoltage)")
     phases = _phases(phase)
-    net = tree["network"]
-    if kind == "any":
-        da = xr.concat([net["p_undervoltage"], net["p_overvoltage"]], "k").max("k")
-    else:
-        da = net[f"p_{kind}"]
+    da = voltage_probability(tree, kind)
     times = pd.to_datetime(da.time.values)
-    fig = Figure(figsize=(10, 2.6 + 2.4 * len(phases)), layout="constrained")
+    fig = Figure(figsize=(11, 2.6 + 2.4 * len(phases)), layout="constrained")
     axes = fig.subplots(len(phases), 1, squeeze=False)[:, 0]
-    vmax = max(1.0 / n_draws(tree), float(da.max()))
-    im = None
     for ax, ph in zip(axes, phases):
         m = da.sel(phase=ph).transpose("bus", "time").values
         rows = np.flatnonzero(m.max(axis=1) > 0)
@@ -153,8 +302,8 @@ def congestion_heatmap(tree: xr.DataTree, *, kind: str = "any", phase: str | Non
             ax.set_xticks([])
             ax.set_yticks([])
             continue
-        im = ax.imshow(np.ma.masked_equal(m[rows], 0.0), aspect="auto", cmap=CMAP, vmin=0, vmax=vmax, interpolation="nearest",
-                       extent=(-0.5, len(times) - 0.5, len(rows) - 0.5, -0.5))
+        ax.imshow(m[rows], aspect="auto", cmap=P_CMAP, norm=P_NORM, interpolation="nearest",
+                  extent=(-0.5, len(times) - 0.5, len(rows) - 0.5, -0.5))
         step = max(1, len(times) // 12)
         ax.set_xticks(range(0, len(times), step), [fmt_time(t, tree) for t in times[::step]], fontsize=7,
                       rotation=30)
@@ -162,9 +311,8 @@ def congestion_heatmap(tree: xr.DataTree, *, kind: str = "any", phase: str | Non
         ystep = max(1, len(rows) // 15)
         ax.set_yticks(range(0, len(rows), ystep), labels[::ystep], fontsize=7)
         ax.set_ylabel("bus")
-    if im is not None:
-        fig.colorbar(im, ax=list(axes), shrink=0.9).set_label("probability")
-    fig.suptitle(f"probability of a voltage violation by half-hour and bus ({kind}); {_limits_text(tree)}; "
+    _legend(fig, _VOLTAGE_WHAT[kind])
+    fig.suptitle(f"probability of {_VOLTAGE_WHAT[kind]} by half-hour and bus; {_limits_text(tree)}; "
                  f"{zone_note(tree)}", fontsize=10)
     return fig
 

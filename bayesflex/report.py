@@ -181,16 +181,20 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
     # -- figures
     parts.append("<h2>Where and when</h2>")
     try:
-        parts.append(_figure(maps.feeder_map(tree), "Probability of a voltage (buses) or thermal (lines) violation, "
-                             "worst half-hour of the horizon, per phase.", "map-worst"))
+        parts.append(_figure(maps.feeder_map(tree), "Probability of a bus voltage outside limits (per phase) and of a "
+                             "line overload, each bus's and line's worst half-hour, on the fixed scale of every "
+                             "map; the buses and lines most at risk named with their 95 % interval.", "map-worst"))
+        from .interactive import interactive_map_html
+
+        parts.append("<h3>Interactive map</h3>" + interactive_map_html(tree))
         if not worst.empty:
             t = pd.Timestamp(worst.time.iloc[0])
             parts.append(_figure(maps.feeder_map(tree, time=t), f"The same at the worst half-hour, {fmt_time(t, tree)}.",
                                  "map-worst-half-hour"))
     except ConfigError as err:
         parts.append(f"<p class='warn'>No map: {html.escape(str(err))}</p>")
-    parts.append(_figure(maps.congestion_heatmap(tree), "Probability of a voltage violation by half-hour and bus, "
-                         "per phase.", "heatmap"))
+    parts.append(_figure(maps.congestion_heatmap(tree), "Probability of a bus voltage outside limits by half-hour "
+                         "and bus, per phase, on the maps' scale.", "heatmap"))
     parts.append(_figure(maps.voltage_fan_chart(tree), "Lowest and highest bus voltage per phase: median, 50 % and "
                          "90 % bands over draws.", "voltage-fan"))
     parts.append(_figure(maps.trafo_fan_chart(tree), "Transformer loading: median, 50 % and 90 % bands over "

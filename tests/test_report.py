@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+from scipy.stats import binomtest
 
 import bayesflex as bf
 from bayesflex import maps
@@ -48,6 +51,12 @@ def study(tmp_path_factory, tight_feeder) -> Path:
     assert (tree["network"]["p_undervoltage"].max(("time", "bus")) > 0).all()  # every phase has something to map
     assert float(tree["heuristic"]["adjust_down_kw"].sum() + tree["heuristic"]["adjust_up_kw"].sum()) > 0
     return out
+
+
+@pytest.fixture(scope="module")
+def tree(study) -> xr.DataTree:
+    """The study, opened once (3 s each time on a busy machine); tests change copies only."""
+    return open_study(study)
 
 
 def _without_created(text: str) -> str:
@@ -118,14 +127,54 @@ def test_the_file_opens_with_xarray_and_arviz_without_bayesflex(study):
     assert float(out.stdout.strip().splitlines()[-1]) == pytest.approx(total, rel=1e-6)
 
 
-def test_maps_are_figures_with_a_panel_per_phase_and_a_colour_bar(study, tmp_path):
-    tree = open_study(study)
+#: the maps' scale, written out by hand: (label, lowest probability in the bin), last bin first
+SCALE_BY_HAND = (("≥ 20 %", 0.20), ("5–20 %", 0.05), ("1–5 %", 0.01), ("< 1 %", 1e-300), ("0 draws", 0.0))
+
+
+def _bin_by_hand(p: float) -> str:
+    return next(label for label, lowest in SCALE_BY_HAND if p >= lowest)
+
+
+def _colour_by_hand(p: float) -> str:
+    return maps.P_COLOURS[maps.P_LABELS.index(_bin_by_hand(p))]
+
+
+def _with_network(tree: xr.DataTree, **arrays) -> xr.DataTree:
+    """A copy of the tree with some of its network probabilities replaced."""
+    t = tree.copy()
+    net = tree["network"].to_dataset()
+    for k, v in arrays.items():
+        net[k] = (net[k].dims, np.asarray(v, float))
+    t["network"] = xr.DataTree(net)
+    return t
+
+
+def test_the_probability_scale_has_fixed_bins_in_percent():
+    p = [0.0, np.nan, 1e-6, 0.001, 0.0099, 0.01, 0.0499, 0.05, 5 / 100, 0.1999, 0.2, 0.999, 1.0]
+    assert [maps.P_LABELS[i] for i in maps.probability_bin(p)] == [_bin_by_hand(np.nan_to_num(v)) for v in p]
+    cmap = maps.P_CMAP  # the figures' colours are the same bins, also for 0.02 + 0.03 = 0.049999999999999996
+    assert [to_hex(cmap(maps.P_NORM(v))) for v in [*np.nan_to_num(p), 0.02 + 0.03]] == \
+        [_colour_by_hand(v) for v in np.nan_to_num(p)] + [_colour_by_hand(0.05)]
+    assert maps.P_LABELS[maps.probability_bin(0.02 + 0.03)] == "5–20 %"
+    assert maps.P_LABELS == ("0 draws", "< 1 %", "1–5 %", "5–20 %", "≥ 20 %")
+    assert len(set(maps.P_COLOURS)) == 5  # "0 draws" is not the colour of "< 1 %"
+    assert maps.scale_title("under-voltage") == "P(under-voltage) per half-hour, %"
+
+
+def test_maps_have_a_panel_per_phase_one_overload_panel_and_a_legend_in_percent(tree, tmp_path):
     fig = maps.feeder_map(tree)
-    assert isinstance(fig, Figure) and len(fig.axes) == 4  # three phases and the colour bar
-    assert "probability" in fig.axes[-1].get_ylabel()
+    assert isinstance(fig, Figure)
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["phase a", "phase b", "phase c", "lines"]
+    (legend,) = fig.legends
+    assert legend.get_title().get_text() == "P(violation) per half-hour, %"
+    assert [t.get_text() for t in legend.get_texts()] == list(maps.P_LABELS)
     assert "1.02" in fig._suptitle.get_text() and "1.1" in fig._suptitle.get_text()
     one = maps.feeder_map(tree, phase="b", time=str(tree["summary"].time.values[2]), kind="undervoltage")
-    assert len(one.axes) == 2
+    assert len(one.axes) == 1 and one.legends[0].get_title().get_text() == "P(under-voltage) per half-hour, %"
+    for phase in (None, "a"):  # line overload has no phase: one panel, whatever the phase asked
+        over = maps.feeder_map(tree, kind="overload", phase=phase)
+        assert [ax.get_title().split(":")[0] for ax in over.axes] == ["lines"]
+        assert over.legends[0].get_title().get_text() == "P(overload) per half-hour, %"
     for name, f in (("map.png", fig), ("map.svg", one), ("heat.png", maps.congestion_heatmap(tree)),
                     ("trafo.png", maps.trafo_fan_chart(tree)), ("volt.png", maps.voltage_fan_chart(tree)),
                     ("adj.png", maps.adjustment_figure(tree)), ("flex.png", maps.flexibility_figure(tree))):
@@ -137,16 +186,74 @@ def test_maps_are_figures_with_a_panel_per_phase_and_a_colour_bar(study, tmp_pat
         maps.feeder_map(tree, phase="d")
 
 
-def test_map_colours_follow_the_probabilities(study):
+def _coloured(ax):
+    """The one collection of an axes whose colours come from probabilities."""
+    (c,) = [c for c in ax.collections if c.get_array() is not None]
+    c.update_scalarmappable()
+    return c
+
+
+def test_map_colours_follow_the_probabilities(tree):
     """The buses drawn in colour on a phase are exactly those with a non-zero
-    probability there, and their colour values are those probabilities."""
-    tree = open_study(study)
+    probability there, each in the colour of its bin."""
     fig = maps.feeder_map(tree, kind="undervoltage", phase="a")
     p = tree["network"]["p_undervoltage"].sel(phase="a").max("time").values
-    coloured = [c for c in fig.axes[0].collections if c.get_array() is not None]
-    got = np.concatenate([np.asarray(c.get_array()) for c in coloured]) if coloured else np.array([])
+    c = _coloured(fig.axes[0])
+    got = np.asarray(c.get_array())
     assert (p > 0).sum() >= 3
     np.testing.assert_allclose(np.sort(got), np.sort(p[p > 0]))
+    assert [to_hex(rgba) for rgba in c.get_facecolors()] == [_colour_by_hand(v) for v in got]
+
+
+def test_the_scale_is_the_same_whatever_the_study_so_a_rare_event_looks_rare(tree):
+    """A 1-in-1,000 bus is drawn in the "< 1 %" colour, not the darkest one, and a probability
+    keeps its colour between a quiet study and one thirty times worse (the old scale stretched
+    to each study's maximum)."""
+    pu = tree["network"]["p_undervoltage"].values
+    rare = np.zeros_like(pu)
+    rare[0, 5, 0] = 0.001
+    quiet, worse = _with_network(tree, p_undervoltage=rare), _with_network(tree, p_undervoltage=np.minimum(30 * pu, 1))
+    c = _coloured(maps.feeder_map(quiet, kind="undervoltage", phase="a").axes[0])
+    assert [to_hex(rgba) for rgba in c.get_facecolors()] == [_colour_by_hand(0.001)] == ["#fed976"]
+    a = _coloured(maps.feeder_map(tree, kind="undervoltage").axes[0])
+    b = _coloured(maps.feeder_map(worse, kind="undervoltage").axes[0])
+    v = np.array([0.001, 0.02, 0.07, 0.3, 1.0])
+    np.testing.assert_array_equal(a.to_rgba(v), b.to_rgba(v))
+    heat = maps.congestion_heatmap(worse, phase="a").axes[0].images[0]
+    assert [to_hex(heat.to_rgba(x)) for x in [0.0, *v]] == [_colour_by_hand(x) for x in [0.0, *v]]
+
+
+def test_the_buses_most_at_risk_are_named_with_their_interval(tree):
+    n = tree.attrs["draws"]
+    for ph in ("a", "b", "c"):
+        p = tree["network"]["p_undervoltage"].sel(phase=ph).max("time")
+        texts = [t.get_text() for t in maps.feeder_map(tree, kind="undervoltage", phase=ph).axes[0].texts]
+        assert 1 <= len(texts) <= 4, texts
+        named = {}
+        for t in texts:
+            m = re.fullmatch(r"bus (\S+)\n(\d+(?:\.\d+)?) % \[(\d+(?:\.\d+)?), (\d+(?:\.\d+)?)\]", t)
+            assert m, t
+            named[m[1]] = [float(v) for v in m.groups()[1:]]
+        top = float(p.max())
+        assert any(float(p.sel(bus=b)) == top for b in named)  # the likeliest bus is among them
+        for b, (pct, lo, hi) in named.items():
+            q = float(p.sel(bus=b))
+            assert q >= top / 2 and pct == pytest.approx(100 * q, abs=0.051) and lo < pct < hi
+            assert (lo, hi) == pytest.approx([100 * v for v in binomtest(round(q * n), n).proportion_ci(
+                method="wilson")], rel=0.03)
+
+
+def test_buses_without_coordinates_are_left_out_with_a_note(tree):
+    p = tree["network"]["p_undervoltage"].sel(phase="a").max("time")
+    gone = [str(b) for b in p.bus.values[p.values > 0][:2]]
+    cd = tree["constant_data"].to_dataset()
+    cd["bus_x"] = cd["bus_x"].where(~cd.bus.isin(gone))
+    t = tree.copy()
+    t["constant_data"] = xr.DataTree(cd)
+    fig = maps.feeder_map(t, kind="undervoltage", phase="a")
+    assert f"2 of {p.sizes['bus']} buses have no coordinates and are not drawn ({', '.join(gone)})" in \
+        fig._suptitle.get_text()
+    assert len(_coloured(fig.axes[0]).get_array()) == int((p > 0).sum()) - 2
 
 
 def test_a_feeder_without_coordinates_gets_a_clear_error_and_the_report_says_so(study):
@@ -207,6 +314,104 @@ def test_report_renders_in_headless_chromium(study):
     for fid, complete, nw, nh, w, h in figs:
         assert complete and nw > 100 and nh > 100 and w > 100 and h > 50, fid
     assert (ARTIFACTS / "report.png").stat().st_size > 50_000
+
+
+def _renamed_bus(tree: xr.DataTree, old: str, new: str) -> xr.DataTree:
+    """A copy of the tree in which bus ``old`` is called ``new`` everywhere it is named."""
+    t = tree.copy()
+    for g in ("constant_data", "network"):
+        ds = t[g].to_dataset()
+        ds = ds.assign_coords(bus=[new if str(b) == old else str(b) for b in ds.bus.values])
+        for k in ("agent_bus", "line_from_bus", "line_to_bus"):
+            if k in ds:
+                ds[k] = ds[k].copy(data=np.array([new if str(b) == old else str(b) for b in ds[k].values], object))
+        t[g] = xr.DataTree(ds)
+    return t
+
+
+def test_interactive_map_data_says_what_the_tree_holds(tree):
+    """Every placed bus and line once; the likeliest bus-phase's hover text gives its probability,
+    its Wilson interval and its worst half-hour; a bus lists the agents the feeder connects there."""
+    from bayesflex.interactive import map_data
+
+    d = map_data(tree)
+    cd, n = tree["constant_data"], tree.attrs["draws"]
+    assert sorted(b[0] for b in d["buses"]) == sorted(str(b) for b in cd.bus.values)
+    assert len(d["lines"]) == cd.sizes["line"]
+    pu = tree["network"]["p_undervoltage"]
+    at = pu.argmax(...)
+    bus, ph, t = str(pu.bus[at["bus"]].item()), int(at["phase"]), pd.Timestamp(pu.time[at["time"]].item())
+    row = next(r for r in d["buses"] if r[0] == bus)
+    q = float(pu.max())
+    lo, hi = binomtest(round(q * n), n).proportion_ci(method="wilson")
+    text = d["strings"][row[9 + ph]]
+    assert text.startswith(f"phase {'abc'[ph]}: under-voltage {100 * q:.1f} % [") and f"at {t:%a %H:%M}" in text
+    assert re.search(r"\[([\d.]+), ([\d.]+)\]", text).groups() == (f"{100 * lo:.2g}" if lo < 0.01 else
+                                                                  f"{100 * lo:.1f}", f"{100 * hi:.1f}")
+    agent, where = str(cd.agent.values[0]), str(cd["agent_bus"].values[0])
+    row = next(r for r in d["buses"] if r[0] == where)
+    assert d["strings"][row[12]].startswith("agents here: ") and agent in d["strings"][row[12]]
+
+
+def test_interactive_map_keeps_hostile_names_as_text(tree):
+    import json
+
+    from bayesflex.interactive import interactive_map_html
+
+    evil = "</script><script>document.title='pwned'</script>&amp;<!--"
+    fragment = interactive_map_html(_renamed_bus(tree, str(tree["constant_data"]["agent_bus"].values[0]), evil))
+    assert fragment.count("</script>") == 2 and "<!--" not in fragment  # the two script elements' own ends
+    data = json.loads(re.search(r'<script type="application/json" class="bf-data">(.*?)</script>', fragment,
+                                re.DOTALL).group(1))
+    assert evil in [b[0] for b in data["buses"]]
+
+
+def test_interactive_map_hovers_in_headless_chromium(study, tree, tmp_path):
+    """In the report as written by ``bayesflex run``: a real mouse hover on the likeliest bus
+    shows its name and its probability with an interval; choosing phase c colours exactly the
+    buses with a probability on phase c; a bus named like markup stays text; no console error."""
+    exe = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    from bayesflex.interactive import interactive_map_html
+
+    p = maps.voltage_probability(tree).max("time")
+    evil = "<img src=x onerror=\"document.title='pwned'\">"
+    errors = []
+    likeliest = ".bf-imap svg > g:nth-of-type(4) circle"  # the top layer, drawn in order of probability
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("dialog", lambda d: (errors.append(f"dialog {d.message}"), d.dismiss()))
+            page.goto((study / REPORT_FILE).resolve().as_uri())
+            page.wait_for_load_state("load")
+            name = page.locator(likeliest).last.get_attribute("data-name")
+            page.locator(likeliest).last.hover(timeout=5000)
+            tip = page.inner_text(".bf-tip")
+            page.locator(".bf-imap").screenshot(path=str(ARTIFACTS / "interactive_map.png"))
+            page.check(".bf-imap input[value='2']")
+            fills = page.eval_on_selector_all(".bf-imap circle",
+                                              "cs => cs.map(c => [c.dataset.name, c.getAttribute('fill')])")
+            hostile = tmp_path / "hostile.html"  # the same map with the likeliest bus renamed
+            hostile.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>ok</title></head><body>"
+                               + interactive_map_html(_renamed_bus(tree, name, evil)) + "</body></html>")
+            page.goto(hostile.as_uri())
+            page.wait_for_load_state("load")
+            page.locator(likeliest).last.hover(timeout=5000)
+            evil_tip, title = page.inner_text(".bf-tip"), page.title()
+        finally:
+            browser.close()
+    assert errors == []
+    assert float(p.sel(bus=name).max()) == float(p.max())
+    assert tip.startswith(f"bus {name}\n"), tip
+    assert re.search(r"\d % \[\d+(\.\d+)?, \d+(\.\d+)?\] at \w{3} \d\d:\d\d", tip), tip
+    on_c = {str(b) for b in p.bus.values[p.sel(phase="c").values > 0]}
+    assert on_c and {b for b, f in fills if f != maps.P_COLOURS[0]} == on_c
+    assert evil_tip.startswith(f"bus {evil}\n") and title == "ok"
 
 
 @pytest.mark.parametrize("block", [1, 3, 7, 500])
