@@ -16,11 +16,13 @@ import shlex
 import sys
 import time
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import BayesflexError, ConfigError, OutputError
+
+if TYPE_CHECKING:  # pandas is imported where a table is printed: checking the arguments needs none of it
+    import pandas as pd
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,21 +127,39 @@ def _parser() -> argparse.ArgumentParser:
 # run
 # ----------------------------------------------------------------------------
 def _check_run_args(args) -> None:
-    """What ``run`` was given that can be judged without reading a file: before any file is read."""
+    """What ``run`` was given that can be judged without reading a file: before any file is read,
+    and before the heavy imports (:mod:`bayesflex.checks` needs only the standard library)."""
+    from .checks import check_backend, check_horizon
+
     if args.draws < 1:
         raise ConfigError(f"--draws {args.draws}: must be at least 1")
     if args.jobs == 0 or args.jobs < -1:
         raise ConfigError(f"--jobs {args.jobs}: give a positive number of workers, or -1 for every core")
     if args.seed < 0:
         raise ConfigError(f"--seed {args.seed}: must be 0 or more")
-    from .engine import check_backend, check_horizon
-
     check_horizon(args.start, args.periods, label="--{} ")
-    check_backend(args.backend, args.scheduler)
+    check_backend(args.backend, args.scheduler, registered=False)
+
+
+def _check_run_files(args) -> None:
+    """The files ``run`` is to read are there, and ``--out`` can be written: before reading any of them
+    (a priors file's contents are checked next, without PyMC; the feeder's network after it)."""
+    from .checks import check_input_file, resolve_feeder, resolve_priors
+    from .outdir import check_writable
+
+    resolve_priors(args.priors)
+    if args.feeders is None:
+        resolve_feeder(args.feeder)
+    for option, path in (("--observations", args.observations), ("--ev-states", args.ev_states),
+                         ("--positions", args.positions)):
+        check_input_file(path, option)
+    if args.out is not None:
+        check_writable(args.out)
 
 
 def _cmd_run(args, argv) -> int:
     _check_run_args(args)
+    _check_run_files(args)
     from .engine import run_study
     from .feeder import load_feeder
     from .outdir import as_output_error
@@ -249,6 +269,8 @@ def _worst_per(df: pd.DataFrame, keys: list[str], order, k: int = 5) -> tuple[pd
 
 def print_summary(tree, f) -> None:
     """The short summary of a study a person reads first."""
+    import pandas as pd
+
     from .query import congestion_probability, flexibility_summary, n_draws, portfolio_position, top_agents
     from .results import mcse
 
@@ -318,6 +340,8 @@ def print_summary(tree, f) -> None:
 
 def _print_causes(tree, f, k: int = 3) -> None:
     """The causes of the ``k`` most congested half-hour phases, in words."""
+    import pandas as pd
+
     from .query import cause_text, causes
 
     if "cause_share" not in tree["heuristic"]:
@@ -334,6 +358,8 @@ def _print_causes(tree, f, k: int = 3) -> None:
 # query
 # ----------------------------------------------------------------------------
 def _cmd_query(args) -> int:
+    import pandas as pd
+
     from . import query
     from .results import open_study
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from joblib import delayed
 
+from .checks import check_backend, check_horizon
 from .errors import ConfigError
 from .feeder import Feeder, load_feeder
 from .heuristic import LINE, TRAFO, VOLTAGE, Limits, assess, cause_shares, headroom, resolve_congestion
@@ -252,45 +253,6 @@ def _check_draws(draws) -> int:
     if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
         raise ConfigError(f"draws = {draws!r}: must be a positive whole number")
     return int(draws)
-
-
-def check_horizon(start, periods, *, label: str = "{} = ") -> tuple[str | None, int | None]:
-    """``start`` (a date-time on a half-hour, UTC) and ``periods`` (1 .. ten years of half-hours), checked.
-    ``label`` names an argument in messages (``"--{} "`` for the command line)."""
-    import pandas as pd
-
-    from .priors.config import MAX_PERIODS
-
-    if periods is not None:
-        if isinstance(periods, bool) or not isinstance(periods, (int, np.integer)) or not 1 <= periods <= MAX_PERIODS:
-            raise ConfigError(f"{label.format('periods')}{periods!r}: must be a whole number of half-hours from 1 "
-                              f"to {MAX_PERIODS} (ten years)")
-        periods = int(periods)
-    if start is not None:
-        where = f"{label.format('start')}{start!r}"
-        try:
-            t = pd.Timestamp(start)
-        except (ValueError, TypeError, OverflowError) as err:
-            raise ConfigError(f"{where}: not a date-time ({' '.join(str(err).split())}); give one "
-                              "such as '2026-01-14 17:00'") from None
-        if t is pd.NaT:
-            raise ConfigError(f"{where}: not a date-time; give one such as '2026-01-14 17:00'")
-        if t.tzinfo is not None:
-            raise ConfigError(f"{where}: give the start in UTC without an offset (the study's time base)")
-        if t != t.floor("30min"):
-            raise ConfigError(f"{where}: must fall on a half-hour (e.g. {t.floor('30min'):%Y-%m-%d %H:%M})")
-    return start, periods
-
-
-def check_backend(backend: str | None, scheduler: str | None) -> None:
-    """A known joblib backend (or dask), and a scheduler only with dask; checked before any work."""
-    from joblib.parallel import BACKENDS
-
-    if backend is not None and backend != "dask" and backend not in BACKENDS:
-        raise ConfigError(f"backend {backend!r} unknown (allowed: {', '.join(sorted(BACKENDS))}, dask, "
-                          "or one registered with joblib.register_parallel_backend)")
-    if scheduler is not None and backend not in (None, "dask"):
-        raise ConfigError(f"--scheduler {scheduler!r} needs backend 'dask' (given: {backend!r})")
 
 
 def _check_jobs(jobs) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .checks import feeder_dir, resolve_feeder
 from .errors import ConfigError, FeederError
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Transformer",
     "load_feeder",
     "feeder_dir",
+    "resolve_feeder",
     "validate_feeder",
     "sequence_to_phase_matrix",
     "phase_to_sequence_matrix",
@@ -59,13 +61,6 @@ def sequence_to_phase_matrix(z0: complex, z1: complex, z2: complex | None = None
 def phase_to_sequence_matrix(z_abc: np.ndarray) -> np.ndarray:
     """Sequence-frame matrix ``A^-1 Z_abc A``; diagonal for a symmetric element."""
     return PHASE_TO_SEQ @ z_abc @ SEQ_TO_PHASE
-
-
-def feeder_dir() -> Path:
-    """The built-in feeder definitions: packaged in a wheel, or the repo's ``feeders/``."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "data" / "feeders"
-    return packaged if packaged.is_dir() else here.parent / "feeders"
 
 
 @dataclass(frozen=True)
@@ -356,7 +351,7 @@ def load_feeder(name_or_path: str | Path) -> Feeder:
     * a pandapower network saved as ``.json``;
     * an OpenDSS master file (``.dss``) or a folder holding ``Master.dss``.
     """
-    path = _resolve(name_or_path)
+    path = resolve_feeder(name_or_path)
     suffix = path.suffix.lower()
     if suffix == ".toml":
         return _load_toml(path)
@@ -372,20 +367,6 @@ def load_feeder(name_or_path: str | Path) -> Feeder:
         f"{path}: cannot tell what kind of feeder this is "
         "(allowed: a feeder .toml, a pandapower .json, an OpenDSS .dss or folder)"
     )
-
-
-def _resolve(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
-    if p.exists():
-        return p
-    name = str(name_or_path)
-    if "/" not in name and "\\" not in name and not p.suffix:
-        for candidate in (Path("feeders") / f"{name}.toml", feeder_dir() / f"{name}.toml"):
-            if candidate.exists():
-                return candidate
-        known = sorted(q.stem for q in feeder_dir().glob("*.toml"))
-        raise ConfigError(f"no feeder named {name!r} (built-in feeders: {', '.join(known)})")
-    raise ConfigError(f"{p}: no such file or folder")
 
 
 def _load_toml(path: Path) -> Feeder:

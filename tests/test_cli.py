@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -77,3 +78,32 @@ def test_query_names_what_is_allowed(study_dir, capsys):
     assert "allowed: LOAD1" in capsys.readouterr().err
     assert main(["query", str(study_dir), "congestion", "--time", "2030-01-01"]) == 2
     assert "not a half-hour of the study" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------
+# what a new user met (issue 15)
+# ----------------------------------------------------------------------------
+HEAVY = ("pymc", "pytensor", "pandapower", "xarray", "bayesflex.engine", "bayesflex.priors.sampling")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--feeder", "atlantis"], ["no feeder named 'atlantis'"]),
+    (["--feeder", "ieee"], ["no feeder named 'ieee'; did you mean ieee_eu_lv?"]),
+    (["--priors", "defualt"], ["no prior set named 'defualt'; did you mean default?"]),
+    (["--start", "2026-01-14 19:15"], ["--start '2026-01-14 19:15'", "on :00 or :30"]),
+    (["--start", "19:15"], ["--start '19:15'", "without a date", "on :00 or :30"]),
+    (["--start", "garbage"], ["--start 'garbage': not a date-time"]),
+    (["--draws", "0"], ["--draws 0"]),
+    (["--observations", "no_such_meters.csv"], ["--observations no_such_meters.csv: no such file"]),
+    (["--backend", "nosuch"], ["backend 'nosuch' unknown", "loky"]),
+])
+def test_bad_run_input_fails_before_the_heavy_imports(argv, words, monkeypatch, tmp_path, capsys):
+    """Bad input is judged before PyMC, pandapower, xarray or the engine are imported (each is
+    made unimportable here: importing one would fail the command with an ImportError)."""
+    for name in HEAVY:
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main(["run", "--out", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
