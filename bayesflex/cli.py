@@ -418,13 +418,24 @@ def _cmd_report(args) -> int:
     return 0
 
 
+#: what ``map --heatmap`` draws (bus voltages by half-hour: :func:`bayesflex.maps.congestion_heatmap`)
+HEATMAP_KINDS = ("any", "undervoltage", "overvoltage")
+
+
 def _cmd_map(args) -> int:
     from . import maps
     from .results import open_study
 
+    if args.heatmap and args.kind not in HEATMAP_KINDS:
+        raise ConfigError(f"--kind {args.kind} with --heatmap: the heatmap shows bus voltages (allowed with --heatmap: "
+                          f"{', '.join(HEATMAP_KINDS)}); for line overload draw the map without --heatmap, or ask "
+                          f"'bayesflex query {args.dir} congestion --by line'")
+    if args.heatmap and args.time is not None:
+        raise ConfigError(f"--time {args.time!r} with --heatmap: the heatmap shows every half-hour of the study; "
+                          "leave out --time, or draw the map of that half-hour without --heatmap")
     tree = open_study(args.dir)
     if args.heatmap:
-        fig = maps.congestion_heatmap(tree, kind="any" if args.kind == "overload" else args.kind, phase=args.phase)
+        fig = maps.congestion_heatmap(tree, kind=args.kind, phase=args.phase)
     else:
         fig = maps.feeder_map(tree, kind=args.kind, phase=args.phase, time=args.time)
     d = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
@@ -474,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_map(args)
         if args.command == "check-priors":
             return _cmd_check_priors(args)
+    except BrokenPipeError:  # the reader went away (``| head``): not an output error; entry() ends quietly
+        raise
     except BayesflexError as e:
         print(f"bayesflex: error: {e}", file=sys.stderr)
         if isinstance(e, OutputError) and e.failed_write:
@@ -498,9 +511,18 @@ def main(argv: list[str] | None = None) -> int:
 _STATE = {"hard_exit": False}
 
 
+#: exit status when the reader of our output went away, as a shell reports a process ended by SIGPIPE
+EXIT_BROKEN_PIPE = 128 + 13
+
+
 def entry() -> None:  # pragma: no cover - the console script; tests call main()
     """The ``bayesflex`` command."""
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()  # here, not at exit: a reader gone by then is also a quiet end
+    except BrokenPipeError:  # ``bayesflex query ... | head``: the reader has what it wanted
+        _quiet_stdout()
+        sys.exit(EXIT_BROKEN_PIPE)
     if _STATE["hard_exit"]:
         pool = getattr(sys.modules.get("joblib.externals.loky.reusable_executor"), "_executor", None)
         if pool is not None:  # else loky's tracker reports the pool's semaphores as leaked
@@ -509,6 +531,14 @@ def entry() -> None:  # pragma: no cover - the console script; tests call main()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what is still buffered
+    cannot fail again on the closed pipe (Python's documented recipe for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

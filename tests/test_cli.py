@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bayesflex.cli import main
+from bayesflex.cli import EXIT_BROKEN_PIPE, main
 from bayesflex.results import open_study
+
+from .conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +111,24 @@ def test_bad_run_input_fails_before_the_heavy_imports(argv, words, monkeypatch, 
     assert err.count("\n") == 1 and "Traceback" not in err, err
     for w in words:
         assert w in err, err
+
+
+def test_the_heatmap_of_overload_is_refused_not_drawn_as_voltage(study_dir, capsys):
+    assert main(["map", str(study_dir), "--heatmap", "--kind", "overload"]) == 2
+    err = capsys.readouterr().err
+    assert "--kind overload with --heatmap" in err and "allowed with --heatmap: any, undervoltage" in err, err
+    assert not (study_dir / "heatmap_overload.png").exists()
+
+
+def test_query_into_a_reader_that_stops_early_ends_quietly(study_dir):
+    """``bayesflex query ... | head``: the reader closes after one line of a long table (every
+    bus, phase and half-hour: far more than a pipe holds); no traceback, no error line."""
+    cmd = [sys.executable, "-m", "bayesflex.cli", "query", str(study_dir), "congestion", "--by", "bus", "--top", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert b"probability" in first
+    assert proc.returncode in (0, EXIT_BROKEN_PIPE) and err == "", (proc.returncode, err)
