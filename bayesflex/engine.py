@@ -306,7 +306,8 @@ def run_study(
     scheduler : with ``backend="dask"``, the address of a running dask
         scheduler (``"tcp://host:8786"``); without, a local cluster of ``jobs``
         worker processes is started for the study and closed after it.
-    progress : show a progress bar (default: when stderr is a terminal).
+    progress : show a progress bar; by default a bar when stderr is a terminal, else a plain
+        line at every tenth of the draws and at least every minute (:mod:`bayesflex.progress`).
     command : the command line that produced the study, for provenance.
     positions : the aggregator's planned positions (CSV or NetCDF path, a
         ``DataFrame`` or :class:`~bayesflex.positions.Positions`): the listed
@@ -327,11 +328,10 @@ def run_study(
     -------
     xarray.DataTree with the groups described in :mod:`bayesflex.results`.
     """
-    from tqdm.auto import tqdm
-
     from . import priors as pri_mod
     from .checkpoint import PARTIAL_DIR, Checkpoint, kept_chunks, study_fingerprint
     from .outdir import check_memory, check_space, check_writable, estimate, inside
+    from .progress import progress_bar
     from .results import RESULT_FILE, StudyStore, build_tree
 
     # what can be checked without reading anything: before any work
@@ -399,8 +399,8 @@ def run_study(
         return fd, pr, c, b - a, int(seed), opts, save, os.getpid() if scheduler is None else None
 
     todo = [task(c, a, b) for c, a, b in chunks if c not in done]
-    bar = tqdm(total=draws, unit="draw", desc=f"study {fd.name}", disable=(not progress) if progress is not None
-               else None, leave=False, initial=sum(b - a for c, a, b in chunks if c in done))
+    bar = progress_bar(draws, f"study {fd.name}", progress=progress,
+                       initial=sum(b - a for c, a, b in chunks if c in done))
     with quiet_failed_writes():  # a failed write is raised once, not reported by every HDF5 object it leaves
         try:
             with _workers(backend, scheduler, n_jobs) as (parallel, width):
