@@ -170,6 +170,7 @@ def _physics(feeder: Feeder, ds, opts: StudyOptions) -> dict:
     out |= {
         "adjust_up_kw": adj.adjust_up_kw.astype(np.float32),
         "adjust_down_kw": adj.adjust_down_kw.astype(np.float32),
+        "adjust_target_phase": adj.target_phase,
         "sensitivity_rank": adj.rank, "congested": adj.congested, "resolved": adj.resolved,
         "exceedance_pu": adj.exceedance_pu.astype(np.float32), "rounds": adj.rounds.astype(np.int16),
     }
