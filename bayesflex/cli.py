@@ -117,8 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--kw", type=float, default=None, help="product: the power offered, kW")
     q.add_argument("--start", default=None, help="product: first half-hour, e.g. '2026-01-14 17:00'")
     q.add_argument("--end", default=None, help="product: last half-hour (default: --start)")
-    q.add_argument("--top", type=int, default=20, help="congestion, agents, causes: rows to show (default 20; "
-                                                       "0 = all)")
+    q.add_argument("--top", type=int, default=20, help="congestion, adjustment, agents, causes: rows to show "
+                                                       "(default 20; 0 = all)")
     q.add_argument("--format", default="table", choices=("table", "csv", "json"))
     return ap
 
@@ -363,8 +363,11 @@ def _cmd_query(args) -> int:
     from . import query
     from .results import open_study
 
+    if args.top < 0:
+        raise ConfigError(f"--top {args.top}: give a number of rows to show, or 0 for all")
     tree = open_study(args.dir)
     top = args.top or None
+    note = ""
     if args.what == "congestion":
         df = query.congestion_probability(tree, args.by, phase=args.phase, time=args.time, kind=args.kind, top=top)
     elif args.what == "adjustment":
@@ -377,7 +380,8 @@ def _cmd_query(args) -> int:
             raise ConfigError(f"--quantiles {args.quantiles!r}: give numbers in (0, 1), e.g. 0.5,0.9") from err
         if not all(0 <= x <= 1 for x in qs):
             raise ConfigError(f"--quantiles {args.quantiles!r}: every quantile must lie in [0, 1]")
-        df = query.adjustment_quantiles(tree, args.agent, q=qs, time=args.time)
+        agent = query.match_name(tree["heuristic"].agent.values, args.agent, "--agent")
+        df, note = _adjusted_rows(query.adjustment_quantiles(tree, agent, q=qs, time=args.time), top)
     elif args.what == "flexibility":
         conf = _levels(args.confidence or "0.9")
         if len(conf) != 1:
@@ -397,10 +401,27 @@ def _cmd_query(args) -> int:
         df.to_csv(sys.stdout, index=False)
     elif args.format == "json":
         print(df.to_json(orient="records", date_format="iso", double_precision=10))
-    else:
+    elif not df.empty or not note:
         with pd.option_context("display.max_rows", None, "display.width", 160):
             print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    if note:  # a table keeps it beside the rows; CSV and JSON keep stdout to the data
+        print(note, file=sys.stdout if args.format == "table" else sys.stderr)
     return 0
+
+
+def _adjusted_rows(df: pd.DataFrame, top: int | None) -> tuple[pd.DataFrame, str]:
+    """An agent's adjustment rows worth reading: those where it is moved in some draw, most
+    likely first, at most ``top``; and a note of how many rows were left out, and why."""
+    moved = df[df.p_adjusted > 0].sort_values(["p_adjusted", "kw_when_adjusted"], ascending=False, kind="stable")
+    shown = moved.head(top) if top else moved
+    words = []
+    if len(moved) < len(df):
+        words.append(f"{len(df) - len(moved)} of {len(df)} rows hidden: the agent is not moved there in any draw")
+    if len(shown) < len(moved):
+        words.append(f"{len(moved) - len(shown)} more rows with a move not shown (--top 0 shows them all)")
+    if moved.empty and len(df):
+        words = [f"{df.agent.iloc[0]} is not moved in any draw at these {len(df)} phase-half-hours and directions"]
+    return shown.reset_index(drop=True), "; ".join(words)
 
 
 def _levels(text: str) -> tuple[float, ...]:

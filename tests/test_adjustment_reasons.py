@@ -15,6 +15,7 @@ import pytest
 import bayesflex as bf
 from bayesflex.feeder import Source
 from bayesflex.heuristic import Limits, resolve_congestion
+from bayesflex.query import adjustment_reason
 
 
 def _shared_cable(mutual: float) -> bf.Feeder:
@@ -63,3 +64,13 @@ def test_a_turn_up_on_a_calm_phase_relieves_the_congested_phase_through_the_neut
     # scenario 1: the house on the congested phase sheds load, for its own phase; phase b is left alone
     assert adj.adjust_down_kw[1, 0, 0] > 0 and adj.target_phase[1, 0, 0] == 0
     assert adj.adjust_up_kw[1].sum() == 0 and adj.target_phase[1, 1, 1] == -1
+
+
+def test_the_reason_in_words():
+    assert adjustment_reason("b", [4, 0, 0]) == "relief of phase a (neutral shift)"
+    assert adjustment_reason("a", [4, 0, 0]) == "on the congested phase"
+    assert adjustment_reason("c", [3, 12, 0]) == ("relief of phase b (neutral shift) in 12 of 15 draws; "
+                                                  "relief of phase a (neutral shift) in 3")
+    assert adjustment_reason("c", [0, 2, 2]) == ("relief of phase b (neutral shift) in 2 of 4 draws; "
+                                                 "on the congested phase in 2")
+    assert adjustment_reason("a", [0, 0, 0]) == ""

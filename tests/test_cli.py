@@ -62,8 +62,7 @@ def test_query_answers_as_table_csv_and_json(study_dir, capsys):
     flex = pd.read_csv(io.StringIO(_query(capsys, d, "flexibility", "--confidence", "0.9", "--format", "csv")))
     tot = tree["heuristic"]["portfolio_deliverable_up_kw"].values[0]
     np.testing.assert_allclose(flex.deliverable_kw, np.quantile(tot, 0.1, axis=0))
-    table = _query(capsys, d, "adjustment", "--agent", "LOAD1")
-    assert "q0.9_kw" in table and "LOAD1" in table
+    assert "LOAD1 is not moved in any draw" in _query(capsys, d, "adjustment", "--agent", "LOAD1")
     assert "probability" in _query(capsys, d, "congestion", "--by", "line", "--top", "2")
 
 
@@ -112,6 +111,17 @@ def test_bad_run_input_fails_before_the_heavy_imports(argv, words, monkeypatch, 
     assert err.count("\n") == 1 and "Traceback" not in err, err
     for w in words:
         assert w in err, err
+
+
+def test_agent_names_match_ignoring_case_and_a_typo_gets_the_closest(study_dir, capsys):
+    d = str(study_dir)
+    assert "LOAD1 is not moved" in _query(capsys, d, "adjustment", "--agent", "load1")
+    assert main(["query", d, "adjustment", "--agent", "LAOD12"]) == 2
+    err = capsys.readouterr().err
+    assert "--agent 'LAOD12' not in the study; did you mean LOAD12" in err, err
+    assert main(["query", d, "adjustment", "--agent", "xyz"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean" not in err and "allowed: LOAD1, LOAD2" in err and "55 in all" in err, err
 
 
 def test_the_heatmap_of_overload_is_refused_not_drawn_as_voltage(study_dir, capsys):
