@@ -150,6 +150,8 @@ def _check_run_files(args) -> None:
     resolve_priors(args.priors)
     if args.feeders is None:
         resolve_feeder(args.feeder)
+    elif not any(c in args.feeders for c in "*?[") and not Path(args.feeders).exists():
+        raise ConfigError(f"--feeders {args.feeders}: no such folder (give a folder of feeders or a glob)")
     for option, path in (("--observations", args.observations), ("--ev-states", args.ev_states),
                          ("--positions", args.positions)):
         check_input_file(path, option)

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 
 from bayesflex.cli import EXIT_BROKEN_PIPE, main
+from bayesflex.errors import ConfigError
+from bayesflex.query import adjustment_quantiles, match_name
 from bayesflex.results import open_study
 
 from .conftest import REPO
@@ -99,6 +101,7 @@ HEAVY = ("pymc", "pytensor", "pandapower", "xarray", "bayesflex.engine", "bayesf
     (["--start", "garbage"], ["--start 'garbage': not a date-time"]),
     (["--draws", "0"], ["--draws 0"]),
     (["--observations", "no_such_meters.csv"], ["--observations no_such_meters.csv: no such file"]),
+    (["--feeders", "no_such_folder"], ["--feeders no_such_folder: no such folder"]),
     (["--backend", "nosuch"], ["backend 'nosuch' unknown", "loky"]),
 ])
 def test_bad_run_input_fails_before_the_heavy_imports(argv, words, monkeypatch, tmp_path, capsys):
@@ -114,14 +117,13 @@ def test_bad_run_input_fails_before_the_heavy_imports(argv, words, monkeypatch, 
 
 
 def test_agent_names_match_ignoring_case_and_a_typo_gets_the_closest(study_dir, capsys):
-    d = str(study_dir)
-    assert "LOAD1 is not moved" in _query(capsys, d, "adjustment", "--agent", "load1")
-    assert main(["query", d, "adjustment", "--agent", "LAOD12"]) == 2
+    assert main(["query", str(study_dir), "adjustment", "--agent", "LAOD12"]) == 2
     err = capsys.readouterr().err
     assert "--agent 'LAOD12' not in the study; did you mean LOAD12" in err, err
-    assert main(["query", d, "adjustment", "--agent", "xyz"]) == 2
-    err = capsys.readouterr().err
-    assert "did you mean" not in err and "allowed: LOAD1, LOAD2" in err and "55 in all" in err, err
+    tree = open_study(study_dir, verify=False)
+    assert set(adjustment_quantiles(tree, "load1").agent) == {"LOAD1"}
+    with pytest.raises(ConfigError, match=r"'xyz' not in the study \(allowed: LOAD1, LOAD2, .*55 in all\)"):
+        match_name(tree["heuristic"].agent.values, "xyz", "--agent")  # nothing close
 
 
 def test_the_heatmap_of_overload_is_refused_not_drawn_as_voltage(study_dir, capsys):
