@@ -12,8 +12,6 @@ Public surface (see DESIGN.md):
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import BayesflexError, ConfigError, FeederError, SolverError
-from .feeder import Feeder, Source, Transformer, load_feeder, validate_feeder
-from .loadflow import LoadFlowResult, LoadFlowSummary, solve_loadflow
 
 try:
     __version__ = version("bayesflex")
@@ -39,14 +37,19 @@ __all__ = [
     "validate_feeder",
 ]
 
+#: imported when first asked for, so that ``import bayesflex`` (and the command line's checks of
+#: what it was given) takes a fraction of a second: numpy, scipy, pandas, xarray and PyMC take seconds
 _LAZY = {"sample_priors": "bayesflex.priors", "load_priors": "bayesflex.priors", "condition": "bayesflex.priors",
-         "run_study": "bayesflex.engine"}
+         "run_study": "bayesflex.engine",
+         **dict.fromkeys(("Feeder", "Source", "Transformer", "load_feeder", "validate_feeder"), "bayesflex.feeder"),
+         **dict.fromkeys(("LoadFlowResult", "LoadFlowSummary", "solve_loadflow"), "bayesflex.loadflow")}
 
 
 def __getattr__(name: str):
-    """Import the priors (and PyMC, which takes seconds) only when asked for."""
+    """Import the feeder, the load flow and the priors only when asked for."""
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = globals()[name] = getattr(importlib.import_module(_LAZY[name]), name)
+        return value
     raise AttributeError(f"module 'bayesflex' has no attribute {name!r}")

@@ -16,11 +16,13 @@ import shlex
 import sys
 import time
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import BayesflexError, ConfigError, OutputError
+
+if TYPE_CHECKING:  # pandas is imported where a table is printed: checking the arguments needs none of it
+    import pandas as pd
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,8 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--kw", type=float, default=None, help="product: the power offered, kW")
     q.add_argument("--start", default=None, help="product: first half-hour, local time, e.g. '2026-01-14 17:00'")
     q.add_argument("--end", default=None, help="product: last half-hour (default: --start)")
-    q.add_argument("--top", type=int, default=20, help="congestion, agents, causes: rows to show (default 20; "
-                                                       "0 = all)")
+    q.add_argument("--top", type=int, default=20, help="congestion, adjustment, agents, causes: rows to show "
+                                                       "(default 20; 0 = all)")
     q.add_argument("--format", default="table", choices=("table", "csv", "json"))
     return ap
 
@@ -134,17 +136,18 @@ def _parser() -> argparse.ArgumentParser:
 # run
 # ----------------------------------------------------------------------------
 def _check_run_args(args) -> None:
-    """What ``run`` was given that can be judged without reading a file: before any file is read."""
+    """What ``run`` was given that can be judged without reading a file: before any file is read,
+    and before the heavy imports (:mod:`bayesflex.checks` needs only the standard library)."""
+    from .checks import check_backend, check_horizon
+
     if args.draws < 1:
         raise ConfigError(f"--draws {args.draws}: must be at least 1")
     if args.jobs == 0 or args.jobs < -1:
         raise ConfigError(f"--jobs {args.jobs}: give a positive number of workers, or -1 for every core")
     if args.seed < 0:
         raise ConfigError(f"--seed {args.seed}: must be 0 or more")
-    from .engine import check_backend, check_horizon
-
     check_horizon(args.start, args.periods, label="--{} ")
-    check_backend(args.backend, args.scheduler)
+    check_backend(args.backend, args.scheduler, registered=False)
     if args.timezone is not None:
         from ._tables import zone
 
@@ -154,8 +157,27 @@ def _check_run_args(args) -> None:
                           "[line_i_max_a] table")
 
 
+def _check_run_files(args) -> None:
+    """The files ``run`` is to read are there, and ``--out`` can be written: before reading any of them
+    (a priors file's contents are checked next, without PyMC; the feeder's network after it)."""
+    from .checks import check_input_file, resolve_feeder, resolve_priors
+    from .outdir import check_writable
+
+    resolve_priors(args.priors)
+    if args.feeders is None:
+        resolve_feeder(args.feeder)
+    elif not any(c in args.feeders for c in "*?[") and not Path(args.feeders).exists():
+        raise ConfigError(f"--feeders {args.feeders}: no such folder (give a folder of feeders or a glob)")
+    for option, path in (("--observations", args.observations), ("--ev-states", args.ev_states),
+                         ("--positions", args.positions), ("--ratings", args.ratings)):
+        check_input_file(path, option)
+    if args.out is not None:
+        check_writable(args.out)
+
+
 def _cmd_run(args, argv) -> int:
     _check_run_args(args)
+    _check_run_files(args)
     from .engine import local_start, run_study, with_timezone
     from .feeder import load_feeder
     from .outdir import as_output_error
@@ -278,6 +300,8 @@ def _source_text(a) -> str:
 
 def print_summary(tree, f) -> None:
     """The short summary of a study a person reads first."""
+    import pandas as pd
+
     from . import query as q
     from .results import study_effective_draws
     from .timefmt import fmt_time, zone_note
@@ -411,13 +435,18 @@ def _print_causes(tree, f, k: int = 3) -> None:
 # query
 # ----------------------------------------------------------------------------
 def _cmd_query(args) -> int:
+    import pandas as pd
+
     from . import query
     from .results import open_study
     from .timefmt import local_frame
 
+    if args.top < 0:
+        raise ConfigError(f"--top {args.top}: give a number of rows to show, or 0 for all")
     tree = open_study(args.dir)
     _local_args(tree, args, "time", "start", "end")
     top = args.top or None
+    note = ""
     if args.what == "congestion":
         df = query.congestion_probability(tree, args.by, phase=args.phase, time=args.time, kind=args.kind, top=top)
     elif args.what == "adjustment":
@@ -430,7 +459,8 @@ def _cmd_query(args) -> int:
             raise ConfigError(f"--quantiles {args.quantiles!r}: give numbers in (0, 1), e.g. 0.5,0.9") from err
         if not all(0 <= x <= 1 for x in qs):
             raise ConfigError(f"--quantiles {args.quantiles!r}: every quantile must lie in [0, 1]")
-        df = query.adjustment_quantiles(tree, args.agent, q=qs, time=args.time)
+        agent = query.match_name(tree["heuristic"].agent.values, args.agent, "--agent")
+        df, note = _adjusted_rows(query.adjustment_quantiles(tree, agent, q=qs, time=args.time), top)
     elif args.what == "flexibility":
         conf = _levels(args.confidence or "0.9")
         if len(conf) != 1:
@@ -451,9 +481,11 @@ def _cmd_query(args) -> int:
         df.to_csv(sys.stdout, index=False)
     elif args.format == "json":
         print(df.to_json(orient="records", date_format="iso", double_precision=10))
-    else:
+    elif not df.empty or not note:
         with pd.option_context("display.max_rows", None, "display.width", 160):
             print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    if note:  # a table keeps it beside the rows; CSV and JSON keep stdout to the data
+        print(note, file=sys.stdout if args.format == "table" else sys.stderr)
     return 0
 
 
@@ -468,6 +500,21 @@ def _local_args(tree, args, *names: str) -> None:
             setattr(args, name, str(local_half_hour(tree, value, f"--{name}")))
     if given.get("start") is not None and given.get("end") is not None and args.end < args.start:  # ISO: sortable
         raise ConfigError(f"--end {given['end']!r} is before --start {given['start']!r}")
+
+
+def _adjusted_rows(df: pd.DataFrame, top: int | None) -> tuple[pd.DataFrame, str]:
+    """An agent's adjustment rows worth reading: those where it is moved in some draw, most
+    likely first, at most ``top``; and a note of how many rows were left out, and why."""
+    moved = df[df.p_adjusted > 0].sort_values(["p_adjusted", "kw_when_adjusted"], ascending=False, kind="stable")
+    shown = moved.head(top) if top else moved
+    words = []
+    if len(moved) < len(df):
+        words.append(f"{len(df) - len(moved)} of {len(df)} rows hidden: the agent is not moved there in any draw")
+    if len(shown) < len(moved):
+        words.append(f"{len(moved) - len(shown)} more rows with a move not shown (--top 0 shows them all)")
+    if moved.empty and len(df):
+        words = [f"{df.agent.iloc[0]} is not moved in any draw at these {len(df)} phase-half-hours and directions"]
+    return shown.reset_index(drop=True), "; ".join(words)
 
 
 def _levels(text: str) -> tuple[float, ...]:
@@ -485,14 +532,25 @@ def _cmd_report(args) -> int:
     return 0
 
 
+#: what ``map --heatmap`` draws (bus voltages by half-hour: :func:`bayesflex.maps.congestion_heatmap`)
+HEATMAP_KINDS = ("any", "undervoltage", "overvoltage")
+
+
 def _cmd_map(args) -> int:
     from . import maps
     from .results import open_study
 
+    if args.heatmap and args.kind not in HEATMAP_KINDS:
+        raise ConfigError(f"--kind {args.kind} with --heatmap: the heatmap shows bus voltages (allowed with --heatmap: "
+                          f"{', '.join(HEATMAP_KINDS)}); for line overload draw the map without --heatmap, or ask "
+                          f"'bayesflex query {args.dir} congestion --by line'")
+    if args.heatmap and args.time is not None:
+        raise ConfigError(f"--time {args.time!r} with --heatmap: the heatmap shows every half-hour of the study; "
+                          "leave out --time, or draw the map of that half-hour without --heatmap")
     tree = open_study(args.dir)
     _local_args(tree, args, "time")
     if args.heatmap:
-        fig = maps.congestion_heatmap(tree, kind="any" if args.kind == "overload" else args.kind, phase=args.phase)
+        fig = maps.congestion_heatmap(tree, kind=args.kind, phase=args.phase)
     else:
         fig = maps.feeder_map(tree, kind=args.kind, phase=args.phase, time=args.time)
     d = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
@@ -542,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_map(args)
         if args.command == "check-priors":
             return _cmd_check_priors(args)
+    except BrokenPipeError:  # the reader went away (``| head``): not an output error; entry() ends quietly
+        raise
     except BayesflexError as e:
         print(f"bayesflex: error: {e}", file=sys.stderr)
         if isinstance(e, OutputError) and e.failed_write:
@@ -566,9 +626,18 @@ def main(argv: list[str] | None = None) -> int:
 _STATE = {"hard_exit": False}
 
 
+#: exit status when the reader of our output went away, as a shell reports a process ended by SIGPIPE
+EXIT_BROKEN_PIPE = 128 + 13
+
+
 def entry() -> None:  # pragma: no cover - the console script; tests call main()
     """The ``bayesflex`` command."""
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()  # here, not at exit: a reader gone by then is also a quiet end
+    except BrokenPipeError:  # ``bayesflex query ... | head``: the reader has what it wanted
+        _quiet_stdout()
+        sys.exit(EXIT_BROKEN_PIPE)
     if _STATE["hard_exit"]:
         pool = getattr(sys.modules.get("joblib.externals.loky.reusable_executor"), "_executor", None)
         if pool is not None:  # else loky's tracker reports the pool's semaphores as leaked
@@ -577,6 +646,14 @@ def entry() -> None:  # pragma: no cover - the console script; tests call main()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what is still buffered
+    cannot fail again on the closed pipe (Python's documented recipe for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

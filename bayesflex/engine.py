@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from joblib import delayed
 
+from .checks import check_backend, check_horizon
 from .errors import ConfigError
 from .feeder import Feeder, load_feeder
 from .heuristic import LINE, TRAFO, VOLTAGE, Limits, assess, cause_shares, headroom, resolve_congestion
@@ -169,6 +170,7 @@ def _physics(feeder: Feeder, ds, opts: StudyOptions) -> dict:
     out |= {
         "adjust_up_kw": adj.adjust_up_kw.astype(np.float32),
         "adjust_down_kw": adj.adjust_down_kw.astype(np.float32),
+        "adjust_target_phase": adj.target_phase,
         "sensitivity_rank": adj.rank, "congested": adj.congested, "resolved": adj.resolved,
         "exceedance_pu": adj.exceedance_pu.astype(np.float32), "rounds": adj.rounds.astype(np.int16),
     }
@@ -254,35 +256,6 @@ def _check_draws(draws) -> int:
     return int(draws)
 
 
-def check_horizon(start, periods, *, label: str = "{} = ") -> tuple[str | None, int | None]:
-    """``start`` (a date-time on a half-hour: local time of the site, or with a UTC offset; see
-    :func:`local_start`) and ``periods`` (1 .. ten years of half-hours), checked.
-    ``label`` names an argument in messages (``"--{} "`` for the command line)."""
-    import pandas as pd
-
-    from .priors.config import MAX_PERIODS
-
-    if periods is not None:
-        if isinstance(periods, bool) or not isinstance(periods, (int, np.integer)) or not 1 <= periods <= MAX_PERIODS:
-            raise ConfigError(f"{label.format('periods')}{periods!r}: must be a whole number of half-hours from 1 "
-                              f"to {MAX_PERIODS} (ten years)")
-        periods = int(periods)
-    if start is not None:
-        where = f"{label.format('start')}{start!r}"
-        try:
-            t = pd.Timestamp(start)
-        except (ValueError, TypeError, OverflowError) as err:
-            raise ConfigError(f"{where}: not a date-time ({' '.join(str(err).split())}); give one "
-                              "such as '2026-01-14 17:00'") from None
-        if t is pd.NaT:
-            raise ConfigError(f"{where}: not a date-time; give one such as '2026-01-14 17:00'")
-        if t.tzinfo is not None:  # an offset: the instant given; the study's half-hours are UTC ones
-            t = t.tz_convert("UTC")
-        if t != t.floor("30min"):
-            raise ConfigError(f"{where}: must fall on a half-hour (e.g. {t.floor('30min'):%Y-%m-%d %H:%M})")
-    return start, periods
-
-
 def local_start(start, priors, what: str = "start") -> str | None:
     """The study's first half-hour as naive UTC text: ``start`` is a wall-clock time of the site's
     zone (the priors' ``[site] timezone``), or carries its UTC offset; None stays None (the priors'
@@ -311,17 +284,6 @@ def with_timezone(priors, timezone: str | None):
     if hasattr(priors, "priors"):
         return dataclasses.replace(priors, priors=dataclasses.replace(priors.priors, timezone=timezone))
     return dataclasses.replace(priors, timezone=timezone)
-
-
-def check_backend(backend: str | None, scheduler: str | None) -> None:
-    """A known joblib backend (or dask), and a scheduler only with dask; checked before any work."""
-    from joblib.parallel import BACKENDS
-
-    if backend is not None and backend != "dask" and backend not in BACKENDS:
-        raise ConfigError(f"backend {backend!r} unknown (allowed: {', '.join(sorted(BACKENDS))}, dask, "
-                          "or one registered with joblib.register_parallel_backend)")
-    if scheduler is not None and backend not in (None, "dask"):
-        raise ConfigError(f"--scheduler {scheduler!r} needs backend 'dask' (given: {backend!r})")
 
 
 def _check_jobs(jobs) -> int:
@@ -382,7 +344,8 @@ def run_study(
     scheduler : with ``backend="dask"``, the address of a running dask
         scheduler (``"tcp://host:8786"``); without, a local cluster of ``jobs``
         worker processes is started for the study and closed after it.
-    progress : show a progress bar (default: when stderr is a terminal).
+    progress : show a progress bar; by default a bar when stderr is a terminal, else a plain
+        line at every tenth of the draws and at least every minute (:mod:`bayesflex.progress`).
     command : the command line that produced the study, for provenance.
     positions : the aggregator's planned positions (CSV or NetCDF path, a
         ``DataFrame`` or :class:`~bayesflex.positions.Positions`): the listed
@@ -403,11 +366,10 @@ def run_study(
     -------
     xarray.DataTree with the groups described in :mod:`bayesflex.results`.
     """
-    from tqdm.auto import tqdm
-
     from . import priors as pri_mod
     from .checkpoint import PARTIAL_DIR, Checkpoint, kept_chunks, study_fingerprint
     from .outdir import check_memory, check_space, check_writable, estimate, inside
+    from .progress import progress_bar
     from .results import RESULT_FILE, StudyStore, build_tree
 
     # what can be checked without reading anything: before any work
@@ -481,8 +443,8 @@ def run_study(
         return fd, pr, c, b - a, int(seed), opts, save, os.getpid() if scheduler is None else None
 
     todo = [task(c, a, b) for c, a, b in chunks if c not in done]
-    bar = tqdm(total=draws, unit="draw", desc=f"study {fd.name}", disable=(not progress) if progress is not None
-               else None, leave=False, initial=sum(b - a for c, a, b in chunks if c in done))
+    bar = progress_bar(draws, f"study {fd.name}", progress=progress,
+                       initial=sum(b - a for c, a, b in chunks if c in done))
     with quiet_failed_writes():  # a failed write is raised once, not reported by every HDF5 object it leaves
         try:
             with _workers(backend, scheduler, n_jobs) as (parallel, width):

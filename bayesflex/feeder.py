@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .checks import feeder_dir, resolve_feeder
 from .errors import ConfigError, FeederError, FeederWarning
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "load_feeder",
     "feeder_dir",
     "read_ratings",
+    "resolve_feeder",
     "validate_feeder",
     "with_ratings",
     "sequence_to_phase_matrix",
@@ -63,13 +65,6 @@ def sequence_to_phase_matrix(z0: complex, z1: complex, z2: complex | None = None
 def phase_to_sequence_matrix(z_abc: np.ndarray) -> np.ndarray:
     """Sequence-frame matrix ``A^-1 Z_abc A``; diagonal for a symmetric element."""
     return PHASE_TO_SEQ @ z_abc @ SEQ_TO_PHASE
-
-
-def feeder_dir() -> Path:
-    """The built-in feeder definitions: packaged in a wheel, or the repo's ``feeders/``."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "data" / "feeders"
-    return packaged if packaged.is_dir() else here.parent / "feeders"
 
 
 @dataclass(frozen=True)
@@ -380,7 +375,7 @@ def load_feeder(name_or_path: str | Path, *, ratings: str | Path | None = None) 
     :class:`~bayesflex.errors.FeederWarning` naming how many and their codes.
     """
     table = None if ratings is None else read_ratings(ratings)
-    feeder = _load_path(_resolve(name_or_path))
+    feeder = _load_path(resolve_feeder(name_or_path))
     if table is not None:
         amps, where, sha = table
         feeder = with_ratings(feeder, amps, where)
@@ -405,20 +400,6 @@ def _load_path(path: Path) -> Feeder:
         f"{path}: cannot tell what kind of feeder this is "
         "(allowed: a feeder .toml, a pandapower .json, an OpenDSS .dss or folder)"
     )
-
-
-def _resolve(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
-    if p.exists():
-        return p
-    name = str(name_or_path)
-    if "/" not in name and "\\" not in name and not p.suffix:
-        for candidate in (Path("feeders") / f"{name}.toml", feeder_dir() / f"{name}.toml"):
-            if candidate.exists():
-                return candidate
-        known = sorted(q.stem for q in feeder_dir().glob("*.toml"))
-        raise ConfigError(f"no feeder named {name!r} (built-in feeders: {', '.join(known)})")
-    raise ConfigError(f"{p}: no such file or folder")
 
 
 def _load_toml(path: Path) -> Feeder:

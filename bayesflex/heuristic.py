@@ -471,7 +471,14 @@ class Adjustment:
     above its upper limit (over-voltage, overload), -1 below its lower limit
     (under-voltage), 0 where the phase is not ranked (within limits, no
     converged load flow, or ``rank=False``); ``violation_kind (..., phase)``:
-    VOLTAGE, LINE or TRAFO there, -1 elsewhere.
+    VOLTAGE, LINE or TRAFO there, -1 elsewhere.  ``target_phase (..., agent,
+    phase)``: for each agent-phase the heuristic moved, the phase (0, 1, 2 for
+    a, b, c) of the violated quantity it was relieving in the round that moved
+    that agent-phase most -- the scenario's worst violation then, whose
+    sensitivity to the agent's power on its own phase ranked it; -1 where not
+    moved.  Another phase than the agent's own is relief through the coupling
+    of the phases (a four-wire feeder's neutral: loading phase a shifts the
+    neutral point and so moves the voltages of phases b and c).
     """
 
     p_kw: np.ndarray
@@ -487,6 +494,7 @@ class Adjustment:
     rounds: np.ndarray
     violation_sign: np.ndarray
     violation_kind: np.ndarray
+    target_phase: np.ndarray
 
 
 def _units(feeder: Feeder, arr, name: str) -> np.ndarray:
@@ -567,6 +575,8 @@ def resolve_congestion(
     rounds = np.zeros(n, np.int64)
     active = np.flatnonzero(st.converged & (st.ex.max(axis=1, initial=-np.inf) > 0))
     v_l, s_l = st.v_l.copy(), st.s_l.copy()
+    target = np.full(x0.shape, -1, np.int8)  # (n, C) phase of the violation each unit's largest move relieved
+    largest = np.zeros(x0.shape)
     for _ in range(max_rounds):
         if active.size == 0:
             break
@@ -578,6 +588,9 @@ def resolve_congestion(
         s_u = _unit_sensitivity(model, cons, method, x[active], qu[active], sub, np.arange(active.size), k)
         delta, _ = _allocate(s_u, deficit, direction, x[active], lo[active], hi[active])
         moved = np.abs(delta).max(axis=1, initial=0.0) > 0
+        more = np.abs(delta) > largest[active]
+        target[active] = np.where(more, cons.phase[k].astype(np.int8)[:, None], target[active])
+        largest[active] = np.maximum(largest[active], np.abs(delta))
         x[active] += delta
         rounds[active] += 1
         new = _solve(model, cons, x[active], qu[active])
@@ -596,6 +609,8 @@ def resolve_congestion(
         return out.reshape(lead + (feeder.n_agent, 3))
 
     congested_any = congested | ~st.converged[:, None]
+    target_all = np.full((n, 3 * feeder.n_agent), -1, np.int8)
+    target_all[:, model.agent_cols] = target
     return Adjustment(
         p_kw=back(x), adjust_up_kw=back(np.maximum(d, 0)), adjust_down_kw=back(np.maximum(-d, 0)),
         rank=ranks.reshape(lead + (feeder.n_agent, 3)),
@@ -604,6 +619,7 @@ def resolve_congestion(
         exceedance_pu=worst0.reshape(lead + (3,)), exceedance_after_pu=after.reshape(lead + (3,)),
         converged=st.converged.reshape(lead), resolved=resolved.reshape(lead), rounds=rounds.reshape(lead),
         violation_sign=sign.reshape(lead + (3,)), violation_kind=kind.reshape(lead + (3,)),
+        target_phase=target_all.reshape(lead + (feeder.n_agent, 3)),
     )
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .checks import did_you_mean
 from .errors import ConfigError
 from .intervals import quantile_interval, wilson_interval
 from .results import mcse, study_effective_draws
@@ -19,6 +20,7 @@ __all__ = ["BLOCK_DRAWS", "TECHNOLOGY_NAMES", "above_service", "adjustment_quant
            "congestion_probability", "draw_block", "draw_blocks", "flexibility_at_risk", "flexibility_summary",
            "half_hour", "n_draws", "portfolio_position", "predictive", "product_at_risk", "top_agents",
            "with_interval"]
+__all__ += ["adjustment_reason", "adjustment_reasons", "match_name"]
 
 _WHERE = ("bus", "line", "phase", "time", "trafo")
 
@@ -92,12 +94,27 @@ def _pick(da, dim: str, value, what: str):
     wanted = [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
     if dim == "time":
         return da.sel(time=[np.datetime64(half_hour(da.time.values, w, what)) for w in wanted])
-    values = [str(v) for v in da[dim].values]
-    missing = [v for v in wanted if v not in values]
-    if missing:
-        raise ConfigError(f"{what} {missing[0]!r} not in the study (allowed: {', '.join(values[:8])}"
-                          f"{', ...' if len(values) > 8 else ''})")
-    return da.sel({dim: wanted})
+    names = da[dim].values
+    return da.sel({dim: [match_name(names, w, what) for w in wanted]})
+
+
+def match_name(names, value, what: str) -> str:
+    """``value`` as one of ``names`` (agents, buses, lines...): as spelt, else ignoring case.
+
+    An unknown name is a :class:`~bayesflex.errors.ConfigError` naming ``what`` (the option or
+    argument), the value, the closest names (:func:`bayesflex.checks.did_you_mean`) and the first
+    names allowed."""
+    names = [str(n) for n in names]
+    value = str(value)
+    if value in names:
+        return value
+    same = [n for n in names if n.casefold() == value.casefold()]
+    if len(same) == 1:
+        return same[0]
+    if same:
+        raise ConfigError(f"{what} {value!r} matches {', '.join(same)} when case is ignored: give one as spelt")
+    raise ConfigError(f"{what} {value!r} not in the study{did_you_mean(value, names)} (allowed: "
+                      f"{', '.join(names[:8])}{f', ... {len(names)} in all' if len(names) > 8 else ''})")
 
 
 def congestion_probability(tree: xr.DataTree, by: str = "bus", *, phase=None, time=None,
@@ -140,13 +157,15 @@ def congestion_probability(tree: xr.DataTree, by: str = "bus", *, phase=None, ti
 
 def adjustment_quantiles(tree: xr.DataTree, agent: str, *, q=(0.5, 0.9, 0.95), time=None) -> pd.DataFrame:
     """Quantiles over draws of one agent's turn-up and turn-down, per phase and time (kW),
-    with the probability that it is asked to move at all (and its MC error) and
-    the mean kW when it is."""
-    h = _pick(tree["heuristic"].to_dataset()[["adjust_up_kw", "adjust_down_kw"]], "agent", agent, "agent")
+    with the probability that it is asked to move at all (its MC error and 95 % Wilson interval),
+    the mean kW when it is, and the ``reason`` (:func:`adjustment_reason`)."""
+    agent = match_name(tree["heuristic"].agent.values, agent, "agent")
+    names = [n for n in ("adjust_up_kw", "adjust_down_kw", "adjust_target_phase") if n in tree["heuristic"]]
+    h = _pick(tree["heuristic"].to_dataset()[names], "agent", agent, "agent")
     h = _pick(h, "time", time, "time").isel(agent=0)
     phases = tree["constant_data"]["agent_phases"].sel(agent=agent).values
     h = h.isel(phase=np.flatnonzero(phases))
-    n = n_draws(tree)
+    n = study_effective_draws(tree)
     rows = []
     for name, side in (("adjust_up_kw", "up"), ("adjust_down_kw", "down")):
         da = h[name].stack(sample=("chain", "draw"))
@@ -154,15 +173,58 @@ def adjustment_quantiles(tree: xr.DataTree, agent: str, *, q=(0.5, 0.9, 0.95), t
         moved = da > 0
         p = moved.mean("sample")
         when = (da.where(moved).mean("sample")).fillna(0.0)
+        relieved = _relieved_counts(h, moved)  # (target phase, time, phase) draws, or None
         for ph in da.phase.values:
             for t in da.time.values:
                 row = {"agent": agent, "phase": str(ph), "time": pd.Timestamp(t), "direction": side,
                        "p_adjusted": float(p.sel(phase=ph, time=t)),
-                       "p_adjusted_mcse": float(mcse(p.sel(phase=ph, time=t), n)),
                        "kw_when_adjusted": float(when.sel(phase=ph, time=t))}
                 row |= {f"q{qq:g}_kw": float(qs.sel(quantile=qq, phase=ph, time=t)) for qq in q}
+                if relieved is not None:
+                    row["reason"] = adjustment_reason(str(ph), relieved.sel(phase=ph, time=t).values)
                 rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    out = with_interval(df, "p_adjusted", n)  # p_adjusted_mcse, _lo, _hi beside p_adjusted
+    return out[[*df.columns[:5], "p_adjusted_mcse", "p_adjusted_lo", "p_adjusted_hi", *df.columns[5:]]]
+
+
+#: the phases, in the order of the codes of ``heuristic/adjust_target_phase``
+PHASES = ("a", "b", "c")
+
+
+def _relieved_counts(h: xr.Dataset, moved: xr.DataArray) -> xr.DataArray | None:
+    """Draws, among those ``moved``, whose adjustment relieved phase a, b, c: ``(target, time, phase)``;
+    None for a result that does not record it (an older bayesflex)."""
+    if "adjust_target_phase" not in h:
+        return None
+    target = h["adjust_target_phase"].stack(sample=("chain", "draw"))
+    return xr.concat([(moved & (target == j)).sum("sample") for j in range(len(PHASES))], "target")
+
+
+def adjustment_reason(phase: str, relieved) -> str:
+    """Why an agent is moved on ``phase``, from ``relieved`` (3,): the draws in which its move
+    relieved the violation of phase a, b, c (``heuristic/adjust_target_phase``).
+
+    "on the congested phase" where the violation relieved is on the agent's own phase; "relief of
+    phase b (neutral shift)" where it is on another: the heuristic moves the agents whose power
+    on their own phase moves the worst violated quantity most, and on a four-wire feeder loading
+    one phase shifts the neutral point, which raises (or lowers) the other phases' voltages.
+    Mixed draws are counted: "relief of phase b (neutral shift) in 12 of 15 draws; on the
+    congested phase in 3"; "" where the agent is not moved."""
+    counts = {j: int(c) for j, c in enumerate(relieved) if c > 0}
+    if not counts:
+        return ""
+    words = {j: "on the congested phase" if PHASES[j] == phase else f"relief of phase {PHASES[j]} (neutral shift)"
+             for j in counts}
+    order = sorted(counts, key=lambda j: (-counts[j], j))
+    if len(order) == 1:
+        return words[order[0]]
+    total = sum(counts.values())
+    first, *rest = order
+    return "; ".join([f"{words[first]} in {counts[first]} of {total} draws",
+                      *(f"{words[j]} in {counts[j]}" for j in rest)])
 
 
 def flexibility_at_risk(tree: xr.DataTree, confidence: float = 0.9, *, direction: str = "up",
@@ -330,6 +392,48 @@ def top_agents(tree: xr.DataTree, k: int = 10, *, block: int = BLOCK_DRAWS) -> p
     df = with_interval(df, "p_adjusted_in_horizon", min(n, study_effective_draws(tree)))
     df = df.sort_values(["p_adjusted_in_horizon", "p_adjusted_per_half_hour"], ascending=False, kind="stable")
     return df.head(k).reset_index(drop=True)
+
+
+def adjustment_reasons(tree: xr.DataTree, *, block: int = BLOCK_DRAWS) -> pd.DataFrame | None:
+    """Why the heuristic moves agents, over the whole study: one row per direction and reason
+    (:func:`adjustment_reason`: "on the congested phase", "relief of phase b (neutral shift)"),
+    with ``moves`` (agent-phase half-hours moved, over all draws), ``not_congested`` (of those, on
+    a phase within its limits at the planned powers of that draw and half-hour), ``share`` of
+    the direction's moves and ``kw`` (their sum).  None for a result that does not record it.
+    Read ``block`` draws at a time."""
+    h = tree["heuristic"]
+    if "adjust_target_phase" not in h:
+        return None
+    dims = ("draw", "time", "agent", "phase")
+    n_ph = len(PHASES)
+    moves = np.zeros((2, n_ph, n_ph), np.int64)  # (direction, own phase, phase relieved)
+    calm = np.zeros_like(moves)
+    kw = np.zeros((2, n_ph, n_ph))
+    for c, sl in draw_blocks(h, block):
+        target = draw_block(h["adjust_target_phase"], c, sl, dims)
+        free = ~draw_block(h["congested"], c, sl, ("draw", "time", "phase")).astype(bool)[:, :, None, :]
+        for i, name in enumerate(("adjust_up_kw", "adjust_down_kw")):
+            v = draw_block(h[name], c, sl, dims)
+            for own in range(n_ph):
+                for j in range(n_ph):
+                    hit = (v[..., own] > 0) & (target[..., own] == j)
+                    moves[i, own, j] += hit.sum()
+                    calm[i, own, j] += (hit & free[..., own]).sum()
+                    kw[i, own, j] += v[..., own][hit].sum(dtype=np.float64)
+    rows = []
+    for i, side in enumerate(("up", "down")):
+        total = moves[i].sum()
+        same = np.eye(n_ph, dtype=bool)
+        groups = [("on the congested phase", same)]
+        groups += [(f"relief of phase {PHASES[j]} (neutral shift)", ~same & (np.arange(n_ph) == j)[None, :])
+                   for j in range(n_ph)]
+        for reason, mask in groups:
+            m = int(moves[i][mask].sum())
+            if m:
+                rows.append({"direction": side, "reason": reason, "moves": m,
+                             "not_congested": int(calm[i][mask].sum()), "share": m / total,
+                             "kw": float(kw[i][mask].sum())})
+    return pd.DataFrame(rows, columns=["direction", "reason", "moves", "not_congested", "share", "kw"])
 
 
 #: how the causes of congestion name the technologies (``heuristic/cause_share``'s ``technology``)

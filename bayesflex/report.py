@@ -212,6 +212,7 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
                               f"{r.p_ranked_first:.5f}") for _, r in top.iterrows()],
                             ("agent", "P(adjusted in the horizon)", "turn-down kW when adjusted",
                              "turn-up kW when adjusted", "P(ranked first, per half-hour)")))
+    parts += _reasons_section(tree)
     if "portfolio_headroom_up_kw" in h:
         parts.append(_figure(maps.flexibility_figure(tree), "Flexibility at risk: portfolio turn-up and turn-down "
                              "deliverable after network limits, against the confidence of delivering it.",
@@ -358,6 +359,32 @@ def _causes_section(tree: xr.DataTree, k: int = 5) -> list[str]:
                         int(r.draws), r.violation, cause_text(r), r.agents) for _, r in df.iterrows()],
                       ("half-hour", "phase", "P(congested)", "congested draws", "worst violation", "causes",
                        "agents causing most")))
+    return out
+
+
+def _reasons_section(tree: xr.DataTree) -> list[str]:
+    """Why agents are moved on phases that are not congested: the neutral shift, in words and counts."""
+    from .query import adjustment_reasons
+
+    df = adjustment_reasons(tree)
+    if df is None or df.empty:
+        return []
+    out = ['<h3 id="adjustment-reasons">Why agents are moved on phases that are not congested</h3>',
+           ("<p>The heuristic moves, for the worst violation of a draw and half-hour, the agents whose power on "
+            "their own phase moves the violated quantity most (its sensitivity to that power, from the load "
+            "flow). On a four-wire feeder the phases are coupled through the neutral: load on phase a sends its "
+            "current back through the neutral, which shifts the neutral point away from phase a and so raises "
+            "the phase-to-neutral voltages of phases b and c. An agent on a phase within its limits can thus be "
+            "asked to turn <em>up</em> to relieve an under-voltage on another phase (or down, to relieve an "
+            "over-voltage there); such moves are marked <q>relief of phase b (neutral shift)</q> below and in "
+            "<code>bayesflex query DIR adjustment --agent NAME</code> (column <code>reason</code>). The phase "
+            "named is that of the violation the heuristic was relieving in the round that moved the agent most. "
+            "Where a phase's violation cannot be resolved, every agent whose move helps at all is moved to its "
+            "bound, however little it helps.</p>")]
+    out.append(_table([(("turn-up" if r.direction == "up" else "turn-down"), r.reason, int(r.moves),
+                        int(r.not_congested), f"{100 * r.share:.1f} %", f"{r.kw:.1f}") for _, r in df.iterrows()],
+                      ("direction", "reason", "agent-phase half-hours moved (all draws)",
+                       "of which on a phase not congested", "share of the direction", "kW in all")))
     return out
 
 

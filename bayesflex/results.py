@@ -116,6 +116,11 @@ _PER_DRAW = {  # name -> (dims after chain, draw; group; attrs)
                      {"units": "kW", "long_name": "turn-up the network asks of the agent"}),
     "adjust_down_kw": (("time", "agent", "phase"), "heuristic",
                        {"units": "kW", "long_name": "turn-down the network asks of the agent"}),
+    "adjust_target_phase": (("time", "agent", "phase"), "heuristic",
+                            {"units": "1", "flag_values": [-1, 0, 1, 2], "flag_meanings": "not_adjusted a b c",
+                             "long_name": "phase whose violation the agent's adjustment on this phase relieved (in "
+                                          "the heuristic's round that moved it most): its own phase, or another "
+                                          "through the neutral; -1 = not adjusted"}),
     "headroom_up_kw": (("time", "agent", "phase"), "heuristic",
                        {"units": "kW", "long_name": "turn-up deliverable with the whole portfolio turning up"}),
     "headroom_down_kw": (("time", "agent", "phase"), "heuristic",

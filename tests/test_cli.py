@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from bayesflex.cli import main
+from bayesflex.cli import EXIT_BROKEN_PIPE, main
+from bayesflex.errors import ConfigError
+from bayesflex.query import adjustment_quantiles, match_name
 from bayesflex.results import open_study
+
+from .conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,8 @@ def test_run_writes_the_study_and_prints_a_summary(study_dir, capsys):
 
 def test_run_summary_names_what_a_planner_looks_for(tmp_path, capsys):
     assert main(["run", "--draws", "3", "--periods", "2", "--jobs", "1", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "study ieee_eu_lv: 3 of 3 draws (100 %)" in err  # stderr is no terminal here: plain progress lines
     for words in ("probability of congestion at least once in the horizon", "phase a:", "worst half-hours",
                   "buses most at risk", "lines most at risk", "agents most often adjusted",
                   "portfolio flexibility sellable", "P90", "wrote"):
@@ -62,8 +70,7 @@ def test_query_answers_as_table_csv_and_json(study_dir, capsys):
     flex = pd.read_csv(io.StringIO(_query(capsys, d, "flexibility", "--confidence", "0.9", "--format", "csv")))
     tot = tree["heuristic"]["portfolio_deliverable_up_kw"].values[0]
     np.testing.assert_allclose(flex.deliverable_kw, np.quantile(tot, 0.1, axis=0))
-    table = _query(capsys, d, "adjustment", "--agent", "LOAD1")
-    assert "q0.9_kw" in table and "LOAD1" in table
+    assert "LOAD1 is not moved in any draw" in _query(capsys, d, "adjustment", "--agent", "LOAD1")
     assert "probability" in _query(capsys, d, "congestion", "--by", "line", "--top", "2")
 
 
@@ -83,3 +90,64 @@ def test_query_names_what_is_allowed(study_dir, capsys):
     assert "allowed: LOAD1" in capsys.readouterr().err
     assert main(["query", str(study_dir), "congestion", "--time", "2030-01-01"]) == 2
     assert "not a half-hour of the study" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------
+# what a new user met (issue 15)
+# ----------------------------------------------------------------------------
+HEAVY = ("pymc", "pytensor", "pandapower", "xarray", "bayesflex.engine", "bayesflex.priors.sampling")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--feeder", "atlantis"], ["no feeder named 'atlantis'"]),
+    (["--feeder", "ieee"], ["no feeder named 'ieee'; did you mean ieee_eu_lv?"]),
+    (["--priors", "defualt"], ["no prior set named 'defualt'; did you mean default?"]),
+    (["--start", "2026-01-14 19:15"], ["--start '2026-01-14 19:15'", "on :00 or :30"]),
+    (["--start", "19:15"], ["--start '19:15'", "without a date", "on :00 or :30"]),
+    (["--start", "garbage"], ["--start 'garbage': not a date-time"]),
+    (["--draws", "0"], ["--draws 0"]),
+    (["--observations", "no_such_meters.csv"], ["--observations no_such_meters.csv: no such file"]),
+    (["--feeders", "no_such_folder"], ["--feeders no_such_folder: no such folder"]),
+    (["--backend", "nosuch"], ["backend 'nosuch' unknown", "loky"]),
+])
+def test_bad_run_input_fails_before_the_heavy_imports(argv, words, monkeypatch, tmp_path, capsys):
+    """Bad input is judged before PyMC, pandapower, xarray or the engine are imported (each is
+    made unimportable here: importing one would fail the command with an ImportError)."""
+    for name in HEAVY:
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main(["run", "--out", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+def test_agent_names_match_ignoring_case_and_a_typo_gets_the_closest(study_dir, capsys):
+    assert main(["query", str(study_dir), "adjustment", "--agent", "LAOD12"]) == 2
+    err = capsys.readouterr().err
+    assert "--agent 'LAOD12' not in the study; did you mean LOAD12" in err, err
+    tree = open_study(study_dir, verify=False)
+    assert set(adjustment_quantiles(tree, "load1").agent) == {"LOAD1"}
+    with pytest.raises(ConfigError, match=r"'xyz' not in the study \(allowed: LOAD1, LOAD2, .*55 in all\)"):
+        match_name(tree["heuristic"].agent.values, "xyz", "--agent")  # nothing close
+
+
+def test_the_heatmap_of_overload_is_refused_not_drawn_as_voltage(study_dir, capsys):
+    assert main(["map", str(study_dir), "--heatmap", "--kind", "overload"]) == 2
+    err = capsys.readouterr().err
+    assert "--kind overload with --heatmap" in err and "allowed with --heatmap: any, undervoltage" in err, err
+    assert not (study_dir / "heatmap_overload.png").exists()
+
+
+def test_query_into_a_reader_that_stops_early_ends_quietly(study_dir):
+    """``bayesflex query ... | head``: the reader closes after one line of a long table (every
+    bus, phase and half-hour: far more than a pipe holds); no traceback, no error line."""
+    cmd = [sys.executable, "-m", "bayesflex.cli", "query", str(study_dir), "congestion", "--by", "bus", "--top", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert b"probability" in first
+    assert proc.returncode in (0, EXIT_BROKEN_PIPE) and err == "", (proc.returncode, err)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -449,3 +450,70 @@ def test_agent_reductions_read_blocks_of_draws_and_equal_the_whole_arrays(study,
         np.testing.assert_allclose(g, (up[:, :, j] - dn[:, :, j])[moved[:, :, j]], rtol=1e-6, atol=1e-6)
     with pytest.raises(bf.ConfigError, match="not in the study"):
         maps._adjustments_when_adjusted(h, ["no-such-agent"])
+
+
+# ----------------------------------------------------------------------------
+# why agents are moved on phases that are not congested (issue 15)
+# ----------------------------------------------------------------------------
+PHASES = ("a", "b", "c")
+
+
+def _calm_turn_ups(tree):
+    """(draw, time, agent, phase) of every turn-up on a phase within its limits at the planned powers."""
+    h = tree["heuristic"]
+    up = h["adjust_up_kw"].values[0]
+    calm = ~h["congested"].values[0].astype(bool)[:, :, None, :]
+    return np.nonzero((up > 0) & calm)
+
+
+def test_report_explains_moves_on_phases_that_are_not_congested(study):
+    tree = open_study(study)
+    h = tree["heuristic"]
+    calm_up = _calm_turn_ups(tree)[0].size
+    assert calm_up, "the tight study turns agents up on phases that are not congested"
+    text = (study / REPORT_FILE).read_text()
+    assert 'id="adjustment-reasons"' in text and "shifts the neutral point" in text
+    rows = re.findall(r"<tr><td>(turn-up|turn-down)</td><td>([^<]+)</td><td class=\"num\">(\d+)</td>"
+                      r"<td class=\"num\">(\d+)</td>", text)
+    got = {(side, reason): (int(m), int(calm)) for side, reason, m, calm in rows}
+    up, dn = h["adjust_up_kw"].values[0] > 0, h["adjust_down_kw"].values[0] > 0
+    # the counts as the arrays give them: every move, and the turn-ups on calm phases
+    assert sum(m for (side, _), (m, _) in got.items() if side == "turn-up") == up.sum()
+    assert sum(m for (side, _), (m, _) in got.items() if side == "turn-down") == dn.sum()
+    assert sum(c for (side, _), (_, c) in got.items() if side == "turn-up") == calm_up
+    # a turn-up on a calm phase relieves another phase: never "on the congested phase" for a phase
+    # that stays calm in every round
+    assert all(r.startswith("relief of phase") for (side, r), (m, c) in got.items() if side == "turn-up" and c == m)
+
+
+def test_query_adjustment_gives_the_reason_hides_unmoved_rows_and_honours_top(study, capsys):
+    tree = open_study(study)
+    h = tree["heuristic"]
+    cong = h["congested"].values[0].astype(bool)
+    up = h["adjust_up_kw"].values[0]
+    # rows with a move, per agent: (phase, half-hour, direction) where some draw moves it
+    moved = sum((h[k] > 0).any(("chain", "draw")).sum(("time", "phase")) for k in ("adjust_up_kw", "adjust_down_kw"))
+    d, t, a, ph = _calm_turn_ups(tree)
+    # a turn-up made in one draw only, where one phase alone is congested, by an agent moved more than
+    # once: the reason must name that phase
+    once = [i for i in range(d.size) if (up[:, t[i], a[i], ph[i]] > 0).sum() == 1 and cong[d[i], t[i]].sum() == 1
+            and int(moved[a[i]]) > 1]
+    assert once, "the tight study has a turn-up for a single congested phase"
+    i = once[0]
+    agent = str(h.agent.values[a[i]])
+    assert main(["query", str(study), "adjustment", "--agent", agent.lower(), "--top", "0", "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    df = pd.read_csv(io.StringIO(out))
+    cells = int(moved.sel(agent=agent))
+    n_rows = 2 * h.sizes["time"] * int(tree["constant_data"]["agent_phases"].sel(agent=agent).sum())
+    assert len(df) == cells > 1 and (df.p_adjusted > 0).all() and (df.agent == agent).all()
+    assert f"{n_rows - len(df)} of {n_rows} rows hidden" in err
+    assert df.p_adjusted.is_monotonic_decreasing
+    row = df[(df.phase == PHASES[ph[i]]) & (pd.to_datetime(df.time) == pd.Timestamp(h.time.values[t[i]]))
+             & (df.direction == "up")]
+    congested = PHASES[int(np.flatnonzero(cong[d[i], t[i]])[0])]
+    assert list(row.reason) == [f"relief of phase {congested} (neutral shift)"]
+    assert main(["query", str(study), "adjustment", "--agent", agent, "--top", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:2] == ["agent", "phase"] and "reason" in lines[0] and len(lines) == 3
+    assert f"{len(df) - 1} more rows with a move not shown (--top 0 shows them all)" in lines[2]

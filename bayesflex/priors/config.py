@@ -19,15 +19,12 @@ from typing import Any
 import pandas as pd
 
 from .._tables import zone
+from ..checks import HALF_HOURS_PER_DAY, MAX_PERIODS, priors_dir, resolve_priors
 from ..errors import ConfigError
 from .baseload import MAX_MEAN_SHARE
 from .spec import Param, parse_param
 
 __all__ = ["SCHEMA", "Priors", "Technology", "load_priors", "priors_dir"]
-
-HALF_HOURS_PER_DAY = 48
-#: longest horizon, half-hours: ten years (its end must stay a valid date-time)
-MAX_PERIODS = 10 * 366 * HALF_HOURS_PER_DAY
 
 #: key -> domain for each technology; "penetration"/"agents" say who has it
 SCHEMA: dict[str, dict[str, str]] = {
@@ -92,13 +89,6 @@ _EXTRA_KEYS = {
 _OPTIONAL = {"ev": {"timed_share", "timer_start_h"}}
 
 
-def priors_dir() -> Path:
-    """The built-in prior sets: packaged in a wheel, or the repo's ``priors/``."""
-    here = Path(__file__).resolve().parent.parent
-    packaged = here / "data" / "priors"
-    return packaged if packaged.is_dir() else here.parent / "priors"
-
-
 @dataclass(frozen=True)
 class Technology:
     """One technology table: its parameters, and who has it."""
@@ -137,15 +127,7 @@ class Priors:
 
 def load_priors(name_or_path: str | Path) -> Priors:
     """Load ``priors/<name>.toml`` (current folder, else built-in) or a path."""
-    path = Path(name_or_path)
-    if not path.exists():
-        name = str(name_or_path)
-        candidates = [Path("priors") / f"{name}.toml", priors_dir() / f"{name}.toml"]
-        found = next((c for c in candidates if c.exists()), None)
-        if found is None or "/" in name or path.suffix:
-            known = sorted(p.stem for p in priors_dir().glob("*.toml"))
-            raise ConfigError(f"no prior set named {name!r} (built-in: {', '.join(known)})")
-        path = found
+    path = resolve_priors(name_or_path)
     raw = path.read_bytes()
     try:
         cfg = tomllib.loads(raw.decode("utf-8"))
