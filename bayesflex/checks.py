@@ -51,14 +51,17 @@ def check_horizon(start, periods, *, label: str = "{} = ") -> tuple[str | None, 
         periods = int(periods)
     if start is not None:
         t = _start_time(start, f"{label.format('start')}{start!r}")
-        if t.minute % 30 or t.second or t.microsecond:
+        utc = t if t.tzinfo is None else t.astimezone(_dt.UTC)  # the study's half-hours are UTC ones
+        if utc.minute % 30 or utc.second or utc.microsecond:
+            e_g = utc.replace(minute=utc.minute // 30 * 30, second=0, microsecond=0)
+            e_g = e_g if t.tzinfo is None else e_g.astimezone(t.tzinfo)
             raise ConfigError(f"{label.format('start')}{start!r}: must fall on a half-hour, a time on :00 or :30 "
-                              f"(e.g. {t.replace(minute=t.minute // 30 * 30, second=0, microsecond=0):%Y-%m-%d %H:%M})")
+                              f"(e.g. {e_g.isoformat(' ', 'minutes')})")
     return start, periods
 
 
 def _start_time(start, where: str) -> _dt.datetime:
-    """``start`` as a naive date-time (UTC when it carried an offset); a clear error for anything else."""
+    """``start`` as a date-time (aware when it carries an offset); a clear error for anything else."""
     if isinstance(start, _dt.datetime):  # a pandas Timestamp is one too
         t = start
     else:
@@ -74,8 +77,6 @@ def _start_time(start, where: str) -> _dt.datetime:
             # pandas would take a time alone for today's: a study must not change with the day it runs
             raise ConfigError(f"{where}: a time without a date (it would mean today); give a date and a time "
                               "on :00 or :30, e.g. '2026-01-14 17:00'") from None
-    if t.tzinfo is not None:  # an offset: the instant given (the study's half-hours are UTC ones)
-        t = t.astimezone(_dt.timezone.utc).replace(tzinfo=None)
     return t
 
 
@@ -96,11 +97,30 @@ def check_backend(backend: str | None, scheduler: str | None, *, registered: boo
         raise ConfigError(f"--scheduler {scheduler!r} needs backend 'dask' (given: {backend!r})")
 
 
+def _builtin(kind: str) -> Path:
+    """A folder of built-in definitions (``feeders``, ``priors``): packaged in a wheel, or the repo's."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "data" / kind
+    return packaged if packaged.is_dir() else here.parent / kind
+
+
 def feeder_dir() -> Path:
     """The built-in feeder definitions: packaged in a wheel, or the repo's ``feeders/``."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "data" / "feeders"
-    return packaged if packaged.is_dir() else here.parent / "feeders"
+    return _builtin("feeders")
+
+
+def priors_dir() -> Path:
+    """The built-in prior sets: packaged in a wheel, or the repo's ``priors/``."""
+    return _builtin("priors")
+
+
+def _named(name: str, kind: str) -> Path | None:
+    """``kind/<name>.toml`` of the current folder, else the built-in one; None if neither exists."""
+    return next((c for c in (Path(kind) / f"{name}.toml", _builtin(kind) / f"{name}.toml") if c.exists()), None)
+
+
+def _known(kind: str) -> list[str]:
+    return sorted(q.stem for q in _builtin(kind).glob("*.toml"))
 
 
 def resolve_feeder(name_or_path: str | Path) -> Path:
@@ -111,19 +131,12 @@ def resolve_feeder(name_or_path: str | Path) -> Path:
         return p
     name = str(name_or_path)
     if "/" not in name and "\\" not in name and not p.suffix:
-        for candidate in (Path("feeders") / f"{name}.toml", feeder_dir() / f"{name}.toml"):
-            if candidate.exists():
-                return candidate
-        known = sorted(q.stem for q in feeder_dir().glob("*.toml"))
+        found = _named(name, "feeders")
+        if found is not None:
+            return found
+        known = _known("feeders")
         raise ConfigError(f"no feeder named {name!r}{did_you_mean(name, known)} (built-in feeders: {', '.join(known)})")
     raise ConfigError(f"{p}: no such file or folder")
-
-
-def priors_dir() -> Path:
-    """The built-in prior sets: packaged in a wheel, or the repo's ``priors/``."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "data" / "priors"
-    return packaged if packaged.is_dir() else here.parent / "priors"
 
 
 def resolve_priors(name_or_path: str | Path) -> Path:
@@ -133,9 +146,9 @@ def resolve_priors(name_or_path: str | Path) -> Path:
     if path.exists():
         return path
     name = str(name_or_path)
-    found = next((c for c in (Path("priors") / f"{name}.toml", priors_dir() / f"{name}.toml") if c.exists()), None)
+    found = _named(name, "priors")
     if found is None or "/" in name or path.suffix:
-        known = sorted(p.stem for p in priors_dir().glob("*.toml"))
+        known = _known("priors")
         raise ConfigError(f"no prior set named {name!r}{did_you_mean(name, known)} (built-in: {', '.join(known)})")
     return found
 
