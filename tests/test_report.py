@@ -509,7 +509,8 @@ def test_query_adjustment_gives_the_reason_hides_unmoved_rows_and_honours_top(st
     assert len(df) == cells > 1 and (df.p_adjusted > 0).all() and (df.agent == agent).all()
     assert f"{n_rows - len(df)} of {n_rows} rows hidden" in err
     assert df.p_adjusted.is_monotonic_decreasing
-    row = df[(df.phase == PHASES[ph[i]]) & (pd.to_datetime(df.time) == pd.Timestamp(h.time.values[t[i]]))
+    utc = pd.to_datetime(df.time, utc=True).dt.tz_localize(None)  # CSV times are local, with their offset
+    row = df[(df.phase == PHASES[ph[i]]) & (utc == pd.Timestamp(h.time.values[t[i]]))
              & (df.direction == "up")]
     congested = PHASES[int(np.flatnonzero(cong[d[i], t[i]])[0])]
     assert list(row.reason) == [f"relief of phase {congested} (neutral shift)"]
