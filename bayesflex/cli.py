@@ -385,9 +385,11 @@ def model_uncertainty_lines(s, k: int = 3) -> list[str]:
         return []
     v = s["p_congested_any_horizon_given_theta"]
     sp = v.values
-    lines = [(f"over the priors' parameter uncertainty: {pct(sp[0])}-{pct(sp[-1])} % (10-90 % of P(congested | "
-              f"parameters) over the draws; first order, the parameters explain {100 * float(v.attrs['r2']):.0f} % "
-              "of the worst margin's variance)")]
+    spread = (f"{pct(sp[0])}-{pct(sp[-1])} %" if sp[-1] > 0 else
+              "0 % throughout (no parameter value brings the worst margin past a limit)")
+    lines = [(f"over the priors' parameter uncertainty: {spread} (10-90 % of P(congested | parameters) over the "
+              f"draws; first order, the parameters explain {100 * float(v.attrs['r2']):.0f} % of the worst margin's "
+              "variance)")]
     for i in range(min(k, s.sizes["parameter"])):
         par = s.isel(parameter=i)
         lines.append(f"{'most influential:' if i == 0 else '':<18}{par.parameter.item():<26} "

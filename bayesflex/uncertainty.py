@@ -48,7 +48,7 @@ SPREAD = (0.1, 0.5, 0.9)
 class Screening:
     """The result of :func:`screen` (probabilities as fractions, margins in pu)."""
 
-    parameters: tuple[str, ...]  # ranked: largest move of the headline first
+    parameters: tuple[str, ...]  # ranked: largest move of the headline first, then of the worst margin
     theta_low: np.ndarray  # (parameter,) the parameter's 10 % quantile over the draws
     theta_high: np.ndarray  # its 90 % quantile
     p_low: np.ndarray  # (parameter,) the headline with the parameter at theta_low
@@ -90,9 +90,10 @@ def screen(margin: np.ndarray, theta: dict[str, np.ndarray], *, reps: int = 200,
         i = rng.integers(0, n, n)
         c, e, _ = _fit(margin[i], t[i])
         boot[r] = _spread(c[0] + t[i] @ c[1:], e)
-    order = np.argsort(-np.abs(p_high - p_low), kind="stable")
+    effect = beta * (high - low)
+    order = np.lexsort((-np.abs(effect), -np.abs(p_high - p_low)))  # ties (none congested): by the margin's move
     return Screening(parameters=tuple(names[j] for j in order), theta_low=low[order], theta_high=high[order],
-                     p_low=p_low[order], p_high=p_high[order], margin_effect_pu=(beta * (high - low))[order],
+                     p_low=p_low[order], p_high=p_high[order], margin_effect_pu=effect[order],
                      spread=spread, spread_lo=np.quantile(boot, 0.025, axis=0),
                      spread_hi=np.quantile(boot, 0.975, axis=0), r2=r2)
 
