@@ -255,7 +255,7 @@ def _model_uncertainty_section(s: xr.Dataset, k: int = 6) -> list[str]:
         "<p>The interval above is Monte Carlo error: how well these draws pin down the probability the priors "
         "imply. The priors' own parameters are uncertain too (each draw has its own population-level "
         "parameters, drawn from their priors). Over that uncertainty the probability of congestion on any phase "
-        f"in the horizon ranges <b>{format_percent(sp[0])}–{format_percent(sp[-1])} %</b> (10–90 % of P(congested | parameters) "
+        f"in the horizon {_spread_words(sp)} (10–90 % of P(congested | parameters) "
         f"over the draws, median {format_percent(sp[1])} %; 95 % bootstrap intervals {format_percent(lo[0])}–{format_percent(hi[0])} % and "
         f"{format_percent(lo[-1])}–{format_percent(hi[-1])} % for the ends). Estimated from these draws without further load flows: "
         "each draw's worst margin to a limit is regressed on its parameters (first order; they explain "
@@ -334,6 +334,12 @@ def _ratings_text(tree: xr.DataTree) -> str:
         text += (f"; set per line code from {a.get('line_ratings_from', '?')}: "
                  + ", ".join(f"{k} {v:g} A" for k, v in sorted(set_.items())))
     return text
+
+
+def _spread_words(sp) -> str:
+    if sp[-1] > 0:
+        return f"ranges <b>{format_percent(sp[0])}–{format_percent(sp[-1])} %</b>"
+    return "stays at <b>0 %</b> throughout (no parameter value brings the worst margin past a limit)"
 
 
 def _causes_section(tree: xr.DataTree, k: int = 5) -> list[str]:
