@@ -269,7 +269,7 @@ def _prob(p: float, lo: float, hi: float, n: float | None = None) -> str:
     """A probability with its 95 % interval, as everywhere in bayesflex (bayesflex.intervals)."""
     from .intervals import format_probability
 
-    return format_probability(float(p), float(lo), float(hi), n)
+    return format_probability(p, lo, hi, n)  # imported here: the command line's checks run without scipy
 
 
 def _row_prob(r, column: str = "probability", n: float | None = None) -> str:

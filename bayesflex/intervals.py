@@ -91,7 +91,9 @@ def quantile_interval(x, q, *, axis: int = 0, level: float = LEVEL) -> tuple[np.
 
 def format_probability(p: float, lo: float, hi: float, n: float | None = None) -> str:
     """One probability as the package prints it everywhere: ``"2.8 % [2.0, 3.9]"``;
-    a zero reads ``"0 of 1000 draws (< 0.38 %, 95 %)"`` (``n`` given) or ``"0 (< 0.38 %, 95 %)"``."""
+    a zero reads ``"0 of 1000 draws (< 0.38 %, 95 %)"`` (``n`` given) or ``"0 (< 0.38 %, 95 %)"``.
+    Takes Python or numpy scalars and 0-d arrays alike."""
+    p, lo, hi = float(p), float(lo), float(hi)
     if p == 0:
         of = f"0 of {n:.0f} draws" if n else "0"
         return f"{of} (< {format_percent(hi)} %, 95 %)"

@@ -75,11 +75,6 @@ def _table(rows: list[tuple], header: tuple[str, ...] | None = None) -> str:
     return "".join(out)
 
 
-def _prob(p: float, lo: float, hi: float, n: float | None = None) -> str:
-    """A probability with its 95 % interval, as everywhere in bayesflex (bayesflex.intervals)."""
-    return format_probability(float(p), float(lo), float(hi), n)
-
-
 def _effective(attrs, n: int) -> str:
     eff = float(attrs.get("effective_draws", n))
     return "" if eff >= n else (f" over {eff:.0f} effective draws: the posterior's smallest bulk effective sample "
@@ -106,14 +101,16 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
              f"{CREATED_PREFIX}{html.escape(created)}; study created {html.escape(a['created_at'])}</p>"]
 
     # -- headline numbers
-    rows = [(f"phase {ph}", _prob(s.p_congested_horizon.sel(phase=ph), s.p_congested_horizon_lo.sel(phase=ph),
-                                  s.p_congested_horizon_hi.sel(phase=ph), n)) for ph in s.phase.values]
+    rows = [(f"phase {ph}", format_probability(s.p_congested_horizon.sel(phase=ph),
+                                               s.p_congested_horizon_lo.sel(phase=ph),
+                                               s.p_congested_horizon_hi.sel(phase=ph), n)) for ph in s.phase.values]
     if "p_congested_any_horizon" in s:
-        rows.append(("any phase", _prob(s.p_congested_any_horizon, s.p_congested_any_horizon_lo,
-                                        s.p_congested_any_horizon_hi, n)))
+        rows.append(("any phase", format_probability(s.p_congested_any_horizon, s.p_congested_any_horizon_lo,
+                                                     s.p_congested_any_horizon_hi, n)))
     if "p_unresolved_horizon" in s:
         rows.append(("any phase, not resolvable by the agents' flexibility",
-                     _prob(s.p_unresolved_horizon, s.p_unresolved_horizon_lo, s.p_unresolved_horizon_hi, n)))
+                     format_probability(s.p_unresolved_horizon, s.p_unresolved_horizon_lo,
+                                        s.p_unresolved_horizon_hi, n)))
     parts += ["<h2>Headline</h2><p>Probability that the feeder is congested (a bus voltage outside "
               f"{a['v_min_pu']}–{a['v_max_pu']} pu, a line or the transformer above {a['loading_max_pu']:g} × "
               "its rating, or no load-flow solution) at least once in the horizon:</p>",
@@ -123,7 +120,7 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
     worst = worst[worst.probability > 0]
     if not worst.empty:
         parts.append("<p>Worst half-hours:</p>" + _table(
-            [(fmt_time(r.time, tree), _prob(r.probability, r.lo, r.hi)) for _, r in worst.iterrows()],
+            [(fmt_time(r.time, tree), format_probability(r.probability, r.lo, r.hi)) for _, r in worst.iterrows()],
             ("half-hour", "P(congestion, any phase)")))
     pos = portfolio_position(tree)
     if pos:
@@ -206,7 +203,7 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None) -> str:
                          "agents most often adjusted.", "adjustments"))
     top = top[top.p_adjusted_in_horizon > 0]
     if not top.empty:
-        parts.append(_table([(r.agent, _prob(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_lo,
+        parts.append(_table([(r.agent, format_probability(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_lo,
                                              r.p_adjusted_in_horizon_hi),
                               f"{r.down_kw_when_adjusted:.2f}", f"{r.up_kw_when_adjusted:.2f}",
                               f"{r.p_ranked_first:.5f}") for _, r in top.iterrows()],
@@ -361,7 +358,8 @@ def _causes_section(tree: xr.DataTree, k: int = 5) -> list[str]:
         "(fewer draws, rougher shares). What pushes the other way is shown apart, as the part of the push it "
         "takes back (PV in an evening under-voltage, or load on another phase raising this phase's voltage "
         "through the neutral). Reactive power is not shared out; the numbers are first order.</p>")
-    out.append(_table([(fmt_time(r.time, tree), r.phase, _prob(r.p_congested, r.p_congested_lo, r.p_congested_hi),
+    out.append(_table([(fmt_time(r.time, tree), r.phase,
+                        format_probability(r.p_congested, r.p_congested_lo, r.p_congested_hi),
                         int(r.draws), r.violation, cause_text(r), r.agents) for _, r in df.iterrows()],
                       ("half-hour", "phase", "P(congested)", "congested draws", "worst violation", "causes",
                        "agents causing most")))
