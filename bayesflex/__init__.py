@@ -7,6 +7,7 @@ Public surface (see DESIGN.md):
     lf = bf.solve_loadflow(feeder, p_kw, q_kvar, full=False)  # reductions only
     ds = bf.sample_priors(feeder, "default", draws=1000, seed=1)  # agent powers
     tree = bf.run_study(feeder="ieee_eu_lv", priors="default", draws=1000, seed=1)  # xarray.DataTree
+    dec = bf.decide(tree, "uk", objective="profit", risk=0.05, fresh=tree2)  # what to offer where
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -30,6 +31,8 @@ __all__ = [
     "Transformer",
     "load_feeder",
     "condition",
+    "decide",
+    "load_markets",
     "run_study",
     "load_priors",
     "sample_priors",
@@ -40,7 +43,7 @@ __all__ = [
 #: imported when first asked for, so that ``import bayesflex`` (and the command line's checks of
 #: what it was given) takes a fraction of a second: numpy, scipy, pandas, xarray and PyMC take seconds
 _LAZY = {"sample_priors": "bayesflex.priors", "load_priors": "bayesflex.priors", "condition": "bayesflex.priors",
-         "run_study": "bayesflex.engine",
+         "run_study": "bayesflex.engine", "decide": "bayesflex.decide", "load_markets": "bayesflex.markets",
          **dict.fromkeys(("Feeder", "Source", "Transformer", "load_feeder", "validate_feeder"), "bayesflex.feeder"),
          **dict.fromkeys(("LoadFlowResult", "LoadFlowSummary", "solve_loadflow"), "bayesflex.loadflow")}
 

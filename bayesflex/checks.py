@@ -139,6 +139,20 @@ def resolve_feeder(name_or_path: str | Path) -> Path:
     raise ConfigError(f"{p}: no such file or folder")
 
 
+def resolve_markets(name_or_path: str | Path) -> Path:
+    """The file of a market set: a path, else ``markets/<name>.toml`` of the current folder, else
+    the built-in one; a clear error naming the sets there are."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = str(name_or_path)
+    found = _named(name, "markets")
+    if found is None or "/" in name or path.suffix:
+        known = _known("markets")
+        raise ConfigError(f"no market set named {name!r}{did_you_mean(name, known)} (built-in: {', '.join(known)})")
+    return found
+
+
 def resolve_priors(name_or_path: str | Path) -> Path:
     """The file of a prior set: a path, else ``priors/<name>.toml`` of the current folder, else
     the built-in one; a clear error naming the sets there are."""

@@ -103,6 +103,27 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default=None, help="output file, .png or .svg (default: DIR/map_<kind>.png)")
     m.add_argument("--dpi", type=int, default=120)
 
+    mk = sub.add_parser("market", help="decide what to offer in which market, at what risk",
+                        description="Choose the commitments per market product and half-hour that maximise the "
+                                    "expected objective over the study's draws of deliverable flexibility, within a "
+                                    "risk of falling short; judge them on fresh draws (another seed); write "
+                                    "DIR/market.csv, DIR/market.json, DIR/market_positions.csv and a section of "
+                                    "DIR/report.html.")
+    mk.add_argument("dir", help="study folder (or its result.nc)")
+    mk.add_argument("--markets", default="uk", help="market set name or path (default: uk, markets/uk.toml)")
+    mk.add_argument("--objective", default="profit",
+                    help="profit, carbon, affordability, or weights such as profit=1,carbon=0.05 (GBP per kg CO2)")
+    mk.add_argument("--risk", default="0.05", help="largest share of draws allowed to fall short in some half-hour "
+                                                   "(default 0.05), or none")
+    mk.add_argument("--cvar", default=None, metavar="ALPHA:GBP",
+                    help="also keep the CVaR at ALPHA of the shortfall cost under GBP, e.g. 0.95:5")
+    mk.add_argument("--fresh", default=None, metavar="DIR2",
+                    help="a study of the same inputs with another seed, to judge the commitments on (default: run "
+                         "one into DIR/market_fresh)")
+    mk.add_argument("--jobs", type=int, default=-1, help="workers for the fresh study (default: every core)")
+    mk.add_argument("--no-calibrate", action="store_true",
+                    help="tune at the risk itself, not at the in-sample risk that holds it on held-out draws")
+
     q = sub.add_parser("query", help="ask a finished study a question",
                        description="Probabilities (with Monte Carlo error) and quantiles from DIR/result.nc.")
     q.add_argument("dir", help="study folder (or its result.nc)")
@@ -600,6 +621,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_report(args)
         if args.command == "map":
             return _cmd_map(args)
+        if args.command == "market":
+            from .market_cli import cmd_market
+
+            return cmd_market(args)
         if args.command == "check-priors":
             return _cmd_check_priors(args)
     except BrokenPipeError:  # the reader went away (``| head``): not an output error; entry() ends quietly

@@ -454,3 +454,55 @@ def flexibility_figure(tree: xr.DataTree) -> Figure:
     ax.set_title(f"flexibility at risk: what the portfolio can commit after network limits "
                  f"({n_draws(tree)} draws)", fontsize=10)
     return fig
+
+
+def market_figure(tree: xr.DataTree, market: dict) -> Figure:
+    """The market decision (``market.json``): left, the kW committed per product and half-hour,
+    stacked (turn-up above the axis, turn-down below), over what the portfolio can deliver (5 % and
+    50 % quantiles over draws); right, the profit over the draws it was tuned on and fresh ones."""
+    h = tree["heuristic"]
+    times = pd.DatetimeIndex(h.time.values)
+    x = times.to_pydatetime()
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax, hx = fig.subplots(1, 2, width_ratios=(3, 1))
+    sign = {"up": 1.0, "down": -1.0}
+    base = {"up": np.zeros(len(times)), "down": np.zeros(len(times))}
+    colors = dict(zip(dict.fromkeys(r["product"] for r in market["commitments"]),
+                      ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                       "tab:olive", "tab:cyan", "tab:gray")))
+    start = pd.DatetimeIndex(pd.to_datetime(market["times_utc"], utc=True)).tz_localize(None)
+    for name, color in colors.items():
+        for d in ("up", "down"):
+            kw = np.zeros(len(times))
+            for r in market["commitments"]:
+                if r["product"] == name and r["direction"] == d:
+                    i = start.get_loc(pd.Timestamp(r["start_utc"]))
+                    kw[i:i + int(r["half_hours"])] = r["kw"]
+            if kw.any():
+                ax.bar(x, sign[d] * kw, bottom=sign[d] * base[d], width=0.9 / 48, align="edge", color=color,
+                       label=f"{name} ({d})")
+                base[d] += kw
+    for d, color in (("up", "tab:green"), ("down", "tab:purple")):
+        name = f"portfolio_deliverable_{d}_kw"
+        if name in h:
+            q = np.quantile(h[name].values.reshape(-1, len(times)), [0.05, 0.5], axis=0)
+            ax.plot(x, sign[d] * q[0], color=color, linewidth=1.5, label=f"deliverable turn-{d}, 5 %")
+            ax.plot(x, sign[d] * q[1], color=color, linewidth=1, linestyle="--", label=f"deliverable turn-{d}, 50 %")
+    ax.axhline(0, color="black", linewidth=0.6)
+    local_axis(ax, tree)
+    ax.set_ylabel("kW (turn-up above, turn-down below)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.set_title("commitments per product over the deliverable flexibility", fontsize=10)
+    hist = market["profit_hist"]
+    edges = np.asarray(hist["edges"])
+    for key, color, label in (("in_sample", "tab:blue", "tuning draws"), ("fresh", "tab:orange", "fresh draws")):
+        counts = np.asarray(hist[key], float)
+        if counts.sum():
+            hx.stairs(counts / counts.sum(), edges, color=color, label=label, linewidth=1.5)
+    hx.set_xlabel("profit over the horizon (GBP)")
+    hx.set_ylabel("share of draws")
+    hx.legend(fontsize=7)
+    hx.grid(alpha=0.3)
+    hx.set_title("profit over draws", fontsize=10)
+    return fig
