@@ -12,6 +12,14 @@ from bayesflex.markets import parse_markets
 TZ = "UTC"
 
 
+@pytest.fixture(autouse=True)
+def every_draw_in_the_programme(monkeypatch):
+    """The closed forms hold for the programme's own draws: let it use all of them."""
+    import bayesflex.decide
+
+    monkeypatch.setattr(bayesflex.decide, "PROGRAMME_DRAWS", 10**6)
+
+
 def _times(n):
     return pd.date_range("2026-01-14 17:00", periods=n, freq="30min").tz_localize(None)
 
