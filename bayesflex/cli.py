@@ -1,4 +1,5 @@
-"""Command line: ``bayesflex run`` (a probabilistic study), ``query``, ``map`` and ``report``.
+"""Command line: ``bayesflex run`` (a probabilistic study), ``query``, ``map``, ``report`` and ``coordinate``
+(the DSO-aggregator loop on a contracts file).
 
 ``bayesflex run`` with no arguments runs the default study: the IEEE European
 LV feeder, ``priors/default.toml``, 1,000 draws over 96 half-hours.  It writes

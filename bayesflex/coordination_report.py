@@ -125,6 +125,12 @@ def _pct(x: float) -> str:
     return f"{100 * x:+.1f} %"
 
 
+def _verdict_html(outcome: str) -> str:
+    """The outcome with its verdict ("secure", "not secure after 12 rounds", ...) in bold."""
+    head, sep, rest = outcome.partition(": ")
+    return f"<b>{html.escape(head[:1].upper() + head[1:])}</b>{sep}{html.escape(rest)}"
+
+
 def build_html(res: Coordination, contracts, info: dict) -> str:
     """The report page, from the coordination and its :func:`summary`."""
     import matplotlib.pyplot as plt
@@ -133,7 +139,7 @@ def build_html(res: Coordination, contracts, info: dict) -> str:
     v, cost = info["verdict"], info["cost"]
     cur = html.escape(cost["currency"])
     devices = sum(len(a.devices) for a in contracts.aggregators)
-    verdict_class = "" if res.secure else "warn"
+    verdict_class = "" if res.secure else "warn"  # the outcome says which and why
     parts = [(f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>bayesflex coordination: "
              f"{html.escape(contracts.name)}</title><style>{_CSS}</style></head><body>"),
              f"<h1>DSO–aggregator coordination: contracts {html.escape(contracts.name)}</h1>",
@@ -145,8 +151,7 @@ def build_html(res: Coordination, contracts, info: dict) -> str:
              f"{html.escape(zone_note(tree))}.</p>"),
              f"<p class='created'>report created {html.escape(info['created_at'])}</p>",
              "<h2>Verdict</h2>",
-             (f"<p class='{verdict_class}'><b>{'Secure' if res.secure else 'Not secure'}.</b> "
-             f"{html.escape(res.outcome)}.</p>")]
+             f"<p class='{verdict_class}'>{_verdict_html(res.outcome)}.</p>"]
     def prob(d):
         return format_probability(d["p"], d["lo"], d["hi"], d["draws"])
 
