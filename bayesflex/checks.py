@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["BUILTIN_BACKENDS", "MAX_PERIODS", "check_backend", "check_horizon", "check_input_file", "did_you_mean",
-           "feeder_dir", "priors_dir", "resolve_feeder", "resolve_priors"]
+__all__ = ["BUILTIN_BACKENDS", "MAX_PERIODS", "check_backend", "check_horizon", "check_input_file", "contracts_dir",
+           "did_you_mean", "feeder_dir", "priors_dir", "resolve_contracts", "resolve_feeder", "resolve_priors"]
 
 HALF_HOURS_PER_DAY = 48
 #: longest horizon, half-hours: ten years (its end must stay a valid date-time)
@@ -114,6 +114,11 @@ def priors_dir() -> Path:
     return _builtin("priors")
 
 
+def contracts_dir() -> Path:
+    """The built-in aggregator contracts: packaged in a wheel, or the repo's ``contracts/``."""
+    return _builtin("contracts")
+
+
 def _named(name: str, kind: str) -> Path | None:
     """``kind/<name>.toml`` of the current folder, else the built-in one; None if neither exists."""
     return next((c for c in (Path(kind) / f"{name}.toml", _builtin(kind) / f"{name}.toml") if c.exists()), None)
@@ -164,6 +169,22 @@ def resolve_priors(name_or_path: str | Path) -> Path:
     if found is None or "/" in name or path.suffix:
         known = _known("priors")
         raise ConfigError(f"no prior set named {name!r}{did_you_mean(name, known)} (built-in: {', '.join(known)})")
+    return found
+
+
+def resolve_contracts(name_or_path: str | Path) -> Path:
+    """The file of an aggregator contracts set: a path, else ``contracts/<name>.toml`` of the current
+    folder, else the built-in one; a clear error naming the sets there are (and the closest)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    name = str(name_or_path)
+    found = _named(name, "contracts")
+    if found is None or "/" in name or "\\" in name or path.suffix:
+        if "/" in name or "\\" in name or path.suffix:
+            raise ConfigError(f"{path}: no such contracts file")
+        known = _known("contracts")
+        raise ConfigError(f"no contracts named {name!r}{did_you_mean(name, known)} (built-in: {', '.join(known)})")
     return found
 
 

@@ -1,4 +1,5 @@
-"""Command line: ``bayesflex run`` (a probabilistic study), ``query``, ``map`` and ``report``.
+"""Command line: ``bayesflex run`` (a probabilistic study), ``query``, ``map``, ``report`` and ``coordinate``
+(the DSO-aggregator loop on a contracts file).
 
 ``bayesflex run`` with no arguments runs the default study: the IEEE European
 LV feeder, ``priors/default.toml``, 1,000 draws over 96 half-hours.  It writes
@@ -123,6 +124,30 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--jobs", type=int, default=-1, help="workers for the fresh study (default: every core)")
     mk.add_argument("--no-calibrate", action="store_true",
                     help="tune at the risk itself, not at the in-sample risk that holds it on held-out draws")
+
+    co = sub.add_parser("coordinate", help="run the two-stage DSO-aggregator coordination on a contracts file",
+                        description="Stage 1: each aggregator of CONTRACTS schedules its devices for cost (its "
+                                    "market commitment, unless the file gives one); stage 2: the DSO studies the "
+                                    "schedules and limits the devices wherever P(congestion) is not bounded below "
+                                    "--risk, the aggregators re-plan, until secure; the final schedules are "
+                                    "checked on fresh draws. Writes rounds.csv, positions.csv, coordination.json "
+                                    "and report.html into --out.")
+    co.add_argument("--contracts", required=True, help="aggregator contracts: name of contracts/<name>.toml, or a "
+                                                       "path (e.g. two_area)")
+    co.add_argument("--feeder", default=None, help="feeder name or path (default: the contracts file's "
+                                                   "[contracts] feeder)")
+    co.add_argument("--priors", default=None, help="prior set name or path, the uncontrollable demand and PV "
+                                                   "(default: the contracts file's [contracts] priors)")
+    co.add_argument("--risk", type=float, default=0.05, help="accepted P(congestion) per half-hour (default 0.05)")
+    co.add_argument("--draws", type=int, default=200, help="tuning draws of each round's study (default: 200)")
+    co.add_argument("--seed", type=int, default=1, help="seed; same inputs and seed give identical numbers")
+    co.add_argument("--jobs", type=int, default=-1, help="parallel workers, -1 = every core (default)")
+    co.add_argument("--confirm-draws", type=int, default=None, help="fresh draws confirming the verdict (default: "
+                                                                    "ceil(50 / risk), 1000 at 0.05)")
+    co.add_argument("--max-rounds", type=int, default=12, help="rounds of limits and re-plans at most (default 12)")
+    co.add_argument("--method", default="central", choices=("central", "distributed"),
+                    help="the aggregators' optimisation: one LP, or Dantzig-Wolfe over the devices (same optimum)")
+    co.add_argument("--out", default=None, help="output folder (default: reports/coordinate_<contracts>)")
 
     q = sub.add_parser("query", help="ask a finished study a question",
                        description="Probabilities (with Monte Carlo error) and quantiles from DIR/result.nc.")
@@ -609,6 +634,123 @@ def _cmd_check_priors(args) -> int:
     return 0 if res.ok else 1
 
 
+# ----------------------------------------------------------------------------
+# coordinate
+# ----------------------------------------------------------------------------
+def _check_coordinate_args(args) -> None:
+    """What ``coordinate`` was given that needs no file: before any is read or anything heavy imported."""
+    if not 0 < args.risk < 1:
+        raise ConfigError(f"--risk {args.risk:g}: must lie strictly between 0 and 1 (e.g. 0.05)")
+    for option, value, low in (("--draws", args.draws, 1), ("--seed", args.seed, 0),
+                               ("--max-rounds", args.max_rounds, 0), ("--confirm-draws", args.confirm_draws, 1)):
+        if value is not None and value < low:
+            raise ConfigError(f"{option} {value}: must be a whole number >= {low}")
+    if args.jobs == 0 or args.jobs < -1:
+        raise ConfigError(f"--jobs {args.jobs}: give a positive number of workers, or -1 for every core")
+
+
+def _cmd_coordinate(args, argv) -> int:
+    _check_coordinate_args(args)
+    from .checks import resolve_contracts, resolve_feeder, resolve_priors
+    from .outdir import check_writable, safe_name
+
+    path = resolve_contracts(args.contracts)
+    if args.out is not None:
+        check_writable(args.out)
+    header = _contracts_header(path)
+    names = {}
+    for option, key in (("--feeder", "feeder"), ("--priors", "priors")):
+        names[key] = getattr(args, key) or header.get(key)
+        if not isinstance(names[key], str):
+            raise ConfigError(f"{option}: not given, and {path} names no {key} ([contracts] {key} = \"...\")")
+    resolve_feeder(names["feeder"])
+    resolve_priors(names["priors"])
+    from .contracts import load_contracts
+    from .coordination import coordinate
+    from .coordination_report import write_coordination
+    from .feeder import load_feeder
+    from .priors import load_priors
+
+    t0 = time.perf_counter()
+    priors = load_priors(names["priors"])
+    feeder = load_feeder(names["feeder"])
+    import pandas as pd
+
+    times = pd.date_range(priors.start, periods=priors.periods, freq="30min", tz="UTC").tz_convert(
+        priors.timezone or "UTC")  # the study's half-hours; the contracts' daily profiles follow the local clock
+    contracts = load_contracts(path, feeder=feeder, times=times)
+    out = Path(args.out) if args.out else Path("reports") / f"coordinate_{safe_name(contracts.name)}"
+    check_writable(out)
+    devices = sum(len(a.devices) for a in contracts.aggregators)
+    print(f"coordinate: contracts {contracts.name} ({len(contracts.aggregators)} aggregators, {devices} devices), "
+          f"feeder {feeder.name}, priors {priors.name}; {len(times)} half-hours; risk {args.risk:g}, "
+          f"{args.draws} tuning draws a round, seed {args.seed}", flush=True)
+
+    def on_round(r) -> None:
+        peaks = ", ".join(f"{t.name} {p:.3f}" for t, p in zip(feeder.trafos, r.trafo_peak_pu))
+        what = f"round {r.index}" if r.seed == args.seed else f"round {r.index} on {r.draws} fresh draws"
+        print(f"  {what}: worst P(congestion) {r.worst()}, {len(r.over_risk(args.risk))} half-hour(s) over the risk; "
+              f"expected peak {peaks} pu; {r.limits} limits; off commitment {sum(r.shortfall_kwh.values()):.1f} kWh; "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+    res = coordinate(feeder, priors, contracts.aggregators, contracts.price_per_kwh, risk=args.risk, draws=args.draws,
+                     seed=args.seed, max_rounds=args.max_rounds, method=args.method,
+                     imbalance_price_per_kwh=contracts.imbalance_price_per_kwh, jobs=args.jobs,
+                     confirm_draws=args.confirm_draws, commitment_kw=contracts.commitment_kw, on_round=on_round)
+    _print_coordination(res, contracts)
+    inputs = {"feeder": {"name": feeder.name, "path": str(feeder.origin), "sha256": feeder.sha256},
+              "priors": {"name": priors.name, "path": str(priors.origin), "sha256": priors.sha256},
+              "contracts": {"name": contracts.name, "path": contracts.origin, "sha256": contracts.sha256}}
+    command = "bayesflex " + " ".join(shlex.quote(a) for a in argv)
+    paths = write_coordination(res, contracts, out, inputs, command=command)
+    print(f"\n{len(res.rounds)} studies of {args.draws} draws and one of {res.confirmation.draws} in "
+          f"{time.perf_counter() - t0:.0f} s; wrote {', '.join(str(p) for p in paths.values())}")
+    print(f"check the final schedules: bayesflex run --feeder {shlex.quote(names['feeder'])} --priors "
+          f"{shlex.quote(names['priors'])} --positions {shlex.quote(str(paths['positions']))}")
+    return 0
+
+
+def _contracts_header(path: Path) -> dict:
+    """The ``[contracts]`` table (feeder, priors) read without the heavy imports; a file that is not
+    TOML gives none here, and its error when it is loaded."""
+    import tomllib
+
+    try:
+        header = tomllib.loads(path.read_text()).get("contracts", {})
+    except (OSError, ValueError):
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def _print_coordination(res, contracts) -> None:
+    """The rounds table, the verdict, the transformers before and after, the cost and the commitments."""
+    import pandas as pd
+
+    from .coordination_report import transformers
+
+    table = res.table()
+    keep = ["round", "sample", "draws", "p_congested_max", "p_congested_max_hi", "half_hours_over_risk", "limits"]
+    keep += [c for c in table.columns if c.startswith("peak_pu[")] + ["device_cost", "imbalance_cost",
+                                                                       "shortfall_kwh"]
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print("\n" + table[keep].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"\n{'SECURE' if res.secure else 'NOT SECURE'}: {res.outcome}")
+    for tr in transformers(res):
+        p = {k: _prob(d["p"], d["lo"], d["hi"], d["draws"]) for k, d in tr.items() if k.startswith("p_overload")}
+        print(f"transformer {tr['transformer']}: expected peak {tr['peak_pu_before']:.3f} -> {tr['peak_pu_after']:.3f} "
+              f"pu ({100 * tr['peak_reduction']:.1f} % lower); P95 {tr['peak_p95_pu_before']:.3f} -> "
+              f"{tr['peak_p95_pu_after']:.3f} pu; P(overload), worst half-hour: stage 1 {p['p_overload_before']}, "
+              f"final {p['p_overload_after']} (tuning draws), {p['p_overload_after_fresh']} (fresh draws)")
+    cur = contracts.currency
+    print(f"contracted customers' electricity cost {100 * res.customer_cost_increase():+.1f} % (devices "
+          f"{sum(s.cost for s in res.first.values()):.2f} -> {sum(s.cost for s in res.final.values()):.2f} {cur}, "
+          f"their own demand and PV {res.uncontrolled_cost:.2f} {cur})")
+    for _, c in res.commitments().iterrows():
+        print(f"aggregator {c.aggregator}: commitment kept in {c.half_hours_kept} of {c.half_hours} half-hours; "
+              f"{c.short_kwh:.1f} kWh short ({c.short_limited_kwh:.1f} where the DSO limited its devices), "
+              f"{c.long_kwh:.1f} kWh long; imbalance {c.imbalance_cost:.2f} {cur}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -627,6 +769,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_market(args)
         if args.command == "check-priors":
             return _cmd_check_priors(args)
+        if args.command == "coordinate":
+            return _cmd_coordinate(args, argv)
     except BrokenPipeError:  # the reader went away (``| head``): not an output error; entry() ends quietly
         raise
     except BayesflexError as e:

@@ -21,7 +21,10 @@ the portfolio's power per step; in stage 2 the DSO returns
 * a limit and a floor on the portfolio's power per step (``limit_kw``,
   ``floor_portfolio_kw``), and
 * a cap and a floor on each device's power per step (``cap_kw``,
-  ``floor_kw``) -- bounds on the device's own LP variables.
+  ``floor_kw``) -- bounds on the device's own LP variables; and
+* a limit and a floor on the summed power of a group of devices per step
+  (``groups``; e.g. the aggregator's devices under one transformer phase),
+  which leave the aggregator to choose which of them moves.
 
 Two ways to the same optimum:
 
@@ -31,7 +34,8 @@ Two ways to the same optimum:
     Dantzig-Wolfe decomposition: each agent solves only its own LP (its caps
     and floors included), for prices the aggregator's small master LP sends
     it -- the market price less the shadow prices of the portfolio rows
-    (limit, floor, commitment), which are the only rows linking the agents;
+    (limit, floor, commitment) and of its groups' rows, which are the only
+    rows linking the agents;
     the imbalance deviations live in the master.  Proposals are combined by
     the master until no agent can lower the portfolio cost any more.  It
     reaches the central optimum to the LP tolerance (a test).
@@ -289,6 +293,30 @@ class _Link:
     dev: np.ndarray
 
 
+def _groups(groups, m: int, n: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The group rows ``a @ P <= h`` on the devices' powers stacked device by device (``P[i * n + t]``):
+    one row per finite limit (+1 on the group's devices) and floor (-1, ``h = -floor``)."""
+    rows, cols, vals, h = [], [], [], []
+    for k, g in enumerate(groups or ()):
+        try:
+            idx, limit, floor = g
+        except (TypeError, ValueError):
+            raise ConfigError(f"groups[{k}]: give (device indices, limit_kw, floor_kw), each limit and floor one "
+                              f"value per step ({n}; NaN or inf: none)") from None
+        idx = np.unique(np.asarray(idx, np.int64).ravel())
+        if not idx.size or idx.min() < 0 or idx.max() >= m:
+            raise ConfigError(f"groups[{k}]: device indices {idx.tolist()} must lie in 0 .. {m - 1}")
+        for sign, bound, name in ((1.0, limit, "limit_kw"), (-1.0, floor, "floor_kw")):
+            v = _steps(np.nan if bound is None else bound, n, f"groups[{k}] {name}")
+            for t in np.flatnonzero(np.isfinite(v)):
+                r = len(h)
+                rows += [r] * idx.size
+                cols += list(idx * n + t)
+                vals += [sign] * idx.size
+                h.append(sign * v[t])
+    return sp.csr_matrix((vals, (rows, cols)), shape=(len(h), m * n)), np.asarray(h, float)
+
+
 def _link(n: int, dt: float, limit, floor, commitment, imbalance) -> _Link:
     """The portfolio rows from per-step arrays (NaN or +-inf: none at that step)."""
     lim, flo, com = (np.flatnonzero(np.isfinite(v)) for v in (limit, floor, commitment))
@@ -311,15 +339,16 @@ def _result(agents, p, price, dt, link: _Link, y_g, method, iterations=1) -> Sch
 
 def schedule(devices, price_per_kwh, *, dt_h: float = 0.5, limit_kw=None, floor_portfolio_kw=None,
              cap_kw=None, floor_kw=None, commitment_kw=None, imbalance_price_per_kwh=None,
-             method: str = "central", tol: float = 1e-7, max_iter: int = 500) -> Schedule:
+             method: str = "central", tol: float = 1e-7, max_iter: int = 500, groups=None) -> Schedule:
     """Cost-optimal schedules of ``devices`` against ``price_per_kwh`` (currency per kWh, one per step).
 
     ``limit_kw``, ``floor_portfolio_kw`` (kW per step): the portfolio's power may not exceed the limit
     nor fall below the floor.  ``cap_kw``, ``floor_kw`` (kW per (device, step)): the same for each
     device's power.  ``commitment_kw`` (kW per step): the portfolio power sold or bought in the market;
     every kW off it costs ``imbalance_price_per_kwh`` (currency per kWh, scalar or per step, >= 0;
-    default twice the largest |price|) per hour.  NaN or +-inf anywhere means no bound (or no
-    commitment) there.  ``method``: "central" or "distributed" (module docstring); ``tol``: the
+    default twice the largest |price|) per hour.  ``groups``: ``(device indices, limit_kw,
+    floor_kw)`` each, the summed power of those devices kept within limit and floor per step.  NaN
+    or +-inf anywhere means no bound (or no commitment) there.  ``method``: "central" or "distributed" (module docstring); ``tol``: the
     distributed method stops when the master's cost is within ``tol`` (relative) of its lower bound.
 
     Raises :class:`SolverError` if no schedule meets the constraints, naming the agent and step when
@@ -342,12 +371,13 @@ def schedule(devices, price_per_kwh, *, dt_h: float = 0.5, limit_kw=None, floor_
     link = _link(n, dt_h, *(_steps(np.nan if v is None else v, n, name) for v, name in
                              [(limit_kw, "limit_kw"), (floor_portfolio_kw, "floor_portfolio_kw"),
                               (commitment_kw, "commitment_kw")]), imbalance)
+    grp = _groups(groups, m, n)
     if method not in ("central", "distributed"):
         raise ConfigError(f"method {method!r} unknown (allowed: 'central', 'distributed')")
     try:
         if method == "central":
-            return _central(blocks, price, dt_h, link, agents)
-        return _dantzig_wolfe(blocks, price, dt_h, link, agents, tol=tol, max_iter=max_iter)
+            return _central(blocks, price, dt_h, link, agents, grp)
+        return _dantzig_wolfe(blocks, price, dt_h, link, agents, grp, tol=tol, max_iter=max_iter)
     except _Infeasible as e:
         why = _culprit(raw, agents, floor, cap)
         if why is None:
@@ -355,7 +385,7 @@ def schedule(devices, price_per_kwh, *, dt_h: float = 0.5, limit_kw=None, floor_
         raise SolverError(f"portfolio schedule: no feasible schedule: {why}") from e
 
 
-def _central(blocks, price, dt, link: _Link, agents) -> Schedule:
+def _central(blocks, price, dt, link: _Link, agents, grp) -> Schedule:
     """One LP: x = [every device's variables, d+, d-]."""
     q = link.commit.size
     power = sp.hstack([b.power for b in blocks]).tocsr()  # (step, variable)
@@ -365,8 +395,10 @@ def _central(blocks, price, dt, link: _Link, agents) -> Schedule:
 
     eye = sp.identity(q)
     c = np.concatenate([dt * (power.T @ price), link.dev, link.dev])
-    a_ub = pad(sp.vstack([sp.block_diag([b.a_ub for b in blocks]), link.g @ power])).tocsr()
-    b_ub = np.concatenate([b.b_ub for b in blocks] + [link.h])
+    group_a, group_h = grp
+    a_ub = pad(sp.vstack([sp.block_diag([b.a_ub for b in blocks]),
+                          group_a @ sp.block_diag([b.power for b in blocks]), link.g @ power])).tocsr()
+    b_ub = np.concatenate([b.b_ub for b in blocks] + [group_h, link.h])
     a_eq = sp.vstack([pad(sp.block_diag([b.a_eq for b in blocks])),
                       sp.hstack([link.e @ power, -eye, eye])]).tocsr()
     b_eq = np.concatenate([b.b_eq for b in blocks] + [link.commit])
@@ -384,20 +416,28 @@ def _central(blocks, price, dt, link: _Link, agents) -> Schedule:
 _MASTER = "highs-ipm"  # its duals, nearer the centre of the optimal face, need fewer rounds
 
 
-def _dantzig_wolfe(blocks, price, dt, link: _Link, agents, *, tol: float, max_iter: int,
+def _dantzig_wolfe(blocks, price, dt, link: _Link, agents, grp, *, tol: float, max_iter: int,
                    smoothing: float = 0.7) -> Schedule:
     """Column generation: agents propose schedules for prices; the aggregator's master mixes them.
 
     Master variables: a convex weight per proposal of each agent, P_T (kW per step), a slack per
     ``g`` row (at a prohibitive cost: phase I inside the master) and the deviations d+, d-; rows:
     one convexity row per agent, ``sum of weighted proposals - P_T = 0`` (its dual ``y``: what one
-    kW more of P_T is worth), and the portfolio rows on P_T.  Agents are priced at the market price
-    less ``y``, with the duals smoothed towards those of the best lower bound so far (Wentges); the
+    kW more of P_T is worth), the portfolio rows on P_T, and the group rows on the weighted
+    proposals (each with a slack like the limit's).  Agents are priced at the market price less ``y``
+    and their groups' duals, smoothed towards those of the best lower bound so far (Wentges); the
     rounds stop when the master's cost is within ``tol`` (relative) of that Lagrangian bound."""
     n, m = len(price), len(blocks)
     r, q = link.h.size, link.commit.size
+    group_a, group_h = grp
+    rg = group_h.size
     rows = sp.vstack([link.g, link.e]).tocsr()  # y = rows.T @ pi, pi = duals of the portfolio rows
-    rhs = np.concatenate([link.h, link.commit])
+    rhs = np.concatenate([link.h, link.commit, group_h])
+    mine = [group_a[:, a * n:(a + 1) * n].tocsr() for a in range(m)]  # each agent's part of the group rows
+
+    def prices(at):  # what one kW more of each agent's power is worth at each step, for duals ``at``
+        y = rows.T @ at[:r + q]
+        return [y + g.T @ at[r + q:] for g in mine]
 
     def own(b, y):  # the agent's LP for the market price less y: (energy cost, power)
         c = b.power.T @ (dt * price - y)
@@ -408,31 +448,33 @@ def _dantzig_wolfe(blocks, price, dt, link: _Link, agents, *, tol: float, max_it
     cost, pw, owner = np.array([c for c, _ in first]), np.stack([p for _, p in first], axis=1), np.arange(m)
     big = 1e3 * (np.abs(price).max() * dt + link.dev.max(initial=0.0) + dt)
     z, eye = sp.csr_matrix, sp.identity
-    fixed_ub = sp.hstack([link.g, -eye(r), z((r, 2 * q))])
-    fixed_eq = sp.vstack([sp.hstack([-eye(n), z((n, r + 2 * q))]),
-                          sp.hstack([link.e, z((q, r)), -eye(q), eye(q)])])
-    bounds = [(None, None)] * n + [(0, None)] * (r + 2 * q)
+    fixed_ub = sp.vstack([sp.hstack([link.g, -eye(r), z((r, rg + 2 * q))]),
+                          sp.hstack([z((rg, n + r)), -eye(rg), z((rg, 2 * q))])]).tocsr()
+    fixed_eq = sp.vstack([sp.hstack([-eye(n), z((n, r + rg + 2 * q))]),
+                          sp.hstack([link.e, z((q, r + rg)), -eye(q), eye(q)])])
+    bounds = [(None, None)] * n + [(0, None)] * (r + rg + 2 * q)
     best, center = -np.inf, None
     for iterations in range(1, max_iter + 1):
         nl = len(cost)
         conv = z((np.ones(nl), (owner, np.arange(nl))), shape=(m, nl))
-        a_eq = sp.vstack([sp.hstack([conv, z((m, n + r + 2 * q))]),
+        a_eq = sp.vstack([sp.hstack([conv, z((m, n + r + rg + 2 * q))]),
                           sp.hstack([sp.vstack([z(pw), z((q, nl))]), fixed_eq])]).tocsr()
-        res = _solve(np.concatenate([cost, np.zeros(n), np.full(r, big), link.dev, link.dev]),
-                     sp.hstack([z((r, nl)), fixed_ub]).tocsr(), link.h, a_eq,
-                     np.concatenate([np.ones(m), np.zeros(n), link.commit]), [(0, None)] * nl + bounds,
-                     "the aggregator's master", method=_MASTER)
+        on_groups = z(np.column_stack([mine[a] @ pw[:, k] for k, a in enumerate(owner)]) if rg else (0, nl))
+        res = _solve(np.concatenate([cost, np.zeros(n), np.full(r + rg, big), link.dev, link.dev]),
+                     sp.vstack([sp.hstack([z((r, nl)), fixed_ub[:r]]), sp.hstack([on_groups, fixed_ub[r:]])]).tocsr(),
+                     np.concatenate([link.h, group_h]), a_eq, np.concatenate([np.ones(m), np.zeros(n), link.commit]),
+                     [(0, None)] * nl + bounds, "the aggregator's master", method=_MASTER)
         mu = res.eqlin.marginals[:m]
-        pi = np.concatenate([res.ineqlin.marginals[:r], res.eqlin.marginals[m + n:]])
-        y = rows.T @ pi
+        pi = np.concatenate([res.ineqlin.marginals[:r], res.eqlin.marginals[m + n:], res.ineqlin.marginals[r:]])
+        y = prices(pi)
         scale = tol * max(1.0, abs(res.fun))
         for at in ([pi] if center is None else [smoothing * center + (1 - smoothing) * pi, pi]):
-            y_at = rows.T @ at
-            props = [own(b, y_at) for b in blocks]
-            bound = sum(c - y_at @ p for c, p in props) + at @ rhs  # Lagrangian: <= the optimum
+            y_at = prices(at)
+            props = [own(b, ya) for b, ya in zip(blocks, y_at)]
+            bound = sum(c - ya @ p for (c, p), ya in zip(props, y_at)) + at @ rhs  # Lagrangian: <= the optimum
             if bound > best:
                 best, center = bound, at
-            new = [a for a, (c, p) in enumerate(props) if c - y @ p - mu[a] < -scale / m]
+            new = [a for a, (c, p) in enumerate(props) if c - y[a] @ p - mu[a] < -scale / m]
             if new or res.fun - best <= scale:  # else the smoothed prices found nothing: try the master's
                 break
         if res.fun - best <= scale:
@@ -442,10 +484,10 @@ def _dantzig_wolfe(blocks, price, dt, link: _Link, agents, *, tol: float, max_it
         owner = np.concatenate([owner, new])
     else:
         raise SolverError(f"distributed schedule did not converge in {max_iter} rounds")
-    slack = res.x[nl + n:nl + n + r]
-    if r and slack.max() > 1e-6:
-        raise _Infeasible("portfolio schedule: no feasible schedule meets the portfolio limit/floor "
-                          f"(the distributed master needs {slack.max():.3g} kW beyond it)")
+    slack = res.x[nl + n:nl + n + r + rg]
+    if r + rg and slack.max() > 1e-6:
+        raise _Infeasible("portfolio schedule: no feasible schedule meets the portfolio or group limits/floors "
+                          f"(the distributed master needs {slack.max():.3g} kW beyond them)")
     p = np.array([pw[:, owner == a] @ res.x[:nl][owner == a] for a in range(m)])
     return _result(agents, p, price, dt, link, res.ineqlin.marginals[:r], "distributed", iterations)
 

@@ -215,3 +215,32 @@ def test_bad_devices_are_named(device, words):
         schedule([device], np.full(N, 0.2))
     with pytest.raises(ConfigError, match="allowed: 'central', 'distributed'"):
         schedule([Battery("b", 10, 3)], np.full(N, 0.2), method="auction")
+
+
+def test_group_limits_leave_the_choice_of_device_and_both_methods_agree(rng):
+    """A limit on the summed power of a group of devices (the aggregator's devices under one transformer
+    phase) at the group's busiest steps, and a floor on another group: the sums keep them, the devices
+    their own constraints, and the distributed scheme prices each agent with its group's dual to the
+    central optimum."""
+    n = 24
+    devices, price = _portfolio(rng, n)
+    free = schedule(devices, price)
+    one, two = np.array([0, 1, 2, 6, 7]), np.array([3, 4, 8])
+    busy = np.argsort(-free.p_kw[one].sum(axis=0))[:3]
+    limit = np.full(n, np.nan)
+    limit[busy] = 0.6 * free.p_kw[one][:, busy].sum(axis=0)
+    low = np.argsort(free.p_kw[two].sum(axis=0))[:2]  # its batteries discharge there: room to do less
+    floor = np.full(n, -np.inf)
+    floor[low] = free.p_kw[two][:, low].sum(axis=0) + 1.0
+    groups = [(one, limit, None), (two, None, floor)]
+    central = schedule(devices, price, groups=groups)
+    dist = schedule(devices, price, groups=groups, method="distributed")
+    assert central.cost > free.cost  # the limit binds
+    assert dist.cost == pytest.approx(central.cost, rel=1e-6)
+    for s in (central, dist):
+        _check_devices(devices, s)
+        assert np.all(s.p_kw[one][:, busy].sum(axis=0) <= limit[busy] + 1e-6)
+        assert np.all(s.p_kw[two][:, low].sum(axis=0) >= floor[low] - 1e-6)
+    np.testing.assert_allclose(central.p_kw[one][:, busy].sum(axis=0), limit[busy], atol=1e-6)  # binding
+    with pytest.raises(ConfigError, match=r"groups\[0\]: device indices \[99\] must lie in 0 .. 14"):
+        schedule(devices, price, groups=[([99], limit, None)])
