@@ -476,7 +476,7 @@ def market_figure(tree: xr.DataTree, market: dict) -> Figure:
             kw = np.zeros(len(times))
             for r in market["commitments"]:
                 if r["product"] == name and r["direction"] == d:
-                    i = start.get_loc(pd.Timestamp(r["start_utc"]))
+                    i = start.get_loc(pd.Timestamp(r["start_utc"]).tz_localize(None))
                     kw[i:i + int(r["half_hours"])] = r["kw"]
             if kw.any():
                 ax.bar(x, sign[d] * kw, bottom=sign[d] * base[d], width=0.9 / 48, align="edge", color=color,

@@ -53,7 +53,7 @@ def cmd_market(args) -> int:
     summary["fresh_seed"] = int(fresh.attrs.get("seed", -1))
     table = dec.table()
     summary["commitments"] = _local_table(table, dec.timezone).assign(
-        start_utc=[t.strftime("%Y-%m-%dT%H:%M") for t in table.start]).to_dict(orient="records")
+        start_utc=[t.strftime("%Y-%m-%dT%H:%MZ") for t in table.start]).to_dict(orient="records")
     summary["capacity_kw"] = {d: dec.capacity_kw(d).round(3).tolist() for d in ("up", "down")}
     summary["times_utc"] = [t.strftime("%Y-%m-%dT%H:%MZ") for t in dec.times]
     summary["timezone"] = dec.timezone
@@ -62,7 +62,10 @@ def cmd_market(args) -> int:
     from .positions import write_positions
 
     write_positions(pos, directory / MARKET_POSITIONS)
-    _local_table(dec.table(), dec.timezone).to_csv(directory / MARKET_CSV, index=False)
+    _local_table(table, dec.timezone).assign(
+        start_utc=[t.strftime("%Y-%m-%dT%H:%MZ") for t in table.start],
+        end_utc=[t.strftime("%Y-%m-%dT%H:%MZ") for t in table.end]).to_csv(directory / MARKET_CSV, index=False,
+                                                                  float_format="%.6g")
     (directory / MARKET_JSON).write_text(json.dumps(summary, indent=1, default=_plain) + "\n")
     report = write_report(directory)
     _print(dec, format_probability)
@@ -130,8 +133,10 @@ def _print(dec, format_probability) -> None:
           + ", ".join(f"{k} x {w:g}" for k, w in dec.weights.items())
           + ("" if dec.risk is None else f"; risk: at most {100 * dec.risk:g} % of draws short in some half-hour"))
     if dec.solver.get("calibration"):
-        print(f"  tuned at {100 * dec.solver['in_sample_risk']:.2g} % in sample, which held the risk on held-out "
-              "draws (commitments fall short more often on draws they were not tuned on)")
+        held = "which held the risk on held-out draws" if dec.solver["calibration_held"] else \
+            "the lowest tried, and even it did not hold the risk on held-out draws"
+        print(f"  tuned at {100 * dec.solver['in_sample_risk']:.2g} % in sample, {held} (commitments fall short "
+              "more often on draws they were not tuned on)")
     if table.empty:
         print("no commitment: nothing can be sold within the risk")
     else:

@@ -274,8 +274,10 @@ def _market_section(tree: xr.DataTree, m: dict) -> list[str]:
     if cal:
         parts.append(f"<p>Commitments tuned to fall short in {100 * m['risk']:g} % of their own draws fell short in "
                      f"{100 * cal[0]['held_out_p_shortfall']:.1f} % of held-out draws, so they were tuned at "
-                     f"{100 * m['solver']['in_sample_risk']:.2g} % in sample, the largest share that held the "
-                     "limit on held-out draws (two-fold cross-validation).</p>")
+                     f"{100 * m['solver']['in_sample_risk']:.2g} % in sample, "
+                     + ("the largest share that held the limit on held-out draws" if m["solver"].get("calibration_held")
+                        else "the lowest share tried; even it did not hold the limit on held-out draws")
+                     + " (two-fold cross-validation).</p>")
     rows = []
     for name in dict.fromkeys(r["product"] for r in m["commitments"]):
         rs = [r for r in m["commitments"] if r["product"] == name]
