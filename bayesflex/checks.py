@@ -144,48 +144,46 @@ def resolve_feeder(name_or_path: str | Path) -> Path:
     raise ConfigError(f"{p}: no such file or folder")
 
 
-def resolve_markets(name_or_path: str | Path) -> Path:
-    """The file of a market set: a path, else ``markets/<name>.toml`` of the current folder, else
-    the built-in one; a clear error naming the sets there are."""
+def _resolve(name_or_path: str | Path, kind: str, what: str) -> Path:
+    """A path, else ``<kind>/<name>.toml`` of the current folder, else the built-in one; a clear error
+    naming the built-in sets (and the closest), or the missing path."""
     path = Path(name_or_path)
     if path.is_file():
         return path
     name = str(name_or_path)
-    found = _named(name, "markets")
-    if found is None or "/" in name or path.suffix:
-        known = _known("markets")
-        raise ConfigError(f"no market set named {name!r}{did_you_mean(name, known)} (built-in: {', '.join(known)})")
+    if "/" in name or "\\" in name or path.suffix:
+        raise ConfigError(f"{path}: no such {what} file")
+    found = _named(name, kind)
+    if found is None:
+        known = _known(kind)
+        raise ConfigError(f"no {what} named {name!r}{did_you_mean(name, known)} (built-in: {', '.join(known)})")
     return found
+
+
+def resolve_markets(name_or_path: str | Path) -> Path:
+    """The file of a market set (:func:`_resolve`)."""
+    return _resolve(name_or_path, "markets", "market set")
 
 
 def resolve_priors(name_or_path: str | Path) -> Path:
-    """The file of a prior set: a path, else ``priors/<name>.toml`` of the current folder, else
-    the built-in one; a clear error naming the sets there are."""
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    name = str(name_or_path)
-    found = _named(name, "priors")
-    if found is None or "/" in name or path.suffix:
-        known = _known("priors")
-        raise ConfigError(f"no prior set named {name!r}{did_you_mean(name, known)} (built-in: {', '.join(known)})")
-    return found
+    """The file of a prior set (:func:`_resolve`)."""
+    return _resolve(name_or_path, "priors", "prior set")
 
 
 def resolve_contracts(name_or_path: str | Path) -> Path:
-    """The file of an aggregator contracts set: a path, else ``contracts/<name>.toml`` of the current
-    folder, else the built-in one; a clear error naming the sets there are (and the closest)."""
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    name = str(name_or_path)
-    found = _named(name, "contracts")
-    if found is None or "/" in name or "\\" in name or path.suffix:
-        if "/" in name or "\\" in name or path.suffix:
-            raise ConfigError(f"{path}: no such contracts file")
-        known = _known("contracts")
-        raise ConfigError(f"no contracts named {name!r}{did_you_mean(name, known)} (built-in: {', '.join(known)})")
-    return found
+    """The file of an aggregator contracts set (:func:`_resolve`)."""
+    return _resolve(name_or_path, "contracts", "contracts")
+
+
+def toml_number(tab: dict, key: str, where: str, *, lo: float, hi: float, default=None) -> float:
+    """``tab[key]`` (or ``default``) as a float in ``[lo, hi]``; a :class:`ConfigError` naming ``where`` and
+    ``key`` if it is missing, not a number (booleans are not) or out of range."""
+    v = tab.get(key, default)
+    if v is None:
+        raise ConfigError(f"{where} {key}: required")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise ConfigError(f"{where} {key} = {v!r}: must be a number in [{lo:g}, {hi:g}]")
+    return float(v)
 
 
 def check_input_file(path, option: str) -> None:

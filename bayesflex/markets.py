@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from .checks import did_you_mean, resolve_markets
+from .checks import toml_number as _number
 from .errors import ConfigError
 
 __all__ = ["DIRECTIONS", "Forecast", "Markets", "Product", "load_markets", "parse_markets"]
@@ -334,15 +335,6 @@ def _choice(tab: dict, key: str, allowed, where: str, default=None) -> str:
     if v not in allowed:
         raise ConfigError(f"{where} {key} = {v!r}: one of {', '.join(allowed)}")
     return v
-
-
-def _number(tab: dict, key: str, where: str, *, lo: float, hi: float, default=None) -> float:
-    v = tab.get(key, default)
-    if v is None:
-        raise ConfigError(f"{where} {key}: required")
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-        raise ConfigError(f"{where} {key} = {v!r}: must be a number in [{lo:g}, {hi:g}]")
-    return float(v)
 
 
 # ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pandas as pd
 
 from .._tables import zone
 from ..checks import HALF_HOURS_PER_DAY, MAX_PERIODS, priors_dir, resolve_priors
+from ..checks import toml_number as _number
 from ..errors import ConfigError
 from .baseload import MAX_MEAN_SHARE
 from .spec import Param, parse_param
@@ -143,13 +144,6 @@ def _table(cfg: dict, key: str, origin: str) -> dict:
     return tab
 
 
-def _number(tab: dict, key: str, where: str, *, lo: float, hi: float, default=None) -> float:
-    v = tab.get(key, default)
-    if v is None:
-        raise ConfigError(f"{where} {key}: required")
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-        raise ConfigError(f"{where} {key} = {v!r}: must be a number in [{lo:g}, {hi:g}]")
-    return float(v)
 
 
 def _numbers(tab: dict, key: str, where: str, *, lo: float, hi: float, n: int | None, what: str,
