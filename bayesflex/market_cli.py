@@ -152,9 +152,17 @@ def _print(dec, format_probability) -> None:
               f"+/- {e['profit_mcse']:.2f} GBP (5-95 %: {e['profit_q05']:.2f} to {e['profit_q95']:.2f}); "
               f"shortfall {e['shortfall_kwh_mean']:.2f} kWh, cost {e['shortfall_cost_gbp_mean']:.2f} GBP")
     if fr is not None and dec.risk is not None:
-        verdict = ("holds" if fr["p_shortfall_hi"] < dec.risk else
-                   "is broken" if fr["p_shortfall"] > dec.risk else "is not confirmed (too few fresh draws)")
-        print(f"  the risk limit {verdict} on fresh draws")
+        print(f"  on fresh draws the risk limit {verdict_text(fr, dec.risk)}")
+
+
+def verdict_text(fresh: dict, risk: float) -> str:
+    """What the fresh draws say of the risk limit (``fresh``: an evaluation's summary)."""
+    if fresh["p_shortfall_hi"] < risk:
+        return "holds (the 95 % interval lies below it)"
+    if fresh["p_shortfall"] > risk:
+        return "is broken (the estimate is above it)"
+    return ("is not confirmed: the estimate is below it but the 95 % interval reaches above it "
+            "(more fresh draws would settle it)")
 
 
 def fresh_study(tree, out: Path, *, jobs: int = -1):

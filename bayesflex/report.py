@@ -305,9 +305,9 @@ def _market_section(tree: xr.DataTree, m: dict) -> list[str]:
     parts.append(_table(risk_rows, ("judged on", "P(short in some half-hour)", "expected profit, GBP (± MC "
                                     "error)", "profit 5-95 %", "shortfall, kWh", "CVaR of shortfall cost, GBP")))
     if fr is not None and m["risk"] is not None:
-        verdict = ("holds" if fr["p_shortfall_hi"] < m["risk"] else "is broken" if fr["p_shortfall"] > m["risk"]
-                   else "is not confirmed: the fresh draws cannot bound it below the limit")
-        parts.append(f"<p>The risk limit {verdict} on fresh draws.</p>")
+        from .market_cli import verdict_text
+
+        parts.append(f"<p>On fresh draws the risk limit {html.escape(verdict_text(fr, m['risk']))}.</p>")
     parts.append(_figure(market_figure(tree, m), "Commitments per product and half-hour (bars) over what the "
                          "portfolio can deliver (lines: 5 % and 50 % quantiles over draws; down below the axis); "
                          "right: the profit over draws, tuning and fresh.", "market"))
