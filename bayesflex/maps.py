@@ -456,9 +456,19 @@ def flexibility_figure(tree: xr.DataTree) -> Figure:
     return fig
 
 
+def _kw_of(market: dict, name: str, direction: str, start: pd.DatetimeIndex) -> np.ndarray:
+    """The kW a product commits per half-hour of the study, from ``market.json``'s commitments."""
+    kw = np.zeros(len(start))
+    for r in market["commitments"]:
+        if r["product"] == name and r["direction"] == direction:
+            i = start.get_loc(pd.Timestamp(r["start_utc"]).tz_localize(None))
+            kw[i:i + int(r["half_hours"])] = r["kw"]
+    return kw
+
+
 def market_figure(tree: xr.DataTree, market: dict) -> Figure:
     """The market decision (``market.json``): left, the kW committed per product and half-hour,
-    stacked (turn-up above the axis, turn-down below), over what the portfolio can deliver (5 % and
+    stacked (turn-up above the axis, turn-down below; products that stack overlap), over what the portfolio can deliver (5 % and
     50 % quantiles over draws); right, the profit over the draws it was tuned on and fresh ones."""
     h = tree["heuristic"]
     times = pd.DatetimeIndex(h.time.values)
@@ -471,17 +481,17 @@ def market_figure(tree: xr.DataTree, market: dict) -> Figure:
                       ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
                        "tab:olive", "tab:cyan", "tab:gray")))
     start = pd.DatetimeIndex(pd.to_datetime(market["times_utc"], utc=True)).tz_localize(None)
-    for name, color in colors.items():
+    groups = market.get("stack_groups") or [[n] for n in colors]
+    for group in groups:  # products that stack sell the same kW: their bars overlap, the group adds its largest
         for d in ("up", "down"):
-            kw = np.zeros(len(times))
-            for r in market["commitments"]:
-                if r["product"] == name and r["direction"] == d:
-                    i = start.get_loc(pd.Timestamp(r["start_utc"]).tz_localize(None))
-                    kw[i:i + int(r["half_hours"])] = r["kw"]
-            if kw.any():
-                ax.bar(x, sign[d] * kw, bottom=sign[d] * base[d], width=0.9 / 48, align="edge", color=color,
-                       label=f"{name} ({d})")
-                base[d] += kw
+            top = np.zeros(len(times))
+            for name in sorted((n for n in group if n in colors), key=lambda n: -_kw_of(market, n, d, start).max()):
+                kw = _kw_of(market, name, d, start)
+                if kw.any():
+                    ax.bar(x, sign[d] * kw, bottom=sign[d] * base[d], width=0.9 / 48, align="edge",
+                           color=colors[name], label=f"{name} ({d})" + (", stacked" if len(group) > 1 else ""))
+                    top = np.maximum(top, kw)
+            base[d] += top
     for d, color in (("up", "tab:green"), ("down", "tab:purple")):
         name = f"portfolio_deliverable_{d}_kw"
         if name in h:

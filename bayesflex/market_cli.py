@@ -55,6 +55,7 @@ def cmd_market(args) -> int:
     summary["commitments"] = _local_table(table, dec.timezone).assign(
         start_utc=[t.strftime("%Y-%m-%dT%H:%MZ") for t in table.start]).to_dict(orient="records")
     summary["capacity_kw"] = {d: dec.capacity_kw(d).round(3).tolist() for d in ("up", "down")}
+    summary["stack_groups"] = [[dec.markets.products[k].name for k in g] for g in dec.markets.stack_groups()]
     summary["times_utc"] = [t.strftime("%Y-%m-%dT%H:%MZ") for t in dec.times]
     summary["timezone"] = dec.timezone
     summary["profit_hist"] = _hist(dec.in_sample.value["profit"], dec.fresh.value["profit"])
