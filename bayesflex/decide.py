@@ -55,7 +55,7 @@ from .errors import ConfigError, SolverError
 from .intervals import wilson_interval
 from .markets import DIRECTIONS, Markets, blocks, local_clock
 
-__all__ = ["Decision", "decide", "deliverable_draws", "parse_objective"]
+__all__ = ["Decision", "decide", "deliverable_draws", "parse_objective", "verdict_text"]
 
 DT_H = 0.5
 OBJECTIVES = ("profit", "carbon", "affordability")
@@ -123,9 +123,8 @@ class _Terms:
     penalty_gbp: np.ndarray  # GBP per kW short (the cost a shortfall is charged)
 
 
-def _terms(markets: Markets, slot: np.ndarray, price=None) -> _Terms:
-    """``price``: optional per-product dict of scenario rows to use instead of the means
-    (``{"availability": (K, T), "energy": ..., "penalty": ...}``)."""
+def _terms(markets: Markets, slot: np.ndarray) -> _Terms:
+    """The objective terms at the forecasts' means, on the half-hours of the day ``slot``."""
     K, T = len(markets.products), len(slot)
     z = np.zeros((K, T))
     avail, energy, pen = z.copy(), z.copy(), z.copy()
@@ -133,9 +132,6 @@ def _terms(markets: Markets, slot: np.ndarray, price=None) -> _Terms:
     sign = np.array([p.sign for p in markets.products])[:, None]
     tested = np.array([1.0 if p.tested == "always" else p.called for p in markets.products])[:, None]
     for k, p in enumerate(markets.products):
-        if price is not None:
-            avail[k], energy[k], pen[k] = price["availability"][k], price["energy"][k], price["penalty"][k]
-            continue
         avail[k] = p.availability.mean()[slot] if p.availability is not None else 0.0
         energy[k] = p.energy.mean()[slot] if p.energy is not None else 0.0
         pen[k] = p.penalty.mean()[slot]
@@ -202,6 +198,16 @@ class Evaluation:
         if self.seed is not None:
             out["seed"] = self.seed
         return out
+
+
+def verdict_text(fresh: dict, risk: float) -> str:
+    """What the fresh draws say of the risk limit (``fresh``: :meth:`Evaluation.summary`)."""
+    if fresh["p_shortfall_hi"] < risk:
+        return "holds (the 95 % interval lies below it)"
+    if fresh["p_shortfall"] > risk:
+        return "is broken (the estimate is above it)"
+    return ("is not confirmed: the estimate is below it but the 95 % interval reaches above it "
+            "(more fresh draws would settle it)")
 
 
 def cvar(loss: np.ndarray, alpha: float) -> float:

@@ -52,8 +52,9 @@ def cmd_market(args) -> int:
     summary["study_sha256"] = file_sha256(directory / RESULT_FILE)
     summary["fresh_seed"] = int(fresh.attrs.get("seed", -1))
     table = dec.table()
-    summary["commitments"] = _local_table(table, dec.timezone).assign(
-        start_utc=[t.strftime("%Y-%m-%dT%H:%MZ") for t in table.start]).to_dict(orient="records")
+    blocks = _local_table(table, dec.timezone).assign(start_utc=[t.strftime("%Y-%m-%dT%H:%MZ") for t in table.start],
+                                                      end_utc=[t.strftime("%Y-%m-%dT%H:%MZ") for t in table.end])
+    summary["commitments"] = blocks.to_dict(orient="records")
     summary["capacity_kw"] = {d: dec.capacity_kw(d).round(3).tolist() for d in ("up", "down")}
     summary["stack_groups"] = [[dec.markets.products[k].name for k in g] for g in dec.markets.stack_groups()]
     summary["times_utc"] = [t.strftime("%Y-%m-%dT%H:%MZ") for t in dec.times]
@@ -63,13 +64,10 @@ def cmd_market(args) -> int:
     from .positions import write_positions
 
     write_positions(pos, directory / MARKET_POSITIONS)
-    _local_table(table, dec.timezone).assign(
-        start_utc=[t.strftime("%Y-%m-%dT%H:%MZ") for t in table.start],
-        end_utc=[t.strftime("%Y-%m-%dT%H:%MZ") for t in table.end]).to_csv(directory / MARKET_CSV, index=False,
-                                                                  float_format="%.6g")
+    blocks.to_csv(directory / MARKET_CSV, index=False, float_format="%.6g")
     (directory / MARKET_JSON).write_text(json.dumps(summary, indent=1, default=_plain) + "\n")
     report = write_report(directory)
-    _print(dec, format_probability)
+    _print(dec, summary, table, format_probability)
     print(f"wrote {directory / MARKET_CSV}, {directory / MARKET_JSON}, {directory / MARKET_POSITIONS} and "
           f"{report}")
     print(f"re-check the plan against the network: bayesflex run --positions {directory / MARKET_POSITIONS} ...")
@@ -126,10 +124,10 @@ def _local_table(df: pd.DataFrame, tz: str) -> pd.DataFrame:
     return out
 
 
-def _print(dec, format_probability) -> None:
-    s = dec.summary()
+def _print(dec, s: dict, table: pd.DataFrame, format_probability) -> None:
+    from .decide import verdict_text
+
     ins, fr = s["in_sample"], s["fresh"]
-    table = dec.table()
     print(f"markets: {dec.markets.name} ({dec.markets.origin}); objective: "
           + ", ".join(f"{k} x {w:g}" for k, w in dec.weights.items())
           + ("" if dec.risk is None else f"; risk: at most {100 * dec.risk:g} % of draws short in some half-hour"))
@@ -154,16 +152,6 @@ def _print(dec, format_probability) -> None:
               f"shortfall {e['shortfall_kwh_mean']:.2f} kWh, cost {e['shortfall_cost_gbp_mean']:.2f} GBP")
     if fr is not None and dec.risk is not None:
         print(f"  on fresh draws the risk limit {verdict_text(fr, dec.risk)}")
-
-
-def verdict_text(fresh: dict, risk: float) -> str:
-    """What the fresh draws say of the risk limit (``fresh``: an evaluation's summary)."""
-    if fresh["p_shortfall_hi"] < risk:
-        return "holds (the 95 % interval lies below it)"
-    if fresh["p_shortfall"] > risk:
-        return "is broken (the estimate is above it)"
-    return ("is not confirmed: the estimate is below it but the 95 % interval reaches above it "
-            "(more fresh draws would settle it)")
 
 
 def fresh_study(tree, out: Path, *, jobs: int = -1):

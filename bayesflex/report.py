@@ -305,7 +305,7 @@ def _market_section(tree: xr.DataTree, m: dict) -> list[str]:
     parts.append(_table(risk_rows, ("judged on", "P(short in some half-hour)", "expected profit, GBP (± MC "
                                     "error)", "profit 5-95 %", "shortfall, kWh", "CVaR of shortfall cost, GBP")))
     if fr is not None and m["risk"] is not None:
-        from .market_cli import verdict_text
+        from .decide import verdict_text
 
         parts.append(f"<p>On fresh draws the risk limit {html.escape(verdict_text(fr, m['risk']))}.</p>")
     parts.append(_figure(market_figure(tree, m), "Commitments per product and half-hour (bars) over what the "
