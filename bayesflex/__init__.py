@@ -10,14 +10,8 @@ Public surface (see DESIGN.md):
     dec = bf.decide(tree, "uk", objective="profit", risk=0.05, fresh=tree2)  # what to offer where
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-from .errors import BayesflexError, ConfigError, FeederError, SolverError
-
-try:
-    __version__ = version("bayesflex")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+from bayesflex.core.versions import __version__ as __version__
+from bayesflex.errors import BayesflexError, ConfigError, FeederError, SolverError
 
 __all__ = [
     "BayesflexError",
@@ -43,9 +37,10 @@ __all__ = [
 #: imported when first asked for, so that ``import bayesflex`` (and the command line's checks of
 #: what it was given) takes a fraction of a second: numpy, scipy, pandas, xarray and PyMC take seconds
 _LAZY = {"sample_priors": "bayesflex.priors", "load_priors": "bayesflex.priors", "condition": "bayesflex.priors",
-         "run_study": "bayesflex.engine", "decide": "bayesflex.decide", "load_markets": "bayesflex.markets",
-         **dict.fromkeys(("Feeder", "Source", "Transformer", "load_feeder", "validate_feeder"), "bayesflex.feeder"),
-         **dict.fromkeys(("LoadFlowResult", "LoadFlowSummary", "solve_loadflow"), "bayesflex.loadflow")}
+         "run_study": "bayesflex.study.engine", "decide": "bayesflex.aggregator.decide",
+         "load_markets": "bayesflex.aggregator.markets", "load_feeder": "bayesflex.io.feeders",
+         **dict.fromkeys(("Feeder", "Source", "Transformer", "validate_feeder"), "bayesflex.grid.feeder"),
+         **dict.fromkeys(("LoadFlowResult", "LoadFlowSummary", "solve_loadflow"), "bayesflex.grid.loadflow")}
 
 
 def __getattr__(name: str):

@@ -22,11 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import BayesflexError, ConfigError, OutputError
-from .intervals import format_probability, wilson_interval
-from .outdir import fresh, inside, safe_name
-from .results import mcse, study_effective_draws
-from .timefmt import fmt_time
+from bayesflex.analysis.report import REPORT_FILE, write_report
+from bayesflex.core.intervals import format_probability, wilson_interval
+from bayesflex.core.outdir import fresh, inside, safe_name
+from bayesflex.core.timefmt import fmt_time
+from bayesflex.errors import BayesflexError, ConfigError, OutputError
+from bayesflex.io.feeders import load_feeder
+from bayesflex.priors import load_priors
+from bayesflex.study.engine import run_study
+from bayesflex.study.results import RESULT_FILE, mcse, study_effective_draws
 
 __all__ = ["FLEET_FILE", "find_feeders", "fleet_row", "run_fleet"]
 
@@ -67,7 +71,7 @@ def _is_dss_folder(p: Path) -> bool:
 
 
 def _names(paths: list[Path]) -> dict[str, Path]:
-    """Unique, safe folder names (:func:`~bayesflex.outdir.safe_name`): what a file is called
+    """Unique, safe folder names (:func:`~bayesflex.core.outdir.safe_name`): what a file is called
     never decides where a result is written."""
     paths = [q.resolve() for q in paths]
     if len(paths) == 1:
@@ -146,12 +150,6 @@ def run_fleet(feeders, priors="default", *, out: str | Path, resume: bool = Fals
     import time
 
     from tqdm.auto import tqdm
-
-    from .engine import run_study
-    from .feeder import load_feeder
-    from .priors import load_priors
-    from .report import REPORT_FILE, write_report
-    from .results import RESULT_FILE
 
     found = feeders if isinstance(feeders, dict) else find_feeders(feeders)
     pr = load_priors(priors) if isinstance(priors, (str, Path)) else priors

@@ -74,7 +74,7 @@ def pgm_model(feeder):
     from power_grid_model import ComponentType, DatasetType, initialize_array
     from power_grid_model.enum import LoadGenType, WindingType
 
-    from bayesflex.feeder import phase_to_sequence_matrix
+    from bayesflex.grid.sequence import phase_to_sequence_matrix
 
     nb, nl = feeder.n_bus, feeder.n_line
     node = initialize_array(DatasetType.input, ComponentType.node, nb)
@@ -110,8 +110,13 @@ def pgm_model(feeder):
 
 
 def bench_pgm(feeder, n):
-    from power_grid_model import CalculationMethod, ComponentType, DatasetType, PowerGridModel
-    from power_grid_model import initialize_array
+    from power_grid_model import (
+        CalculationMethod,
+        ComponentType,
+        DatasetType,
+        PowerGridModel,
+        initialize_array,
+    )
 
     data, load_ids = pgm_model(feeder)
     model = PowerGridModel(data)

@@ -1,7 +1,7 @@
 """The market decision's chance constraint: iterated scenario discarding against the exact programme.
 
 `bf.decide` meets "at most `risk` of the draws fall short in some half-hour" by iterated
-scenario discarding (bayesflex/decide.py), because the exact programme -- a binary per draw
+scenario discarding (bayesflex/aggregator/decide.py), because the exact programme -- a binary per draw
 -- does not close in minutes at 1,000 draws and 96 half-hours.  This bench measures what the
 heuristic gives up, on instances small enough for HiGHS to solve the exact programme: the
 default study's deliverable flexibility (a study folder given as argument, e.g. the output
@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayesflex.decide import DIRECTIONS, _discard, _program, _terms, deliverable_draws, parse_objective
-from bayesflex.markets import load_markets, local_clock
-from bayesflex.results import RESULT_FILE, open_study
+from bayesflex.aggregator.decide import _discard, _program, _terms, deliverable_draws, DIRECTIONS, parse_objective
+from bayesflex.aggregator.markets import load_markets, local_clock
+from bayesflex.study.results import open_study, RESULT_FILE
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 import bayesflex as bf
-from bayesflex.heuristic import Limits
+from bayesflex.grid.heuristic import Limits
 
 
 def main() -> None:

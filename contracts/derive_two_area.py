@@ -108,7 +108,7 @@ currency = "GBP"
 # 02:00-04:00, peak 16:00-19:00); bench/two_area.py's PRICE_DAY.
 price_per_kwh = {_list(PRICE_DAY, 2)}
 # Every kWh off a commitment costs this, GBP/kWh: ASSUMPTION, twice the highest day-ahead price (the
-# default of bayesflex.portfolio.schedule), above every price so that a re-plan never leaves its
+# default of bayesflex.aggregator.portfolio.schedule), above every price so that a re-plan never leaves its
 # commitment to save energy cost, only where the DSO's limits leave no other way.
 imbalance_price_per_kwh = {_num(imbalance, 2)}
 

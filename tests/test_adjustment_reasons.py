@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import bayesflex as bf
-from bayesflex.feeder import Source
-from bayesflex.heuristic import Limits, resolve_congestion
-from bayesflex.query import adjustment_reason
+from bayesflex.analysis.query import adjustment_reason
+from bayesflex.grid.feeder import Source
+from bayesflex.grid.heuristic import Limits, resolve_congestion
 
 
 def _shared_cable(mutual: float) -> bf.Feeder:

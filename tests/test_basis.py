@@ -22,13 +22,13 @@ import pandas as pd
 import pytest
 
 import bayesflex as bf
-from bayesflex.cli import main, print_summary
-from bayesflex.engine import local_start, with_timezone
+from bayesflex.analysis.report import _basis_section
+from bayesflex.cli.main import main, print_summary
+from bayesflex.core.timefmt import fmt_time, local, local_half_hour, utc_of_local
 from bayesflex.errors import ConfigError, FeederWarning
-from bayesflex.feeder import read_ratings, with_ratings
+from bayesflex.io.feeders import read_ratings, with_ratings
 from bayesflex.priors import load_priors
-from bayesflex.report import _basis_section
-from bayesflex.timefmt import fmt_time, local, local_half_hour, utc_of_local
+from bayesflex.study.engine import local_start, with_timezone
 
 from .conftest import edited_priors, shared_path
 

@@ -20,13 +20,13 @@ import pytest
 import xarray as xr
 
 import bayesflex as bf
-from bayesflex import engine
-from bayesflex.cli import main, print_summary
-from bayesflex.engine import CAUSES, CHUNK_DRAWS, StudyOptions, run_study
-from bayesflex.feeder import Source
-from bayesflex.heuristic import Limits, cause_shares
-from bayesflex.query import cause_text, causes
-from bayesflex.results import open_study
+from bayesflex.analysis.query import cause_text, causes
+from bayesflex.cli.main import main, print_summary
+from bayesflex.grid.feeder import Source
+from bayesflex.grid.heuristic import Limits, cause_shares
+from bayesflex.study import engine
+from bayesflex.study.engine import CHUNK_DRAWS, StudyOptions, run_study
+from bayesflex.study.results import CAUSES, open_study
 
 
 # ----------------------------------------------------------------------------
@@ -321,7 +321,7 @@ def test_an_older_result_without_causes_gets_a_clear_error(ev_study):
 
 
 def test_report_has_a_causes_section(ev_study):
-    from bayesflex.report import build_report
+    from bayesflex.analysis.report import build_report
 
     text = build_report(ev_study, created_at="x")
     assert "<h2>What causes the congestion</h2>" in text

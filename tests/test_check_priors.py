@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayesflex.cli import main
+from bayesflex.cli.main import main
 from bayesflex.priors.check import enwl_house_days, house_days
 
 from .conftest import shared_path

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bayesflex.cli import EXIT_BROKEN_PIPE, main
+from bayesflex.analysis.query import adjustment_quantiles, match_name
+from bayesflex.cli.main import EXIT_BROKEN_PIPE, main
 from bayesflex.errors import ConfigError
-from bayesflex.query import adjustment_quantiles, match_name
-from bayesflex.results import open_study
+from bayesflex.study.results import open_study
 
 from .conftest import REPO
 
@@ -95,7 +95,7 @@ def test_query_names_what_is_allowed(study_dir, capsys):
 # ----------------------------------------------------------------------------
 # what a new user met (issue 15)
 # ----------------------------------------------------------------------------
-HEAVY = ("pymc", "pytensor", "pandapower", "xarray", "bayesflex.engine", "bayesflex.priors.sampling")
+HEAVY = ("pymc", "pytensor", "pandapower", "xarray", "bayesflex.study.engine", "bayesflex.priors.sampling")
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -1,4 +1,4 @@
-"""Aggregator contracts as data (bayesflex.contracts) and the ``bayesflex coordinate`` command."""
+"""Aggregator contracts as data (bayesflex.aggregator.contracts) and the ``bayesflex coordinate`` command."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayesflex.cli import main
-from bayesflex.contracts import load_contracts
+from bayesflex.aggregator.contracts import load_contracts
+from bayesflex.aggregator.portfolio import Battery, EVCharger, HeatPump
+from bayesflex.cli.main import main
 from bayesflex.errors import ConfigError
-from bayesflex.portfolio import Battery, EVCharger, HeatPump
 
 from .conftest import REPO
 

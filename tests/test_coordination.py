@@ -1,4 +1,4 @@
-"""Stage 2: the DSO makes the aggregators' schedules secure (bayesflex.coordination)."""
+"""Stage 2: the DSO makes the aggregators' schedules secure (bayesflex.aggregator.coordination)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from scipy.optimize import brentq
 
 import bayesflex as bf
-from bayesflex.coordination import (
+from bayesflex.aggregator.coordination import (
     Aggregator,
     Coordination,
     Round,
@@ -22,8 +22,8 @@ from bayesflex.coordination import (
     power_range,
     tolerated_draws,
 )
+from bayesflex.aggregator.portfolio import Battery, EVCharger, HeatPump, schedule
 from bayesflex.errors import ConfigError
-from bayesflex.portfolio import Battery, EVCharger, HeatPump, schedule
 
 N = 24  # twelve hours from midnight
 Z2 = 1.959963984540054**2  # 97.5 % normal quantile, squared

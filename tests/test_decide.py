@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayesflex.decide import cvar, decide, evaluate, parse_objective
+from bayesflex.aggregator.decide import cvar, decide, evaluate, parse_objective
+from bayesflex.aggregator.markets import parse_markets
+from bayesflex.core.intervals import quantile_interval
 from bayesflex.errors import ConfigError
-from bayesflex.intervals import quantile_interval
-from bayesflex.markets import parse_markets
 
 TZ = "UTC"
 
@@ -15,9 +15,9 @@ TZ = "UTC"
 @pytest.fixture(autouse=True)
 def every_draw_in_the_programme(monkeypatch):
     """The closed forms hold for the programme's own draws: let it use all of them."""
-    import bayesflex.decide
+    import bayesflex.aggregator.decide
 
-    monkeypatch.setattr(bayesflex.decide, "PROGRAMME_DRAWS", 10**6)
+    monkeypatch.setattr(bayesflex.aggregator.decide, "PROGRAMME_DRAWS", 10**6)
 
 
 def _times(n):

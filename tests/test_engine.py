@@ -11,10 +11,10 @@ import xarray as xr
 from scipy.stats import norm
 
 import bayesflex as bf
-from bayesflex.engine import CHUNK_DRAWS, run_study
-from bayesflex.feeder import Source
-from bayesflex.heuristic import Limits
-from bayesflex.results import open_study, save_study
+from bayesflex.grid.feeder import Source
+from bayesflex.grid.heuristic import Limits
+from bayesflex.study.engine import CHUNK_DRAWS, run_study
+from bayesflex.study.results import open_study, save_study
 
 V_BASE = 416 / math.sqrt(3)  # volts, phase to neutral
 PF = 0.95
@@ -168,7 +168,7 @@ def test_same_seed_reproduces_the_file_and_another_seed_does_not(small_study, tm
 
 
 def test_a_failed_study_leaves_no_file_that_looks_finished(tmp_path, monkeypatch):
-    from bayesflex import engine
+    from bayesflex.study import engine
 
     real = engine._physics
     calls = []

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import bayesflex as bf
-from bayesflex._builder import net_from_elements
-from bayesflex._pandapower import runpp_3ph_reference
-from bayesflex.feeder import feeder_dir
-from bayesflex.heuristic import assess
+from bayesflex.core.checks import feeder_dir
+from bayesflex.grid.heuristic import assess
+from bayesflex.io.builder import net_from_elements
+from bayesflex.io.pandapower import runpp_3ph_reference
 
 V_ATOL = 1e-9  # pu (measured: 2e-11)
 I_RTOL = 1e-5  # relative (measured: 3e-7)

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from bayesflex.cli import main
-from bayesflex.engine import CHUNK_DRAWS, run_study
+from bayesflex.cli.main import main
 from bayesflex.errors import ConfigError
 from bayesflex.fleet import FLEET_FILE, find_feeders, rank
-from bayesflex.results import open_study
+from bayesflex.study.engine import CHUNK_DRAWS, run_study
+from bayesflex.study.results import open_study
 
 from .conftest import shared_path
 

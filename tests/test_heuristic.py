@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import bayesflex as bf
-from bayesflex import heuristic as h
-from bayesflex.heuristic import LINE, VOLTAGE, Limits
-from bayesflex.loadflow import solve_load_nodes
+from bayesflex.grid import heuristic as h
+from bayesflex.grid.heuristic import LINE, VOLTAGE, Limits
+from bayesflex.grid.loadflow import solve_load_nodes
 
 TOL = 1e-6
 

@@ -333,7 +333,7 @@ assert TWO_AREA_CFG["source"]["area"][1]["houses_per_feeder"] == [2, 1, 1, 1]
 
 
 def _load_feeder(path):
-    from bayesflex.feeder import load_feeder
+    from bayesflex.io.feeders import load_feeder
 
     return load_feeder(path)
 
@@ -356,7 +356,7 @@ def assert_ieee_matches(feeder, cfg: dict) -> None:
 
 
 def _z1(z_abc: np.ndarray) -> complex:
-    from bayesflex.feeder import phase_to_sequence_matrix
+    from bayesflex.grid.sequence import phase_to_sequence_matrix
 
     return phase_to_sequence_matrix(z_abc)[1, 1]
 
@@ -574,7 +574,7 @@ def assert_dss_matches(feeder, folder: Path) -> None:
 
 
 def phase_to_sequence(z):
-    from bayesflex.feeder import phase_to_sequence_matrix
+    from bayesflex.grid.sequence import phase_to_sequence_matrix
 
     return phase_to_sequence_matrix(z)
 
@@ -587,7 +587,7 @@ def enwl_feeder() -> Path:
 @pytest.fixture
 def engine_timeout(monkeypatch):
     """The engine's child process gets 60 s: a regression that opens a FIFO or hangs fails, not blocks."""
-    from bayesflex import _opendss
+    from bayesflex.io import opendss as _opendss
 
     monkeypatch.setattr(_opendss, "_TIMEOUT_S", 60.0)
 
@@ -860,8 +860,8 @@ def default_priors():
 
 
 def _read(kind: str, path: Path, priors):
-    from bayesflex.positions import read_positions
     from bayesflex.priors import condition, read_observations
+    from bayesflex.study.positions import read_positions
 
     if kind == "observations":
         return read_observations(path, agents=CSV_AGENTS)

@@ -1,10 +1,10 @@
-"""Intervals on probabilities and quantiles (bayesflex.intervals): against scipy and by coverage."""
+"""Intervals on probabilities and quantiles (bayesflex.core.intervals): against scipy and by coverage."""
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from bayesflex.intervals import format_probability, quantile_interval, wilson_interval
+from bayesflex.core.intervals import format_probability, quantile_interval, wilson_interval
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 1000), (1, 1000), (28, 1000), (1000, 1000), (5, 30), (199, 200)])

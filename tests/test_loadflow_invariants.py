@@ -25,7 +25,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import breadth_first_order
 
 import bayesflex as bf
-from bayesflex.feeder import PHASE_TO_SEQ
+from bayesflex.grid.sequence import PHASE_TO_SEQ
 
 
 def _on_peak(feeder, factor=1.0):
@@ -121,9 +121,9 @@ def test_collapse_is_flagged_not_hidden(ieee):
     """A batch with a scenario far beyond the feeder's loadability between
     two ordinary ones: the bad one is flagged with NaN values; pandapower has
     no solution there either; the others are solved as if alone."""
-    from bayesflex._pandapower import runpp_3ph_reference
-
     import pandapower.networks as pn
+
+    from bayesflex.io.pandapower import runpp_3ph_reference
 
     factors = np.array([1.0, NOSE_ABOVE, 2.0, 400.0])[:, None, None]
     p, q = _on_peak(ieee, factors)

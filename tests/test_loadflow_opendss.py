@@ -37,7 +37,7 @@ import pandas as pd
 import pytest
 
 import bayesflex as bf
-from bayesflex._pandapower import runpp_3ph_reference, to_pandapower
+from bayesflex.io.pandapower import runpp_3ph_reference, to_pandapower
 
 from .conftest import shared_path
 

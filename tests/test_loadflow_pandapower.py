@@ -24,7 +24,7 @@ import pandapower.networks as pn
 import pytest
 
 import bayesflex as bf
-from bayesflex._pandapower import feeder_from_pandapower, pandapower_agent_tables, runpp_3ph_reference
+from bayesflex.io.pandapower import feeder_from_pandapower, pandapower_agent_tables, runpp_3ph_reference
 
 V_ATOL = 1e-6  # pu, required by the issue
 I_RTOL = 1e-4  # relative, required by the issue

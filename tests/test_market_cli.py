@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayesflex.cli import main
+from bayesflex.aggregator.markets import load_markets, parse_markets
+from bayesflex.cli.main import main
 from bayesflex.errors import ConfigError
-from bayesflex.markets import load_markets, parse_markets
-from bayesflex.positions import read_positions
-from bayesflex.results import open_study
+from bayesflex.study.positions import read_positions
+from bayesflex.study.results import open_study
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_quantile_forecast_mean_and_efa_blocks():
     expect = np.where(u < 0.1, p10, np.where(u < 0.5, p10 + (u - 0.1) / 0.4 * (p50 - p10),
                                              np.where(u < 0.9, p50 + (u - 0.5) / 0.4 * (p90 - p50), p90))).mean()
     assert fc.mean()[0] == pytest.approx(expect)
-    from bayesflex.markets import blocks
+    from bayesflex.aggregator.markets import blocks
 
     times = pd.date_range("2026-01-13 22:00", periods=12, freq="30min")  # UTC = UK time in January
     ids = blocks(m.product("dc_low"), times, "Europe/London")

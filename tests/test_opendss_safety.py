@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bayesflex import _opendss
-from bayesflex._opendss import _resolve_word, feeder_from_opendss
 from bayesflex.errors import FeederError
+from bayesflex.io import opendss as _opendss
+from bayesflex.io.opendss import _resolve_word, feeder_from_opendss
 
 from .conftest import fifo_nobody_opens, shared_path
 

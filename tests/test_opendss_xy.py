@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import bayesflex as bf
-from bayesflex import _opendss
 from bayesflex.errors import FeederError
+from bayesflex.io import opendss as _opendss
 
 from .conftest import fifo_nobody_opens, shared_path
 

@@ -21,13 +21,13 @@ import pytest
 import xarray as xr
 
 import bayesflex as bf
-from bayesflex import engine
-from bayesflex.checkpoint import PARTIAL_DIR, Checkpoint
-from bayesflex.cli import default_out, main
+from bayesflex.cli.main import default_out, main
+from bayesflex.core.outdir import default_label, inside, safe_name
 from bayesflex.errors import ConfigError, OutputError
 from bayesflex.fleet import _names, fleet_row
-from bayesflex.outdir import default_label, inside, safe_name
-from bayesflex.results import RESULT_FILE, open_study, save_study
+from bayesflex.study import engine
+from bayesflex.study.checkpoint import PARTIAL_DIR, Checkpoint
+from bayesflex.study.results import RESULT_FILE, open_study, save_study
 
 from .conftest import shared_path
 
@@ -204,7 +204,7 @@ def test_damaged_chunks_are_computed_again_and_the_study_is_unchanged(tmp_path, 
 # ----------------------------------------------------------------------------------------
 # faults: one line, nothing lost
 # ----------------------------------------------------------------------------------------
-# the lines bayesflex.progress prints when stderr is no terminal
+# the lines bayesflex.core.progress prints when stderr is no terminal
 _PROGRESS = re.compile(r"^.*: \d+ of \d+ draws \(\d+ %\), .*\n", re.MULTILINE)
 
 
@@ -302,7 +302,7 @@ def test_a_new_result_removes_the_report_of_the_old_one(tmp_path):
 def test_a_report_that_cannot_be_written_leaves_no_half_file(finished, tmp_path, monkeypatch):
     import errno
 
-    from bayesflex import report
+    from bayesflex.analysis import report
 
     copy = tmp_path / "copy"
     shutil.copytree(finished, copy)

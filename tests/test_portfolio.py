@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bayesflex.aggregator.portfolio import Battery, EVCharger, HeatPump, schedule, step_bounds
 from bayesflex.errors import ConfigError, SolverError
-from bayesflex.portfolio import Battery, EVCharger, HeatPump, schedule, step_bounds
 
 N, DT = 96, 0.5
 

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayesflex.cli import main
-from bayesflex.engine import run_study
+from bayesflex.analysis.query import flexibility_at_risk, predictive, product_at_risk
+from bayesflex.cli.main import main
 from bayesflex.errors import ConfigError
-from bayesflex.positions import read_positions, write_positions
-from bayesflex.query import flexibility_at_risk, predictive, product_at_risk
-from bayesflex.results import deliverable
+from bayesflex.study.engine import run_study
+from bayesflex.study.positions import read_positions, write_positions
+from bayesflex.study.results import deliverable
 
 START = "2026-01-14 17:00"
 PERIODS = 4

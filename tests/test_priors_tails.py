@@ -10,7 +10,6 @@ it, so that the reason is then removed here and in priors/README.md.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import bayesflex as bf

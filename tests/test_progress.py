@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from bayesflex.progress import ProgressLines
+from bayesflex.core.progress import ProgressLines
 
 from .conftest import REPO
 
@@ -47,7 +47,7 @@ def test_a_line_at_least_every_minute_when_draws_come_slowly():
 
 def test_without_a_terminal_the_study_prints_plain_lines():
     """A real process whose stderr is a pipe (as under cron): plain lines, not tqdm's bar."""
-    code = ("from bayesflex.progress import progress_bar\n"
+    code = ("from bayesflex.core.progress import progress_bar\n"
             "bar = progress_bar(200, 'study x', progress=None, initial=50)\n"
             "for _ in range(3):\n"
             "    bar.update(50)\n"

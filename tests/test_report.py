@@ -19,10 +19,10 @@ from matplotlib.figure import Figure
 from scipy.stats import binomtest
 
 import bayesflex as bf
-from bayesflex import maps
-from bayesflex.cli import main
-from bayesflex.report import CREATED_PREFIX, REPORT_FILE, build_report
-from bayesflex.results import RESULT_FILE, open_study
+from bayesflex.analysis import maps
+from bayesflex.analysis.report import CREATED_PREFIX, REPORT_FILE, build_report
+from bayesflex.cli.main import main
+from bayesflex.study.results import RESULT_FILE, open_study
 
 from .conftest import REPO
 
@@ -333,7 +333,7 @@ def _renamed_bus(tree: xr.DataTree, old: str, new: str) -> xr.DataTree:
 def test_interactive_map_data_says_what_the_tree_holds(tree):
     """Every placed bus and line once; the likeliest bus-phase's hover text gives its probability,
     its Wilson interval and its worst half-hour; a bus lists the agents the feeder connects there."""
-    from bayesflex.interactive import map_data
+    from bayesflex.analysis.interactive import map_data
 
     d = map_data(tree)
     cd, n = tree["constant_data"], tree.attrs["draws"]
@@ -357,7 +357,7 @@ def test_interactive_map_data_says_what_the_tree_holds(tree):
 def test_interactive_map_keeps_hostile_names_as_text(tree):
     import json
 
-    from bayesflex.interactive import interactive_map_html
+    from bayesflex.analysis.interactive import interactive_map_html
 
     evil = "</script><script>document.title='pwned'</script>&amp;<!--"
     fragment = interactive_map_html(_renamed_bus(tree, str(tree["constant_data"]["agent_bus"].values[0]), evil))
@@ -373,7 +373,7 @@ def test_interactive_map_hovers_in_headless_chromium(study, tree, tmp_path):
     buses with a probability on phase c; a bus named like markup stays text; no console error."""
     exe = _chromium()
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
-    from bayesflex.interactive import interactive_map_html
+    from bayesflex.analysis.interactive import interactive_map_html
 
     p = maps.voltage_probability(tree).max("time")
     evil = "<img src=x onerror=\"document.title='pwned'\">"
@@ -420,7 +420,7 @@ def test_agent_reductions_read_blocks_of_draws_and_equal_the_whole_arrays(study,
     """top_agents and the adjustment figure's data read a block of draws at a time; whatever
     the block (one draw, an uneven last block, every draw at once) they equal the same
     statistics computed here on the whole arrays."""
-    from bayesflex.query import top_agents
+    from bayesflex.analysis.query import top_agents
 
     tree = open_study(study)
     h = tree["heuristic"]

@@ -1,4 +1,4 @@
-"""Resumable studies (bayesflex.checkpoint): killed part-way, restarted with --resume,
+"""Resumable studies (bayesflex.study.checkpoint): killed part-way, restarted with --resume,
 the result equals an uninterrupted run and the finished chunks are not computed again."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from bayesflex.checkpoint import PARTIAL_DIR, Checkpoint
-from bayesflex.cli import main
-from bayesflex.engine import CHUNK_DRAWS, run_study
+from bayesflex.cli.main import main
 from bayesflex.errors import ConfigError
-from bayesflex.results import RESULT_FILE, open_study
+from bayesflex.study.checkpoint import PARTIAL_DIR, Checkpoint
+from bayesflex.study.engine import CHUNK_DRAWS, run_study
+from bayesflex.study.results import RESULT_FILE, open_study
 
 STUDY = {"draws": 2 * CHUNK_DRAWS + 10, "seed": 7, "periods": 2, "start": "2026-01-14 18:00"}
 
@@ -78,7 +78,7 @@ SMALL = {"draws": 12, "seed": 7, "periods": 2, "start": "2026-01-14 18:00"}
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of 5 draws (the real size, 50, makes these tests slow); returns the engine module."""
-    from bayesflex import engine
+    from bayesflex.study import engine
 
     monkeypatch.setattr(engine, "CHUNK_DRAWS", 5)
     return engine
@@ -143,10 +143,10 @@ def test_resume_refuses_a_study_started_with_other_inputs(small_chunks, tmp_path
 
 
 def test_a_chunk_file_keeps_every_array_exactly(tmp_path):
-    from bayesflex import engine
-    from bayesflex.checkpoint import study_fingerprint
-    from bayesflex.feeder import load_feeder
+    from bayesflex.io.feeders import load_feeder
     from bayesflex.priors import load_priors
+    from bayesflex.study import engine
+    from bayesflex.study.checkpoint import study_fingerprint
 
     fd, pr = load_feeder("ieee_eu_lv"), load_priors("default")
     opts = engine.StudyOptions(periods=2, full_voltages=True)

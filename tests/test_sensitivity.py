@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 import bayesflex as bf
-from bayesflex.loadflow import voltage_sensitivity
+from bayesflex.grid.loadflow import voltage_sensitivity
 
 
 def _v(feeder, p, q):

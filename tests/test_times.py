@@ -15,8 +15,8 @@ import pytest
 import xarray as xr
 
 from bayesflex.errors import ConfigError
-from bayesflex.positions import Positions, read_positions, write_positions
 from bayesflex.priors import condition, load_priors, read_ev_states, read_observations
+from bayesflex.study.positions import Positions, read_positions, write_positions
 
 from .conftest import edited_priors
 

@@ -1,10 +1,10 @@
-"""The model-uncertainty screening (bayesflex.uncertainty) against a model whose answer is known."""
+"""The model-uncertainty screening (bayesflex.study.uncertainty) against a model whose answer is known."""
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from bayesflex.uncertainty import draw_margin, screen
+from bayesflex.study.uncertainty import draw_margin, screen
 
 
 def _synthetic(n=4000, seed=3):

@@ -37,7 +37,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError
+from bayesflex.errors import ConfigError
+from bayesflex.grid.feeder import Feeder
+from bayesflex.io.feeders import load_feeder
+from bayesflex.priors.baseload import half_hour_of_day
+from bayesflex.priors.conditioning import Posterior, read_observations
+from bayesflex.priors.config import Priors, load_priors
+from bayesflex.priors.sampling import sample_priors
 
 __all__ = ["CheckResult", "check_priors", "enwl_house_days", "figures_data", "figures_draws", "house_days"]
 
@@ -231,8 +237,6 @@ class CheckResult:
 
 def first_weekday(times: pd.DatetimeIndex) -> int | None:
     """Index of the first half-hour at 00:00 of a weekday with 48 half-hours after it, or None."""
-    from .baseload import half_hour_of_day
-
     hh = half_hour_of_day(times.values)
     starts = [i for i in range(len(times) - 47) if hh[i] == 0 and times[i].dayofweek < 5]
     return starts[0] if starts else None
@@ -258,8 +262,6 @@ def weekday_kw(ds) -> tuple[pd.Timestamp, np.ndarray] | None:
 def model_day(feeder, priors, draws: int, seed: int) -> np.ndarray:
     """(draw, house, 48) baseload kW of the first whole weekday of the horizon, every
     agent of ``feeder``."""
-    from .sampling import sample_priors
-
     day = weekday_kw(sample_priors(feeder, priors, draws=draws, seed=seed))
     if day is None:
         raise ConfigError(f"{getattr(getattr(priors, 'priors', priors), 'origin', 'priors')}: the horizon holds "
@@ -299,10 +301,6 @@ def check_priors(priors="default", *, against=None, feeder="ieee_eu_lv", draws: 
     NetCDF, naive times local in the priors' zone), else ENWL's profiles of
     ``season`` ("winter"/"summer"; default: by the month of the horizon's start,
     April-September summer)."""
-    from ..feeder import Feeder, load_feeder
-    from .conditioning import Posterior, read_observations
-    from .config import Priors, load_priors
-
     pri = priors.priors if isinstance(priors, Posterior) else priors if isinstance(priors, Priors) \
         else load_priors(priors)
     fd = feeder if isinstance(feeder, Feeder) else load_feeder(feeder)

@@ -41,10 +41,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .._tables import agents_and_times, read_csv, zone
-from ..errors import ConfigError
-from .baseload import EDGE, beta_ab, day_index, half_hour_of_day, log_level, shape_kw_at
-from .config import Priors, load_priors
+from bayesflex.core.tables import agents_and_times, read_csv, zone
+from bayesflex.errors import ConfigError
+from bayesflex.priors.baseload import EDGE, beta_ab, day_index, half_hour_of_day, log_level, shape_kw_at
+from bayesflex.priors.config import Priors, load_priors
+from bayesflex.priors.ev import IMPOSSIBLE, STATES, prior_alpha, transition_counts
 
 __all__ = ["Posterior", "condition", "read_observations"]
 
@@ -98,7 +99,7 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None, tz: str 
     the allowed names.  The index is the readings' UTC half-hours (naive):
     times with an offset are converted, naive ones are local times in ``tz``
     (an IANA name such as "Europe/London"; None: UTC), except decoded NetCDF
-    times, which CF defines as UTC (see :func:`bayesflex._tables.utc_times`).
+    times, which CF defines as UTC (see :func:`bayesflex.core.tables.utc_times`).
     """
     where = str(source) if isinstance(source, (str, Path)) else "observations"
     if isinstance(source, (str, Path)):
@@ -178,8 +179,6 @@ def read_ev_states(source, *, agents: tuple[str, ...] | None = None,
     Every car needs a complete half-hourly log over the same period, and no
     move the model forbids (R to C or C to R without moving).  Times as in
     :func:`read_observations` (naive ones local in ``tz``; None: UTC)."""
-    from .ev import IMPOSSIBLE, STATES
-
     where = str(source) if isinstance(source, (str, Path)) else "ev state logs"
     df = read_csv(Path(source)) if isinstance(source, (str, Path)) else pd.DataFrame(source)
     missing = {"agent", "time", "state"} - set(df.columns)
@@ -240,7 +239,6 @@ def condition(
     if ev_states is not None:
         if "ev" not in pri:
             raise ConfigError(f"{pri.origin}: EV state logs given, but the priors have no [ev] table")
-        from .ev import prior_alpha, transition_counts
 
         states, slots = read_ev_states(ev_states, agents=agents, tz=tz)
         ev_counts = transition_counts(states, slots)

@@ -18,12 +18,13 @@ from typing import Any
 
 import pandas as pd
 
-from .._tables import zone
-from ..checks import HALF_HOURS_PER_DAY, MAX_PERIODS, priors_dir, resolve_priors
-from ..checks import toml_number as _number
-from ..errors import ConfigError
-from .baseload import MAX_MEAN_SHARE
-from .spec import Param, parse_param
+from bayesflex.core.checks import HALF_HOURS_PER_DAY, MAX_PERIODS, priors_dir, resolve_priors
+from bayesflex.core.checks import toml_number as _number
+from bayesflex.core.tables import zone
+from bayesflex.core.timefmt import utc_of_local
+from bayesflex.errors import ConfigError
+from bayesflex.priors.baseload import MAX_MEAN_SHARE
+from bayesflex.priors.spec import Param, parse_param
 
 __all__ = ["SCHEMA", "Priors", "Technology", "load_priors", "priors_dir"]
 
@@ -160,8 +161,6 @@ def _numbers(tab: dict, key: str, where: str, *, lo: float, hi: float, n: int | 
 def _local_start(start: pd.Timestamp, cfg: dict, where: str, raw) -> pd.Timestamp:
     """The horizon's start as naive UTC (the study's time base): a time with an offset as given, a
     naive one a wall-clock time of the site's ``[site] timezone`` (UTC when absent)."""
-    from ..timefmt import utc_of_local
-
     site = cfg.get("site")
     tz = site.get("timezone", "UTC") if isinstance(site, dict) else "UTC"
     try:

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .baseload import ar1, half_hour_of_day
+from bayesflex.priors.baseload import ar1, half_hour_of_day
 
 PER_AGENT = ("heat_loss_kw_per_k", "heat_capacity_kwh_per_k", "setpoint_c", "rating_kw")
 #: hplib 1.9, "Generic" regulated outdoor-air/water heat pump: COP = (p1+p4) T_air + p2 T_flow + p3

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .baseload import ar1
+from bayesflex.priors.baseload import ar1
 
 PER_AGENT = ("capacity_kw", "performance_ratio")
 

@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import ConfigError
-from ..feeder import PHASES, Feeder
-from . import baseload, battery, ev, heat_pump, pv, refrigeration
-from .config import Priors, check_agents, load_priors
+from bayesflex.errors import ConfigError
+from bayesflex.grid.feeder import PHASES, Feeder
+from bayesflex.priors import baseload, battery, ev, heat_pump, pv, refrigeration
+from bayesflex.priors.conditioning import BASELOAD_VARS, Posterior
+from bayesflex.priors.config import Priors, check_agents, load_priors
 
 __all__ = ["draw_parameters", "sample_priors"]
 
@@ -111,8 +112,6 @@ def _from_posterior(post, par: dict, feeder: Feeder, draws: int, rng: np.random.
     ``rng``); return the observed agents' household level ``z (draw, agent)``
     (standard normal; see :func:`baseload.level_log`) with NaN for agents
     that were not observed."""
-    from .conditioning import BASELOAD_VARS
-
     samples = post.draws()
     n_avail = len(next(iter(samples.values())))
     pick = rng.choice(n_avail, size=draws, replace=draws > n_avail)
@@ -152,8 +151,6 @@ def sample_priors(
     power factor.  The power arrays are float32 (kW to 7 significant digits:
     half the memory of float64).  Same inputs and seed give identical numbers.
     """
-    from .conditioning import Posterior
-
     post = priors if isinstance(priors, Posterior) else None
     pri = post.priors if post else priors if isinstance(priors, Priors) else load_priors(priors)
     if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from bayesflex.errors import ConfigError
 
 __all__ = ["DOMAINS", "Param", "parse_param"]
 

@@ -1,0 +1,5 @@
+"""Questions asked of a finished study: ``query`` (probabilities, quantiles, flexibility at risk), ``maps``
+(figures), ``interactive`` (the report's feeder map) and ``report`` (report.html).
+
+Imports: ``study`` and below.
+"""

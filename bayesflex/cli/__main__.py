@@ -1,0 +1,5 @@
+"""``python -m bayesflex.cli``: the ``bayesflex`` command."""
+
+from bayesflex.cli.main import entry
+
+entry()
