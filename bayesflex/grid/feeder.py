@@ -184,7 +184,8 @@ class Feeder:
 
     @functools.cached_property
     def model(self) -> NetworkModel:
-        """The factorised network model the solver uses (built once, cached)."""
+        """The factorised network model the solver uses (built once, cached; a pickled feeder
+        carries it, so a worker does not build it again)."""
         return build_model(self)
 
     def __repr__(self) -> str:
@@ -193,13 +194,6 @@ class Feeder:
             f"{len(self.trafos)} transformer(s), {self.n_agent} agents; from {self.origin})"
         )
 
-    def __getstate__(self):  # the cached model is rebuilt where it is needed
-        state = dict(self.__dict__)
-        state.pop("model", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
 
 
 # ----------------------------------------------------------------------------

@@ -33,7 +33,6 @@ agent's sensitivity, counting what pushes into the violation.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -141,18 +140,13 @@ class Constraints:
         return slice(self.phase_start[ph], self.v_stop[ph])
 
 
-#: constraint tables per model (and limits), dropped with their model
-_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def constraints(model: NetworkModel, limits: Limits = Limits()) -> Constraints:
     """The constraint table of a network model under ``limits``, built once per
-    model and limits (every load flow of a study uses it) and kept only as long
-    as the model lives."""
-    per_model = _TABLES.setdefault(model, {})
-    if limits not in per_model:
-        per_model[limits] = _build_constraints(model, limits)
-    return per_model[limits]
+    model and limits (every load flow of a study uses it) and kept with the model."""
+    key = ("constraints", limits)
+    if key not in model.derived:
+        model.derived[key] = _build_constraints(model, limits)
+    return model.derived[key]
 
 
 def _build_constraints(model: NetworkModel, limits: Limits) -> Constraints:

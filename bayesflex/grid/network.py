@@ -20,7 +20,7 @@ power base ``S_PHASE_MVA`` per phase.  Elements given by sequence data
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -79,6 +79,9 @@ class NetworkModel:
     source_v: np.ndarray  # (3,) indices of the source bus nodes
     s_base_kva: float
     v_base_v: np.ndarray  # (n_bus,) phase-to-neutral base voltage
+    #: tables derived from the model once and kept with it (and so sent with it to workers): the
+    #: heuristic's constraint table per set of limits
+    derived: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_load_nodes(self) -> int:

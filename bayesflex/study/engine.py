@@ -47,6 +47,7 @@ from bayesflex.grid.heuristic import (
     Limits,
     assess,
     cause_shares,
+    constraints,
     headroom,
     resolve_congestion,
 )
@@ -427,7 +428,7 @@ def run_study(
     posterior = pr if isinstance(pr, pri_mod.Posterior) else None
     opts = StudyOptions(limits=limits, method=method, start=start, periods=periods,
                         full_voltages=full_voltages, headroom=headroom, positions=pos)
-    _ = fd.model  # build once here, so that workers receive it with the feeder
+    constraints(fd.model, limits)  # the model and its constraint table, built once here: workers receive them
     portfolio = None if pos is None else np.array([fd.agents.index(a) for a in pos.agents])
     kind = "posterior" if posterior is not None else "prior"
     fp = study_fingerprint(fd, pr, posterior, draws=draws, seed=int(seed), opts=opts, chunk_draws=CHUNK_DRAWS)
