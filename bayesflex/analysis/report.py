@@ -22,24 +22,14 @@ import xarray as xr
 
 from bayesflex.analysis import maps
 from bayesflex.analysis.interactive import interactive_map_html
-from bayesflex.analysis.query import (
-    above_service,
-    adjustment_reasons,
-    cause_text,
-    causes,
-    congestion_probability,
-    flexibility_summary,
-    n_draws,
-    portfolio_position,
-    predictive,
-    top_agents,
-)
-from bayesflex.core.intervals import format_kw, format_percent, format_probability
+from bayesflex.analysis.query import adjustment_reasons, predictive
+from bayesflex.analysis.summary import NO_SPREAD, AgentRisk, ModelUncertainty, Study, Summary, summarise
+from bayesflex.core.intervals import format_percent
 from bayesflex.core.outdir import fresh
-from bayesflex.core.timefmt import fmt_time, zone_note
+from bayesflex.core.timefmt import zone_note
 from bayesflex.errors import ConfigError
 from bayesflex.priors.check import ENWL, compare, enwl_house_days, season_of, weekday_kw
-from bayesflex.study.results import open_study, study_effective_draws
+from bayesflex.study.results import open_study
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
 
@@ -87,105 +77,32 @@ def table_html(rows: list[tuple], header: tuple[str, ...] | None = None) -> str:
     return "".join(out)
 
 
-def _effective(attrs, n: int) -> str:
-    eff = float(attrs.get("effective_draws", n))
-    return "" if eff >= n else (f" over {eff:.0f} effective draws: the posterior's smallest bulk effective sample "
-                                "size, since the draws share its MCMC samples")
+def _effective(st: Study) -> str:
+    return "" if st.effective_draws >= st.draws else (
+        f" over {st.effective_draws:.0f} effective draws: the posterior's smallest bulk effective sample "
+        "size, since the draws share its MCMC samples")
 
 
-def build_report(tree: xr.DataTree, *, created_at: str | None = None, sections: tuple[str, ...] = ()) -> str:
+def build_report(tree: xr.DataTree, *, created_at: str | None = None, sections: tuple[str, ...] = (),
+                 summary: Summary | None = None) -> str:
     """The report's HTML, from a study's tree alone; ``sections``: HTML of later stages (the market
-    decision made on it, :mod:`bayesflex.aggregator.market_report`), placed before the inputs."""
-    a = tree.attrs
-    n = n_draws(tree)
-    s, h, net = tree["summary"], tree["heuristic"], tree["network"]
-    times = pd.to_datetime(s.time.values)
-    kind = "posterior" if a.get("conditioned") else "prior"
+    decision made on it, :mod:`bayesflex.aggregator.market_report`), placed before the inputs;
+    ``summary``: the study's headline (:func:`~bayesflex.analysis.summary.summarise`), if at hand."""
+    sm = summary if summary is not None else summarise(tree)
+    a, st = tree.attrs, sm.study
     created = created_at or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     parts = [f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-             f"<title>bayesflex study: {html.escape(a['feeder'])}, {html.escape(a['priors'])}</title>"
+             f"<title>bayesflex study: {html.escape(st.feeder)}, {html.escape(st.priors)}</title>"
              f"<style>{CSS}</style></head><body>",
-             f"<h1>Congestion risk: feeder {html.escape(a['feeder'])}, priors {html.escape(a['priors'])}</h1>",
-             f"<p>{n} draws ({kind}) of every agent's power, {len(times)} half-hours from "
-             f"{fmt_time(times[0], tree, '%A %d %B %Y %H:%M')}; seed {a['seed']}. Every probability is given with "
-             f"its 95 % interval (Wilson score interval{_effective(a, n)}); a probability of none of the draws is "
+             f"<h1>Congestion risk: feeder {html.escape(st.feeder)}, priors {html.escape(st.priors)}</h1>",
+             f"<p>{st.draws} draws ({st.kind}) of every agent's power, {st.half_hours} half-hours from "
+             f"{st.when(st.start, '%A %d %B %Y %H:%M')}; seed {st.seed}. Every probability is given with "
+             f"its 95 % interval (Wilson score interval{_effective(st)}); a probability of none of the draws is "
              "not zero but below the interval's upper bound. Quantiles carry 95 % order-statistic intervals; "
-             f"{html.escape(zone_note(tree))}.</p>",
+             f"{html.escape(st.zone_note)}.</p>",
              f"{CREATED_PREFIX}{html.escape(created)}; study created {html.escape(a['created_at'])}</p>"]
-
-    # -- headline numbers
-    rows = [(f"phase {ph}", format_probability(s.p_congested_horizon.sel(phase=ph),
-                                               s.p_congested_horizon_lo.sel(phase=ph),
-                                               s.p_congested_horizon_hi.sel(phase=ph), n)) for ph in s.phase.values]
-    if "p_congested_any_horizon" in s:
-        rows.append(("any phase", format_probability(s.p_congested_any_horizon, s.p_congested_any_horizon_lo,
-                                                     s.p_congested_any_horizon_hi, n)))
-    if "p_unresolved_horizon" in s:
-        rows.append(("any phase, not resolvable by the agents' flexibility",
-                     format_probability(s.p_unresolved_horizon, s.p_unresolved_horizon_lo,
-                                        s.p_unresolved_horizon_hi, n)))
-    parts += ["<h2>Headline</h2><p>Probability that the feeder is congested (a bus voltage outside "
-              f"{a['v_min_pu']}–{a['v_max_pu']} pu, a line or the transformer above {a['loading_max_pu']:g} × "
-              "its rating, or no load-flow solution) at least once in the horizon:</p>",
-              table_html(rows, ("where", "probability"))]
-    parts += _model_uncertainty_section(s)
-    worst = congestion_probability(tree, "time", top=5)
-    worst = worst[worst.probability > 0]
-    if not worst.empty:
-        parts.append("<p>Worst half-hours:</p>" + table_html(
-            [(fmt_time(r.time, tree), format_probability(r.probability, r.lo, r.hi)) for _, r in worst.iterrows()],
-            ("half-hour", "P(congestion, any phase)")))
-    pos = portfolio_position(tree)
-    if pos:
-        parts.append(f"<p>Portfolio: {pos['agents']} agents with planned positions; P<sub>T</sub> from "
-                     f"{pos['p_min_kw']:.1f} to {pos['p_max_kw']:.1f} kW over the horizon, bounds "
-                     f"{pos['lb_min_kw']:.1f} to {pos['ub_max_kw']:.1f} kW.</p>")
-    if "flex_up_kw" in s:
-        flex = flexibility_summary(tree)
-        rows = [(f"P{100 * f.confidence:.0f}", format_kw(f.up_joint_kw, f.up_joint_kw_lo, f.up_joint_kw_hi),
-                 format_kw(f.down_joint_kw, f.down_joint_kw_lo, f.down_joint_kw_hi), f"{f.up_lowest_half_hour_kw:.1f}",
-                 f"{f.up_median_half_hour_kw:.1f}", f"{f.down_lowest_half_hour_kw:.1f}",
-                 f"{f.down_median_half_hour_kw:.1f}") for _, f in flex.iterrows()]
-        parts.append("<p>Portfolio flexibility sellable against the planned position after network limits "
-                     "(kW), with the confidence given. <b>In every half-hour</b> is a joint figure: the quantile "
-                     f"over draws of each draw's lowest half-hour, so it is delivered in all {len(times)} half-hours at "
-                     "once with that confidence (95 % order-statistic interval in brackets). The per-half-hour figures "
-                     "take each half-hour on its own: their lowest is <i>not</i> deliverable in every half-hour "
-                     "with that confidence, since the half-hours fall short in different draws.</p>"
-                     + table_html(rows, ("confidence", "turn-up in every half-hour", "turn-down in every half-hour",
-                                     "turn-up, lowest half-hour on its own", "turn-up, median half-hour",
-                                     "turn-down, lowest half-hour on its own", "turn-down, median half-hour")))
-        parts.append(_headroom_note(a))
-
-    # -- diagnostics
-    conv = tree["sample_stats"]["converged"].values
-    resolved = h["resolved"].values
-    cong = h["congested"].values.any(axis=-1)
-    widest = [float((net[f"{k}_hi"] - net[f"{k}_lo"]).max()) if net[k].size and f"{k}_hi" in net else 0.0
-              for k in ("p_undervoltage", "p_overvoltage", "p_overload", "p_trafo_overload")]
-    n_eff = study_effective_draws(tree)
-    above = above_service(tree)
-    rows = [("draws × half-hours", f"{n} × {len(times)} = {n * len(times):,}"),
-            ("agent-half-hours whose drawn power exceeds the agent's service capacity (must be 0)",
-             "not recorded (a study from before the bounded baseload)" if above is None else above),
-            ("load flows without a solution (counted as congested)", int((~conv).sum())),
-            ("congested (draw, half-hour) cases, out of draws × half-hours", f"{int(cong.sum()):,}"),
-            ("of which the agents' flexibility cannot resolve", f"{int((cong & ~resolved).sum()):,}"),
-            ("widest 95 % interval of a bus/line/transformer probability", f"{100 * max(widest):.2f} percentage points"),
-            ("interval of a probability p", f"Wilson score interval over {n_eff:g} effective draws; "
-                                            f"Monte Carlo standard error √(p(1 − p)/{n_eff:g})")]
-    diag = ["<h2>Diagnostics</h2>", table_html(rows, ("check", "value"))]
-    if a.get("conditioned"):
-        ok = bool(a.get("conditioning_ok", 0))
-        d = json.loads(a.get("conditioning_diagnostics", "{}") or "{}")
-        diag.append(f"<p class='{'' if ok else 'warn'}'>Conditioned on observations (SHA-256 "
-                    f"<code>{html.escape(a.get('observations_sha256', ''))}</code>, agents "
-                    f"{html.escape(a.get('observed_agents', ''))}): R-hat ≤ 1.01 and bulk ESS ≥ 400 for every "
-                    f"parameter: {'yes' if ok else 'NO'}.</p>")
-        if d:
-            diag.append(table_html([(k, f"{v.get('r_hat', float('nan')):.4f}", f"{v.get('ess_bulk', float('nan')):.0f}")
-                                for k, v in sorted(d.items())], ("parameter", "R-hat", "bulk ESS")))
-    parts += diag
+    parts += _headline_section(sm)
+    parts += _diagnostics_section(sm, a)
     parts += _basis_section(tree)
 
     # -- figures
@@ -196,9 +113,9 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None, sections: 
                              "map; the buses and lines most at risk named with their 95 % interval.", "map-worst"))
 
         parts.append("<h3>Interactive map</h3>" + interactive_map_html(tree))
-        if not worst.empty:
-            t = pd.Timestamp(worst.time.iloc[0])
-            parts.append(figure_html(maps.feeder_map(tree, time=t), f"The same at the worst half-hour, {fmt_time(t, tree)}.",
+        if sm.worst_half_hours:
+            t = pd.Timestamp(sm.worst_half_hours[0].time)
+            parts.append(figure_html(maps.feeder_map(tree, time=t), f"The same at the worst half-hour, {st.when(t)}.",
                                  "map-worst-half-hour"))
     except ConfigError as err:
         parts.append(f"<p class='warn'>No map: {html.escape(str(err))}</p>")
@@ -208,25 +125,21 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None, sections: 
                          "90 % bands over draws.", "voltage-fan"))
     parts.append(figure_html(maps.trafo_fan_chart(tree), "Transformer loading: median, 50 % and 90 % bands over "
                          "draws.", "trafo-fan"))
-    parts += _causes_section(tree)
+    parts += _causes_section(sm)
     parts.append("<h2>Agents and flexibility</h2>")
-    top = top_agents(tree, 10)
-    parts.append(figure_html(maps.adjustment_figure(tree, 8, top=top), "Adjustments the network heuristic asks of the "
-                         "agents most often adjusted.", "adjustments"))
-    top = top[top.p_adjusted_in_horizon > 0]
-    if not top.empty:
-        parts.append(table_html([(r.agent, format_probability(r.p_adjusted_in_horizon, r.p_adjusted_in_horizon_lo,
-                                             r.p_adjusted_in_horizon_hi),
-                              f"{r.down_kw_when_adjusted:.2f}", f"{r.up_kw_when_adjusted:.2f}",
-                              f"{r.p_ranked_first:.5f}") for _, r in top.iterrows()],
-                            ("agent", "P(adjusted in the horizon)", "turn-down kW when adjusted",
-                             "turn-up kW when adjusted", "P(ranked first, per half-hour)")))
+    parts.append(figure_html(maps.adjustment_figure(tree, 8, top=_agents_frame(sm.agents)), "Adjustments the network "
+                         "heuristic asks of the agents most often adjusted.", "adjustments"))
+    if sm.agents:
+        parts.append(table_html([(r.agent, r.adjusted.text, f"{r.down_kw_when_adjusted:.2f}",
+                                  f"{r.up_kw_when_adjusted:.2f}", f"{r.p_ranked_first:.5f}") for r in sm.agents],
+                                ("agent", "P(adjusted in the horizon)", "turn-down kW when adjusted",
+                                 "turn-up kW when adjusted", "P(ranked first, per half-hour)")))
     parts += _reasons_section(tree)
-    if "portfolio_headroom_up_kw" in h:
+    if "portfolio_headroom_up_kw" in tree["heuristic"]:
         parts.append(figure_html(maps.flexibility_figure(tree), "Flexibility at risk: portfolio turn-up and turn-down "
                              "deliverable after network limits, against the confidence of delivering it.",
                              "flexibility"))
-        parts.append(_headroom_note(a))
+        parts.append(_headroom_note(st))
 
     # -- inputs and reproduction
     versions = json.loads(a.get("versions", "{}"))
@@ -249,37 +162,109 @@ def build_report(tree: xr.DataTree, *, created_at: str | None = None, sections: 
     return "\n".join(parts)
 
 
-def _model_uncertainty_section(s: xr.Dataset, k: int = 6) -> list[str]:
+def _headline_section(sm: Summary) -> list[str]:
+    """The probability of congestion per phase and on any phase, the part the agents cannot resolve,
+    its spread over the priors' parameters, the worst half-hours, the portfolio and its flexibility."""
+    st = sm.study
+    rows = [(f"phase {ph}", p.text) for ph, p in sm.congested.items()]
+    if sm.congested_any is not None:
+        rows.append(("any phase", sm.congested_any.text))
+    if sm.unresolved is not None:
+        rows.append(("any phase, not resolvable by the agents' flexibility", sm.unresolved.text))
+    parts = ["<h2>Headline</h2><p>Probability that the feeder is congested (a bus voltage outside "
+             f"{st.v_min_pu}–{st.v_max_pu} pu, a line or the transformer above {st.loading_max_pu:g} × "
+             "its rating, or no load-flow solution) at least once in the horizon:</p>",
+             table_html(rows, ("where", "probability"))]
+    parts += _model_uncertainty_section(sm.model_uncertainty)
+    if sm.worst_half_hours:
+        parts.append("<p>Worst half-hours:</p>" + table_html(
+            [(st.when(r.time), r.probability.text) for r in sm.worst_half_hours],
+            ("half-hour", "P(congestion, any phase)")))
+    pos = sm.portfolio
+    if pos is not None:
+        parts.append(f"<p>Portfolio: {pos.agents} agents with planned positions; P<sub>T</sub> from "
+                     f"{pos.p_min_kw:.1f} to {pos.p_max_kw:.1f} kW over the horizon, bounds "
+                     f"{pos.lb_min_kw:.1f} to {pos.ub_max_kw:.1f} kW.</p>")
+    if sm.flexibility is not None:
+        rows = [(f"P{100 * f.confidence:.0f}", f.up_joint.text, f.down_joint.text, f"{f.up_lowest_half_hour_kw:.1f}",
+                 f"{f.up_median_half_hour_kw:.1f}", f"{f.down_lowest_half_hour_kw:.1f}",
+                 f"{f.down_median_half_hour_kw:.1f}") for f in sm.flexibility]
+        parts.append("<p>Portfolio flexibility sellable against the planned position after network limits "
+                     "(kW), with the confidence given. <b>In every half-hour</b> is a joint figure: the quantile "
+                     f"over draws of each draw's lowest half-hour, so it is delivered in all {st.half_hours} "
+                     "half-hours at once with that confidence (95 % order-statistic interval in brackets). The "
+                     "per-half-hour figures take each half-hour on its own: their lowest is <i>not</i> deliverable "
+                     "in every half-hour with that confidence, since the half-hours fall short in different draws.</p>"
+                     + table_html(rows, ("confidence", "turn-up in every half-hour", "turn-down in every half-hour",
+                                         "turn-up, lowest half-hour on its own", "turn-up, median half-hour",
+                                         "turn-down, lowest half-hour on its own", "turn-down, median half-hour")))
+        parts.append(_headroom_note(st))
+    return parts
+
+
+def _diagnostics_section(sm: Summary, a) -> list[str]:
+    """The checks the numbers rest on, and the conditioning's convergence for a posterior."""
+    st, c = sm.study, sm.checks
+    rows = [("draws × half-hours", f"{st.draws} × {st.half_hours} = {c.cases:,}"),
+            ("agent-half-hours whose drawn power exceeds the agent's service capacity (must be 0)",
+             "not recorded (a study from before the bounded baseload)" if c.above_service is None else c.above_service),
+            ("load flows without a solution (counted as congested)", c.no_solution),
+            ("congested (draw, half-hour) cases, out of draws × half-hours", f"{c.congested_cases:,}"),
+            ("of which the agents' flexibility cannot resolve", f"{c.unresolved_cases:,}"),
+            ("widest 95 % interval of a bus/line/transformer probability",
+             f"{100 * c.widest_interval:.2f} percentage points"),
+            ("interval of a probability p", f"Wilson score interval over {st.effective_draws:g} effective draws; "
+                                            f"Monte Carlo standard error √(p(1 − p)/{st.effective_draws:g})")]
+    diag = ["<h2>Diagnostics</h2>", table_html(rows, ("check", "value"))]
+    if st.conditioned:
+        ok = bool(a.get("conditioning_ok", 0))
+        d = json.loads(a.get("conditioning_diagnostics", "{}") or "{}")
+        diag.append(f"<p class='{'' if ok else 'warn'}'>Conditioned on observations (SHA-256 "
+                    f"<code>{html.escape(a.get('observations_sha256', ''))}</code>, agents "
+                    f"{html.escape(a.get('observed_agents', ''))}): R-hat ≤ 1.01 and bulk ESS ≥ 400 for every "
+                    f"parameter: {'yes' if ok else 'NO'}.</p>")
+        if d:
+            diag.append(table_html([(k, f"{v.get('r_hat', float('nan')):.4f}", f"{v.get('ess_bulk', float('nan')):.0f}")
+                                for k, v in sorted(d.items())], ("parameter", "R-hat", "bulk ESS")))
+    return diag
+
+
+def _agents_frame(agents: tuple[AgentRisk, ...]) -> pd.DataFrame:
+    """The summary's agents as the table :func:`~bayesflex.analysis.maps.adjustment_figure` takes."""
+    return pd.DataFrame({"agent": [r.agent for r in agents],
+                         "p_adjusted_in_horizon": [r.adjusted.p for r in agents],
+                         "p_adjusted_in_horizon_lo": [r.adjusted.lo for r in agents],
+                         "p_adjusted_in_horizon_hi": [r.adjusted.hi for r in agents]})
+
+
+def _model_uncertainty_section(mu: ModelUncertainty | None, k: int = 6) -> list[str]:
     """The headline's dependence on the priors' uncertain parameters (bayesflex.study.uncertainty)."""
-    if "p_congested_any_horizon_given_theta" not in s:
+    if mu is None:
         return []
-    v = s["p_congested_any_horizon_given_theta"]
-    sp, lo, hi = v.values, s["p_congested_any_horizon_given_theta_lo"].values, \
-        s["p_congested_any_horizon_given_theta_hi"].values
-    rows = [(str(p.parameter.item()), f"{float(p.screen_theta_low):.3g}", f"{float(p.screen_theta_high):.3g}",
-             f"{format_percent(float(p.screen_p_low))} %", f"{format_percent(float(p.screen_p_high))} %",
-             f"{float(p.screen_margin_effect_pu):+.4f}") for p in (s.isel(parameter=i) for i in
-                                                                    range(min(k, s.sizes["parameter"])))]
+    sp, lo, hi = mu.spread, mu.spread_lo, mu.spread_hi
+    rows = [(p.name, f"{p.theta_low:.3g}", f"{p.theta_high:.3g}", f"{format_percent(p.p_low)} %",
+             f"{format_percent(p.p_high)} %", f"{p.margin_effect_pu:+.4f}") for p in mu.parameters[:k]]
     return [
         "<h3>Model uncertainty beside Monte Carlo error</h3>"
         "<p>The interval above is Monte Carlo error: how well these draws pin down the probability the priors "
         "imply. The priors' own parameters are uncertain too (each draw has its own population-level "
         "parameters, drawn from their priors). Over that uncertainty the probability of congestion on any phase "
-        f"in the horizon {_spread_words(sp)} (10–90 % of P(congested | parameters) "
-        f"over the draws, median {format_percent(sp[1])} %; 95 % bootstrap intervals {format_percent(lo[0])}–{format_percent(hi[0])} % and "
-        f"{format_percent(lo[-1])}–{format_percent(hi[-1])} % for the ends). Estimated from these draws without further load flows: "
+        f"in the horizon {_spread_words(mu)} (10–90 % of P(congested | parameters) "
+        f"over the draws, median {format_percent(sp[1])} %; 95 % bootstrap intervals "
+        f"{format_percent(lo[0])}–{format_percent(hi[0])} % and {format_percent(lo[-1])}–{format_percent(hi[-1])} % "
+        "for the ends). Estimated from these draws without further load flows: "
         "each draw's worst margin to a limit is regressed on its parameters (first order; they explain "
-        f"{100 * float(v.attrs.get('r2', float('nan'))):.0f} % of its variance), and the margins are moved as if "
+        f"{100 * mu.r2:.0f} % of its variance), and the margins are moved as if "
         "a parameter sat at its 10 % or 90 % quantile. A parameter that moves the headline a lot is worth "
         "measuring better, and worth checking by running the study with it fixed.</p>",
         table_html(rows, ("parameter, most influential first", "its 10 % quantile", "its 90 % quantile",
-                      "P(congested) at its 10 %", "P(congested) at its 90 %", "worst margin moves (pu)"))]
+                          "P(congested) at its 10 %", "P(congested) at its 90 %", "worst margin moves (pu)"))]
 
 
-def _headroom_note(a) -> str:
+def _headroom_note(st: Study) -> str:
     """What "headroom" means in this study (the result's ``headroom_definition``)."""
-    text = a.get("headroom_definition")
-    return f"<p class='muted'>Headroom: {html.escape(str(text))}.</p>" if text else ""
+    text = st.headroom_definition
+    return f"<p class='muted'>Headroom: {html.escape(text)}.</p>" if text else ""
 
 
 def _basis_section(tree: xr.DataTree) -> list[str]:
@@ -346,19 +331,18 @@ def _ratings_text(tree: xr.DataTree) -> str:
     return text
 
 
-def _spread_words(sp) -> str:
-    if sp[-1] > 0:
-        return f"ranges <b>{format_percent(sp[0])}–{format_percent(sp[-1])} %</b>"
-    return "stays at <b>0 %</b> throughout (no parameter value brings the worst margin past a limit)"
+def _spread_words(mu: ModelUncertainty) -> str:
+    if mu.zero:
+        return f"stays at <b>0 %</b> throughout ({NO_SPREAD})"
+    return f"ranges <b>{format_percent(mu.spread[0])}–{format_percent(mu.spread[-1])} %</b>"
 
 
-def _causes_section(tree: xr.DataTree, k: int = 5) -> list[str]:
-    """What causes the congestion of the ``k`` most congested half-hour phases."""
-    if "cause_share" not in tree["heuristic"]:
+def _causes_section(sm: Summary) -> list[str]:
+    """What causes the congestion of the most congested half-hour phases."""
+    if sm.causes is None:
         return []
-    df = causes(tree, top=k)
     out = ["<h2>What causes the congestion</h2>"]
-    if df.empty:
+    if not sm.causes:
         return out + ["<p>No draw is congested: there is nothing to attribute.</p>"]
     out.append(
         "<p>For every congested draw, half-hour and phase, the phase's worst violation is shared out among the "
@@ -369,11 +353,10 @@ def _causes_section(tree: xr.DataTree, k: int = 5) -> list[str]:
         "(fewer draws, rougher shares). What pushes the other way is shown apart, as the part of the push it "
         "takes back (PV in an evening under-voltage, or load on another phase raising this phase's voltage "
         "through the neutral). Reactive power is not shared out; the numbers are first order.</p>")
-    out.append(table_html([(fmt_time(r.time, tree), r.phase,
-                        format_probability(r.p_congested, r.p_congested_lo, r.p_congested_hi),
-                        int(r.draws), r.violation, cause_text(r), r.agents) for _, r in df.iterrows()],
-                      ("half-hour", "phase", "P(congested)", "congested draws", "worst violation", "causes",
-                       "agents causing most")))
+    out.append(table_html([(sm.study.when(r.time), r.phase, r.probability.text, r.draws, r.violation, r.text, r.agents)
+                           for r in sm.causes],
+                          ("half-hour", "phase", "P(congested)", "congested draws", "worst violation", "causes",
+                           "agents causing most")))
     return out
 
 
@@ -438,9 +421,9 @@ def _priors_check_section(tree: xr.DataTree) -> list[str]:
 
 
 def write_report(study: str | Path | xr.DataTree, directory: str | Path | None = None, *,
-                 sections: tuple[str, ...] = ()) -> Path:
+                 sections: tuple[str, ...] = (), summary: Summary | None = None) -> Path:
     """Write ``report.html`` beside ``result.nc`` (or into ``directory``), with the HTML ``sections`` of
-    later stages (:func:`build_report`)."""
+    later stages and the study's ``summary`` if at hand (:func:`build_report`)."""
     if isinstance(study, xr.DataTree):
         if directory is None:
             raise ConfigError("write_report needs a directory when given a tree")
@@ -450,7 +433,7 @@ def write_report(study: str | Path | xr.DataTree, directory: str | Path | None =
         p = Path(study)
         directory = directory or (p if p.is_dir() else p.parent)
     out = Path(directory) / REPORT_FILE
-    text = build_report(tree, sections=sections)
+    text = build_report(tree, sections=sections, summary=summary)
     tmp = fresh(out.with_name(f".{REPORT_FILE}.partial"))
     try:
         tmp.write_text(text, encoding="utf-8")

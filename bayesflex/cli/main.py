@@ -225,6 +225,7 @@ def _cmd_run(args, argv) -> int:
     _check_run_args(args)
     _check_run_files(args)
     from bayesflex.analysis.report import write_report
+    from bayesflex.analysis.summary import summarise
     from bayesflex.core.outdir import as_output_error
     from bayesflex.io.feeders import load_feeder
     from bayesflex.priors import load_priors
@@ -249,11 +250,12 @@ def _cmd_run(args, argv) -> int:
         _saved(out)
         raise
     t1 = time.perf_counter()
+    summary = summarise(tree)  # once, for the report and the printout
     try:
-        report = write_report(tree, out)
+        report = write_report(tree, out, summary=summary)
     except OSError as err:
         raise as_output_error(out / "report.html", err) from None
-    print_summary(tree, sys.stdout)
+    print_summary(tree, sys.stdout, summary)
     resumed = int(tree.attrs.get("chunks_resumed", 0))
     print(f"\n{args.draws} draws in {t1 - t0:.1f} s" + (f" ({resumed} finished chunks of "
           f"{tree.attrs['chunk_draws']} draws resumed, not recomputed)" if resumed else "")
@@ -324,158 +326,114 @@ def _row_prob(r, column: str = "probability", n: float | None = None) -> str:
     return _prob(r[column], r[lo], r[hi], n)
 
 
-def _worst_per(df: pd.DataFrame, keys: list[str], order, k: int = 5) -> tuple[pd.DataFrame, int]:
-    """Each element's worst half-hour, the ``k`` most likely first (ties in feeder
-    order: nearest the source first), and how many more tie with the last shown."""
-    worst = df.loc[df.groupby(keys).probability.idxmax()]
-    worst = worst[worst.probability > 0]
-    pos = {str(v): i for i, v in enumerate(order)}
-    worst = worst.assign(_pos=worst[keys[0]].astype(str).map(pos)).sort_values(
-        ["probability", "_pos"], ascending=[False, True], kind="stable")
-    shown = worst.head(k)
-    more = int((worst.probability.iloc[k:] == shown.probability.iloc[-1]).sum()) if len(worst) > k else 0
-    return shown, more
+def print_summary(study, f, summary=None) -> None:
+    """The short summary of a study a person reads first: its :class:`~bayesflex.analysis.summary.Summary`
+    (``summary``, or built from the tree ``study``) in words."""
+    from bayesflex.analysis.summary import summarise
 
-
-def _source_text(a) -> str:
-    """"; source 1.05 pu of 11 kV" from a result's attributes ("" for a result that does not record it)."""
-    if "source_vm_pu" not in a:
-        return ""
-    return f"; source {float(a['source_vm_pu']):.3f} pu of {float(a['source_vn_kv']):g} kV"
-
-
-def print_summary(tree, f) -> None:
-    """The short summary of a study a person reads first."""
-    import pandas as pd
-
-    from bayesflex.analysis import query as q
-    from bayesflex.core.timefmt import fmt_time, zone_note
-    from bayesflex.study.results import study_effective_draws
-
-    a, s = tree.attrs, tree["summary"]
-    n = q.n_draws(tree)
-    n_eff = study_effective_draws(tree)
-    kind = "posterior" if a.get("conditioned") else "prior"
-    t = pd.to_datetime(s.time.values)
-    print(f"bayesflex {a['bayesflex_version']}: feeder {a['feeder']}, priors {a['priors']} ({kind}), {n} draws, "
-          f"{len(t)} half-hours from {fmt_time(t[0], tree, '%Y-%m-%d %H:%M')}, seed {a['seed']}"
-          f"{_source_text(a)}", file=f)
-    eff = "" if n_eff >= n else f"; {n_eff:.0f} effective draws (the posterior's smallest bulk ESS)"
-    print(f"limits {a['v_min_pu']}-{a['v_max_pu']} pu, loading {a['loading_max_pu']} pu; "
-          f"probabilities with their 95 % Monte Carlo interval [Wilson]{eff}; {zone_note(tree)}", file=f)
+    sm = summary if summary is not None else summarise(study)
+    st = sm.study
+    source = "" if st.source_vm_pu is None else f"; source {st.source_vm_pu:.3f} pu of {st.source_vn_kv:g} kV"
+    print(f"bayesflex {st.bayesflex_version}: feeder {st.feeder}, priors {st.priors} ({st.kind}), {st.draws} draws, "
+          f"{st.half_hours} half-hours from {st.when(st.start, '%Y-%m-%d %H:%M')}, seed {st.seed}{source}", file=f)
+    eff = ("" if st.effective_draws >= st.draws else
+           f"; {st.effective_draws:.0f} effective draws (the posterior's smallest bulk ESS)")
+    print(f"limits {st.v_min_pu}-{st.v_max_pu} pu, loading {st.loading_max_pu} pu; "
+          f"probabilities with their 95 % Monte Carlo interval [Wilson]{eff}; {st.zone_note}", file=f)
     print("\nprobability of congestion at least once in the horizon:", file=f)
-    for ph in s.phase.values:
-        sp = s.sel(phase=ph)
-        print(f"  phase {ph}:   {_prob(sp.p_congested_horizon, sp.p_congested_horizon_lo, sp.p_congested_horizon_hi, n)}",
-              file=f)
-    if "p_congested_any_horizon" in s:
-        print(f"  any phase: {_prob(s.p_congested_any_horizon, s.p_congested_any_horizon_lo, s.p_congested_any_horizon_hi, n)}",
-              file=f)
-    _print_model_uncertainty(s, f)
-    if "p_unresolved_horizon" in s:
-        print(f"  the agents' flexibility cannot resolve it, at least once: "
-              f"{_prob(s.p_unresolved_horizon, s.p_unresolved_horizon_lo, s.p_unresolved_horizon_hi, n)}", file=f)
-    above = q.above_service(tree)
-    if above is not None:
-        print(f"  plausibility: agent-half-hours whose drawn power exceeds the agent's service capacity: {above}"
-              f"{'' if above == 0 else '  <- should be 0: the priors draw more than a service can carry'}", file=f)
-    nonc = ~tree["sample_stats"]["converged"].values
-    if nonc.any():
-        print(f"  load flows without a solution (counted as congested): {int(nonc.sum())} of {nonc.size:,} "
-              "draw-half-hours", file=f)
-    worst = q.congestion_probability(tree, "time", top=5)
-    worst = worst[worst.probability > 0]
-    print("\nworst half-hours (any phase):" + ("  none congested in any draw" if worst.empty else ""), file=f)
-    for _, r in worst.iterrows():
-        print(f"  {fmt_time(r.time, tree)}  {_row_prob(r)}", file=f)
-    buses = _worst_per(q.congestion_probability(tree, "bus"), ["bus", "phase"], tree["network"].bus.values)
-    print("\nbuses most at risk (voltage, worst half-hour):" + ("  none" if buses[0].empty else ""), file=f)
-    for _, r in buses[0].iterrows():
-        print(f"  bus {r.bus:<8} phase {r.phase}  {_row_prob(r)}  at {fmt_time(r.time, tree)}", file=f)
-    if buses[1]:
-        print(f"  (and {buses[1]} more bus-phases at the same probability)", file=f)
-    lines = _worst_per(q.congestion_probability(tree, "line"), ["line"], tree["network"].line.values)
-    print("\nlines most at risk (overload, worst half-hour):" + ("  none" if lines[0].empty else ""), file=f)
-    for _, r in lines[0].iterrows():
-        print(f"  {r.line:<10} {_row_prob(r)}  at {fmt_time(r.time, tree)}", file=f)
-    if lines[1]:
-        print(f"  (and {lines[1]} more lines at the same probability)", file=f)
-    tr = q.congestion_probability(tree, "trafo", top=1)
-    if len(tr):
-        print(f"  transformer overload, worst transformer and half-hour: {_row_prob(tr.iloc[0], n=n)}", file=f)
-    agents = q.top_agents(tree, 5)
-    agents = agents[agents.p_adjusted_in_horizon > 0]
-    print("\nagents most often adjusted (at least once in the horizon):" + ("  none" if agents.empty else ""),
+    for ph, p in sm.congested.items():
+        print(f"  phase {ph}:   {p.text}", file=f)
+    if sm.congested_any is not None:
+        print(f"  any phase: {sm.congested_any.text}", file=f)
+    for line in model_uncertainty_lines(sm.model_uncertainty):
+        print("    " + line, file=f)
+    if sm.unresolved is not None:
+        print(f"  the agents' flexibility cannot resolve it, at least once: {sm.unresolved.text}", file=f)
+    _print_checks(sm.checks, f)
+    print("\nworst half-hours (any phase):" + ("  none congested in any draw" if not sm.worst_half_hours else ""),
           file=f)
-    for _, r in agents.iterrows():
-        print(f"  {r.agent:<10} {_row_prob(r, 'p_adjusted_in_horizon')}   when adjusted: "
+    for r in sm.worst_half_hours:
+        print(f"  {st.when(r.time)}  {r.probability.text}", file=f)
+    print("\nbuses most at risk (voltage, worst half-hour):" + ("" if sm.buses else "  none"), file=f)
+    for r in sm.buses:
+        print(f"  bus {r.element:<8} phase {r.phase}  {r.probability.text}  at {st.when(r.time)}", file=f)
+    if sm.more_buses:
+        print(f"  (and {sm.more_buses} more bus-phases at the same probability)", file=f)
+    print("\nlines most at risk (overload, worst half-hour):" + ("" if sm.lines else "  none"), file=f)
+    for r in sm.lines:
+        print(f"  {r.element:<10} {r.probability.text}  at {st.when(r.time)}", file=f)
+    if sm.more_lines:
+        print(f"  (and {sm.more_lines} more lines at the same probability)", file=f)
+    if sm.trafo is not None:
+        print(f"  transformer overload, worst transformer and half-hour: {sm.trafo.text}", file=f)
+    agents = sm.agents[:5]
+    print("\nagents most often adjusted (at least once in the horizon):" + ("" if agents else "  none"), file=f)
+    for r in agents:
+        print(f"  {r.agent:<10} {r.adjusted.text}   when adjusted: "
               f"turn-down {r.down_kw_when_adjusted:.2f} kW, turn-up {r.up_kw_when_adjusted:.2f} kW", file=f)
-    _print_causes(tree, f)
-    pos = q.portfolio_position(tree)
-    if pos:
-        print(f"\nportfolio: {pos['agents']} agents with positions; planned P_T {pos['p_min_kw']:.1f} .. "
-              f"{pos['p_max_kw']:.1f} kW over the horizon, bounds {pos['lb_min_kw']:.1f} .. {pos['ub_max_kw']:.1f} kW",
-              file=f)
-    if "flex_up_kw" in s:
-        _print_flexibility(q.flexibility_summary(tree), f)
-        if a.get("headroom_definition"):
-            print(f"  headroom: {a['headroom_definition']}", file=f)
+    _print_causes(sm, f)
+    pos = sm.portfolio
+    if pos is not None:
+        print(f"\nportfolio: {pos.agents} agents with positions; planned P_T {pos.p_min_kw:.1f} .. "
+              f"{pos.p_max_kw:.1f} kW over the horizon, bounds {pos.lb_min_kw:.1f} .. {pos.ub_max_kw:.1f} kW", file=f)
+    if sm.flexibility is not None:
+        _print_flexibility(sm.flexibility, f)
+        if st.headroom_definition:
+            print(f"  headroom: {st.headroom_definition}", file=f)
 
 
-def model_uncertainty_lines(s, k: int = 3) -> list[str]:
-    """The headline's spread over the priors' parameter uncertainty, in lines of words (none: not
+def _print_checks(c, f) -> None:
+    """The checks a reader must see when they fail: draws above a service's capacity, load flows
+    without a solution."""
+    if c.above_service is not None:
+        warn = "" if c.above_service == 0 else "  <- should be 0: the priors draw more than a service can carry"
+        print(f"  plausibility: agent-half-hours whose drawn power exceeds the agent's service capacity: "
+              f"{c.above_service}{warn}", file=f)
+    if c.no_solution:
+        print(f"  load flows without a solution (counted as congested): {c.no_solution} of {c.cases:,} "
+              "draw-half-hours", file=f)
+
+
+def model_uncertainty_lines(mu, k: int = 3) -> list[str]:
+    """The headline's spread over the priors' parameter uncertainty
+    (a :class:`~bayesflex.analysis.summary.ModelUncertainty`), in lines of words (none: not
     screened); :mod:`bayesflex.study.uncertainty` says how it is estimated."""
+    from bayesflex.analysis.summary import NO_SPREAD
     from bayesflex.core.intervals import format_percent as pct
 
-    if "p_congested_any_horizon_given_theta" not in s:
+    if mu is None:
         return []
-    v = s["p_congested_any_horizon_given_theta"]
-    sp = v.values
-    spread = (f"{pct(sp[0])}-{pct(sp[-1])} %" if sp[-1] > 0 else
-              "0 % throughout (no parameter value brings the worst margin past a limit)")
+    sp = mu.spread
+    spread = f"0 % throughout ({NO_SPREAD})" if mu.zero else f"{pct(sp[0])}-{pct(sp[-1])} %"
     lines = [(f"over the priors' parameter uncertainty: {spread} (10-90 % of P(congested | parameters) over the "
-              f"draws; first order, the parameters explain {100 * float(v.attrs['r2']):.0f} % of the worst margin's "
-              "variance)")]
-    for i in range(min(k, s.sizes["parameter"])):
-        par = s.isel(parameter=i)
-        lines.append(f"{'most influential:' if i == 0 else '':<18}{par.parameter.item():<26} "
-                     f"{pct(float(par.screen_p_low)):>5} % at its 10 % quantile, {pct(float(par.screen_p_high)):>5} % "
-                     f"at its 90 % (worst margin {float(par.screen_margin_effect_pu):+.4f} pu)")
+              f"draws; first order, the parameters explain {100 * mu.r2:.0f} % of the worst margin's variance)")]
+    for i, par in enumerate(mu.parameters[:k]):
+        lines.append(f"{'most influential:' if i == 0 else '':<18}{par.name:<26} "
+                     f"{pct(par.p_low):>5} % at its 10 % quantile, {pct(par.p_high):>5} % "
+                     f"at its 90 % (worst margin {par.margin_effect_pu:+.4f} pu)")
     return lines
 
 
-def _print_model_uncertainty(s, f) -> None:
-    for line in model_uncertainty_lines(s):
-        print("    " + line, file=f)
-
-
-def _print_flexibility(df: pd.DataFrame, f) -> None:
-    from bayesflex.core.intervals import format_kw
-
+def _print_flexibility(rows, f) -> None:
     print("\nportfolio flexibility sellable against the plan after network limits (kW):", file=f)
     print(f"  in every half-hour of the horizon at once (joint: each draw's lowest half-hour; 95 % interval)\n"
           f"    {'confidence':<10}{'turn-up':>20}{'turn-down':>20}", file=f)
-    for _, r in df.iterrows():
-        print(f"    P{100 * r.confidence:<9.0f}{format_kw(r.up_joint_kw, r.up_joint_kw_lo, r.up_joint_kw_hi):>20}"
-              f"{format_kw(r.down_joint_kw, r.down_joint_kw_lo, r.down_joint_kw_hi):>20}", file=f)
+    for r in rows:
+        print(f"    P{100 * r.confidence:<9.0f}{r.up_joint.text:>20}{r.down_joint.text:>20}", file=f)
     print("  each half-hour on its own: lowest / median over the half-hours (not deliverable in all at once)", file=f)
-    for _, r in df.iterrows():
+    for r in rows:
         print(f"    P{100 * r.confidence:<9.0f}{r.up_lowest_half_hour_kw:>11.1f} / {r.up_median_half_hour_kw:<6.1f}"
               f"{r.down_lowest_half_hour_kw:>11.1f} / {r.down_median_half_hour_kw:<6.1f}", file=f)
 
 
-def _print_causes(tree, f, k: int = 3) -> None:
+def _print_causes(sm, f, k: int = 3) -> None:
     """The causes of the ``k`` most congested half-hour phases, in words."""
-    from bayesflex.analysis.query import cause_text, causes
-    from bayesflex.core.timefmt import fmt_time
-
-    if "cause_share" not in tree["heuristic"]:
+    if sm.causes is None:
         return
-    df = causes(tree, top=k)
     print("\nwhat causes congestion, most congested half-hours (mean share of the phase's worst violation over "
-          "its congested draws):" + ("  none congested" if df.empty else ""), file=f)
-    for _, r in df.iterrows():
-        print(f"  {fmt_time(r.time, tree)}, phase {r.phase} ({_row_prob(r, 'p_congested')}): {cause_text(r)} ({r.draws} "
+          "its congested draws):" + ("" if sm.causes else "  none congested"), file=f)
+    for r in sm.causes[:k]:
+        print(f"  {sm.study.when(r.time)}, phase {r.phase} ({r.probability.text}): {r.text} ({r.draws} "
               f"draw{'s' if r.draws != 1 else ''})", file=f)
 
 
