@@ -95,8 +95,8 @@ def test_an_unknown_line_code_names_the_file_the_key_and_the_known_codes(enwl, t
     path = tmp_path / "ratings.toml"
     path.write_text('[line_i_max_a]\n"5c_.06" = 265\n"4c_185" = 300\n')
     amps, where, _ = read_ratings(path)
-    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}: \[line_i_max_a\] '4c_185': no line .* "
-                                          r"\(known: 2c_.0145, 4_xc, 5c_.04, 5c_.06, 5c_.1\)"):
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}: \[line_i_max_a\] line code: '4c_185' not on "
+                                          r"feeder .* \(allowed: 2c_.0145, 4_xc, 5c_.04, 5c_.06, 5c_.1\)"):
         with_ratings(fd, amps, where)
 
 

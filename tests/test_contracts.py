@@ -133,7 +133,7 @@ setback = ["22:00", "06:00"]
 
 
 @pytest.mark.parametrize("body, words", [
-    (BATTERY.format(agent="A1-1", cap=9, extra=""), ["[[aggregator]] 'x' batteries[0] agent", ("'A1-1' is not on feeder "
+    (BATTERY.format(agent="A1-1", cap=9, extra=""), ["[[aggregator]] 'x' batteries[0] agent", ("'A1-1' not on feeder "
                                                      "'tiny'"), "did you mean A1-01"]),
     (BATTERY.format(agent="A1-01", cap=-3, extra=""), ["batteries[0] capacity_kwh", "-3", "allowed: a finite number > 0"]),
     (BATTERY.format(agent="A1-01", cap=9, extra=", soc_min = 0.6"), ["batteries[0]", "soc_min 0.6, soc0 0.5",

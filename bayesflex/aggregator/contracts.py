@@ -72,7 +72,7 @@ import pandas as pd
 
 from bayesflex.aggregator.coordination import Aggregator
 from bayesflex.aggregator.portfolio import Battery, EVCharger, HeatPump
-from bayesflex.core.checks import did_you_mean, resolve_contracts
+from bayesflex.core.checks import did_you_mean, not_among, resolve_contracts
 from bayesflex.errors import ConfigError
 from bayesflex.io.feeders import load_feeder
 from bayesflex.priors import load_priors
@@ -251,9 +251,9 @@ def _feeder(feeder):
 
 
 def _agent(f: _File, where: str, agent: str, fd, held: dict, aggregator: str) -> None:
-    if fd is not None and agent not in fd.agents:
-        raise f.error(f"{where} agent", f"{agent!r} is not on feeder {fd.name!r}{did_you_mean(agent, fd.agents)} "
-                                        f"({fd.n_agent} agents, e.g. {', '.join(fd.agents[:3])}, ...)")
+    unknown = "" if fd is None else not_among([agent], fd.agents, f"on feeder {fd.name!r}")
+    if unknown:
+        raise f.error(f"{where} agent", unknown)
     if agent in held:
         other = held[agent]
         again = "again" if other == aggregator else f"already under contract with aggregator {other!r}"

@@ -98,6 +98,7 @@ import pandas as pd
 
 from bayesflex.aggregator.portfolio import Schedule, check_device, schedule
 from bayesflex.analysis.query import n_draws, predictive
+from bayesflex.core.checks import check_on_feeder
 from bayesflex.core.intervals import format_probability, wilson_interval
 from bayesflex.errors import ConfigError, SolverError
 from bayesflex.grid.feeder import Feeder
@@ -280,9 +281,9 @@ def _check(feeder: Feeder, aggregators) -> None:
     for agg in aggregators:
         if not isinstance(agg, Aggregator) or not agg.devices:
             raise ConfigError(f"{agg!r}: give Aggregator(name, devices) with at least one device")
+        check_on_feeder([d.agent for d in agg.devices], feeder.agents, f"aggregator {agg.name!r} agent",
+                        feeder=feeder.name)
         for d in agg.devices:
-            if d.agent not in feeder.agents:
-                raise ConfigError(f"aggregator {agg.name!r}: agent {d.agent!r} is not on feeder {feeder.name!r}")
             if d.agent in seen:
                 raise ConfigError(f"agent {d.agent!r} has more than one device (aggregators {seen[d.agent]!r} and "
                                   f"{agg.name!r}); coordinate supports one controllable device per agent")

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from bayesflex.analysis.query import BLOCK_DRAWS, draw_block, draw_blocks, half_hour, n_draws, top_agents
+from bayesflex.core.checks import not_among
 from bayesflex.core.intervals import format_probability, quantile_interval, wilson_interval
 from bayesflex.core.timefmt import fmt_time, local_axis, zone_note
 from bayesflex.errors import ConfigError
@@ -381,7 +382,7 @@ def _adjustments_when_adjusted(h: xr.Dataset | xr.DataTree, agents: list[str], *
     (draw, half-hour) where it is adjusted, in draw order; read a block of draws at a time."""
     idx = [int(i) for i in h.indexes["agent"].get_indexer(agents)]
     if min(idx, default=0) < 0:
-        raise ConfigError(f"agent {agents[idx.index(-1)]!r} not in the study")
+        raise ConfigError(f"agent {not_among(agents, h.indexes['agent'], 'in the study')}")
     parts: list[list[np.ndarray]] = [[] for _ in agents]
     dims = ("agent", "draw", "time", "phase")
     for c, s in draw_blocks(h, block):

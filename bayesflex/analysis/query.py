@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayesflex.core.checks import did_you_mean
+from bayesflex.core.checks import not_among
 from bayesflex.core.intervals import quantile_interval, wilson_interval
 from bayesflex.errors import ConfigError
 from bayesflex.study.results import mcse, study_effective_draws
@@ -113,8 +113,7 @@ def match_name(names, value, what: str) -> str:
         return same[0]
     if same:
         raise ConfigError(f"{what} {value!r} matches {', '.join(same)} when case is ignored: give one as spelt")
-    raise ConfigError(f"{what} {value!r} not in the study{did_you_mean(value, names)} (allowed: "
-                      f"{', '.join(names[:8])}{f', ... {len(names)} in all' if len(names) > 8 else ''})")
+    raise ConfigError(f"{what} {not_among([value], names, 'in the study')}")
 
 
 def congestion_probability(tree: xr.DataTree, by: str = "bus", *, phase=None, time=None,

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from bayesflex.errors import ConfigError
 
-__all__ = ["BUILTIN_BACKENDS", "MAX_PERIODS", "check_backend", "check_horizon", "check_input_file", "contracts_dir",
-           "did_you_mean", "feeder_dir", "priors_dir", "resolve_contracts", "resolve_feeder", "resolve_priors"]
+__all__ = ["BUILTIN_BACKENDS", "MAX_PERIODS", "check_backend", "check_horizon", "check_input_file", "check_on_feeder",
+           "contracts_dir", "did_you_mean", "feeder_dir", "not_among", "priors_dir", "resolve_contracts",
+           "resolve_feeder", "resolve_priors"]
 
 HALF_HOURS_PER_DAY = 48
 #: longest horizon, half-hours: ten years (its end must stay a valid date-time)
@@ -37,6 +38,37 @@ def did_you_mean(value: str, names) -> str:
     words = [folded[c] for c in close]
     return f"; did you mean {' or '.join([', '.join(words[:-1]), words[-1]] if len(words) > 1 else words)}?" \
         if words else ""
+
+
+#: names of a feeder (or study) shown when a name given is not one of them
+KNOWN_SHOWN = 8
+
+
+def not_among(given, known, among: str = "on the feeder") -> str:
+    """The one message for names that are not ``known`` (a feeder's agents, buses, lines or line
+    codes; a study's): ``"'LOAD99' not on the feeder; did you mean LOAD9? (allowed: LOAD1, LOAD2,
+    ... 55 in all)"``, up to five of the unknown names in the order given, the closest known name
+    for one (:func:`did_you_mean`) and the first known ones; "" when every name is known.
+    ``among``: ``"on the feeder"``, ``"on feeder 'x'"``, ``"in the study"``."""
+    known = [str(k) for k in known]
+    have = set(known)
+    bad = [g for g in map(str, dict.fromkeys(given)) if g not in have]  # each once, in the order given
+    if not bad:
+        return ""
+    names = ", ".join(map(repr, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    hint = did_you_mean(bad[0], known) if len(bad) == 1 else ""
+    shown = ", ".join(known[:KNOWN_SHOWN]) or "none"
+    more = f", ... {len(known)} in all" if len(known) > KNOWN_SHOWN else ""
+    return f"{names} not {among}{hint} (allowed: {shown}{more})"
+
+
+def check_on_feeder(given, known, where: str, *, feeder: str | None = None) -> None:
+    """Every name in ``given`` is one of ``known``, the feeder's names; else a :class:`ConfigError`
+    ``"{where}: {not_among(...)}"``, ``where`` naming the file and the key (or column) that gave them,
+    ``feeder`` the feeder's name when at hand."""
+    text = not_among(given, known, "on the feeder" if feeder is None else f"on feeder {feeder!r}")
+    if text:
+        raise ConfigError(f"{where}: {text}")
 
 
 def check_horizon(start, periods, *, label: str = "{} = ") -> tuple[str | None, int | None]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bayesflex.core.checks import resolve_feeder
+from bayesflex.core.checks import check_on_feeder, resolve_feeder
 from bayesflex.errors import ConfigError, FeederWarning
 from bayesflex.grid.feeder import Feeder, check_feeder
 from bayesflex.io.builder import net_from_elements
@@ -194,11 +194,10 @@ def with_ratings(feeder: Feeder, amps: dict[str, float], where: str) -> Feeder:
     known = sorted({c for c in feeder.line_code if c})
     i_max = np.array(feeder.line_i_max_a, float)
     defaulted = np.array(feeder.line_rating_defaulted, bool)
+    check_on_feeder([c for c in amps if not c or not (codes == c.casefold()).any()], known,
+                    f"{where}: [{RATINGS_TABLE}] line code", feeder=feeder.name)
     for code, a in amps.items():
         on = codes == code.casefold()
-        if not code or not on.any():
-            raise ConfigError(f"{where}: [{RATINGS_TABLE}] {code!r}: no line of feeder {feeder.name!r} has this line "
-                              f"code (known: {', '.join(known) if known else 'none; its lines have no line codes'})")
         i_max[on], defaulted[on] = a, False
     set_before = dict(feeder.meta.get("line_ratings_set", {}))
     meta = {**feeder.meta, "line_ratings_set": set_before | amps,

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayesflex.core.checks import check_on_feeder
 from bayesflex.core.tables import agents_and_times, read_csv, zone
 from bayesflex.errors import ConfigError
 from bayesflex.priors.baseload import EDGE, beta_ab, day_index, half_hour_of_day, log_level, shape_kw_at
@@ -150,10 +151,7 @@ def _wide(df: pd.DataFrame, column: str, where: str, agents, what: str) -> pd.Da
     kinds of log need: known agents, half-hour times, one value per agent and
     time, and a complete series for every agent over the same period."""
     if agents is not None:
-        bad = sorted(set(df["agent"]) - set(agents))
-        if bad:
-            raise ConfigError(f"{where}: agent(s) {', '.join(map(repr, bad[:5]))} not on the feeder "
-                              f"(its agents are e.g. {', '.join(list(agents)[:5])}, ...)")
+        check_on_feeder(df["agent"], agents, f"{where} agent")
     off = np.flatnonzero((df["time"] != df["time"].dt.floor("30min")).to_numpy())
     if len(off):
         raise ConfigError(f"{where}: row {off[0] + 2}: time {df['time'].iloc[off[0]]}: times must fall on half-hours "

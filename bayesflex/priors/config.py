@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from bayesflex.core.checks import HALF_HOURS_PER_DAY, MAX_PERIODS, priors_dir, resolve_priors
+from bayesflex.core.checks import HALF_HOURS_PER_DAY, MAX_PERIODS, check_on_feeder, priors_dir, resolve_priors
 from bayesflex.core.checks import toml_number as _number
 from bayesflex.core.tables import zone
 from bayesflex.core.timefmt import utc_of_local
@@ -314,11 +314,5 @@ def _technology(tech: str, tab: Any, schema: dict[str, str], origin: str) -> Tec
 
 def check_agents(priors: Priors, agent_names: tuple[str, ...]) -> None:
     """Every agent a priors file names must be on the feeder."""
-    known = set(agent_names)
     for tech in priors.technologies.values():
-        if tech.agents:
-            bad = [a for a in tech.agents if a not in known]
-            if bad:
-                sample = ", ".join(sorted(known)[:5])
-                raise ConfigError(f"{priors.origin} [{tech.name}] agents: {', '.join(map(repr, bad))} "
-                                  f"not on the feeder (its agents are e.g. {sample}, ...)")
+        check_on_feeder(tech.agents or (), agent_names, f"{priors.origin} [{tech.name}] agents")

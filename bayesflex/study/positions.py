@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayesflex.core.checks import check_on_feeder
 from bayesflex.core.tables import agents_and_times, read_csv, zone
 from bayesflex.errors import ConfigError
 
@@ -161,12 +162,8 @@ def _from_frame(df: pd.DataFrame, origin: str, digest: str, known, tz: str | Non
 
 
 def _check_agents(names, *, known, origin: str) -> None:
-    if known is None:
-        return
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise ConfigError(f"{origin}: agent {unknown[0]!r} is not on the feeder "
-                          f"(its agents are e.g. {', '.join(list(known)[:5])}, ...)")
+    if known is not None:
+        check_on_feeder(names, known, f"{origin} agent")
 
 
 def write_positions(pos: Positions, path: str | Path) -> Path:
