@@ -18,7 +18,7 @@ from bayesflex.errors import ConfigError
 
 __all__ = ["BUILTIN_BACKENDS", "MAX_PERIODS", "check_backend", "check_horizon", "check_input_file", "check_on_feeder",
            "contracts_dir", "did_you_mean", "feeder_dir", "not_among", "priors_dir", "resolve_contracts",
-           "resolve_feeder", "resolve_priors"]
+           "resolve_feeder", "resolve_markets", "resolve_priors"]
 
 HALF_HOURS_PER_DAY = 48
 #: longest horizon, half-hours: ten years (its end must stay a valid date-time)
@@ -160,36 +160,26 @@ def _known(kind: str) -> list[str]:
     return sorted(q.stem for q in _builtin(kind).glob("*.toml"))
 
 
-def resolve_feeder(name_or_path: str | Path) -> Path:
-    """The file or folder of a feeder: a path, else ``feeders/<name>.toml`` of the current folder,
-    else the built-in one; a clear error naming the feeders there are (and the closest)."""
-    p = Path(name_or_path)
-    if p.exists():
-        return p
-    name = str(name_or_path)
-    if "/" not in name and "\\" not in name and not p.suffix:
-        found = _named(name, "feeders")
-        if found is not None:
-            return found
-        known = _known("feeders")
-        raise ConfigError(f"no feeder named {name!r}{did_you_mean(name, known)} (built-in feeders: {', '.join(known)})")
-    raise ConfigError(f"{p}: no such file or folder")
-
-
-def _resolve(name_or_path: str | Path, kind: str, what: str) -> Path:
-    """A path, else ``<kind>/<name>.toml`` of the current folder, else the built-in one; a clear error
-    naming the built-in sets (and the closest), or the missing path."""
+def _resolve(name_or_path: str | Path, kind: str, what: str, *, folders: bool = False) -> Path:
+    """The one lookup of a named input: a path (a file; with ``folders``, whatever is there, e.g. an
+    OpenDSS model's folder), else ``<kind>/<name>.toml`` of the current folder, else the built-in
+    one; a clear error naming the built-in ones (and the closest), or the missing path."""
     path = Path(name_or_path)
-    if path.is_file():
+    if path.is_file() or (folders and path.exists()):
         return path
     name = str(name_or_path)
     if "/" in name or "\\" in name or path.suffix:
-        raise ConfigError(f"{path}: no such {what} file")
+        raise ConfigError(f"{path}: no such {what} file{' or folder' if folders else ''}")
     found = _named(name, kind)
     if found is None:
         known = _known(kind)
-        raise ConfigError(f"no {what} named {name!r}{did_you_mean(name, known)} (built-in: {', '.join(known)})")
+        raise ConfigError(f"no {what} named {name!r}{did_you_mean(name, known)} (built-in {kind}: {', '.join(known)})")
     return found
+
+
+def resolve_feeder(name_or_path: str | Path) -> Path:
+    """The file or folder of a feeder (:func:`_resolve`)."""
+    return _resolve(name_or_path, "feeders", "feeder", folders=True)
 
 
 def resolve_markets(name_or_path: str | Path) -> Path:
