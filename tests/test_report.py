@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import os
 import re
@@ -21,7 +22,8 @@ from scipy.stats import binomtest
 import bayesflex as bf
 from bayesflex.analysis import maps
 from bayesflex.analysis.report import CREATED_PREFIX, REPORT_FILE, build_report
-from bayesflex.cli.main import main
+from bayesflex.analysis.summary import summarise
+from bayesflex.cli.main import main, print_summary
 from bayesflex.study.results import RESULT_FILE, open_study
 
 from .conftest import REPO
@@ -450,6 +452,48 @@ def test_agent_reductions_read_blocks_of_draws_and_equal_the_whole_arrays(study,
         np.testing.assert_allclose(g, (up[:, :, j] - dn[:, :, j])[moved[:, :, j]], rtol=1e-6, atol=1e-6)
     with pytest.raises(bf.ConfigError, match="not in the study"):
         maps._adjustments_when_adjusted(h, ["no-such-agent"])
+
+
+# ----------------------------------------------------------------------------
+# the summary: one model of the headline, printed and shown in the report
+# ----------------------------------------------------------------------------
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    ci = binomtest(int(k), n).proportion_ci(confidence_level=0.95, method="wilson")
+    return ci.low, ci.high
+
+
+def test_the_summary_is_the_per_draw_counts_and_the_printout_and_report_show_the_same(study, tree):
+    """The headline against counts made here from the per-draw variables (scipy's Wilson interval),
+    and every probability of it in the same words in ``bayesflex run``'s printout and report.html."""
+    sm = summarise(tree)
+    h = tree["heuristic"]
+    cong = h["congested"].values[0].astype(bool)  # (draw, time, phase)
+    n = cong.shape[0]
+    assert sm.study.draws == n == sm.study.effective_draws  # a prior study: every draw counts
+    any_t = cong.any(axis=2)  # (draw, time)
+    unres = any_t & ~h["resolved"].values[0].astype(bool)
+    for i, ph in enumerate("abc"):
+        k = cong[:, :, i].any(axis=1).sum()
+        assert sm.congested[ph].p == k / n
+        assert (sm.congested[ph].lo, sm.congested[ph].hi) == pytest.approx(_wilson(k, n), abs=1e-9)
+    assert sm.congested_any.p == any_t.any(axis=1).sum() / n and sm.unresolved.p == unres.any(axis=1).sum() / n
+    assert (sm.checks.congested_cases, sm.checks.unresolved_cases) == (any_t.sum(), unres.sum())
+    assert sm.checks.no_solution == (~tree["sample_stats"]["converged"].values).sum()
+    per_time = np.sort(any_t.mean(axis=0))[::-1]
+    np.testing.assert_array_equal([r.probability.p for r in sm.worst_half_hours], per_time[per_time > 0][:5])
+    moved = ((h["adjust_up_kw"].values[0] > 0) | (h["adjust_down_kw"].values[0] > 0)).any(axis=(1, 3)).mean(axis=0)
+    p_agent = dict(zip(map(str, h.agent.values), moved))
+    assert sm.agents and all(r.adjusted.p == p_agent[r.agent] for r in sm.agents)
+    listed = {r.agent for r in sm.agents}
+    assert min(r.adjusted.p for r in sm.agents) >= max(v for a, v in p_agent.items() if a not in listed)
+
+    buf = io.StringIO()
+    print_summary(tree, buf)
+    printed, report = buf.getvalue(), (study / REPORT_FILE).read_text()
+    both = [*sm.congested.values(), sm.congested_any, sm.unresolved, *(r.probability for r in sm.worst_half_hours),
+            *(r.adjusted for r in sm.agents[:5]), *(r.probability for r in sm.causes[:3])]
+    for e in both:
+        assert e.text in printed and html.escape(e.text) in report, e.text
 
 
 # ----------------------------------------------------------------------------
