@@ -128,7 +128,7 @@ def test_what_the_study_does_not_hold_is_none_and_the_summary_is_frozen(summary)
 
 def test_the_printout_renders_the_summary(summary):
     buf = io.StringIO()
-    print_summary(None, buf, summary)
+    print_summary(summary, buf)
     text = buf.getvalue()
     for line in (f"  phase a:   {summary.congested['a'].text}", "  phase c:   0 of 4 draws (< ",
                  f"  the agents' flexibility cannot resolve it, at least once: {summary.unresolved.text}",

@@ -255,7 +255,7 @@ def _cmd_run(args, argv) -> int:
         report = write_report(tree, out, summary=summary)
     except OSError as err:
         raise as_output_error(out / "report.html", err) from None
-    print_summary(tree, sys.stdout, summary)
+    print_summary(summary, sys.stdout)
     resumed = int(tree.attrs.get("chunks_resumed", 0))
     print(f"\n{args.draws} draws in {t1 - t0:.1f} s" + (f" ({resumed} finished chunks of "
           f"{tree.attrs['chunk_draws']} draws resumed, not recomputed)" if resumed else "")
@@ -326,12 +326,12 @@ def _row_prob(r, column: str = "probability", n: float | None = None) -> str:
     return _prob(r[column], r[lo], r[hi], n)
 
 
-def print_summary(study, f, summary=None) -> None:
+def print_summary(study, f) -> None:
     """The short summary of a study a person reads first: its :class:`~bayesflex.analysis.summary.Summary`
-    (``summary``, or built from the tree ``study``) in words."""
-    from bayesflex.analysis.summary import summarise
+    (``study``, or built from ``study``'s tree) in words."""
+    from bayesflex.analysis.summary import Summary, summarise
 
-    sm = summary if summary is not None else summarise(study)
+    sm = study if isinstance(study, Summary) else summarise(study)
     st = sm.study
     source = "" if st.source_vm_pu is None else f"; source {st.source_vm_pu:.3f} pu of {st.source_vn_kv:g} kV"
     print(f"bayesflex {st.bayesflex_version}: feeder {st.feeder}, priors {st.priors} ({st.kind}), {st.draws} draws, "
