@@ -383,8 +383,8 @@ def print_summary(study, f) -> None:
 
 
 def _print_checks(c, f) -> None:
-    """The checks a reader must see when they fail: draws above a service's capacity, load flows
-    without a solution."""
+    """Agent-half-hours drawn above a service's capacity (when recorded), and load flows without a
+    solution (when there are any)."""
     if c.above_service is not None:
         warn = "" if c.above_service == 0 else "  <- should be 0: the priors draw more than a service can carry"
         print(f"  plausibility: agent-half-hours whose drawn power exceeds the agent's service capacity: "
