@@ -78,7 +78,7 @@ def daily_kwh_model(pri, mu: float, sigma: float, draws: int, seed: int) -> np.n
     ss = np.random.SeedSequence(seed)
     par = _params(draw_parameters(one, 55, draws, ss.spawn(1)[0]), "heat_pump")
     times = pd.date_range(pri.start, periods=48, freq="30min").values
-    res = heat_pump.simulate(par, tech.extra, times, np.ones((draws, 55), bool), np.random.default_rng(seed))
+    res = heat_pump.heat_houses(par, tech.extra, times, np.ones((draws, 55), bool), np.random.default_rng(seed))
     return res["p_kw"].sum(axis=1).ravel() / 2
 
 

@@ -24,9 +24,11 @@ from bayesflex.analysis.query import cause_text, causes
 from bayesflex.cli.main import main, print_summary
 from bayesflex.grid.feeder import Source
 from bayesflex.grid.heuristic import Limits, cause_shares
+from bayesflex.priors.registry import components
 from bayesflex.study import engine
 from bayesflex.study.engine import CHUNK_DRAWS, StudyOptions, run_study
-from bayesflex.study.results import CAUSES, open_study
+from bayesflex.study.results import causes as cause_names
+from bayesflex.study.results import open_study
 
 
 # ----------------------------------------------------------------------------
@@ -116,7 +118,7 @@ def test_kernel_leaves_nothing_to_attribute_as_nan():
 def test_ev_only_undervoltage_is_the_evs_and_each_phase_its_own():
     fd = _star({"ev_home": "a", "plain": "b", "quiet": "c"}, 1.0 + 0.3j)  # phases not coupled
     n_d, n_t = 8, 2
-    comp = {k: np.zeros((1, n_d, n_t, 3, 3), np.float32) for k in CAUSES[:-1]}
+    comp = {k: np.zeros((1, n_d, n_t, 3, 3), np.float32) for k in cause_names()[:-1]}
     charging = (np.arange(n_d) % 2 == 0)[:, None] & np.array([True, False])  # (draw, time)
     comp["ev"][0, :, :, 0, 0] = np.where(charging, 7.0, 0.0)  # 7 kW on a 1 ohm service: ~0.86 pu
     comp["baseload"][0, :, :, 0, 0] = 0.3  # alone: ~0.995 pu
@@ -127,7 +129,7 @@ def test_ev_only_undervoltage_is_the_evs_and_each_phase_its_own():
     q = 0.3 * comp["baseload"]
     dims = ("chain", "draw", "time", "agent", "phase")
     ds = xr.Dataset({"p_kw": (dims, p), "q_kvar": (dims, q), "p_lb_kw": (dims, p), "p_ub_kw": (dims, p),
-                     **{engine.COMPONENTS[k]: (dims, v) for k, v in comp.items()}},
+                     **{components()[k]: (dims, v) for k, v in comp.items()}},
                     coords={"agent": list(fd.agents)})
     out = engine._physics(fd, ds, StudyOptions(headroom=False))
     cong = out["congested"]  # (draw, time, phase)
@@ -136,7 +138,7 @@ def test_ev_only_undervoltage_is_the_evs_and_each_phase_its_own():
     assert not cong[..., 2].any()
     n = out["cause_draws"]
     np.testing.assert_array_equal(n, cong.sum(axis=0))
-    k = {t: i for i, t in enumerate(CAUSES)}
+    k = {t: i for i, t in enumerate(cause_names())}
     share = out["cause_share_sum"] / np.maximum(n, 1)[..., None]  # (time, phase, technology)
     # phase a, first half-hour: one agent, one sensitivity: EV 7 of the 7.3 kW that push
     np.testing.assert_allclose(share[0, 0, k["ev"]], 7.0 / 7.3, rtol=1e-6)
@@ -166,8 +168,8 @@ def test_pv_overvoltage_is_pvs_alone_and_baseload_pushes_back(tmp_path):
     assert (h["cause_violation_draws"].sel(phase="a", violation="overvoltage").values == n).all()
     on = n > 0
     share = h["cause_share"].sel(phase="a").values[on]
-    np.testing.assert_allclose(share[:, CAUSES.index("pv")], 1.0, rtol=1e-12)
-    np.testing.assert_allclose(np.delete(share, CAUSES.index("pv"), axis=1), 0.0)
+    np.testing.assert_allclose(share[:, cause_names().index("pv")], 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.delete(share, cause_names().index("pv"), axis=1), 0.0)
     # baseload takes back its kW over PV's: from the draws themselves
     base, pv = _draws(tree, "p_base_kw")[..., 0], _draws(tree, "p_pv_kw")[..., 0]
     cong = h["congested"].values[0, :, :, 0]

@@ -9,7 +9,7 @@ import pytest
 from bayesflex.errors import ConfigError
 from bayesflex.priors import condition, load_priors, read_ev_states, sample_priors
 from bayesflex.priors.baseload import half_hour_of_day
-from bayesflex.priors.ev import DT_H, periodic_occupancy, simulate, transition_counts, window_fraction
+from bayesflex.priors.ev import DT_H, drive_and_charge, periodic_occupancy, transition_counts, window_fraction
 
 from .conftest import edited_priors
 
@@ -130,8 +130,8 @@ def test_timer_by_hand():
            "kwh_per_halfhour_moving": np.full((1, 1), 1.375), "initial_soc": np.full((1, 1), 1.0),
            "timed_share": np.ones(1), "timer_start_h": np.full((1, 1), 23.25)}
     slots = np.arange(20, 20 + 48) % 48  # the horizon starts at 10:00
-    res = simulate(par, P, slots, np.ones((1, 1), bool), np.random.default_rng(0), 0.9, local_slots=slots,
-                   timer_end_h=8.0)
+    res = drive_and_charge(par, P, slots, np.ones((1, 1), bool), np.random.default_rng(0), 0.9, local_slots=slots,
+                           timer_end_h=8.0)
     p, ub, st = res["p_kw"][0, :, 0], res["p_ub_kw"][0, :, 0], res["state"][0, :, 0]
     assert (st[:20] == 0).all() and (st[20:] == 1).all()  # 10:00-20:00 moving, home after
     assert res["shortfall_kwh"][0, 0] == 0

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bayesflex.priors import load_priors, sample_priors
-from bayesflex.priors.heat_pump import BURN_IN, DT_H, call_for_heat, cop, periodic_share, simulate
+from bayesflex.priors.heat_pump import BURN_IN, DT_H, call_for_heat, cop, heat_houses, periodic_share
 
 from .conftest import edited_priors, shared_path
 
@@ -44,7 +44,7 @@ def _par(n=4, a=3, *, h=0.2, c=6.0, setpoint=20.0, rating=4.0, sd=0.0, rho=0.9):
 
 def _run(par, extra, seed=0):
     n, a = par["rating_kw"].shape
-    return simulate(par, extra, TIMES, np.ones((n, a), bool), np.random.default_rng(seed))
+    return heat_houses(par, extra, TIMES, np.ones((n, a), bool), np.random.default_rng(seed))
 
 
 def _euler(t_in, t_out, p, cp, h, c, minutes=30, steps=1800):
@@ -118,7 +118,7 @@ def hp_sim():
            "heat_capacity_kwh_per_k": rng.lognormal(1.833, 0.4, (n, a)),
            "setpoint_c": rng.normal(20.0, 1.0, (n, a)), "rating_kw": rng.lognormal(1.293, 0.183, (n, a)),
            "temp_error_sd": rng.lognormal(0.916, 0.3, n), "temp_error_rho": np.full(n, 0.98)}
-    return par, pri.extra, simulate(par, pri.extra, TIMES, np.ones((n, a), bool), rng)
+    return par, pri.extra, heat_houses(par, pri.extra, TIMES, np.ones((n, a), bool), rng)
 
 
 def _sample(mask, k, seed):

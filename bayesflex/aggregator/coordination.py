@@ -105,7 +105,7 @@ from bayesflex.grid.feeder import Feeder
 from bayesflex.io.feeders import load_feeder
 from bayesflex.priors import load_priors
 from bayesflex.study.engine import run_study
-from bayesflex.study.positions import Positions, positions_from_schedule
+from bayesflex.study.positions import Positions, positions_from_schedule, uncontrolled_kw
 
 __all__ = ["Aggregator", "Coordination", "Round", "confirmation_seed", "coordinate", "draws_to_confirm", "power_range",
            "tolerated_draws"]
@@ -391,7 +391,7 @@ def coordinate(feeder: Feeder | str, priors, aggregators, price_per_kwh, *, risk
             on_round(this)
         if r == 0:
             pred = predictive(tree)
-            own = (pred["p_base_kw"] + pred.get("p_pv_kw", 0)).sel(agent=list(pos.agents))
+            own = uncontrolled_kw(pred).sel(agent=list(pos.agents))
             uncontrolled = float(dt_h * (price * own.sum(("agent", "phase")).mean(("chain", "draw")).values).sum())
         bad = this.over_risk(risk)
         if not len(bad):

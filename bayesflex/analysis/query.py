@@ -14,12 +14,13 @@ import xarray as xr
 from bayesflex.core.checks import not_among
 from bayesflex.core.intervals import quantile_interval, wilson_interval
 from bayesflex.errors import ConfigError
+from bayesflex.priors.registry import labels
 from bayesflex.study.results import mcse, study_effective_draws
 
-__all__ = ["BLOCK_DRAWS", "TECHNOLOGY_NAMES", "above_service", "adjustment_quantiles", "cause_text", "causes",
+__all__ = ["BLOCK_DRAWS", "above_service", "adjustment_quantiles", "cause_text", "causes",
            "congestion_probability", "draw_block", "draw_blocks", "flexibility_at_risk", "flexibility_summary",
-           "half_hour", "n_draws", "portfolio_position", "predictive", "product_at_risk", "top_agents",
-           "with_interval"]
+           "half_hour", "n_draws", "portfolio_position", "predictive", "product_at_risk", "technology_names",
+           "top_agents", "with_interval"]
 __all__ += ["adjustment_reason", "adjustment_reasons", "match_name"]
 
 _WHERE = ("bus", "line", "phase", "time", "trafo")
@@ -435,9 +436,15 @@ def adjustment_reasons(tree: xr.DataTree, *, block: int = BLOCK_DRAWS) -> pd.Dat
     return pd.DataFrame(rows, columns=["direction", "reason", "moves", "not_congested", "share", "kw"])
 
 
-#: how the causes of congestion name the technologies (``heuristic/cause_share``'s ``technology``)
-TECHNOLOGY_NAMES = {"baseload": "baseload", "pv": "PV", "ev": "EV", "heat_pump": "heat pumps",
-                    "battery": "batteries", "refrigeration": "refrigeration", "position": "planned positions"}
+
+
+def technology_names() -> dict[str, str]:
+    """How the causes of congestion name the technologies (``heuristic/cause_share``'s
+    ``technology``): each technology's label (:func:`bayesflex.priors.registry.labels`), and
+    the planned positions."""
+    return {**labels(), "position": "planned positions"}
+
+
 _VIOLATION_NAMES = {"undervoltage": "under-voltage", "overvoltage": "over-voltage", "overload": "line overload",
                     "trafo_overload": "transformer overload"}
 
@@ -468,6 +475,7 @@ def causes(tree: xr.DataTree, *, time=None, phase=None, top: int | None = None, 
     ds = _pick(_pick(ds, "phase", phase, "phase"), "time", time, "time")
     n = study_effective_draws(tree)
     names = [str(a) for a in ds.agent.values]
+    names_of = technology_names()
     rows = []
     for t in ds.time.values:
         for ph in ds.phase.values:
@@ -487,7 +495,7 @@ def causes(tree: xr.DataTree, *, time=None, phase=None, top: int | None = None, 
             row |= {k: float(at.cause_share.sel(technology=k)) for k in present}
             relief = {k: float(at.cause_relief_share.sel(technology=k)) for k in present}
             row["relief"] = sum(relief.values())
-            row["relief_from"] = ", ".join(f"{100 * -v:.0f} % {TECHNOLOGY_NAMES.get(k, k)}"
+            row["relief_from"] = ", ".join(f"{100 * -v:.0f} % {names_of.get(k, k)}"
                                            for k, v in sorted(relief.items(), key=lambda kv: kv[1]) if v <= -0.005)
             row["share_mcse_max"] = float(at.cause_share_mcse.sel(technology=present).max()) if d > 1 else np.nan
             row["agents"] = ", ".join(f"{names[i]} {100 * a_share[i]:.0f} %" for i in order if a_share[i] > 0)
@@ -504,9 +512,10 @@ def cause_text(row, *, least: float = 0.01) -> str:
     technologies causing at least ``least`` of the violation, largest first; the two
     technologies pushing the other way most, when they take back at least ``least``, after a
     semicolon."""
-    shares = {k: float(row[k]) for k in TECHNOLOGY_NAMES if k in row and np.isfinite(row[k])}
+    names = technology_names()
+    shares = {k: float(row[k]) for k in names if k in row and np.isfinite(row[k])}
     shown = sorted((k for k, v in shares.items() if v >= least), key=lambda k: -shares[k])
-    words = [f"{100 * shares[k]:.0f} % {TECHNOLOGY_NAMES[k]}" for k in shown]
+    words = [f"{100 * shares[k]:.0f} % {names[k]}" for k in shown]
     rest = sum(v for k, v in shares.items() if k not in shown)
     if rest >= least / 2:
         words.append(f"{100 * rest:.0f} % other")

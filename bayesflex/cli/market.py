@@ -31,7 +31,7 @@ from bayesflex.grid.heuristic import Limits
 from bayesflex.io.feeders import load_feeder
 from bayesflex.priors.config import parse_priors
 from bayesflex.study.engine import run_study
-from bayesflex.study.positions import Positions, read_positions, write_positions
+from bayesflex.study.positions import Positions, read_positions, uncontrolled_kw, write_positions
 from bayesflex.study.results import RESULT_FILE, file_sha256, open_study
 
 MARKET_CSV = "market.csv"
@@ -219,7 +219,7 @@ def market_positions(tree, dec):
     else:
         pp = tree["prior_predictive"] if "prior_predictive" in tree else tree["posterior_predictive"]
         agents = tuple(str(a) for a in pp.agent.values)
-        unc = pp["p_base_kw"] + pp.get("p_pv_kw", 0.0)
+        unc = uncontrolled_kw(pp)
 
         def mean(name):
             return (pp[name] - unc).sum("phase").mean(("chain", "draw")).transpose("time", "agent").values

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import math
 import numbers
 from pathlib import Path
 
@@ -206,6 +207,18 @@ def toml_number(tab: dict, key: str, where: str, *, lo: float, hi: float, defaul
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
         raise ConfigError(f"{where} {key} = {v!r}: must be a number in [{lo:g}, {hi:g}]")
     return float(v)
+
+
+def toml_numbers(tab: dict, key: str, where: str, *, lo: float, hi: float, n: int | None, what: str,
+                 default=None) -> tuple[float, ...]:
+    """``tab[key]`` (or ``default``) as a list of finite numbers in ``[lo, hi]``, of length ``n`` if given;
+    a :class:`ConfigError` naming ``where`` and ``key`` that says it must be ``what`` otherwise."""
+    v = tab.get(key, default)
+    ok = isinstance(v, list) and (n is None or len(v) == n) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and lo <= x <= hi for x in v)
+    if not ok:
+        raise ConfigError(f"{where} {key}: must be {what}")
+    return tuple(float(x) for x in v)
 
 
 def check_input_file(path, option: str) -> None:

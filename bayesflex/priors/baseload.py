@@ -43,7 +43,10 @@ from __future__ import annotations
 
 import numpy as np
 
-PER_AGENT = ("power_factor",)
+from bayesflex.core.checks import HALF_HOURS_PER_DAY, toml_number, toml_numbers
+from bayesflex.errors import ConfigError
+from bayesflex.priors.technology import Model, Output
+
 #: readings are taken as at least this share of the capacity, and at most 1 minus it, in the Beta likelihood
 EDGE = 1e-6
 #: the mean of a half-hour is at most this share of the capacity (a Beta needs mean < 1; a
@@ -169,3 +172,49 @@ def level_log(par: dict[str, np.ndarray], z: np.ndarray, w: np.ndarray) -> np.nd
         return np.asarray(par[key], float)[:, None, None]
 
     return log_level(per_draw("level_log_mean"), per_draw("level_log_sd"), per_draw("day_share"), z[:, :, None], w)
+
+
+def service_rvs(pm, tech, n_agent: int, posterior=None) -> dict:
+    """Each agent's service (an index into ``service_kw``)."""
+    rv = pm.Categorical("baseload.service", p=np.asarray(tech.extra["service_share"]), dims="agent")
+    return {"baseload.service": (rv, (n_agent,))}
+
+
+def parse(tab: dict, where: str) -> dict:
+    what = f"{HALF_HOURS_PER_DAY} non-negative numbers (mean kW per half-hour from 00:00), not all zero"
+    extra = {"shape_kw": toml_numbers(tab, "shape_kw", where, lo=0, hi=float("inf"), n=HALF_HOURS_PER_DAY, what=what)}
+    if sum(extra["shape_kw"]) <= 0:
+        raise ConfigError(f"{where} shape_kw: must be {what}")
+    extra["service_kw"] = toml_numbers(tab, "service_kw", where, lo=1, hi=1000, n=None,
+                                       what="a list of service capacities per phase in kW, each in [1, 1000] "
+                                            "(fuse rating x 230 V, e.g. [13.8, 18.4, 23.0])")
+    n = len(extra["service_kw"])
+    extra["service_share"] = toml_numbers(tab, "service_share", where, lo=0, hi=1, n=n,
+                                          what=f"{n} probabilities (one per service_kw) that add up to 1")
+    if not extra["service_kw"] or abs(sum(extra["service_share"]) - 1) > 1e-6:
+        raise ConfigError(f"{where} service_share: must be {n} probabilities (one per service_kw) that add up to 1")
+    extra["electrified_service_kw"] = toml_number(tab, "electrified_service_kw", where, lo=1, hi=1000,
+                                                  default=max(extra["service_kw"]))
+    top = max(extra["shape_kw"])
+    if top > MAX_MEAN_SHARE * min(extra["service_kw"]):
+        raise ConfigError(f"{where} shape_kw: a mean of {top:g} kW does not fit a service of "
+                          f"{min(extra['service_kw']):g} kW (service_kw; at most {MAX_MEAN_SHARE:g} of it)")
+    return extra
+
+
+_RETIRED = ("log_daily_kwh_mean, log_daily_kwh_sd, noise_sd and noise_rho belong to the log-normal baseload that "
+            "bayesflex replaced (its tail drew houses beyond any fuse); copy the [baseload] table of "
+            "priors/default.toml and keep your shape_kw")
+
+#: every agent has a baseload; sampling runs it itself (it is capped by what the agent's service
+#: leaves after the other technologies' ratings, and conditioned on meter readings)
+MODEL = Model(
+    name="baseload",
+    schema={"level_log_mean": "real", "level_log_sd": "positive", "day_share": "unit", "appliance_kw": "positive",
+            "knee_kw": "positive", "knee_power": "positive", "persistence": "unit", "power_factor": "unit"},
+    per_agent=("power_factor",),
+    keys=frozenset({"shape_kw", "service_kw", "service_share", "electrified_service_kw"}), parse=parse,
+    retired={"log_daily_kwh_mean": _RETIRED, "noise_sd": _RETIRED},
+    output=Output("p_base_kw", "household baseload", "baseload"),
+    simulate=None, owned=False, random=True, controllable=False, rvs=service_rvs, prefix="baseload",
+)

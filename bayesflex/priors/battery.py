@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
-PER_AGENT = ("capacity_kwh", "power_kw", "initial_soc")
+from bayesflex.core.checks import toml_number
+from bayesflex.errors import ConfigError
+from bayesflex.priors.technology import Context, Model, Output, Simulation
+
 DT_H = 0.5
 
 
-def simulate(par: dict, extra: dict, net_kw: np.ndarray, owners: np.ndarray) -> dict[str, np.ndarray]:
+def self_consumption(par: dict, extra: dict, net_kw: np.ndarray, owners: np.ndarray) -> dict[str, np.ndarray]:
     """``p_kw, p_lb_kw, p_ub_kw, soc (draw, time, agent)`` given the household's
     net power without the battery ``net_kw (draw, time, agent)``."""
     n, T, n_agent = net_kw.shape
@@ -48,3 +51,32 @@ def simulate(par: dict, extra: dict, net_kw: np.ndarray, owners: np.ndarray) -> 
     own = owners[:, None, :]
     return {"p_kw": b * own, "p_lb_kw": lb * own, "p_ub_kw": ub * own,
             "soc": np.where(own, socs, np.nan)}
+
+
+def simulate(params: dict, extra: dict, owners: np.ndarray, context: Context, rng=None) -> Simulation:
+    """The owners' batteries in self-consumption, against the net power of the rest of the household."""
+    res = self_consumption(params, extra, context.net_kw, owners)
+    dims = ("draw", "time", "agent")
+    return Simulation(res["p_kw"], res["p_lb_kw"], res["p_ub_kw"], variables={
+        "battery_soc": (dims, res["soc"], {"units": "1"}),
+        **{f"battery_{k}": (dims, res[k].astype(np.float32), {"units": "kW", "long_name": "the battery's own bound"})
+           for k in ("p_lb_kw", "p_ub_kw")},
+    })
+
+
+def parse(tab: dict, where: str) -> dict:
+    extra = {"soc_min": toml_number(tab, "soc_min", where, lo=0, hi=1, default=0.1),
+             "soc_max": toml_number(tab, "soc_max", where, lo=0, hi=1, default=0.95)}
+    if not extra["soc_min"] < extra["soc_max"]:
+        raise ConfigError(f"{where}: soc_min {extra['soc_min']} must be below soc_max {extra['soc_max']}")
+    return extra
+
+
+MODEL = Model(
+    name="battery",
+    schema={"capacity_kwh": "positive", "power_kw": "positive", "initial_soc": "unit"},
+    per_agent=("capacity_kwh", "power_kw", "initial_soc"),
+    keys=frozenset({"soc_min", "soc_max"}), parse=parse,
+    output=Output("p_battery_kw", "battery, charging positive", "batteries"),
+    simulate=simulate, after_baseload=True,  # it answers to the household's net power
+)

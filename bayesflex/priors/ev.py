@@ -47,7 +47,11 @@ from __future__ import annotations
 
 import numpy as np
 
-PER_AGENT = ("battery_kwh", "charger_kw", "kwh_per_halfhour_moving", "initial_soc", "timer_start_h")
+from bayesflex.core.checks import HALF_HOURS_PER_DAY, toml_number, toml_numbers
+from bayesflex.errors import ConfigError
+from bayesflex.priors.baseload import half_hour_of_day
+from bayesflex.priors.technology import Context, Model, Output, Simulation
+
 M, R, C = 0, 1, 2
 STATES = ("M", "R", "C")
 DT_H = 0.5
@@ -107,8 +111,8 @@ def transition_counts(states: np.ndarray, slots: np.ndarray) -> np.ndarray:
 
 
 def assemble(par: dict) -> np.ndarray:
-    """(draw, 48, 3, 3) transition matrices from the drawn rows."""
-    rr, rc, rm = par["ev.row_R"], par["ev.row_C"], par["ev.row_M"]
+    """(draw, 48, 3, 3) transition matrices from the drawn rows ``row_R``, ``row_C``, ``row_M``."""
+    rr, rc, rm = par["row_R"], par["row_C"], par["row_M"]
     n = rr.shape[0]
     P = np.zeros((n, 48, 3, 3))
     P[:, :, R, M], P[:, :, R, R] = rr[..., 0], rr[..., 1]
@@ -153,9 +157,9 @@ def window_fraction(start_h: np.ndarray, end_h: float) -> np.ndarray:
     return np.where(a < b, overlap(a, b), over_midnight) / DT_H
 
 
-def simulate(par: dict, P: np.ndarray, slots: np.ndarray, owners: np.ndarray, rng: np.random.Generator,
-             efficiency: float, charge_elsewhere: bool = False, *, local_slots: np.ndarray | None = None,
-             timer_end_h: float = 8.0) -> dict[str, np.ndarray]:
+def drive_and_charge(par: dict, P: np.ndarray, slots: np.ndarray, owners: np.ndarray, rng: np.random.Generator,
+                     efficiency: float, charge_elsewhere: bool = False, *, local_slots: np.ndarray | None = None,
+                     timer_end_h: float = 8.0) -> dict[str, np.ndarray]:
     """Run every car through the horizon; ``slots`` the UTC half-hour of day of
     each time (the chain's clock), ``local_slots`` the site's local one (the
     timers' clock; ``slots`` when not given).  Returns ``p_kw, p_lb_kw, p_ub_kw,
@@ -220,3 +224,64 @@ def simulate(par: dict, P: np.ndarray, slots: np.ndarray, owners: np.ndarray, rn
     out["shortfall_kwh"] = shortfall * owners
     out["timed"] = timed & owners
     return out
+
+
+def simulate(params: dict, extra: dict, owners: np.ndarray, context: Context,
+             rng: np.random.Generator) -> Simulation:
+    """The owners' cars through the horizon, on the draw's transition matrices."""
+    P = assemble(params)
+    times = context.times
+    local = times.tz_localize("UTC").tz_convert(context.timezone).tz_localize(None)  # the timers' clock
+    res = drive_and_charge(params, P, half_hour_of_day(times.values), owners, rng, extra["charge_efficiency"],
+                           extra["charge_elsewhere"], local_slots=half_hour_of_day(local.values),
+                           timer_end_h=extra["timer_end_h"])
+    return Simulation(res["p_kw"], res["p_lb_kw"], res["p_ub_kw"],
+                      rating_kw=np.where(owners, params["charger_kw"], 0.0), variables={
+                          "ev_timed": (("draw", "agent"), res["timed"]),
+                          "ev_state": (("draw", "time", "agent"), res["state"],
+                                       {"flag_values": "-1 0 1 2",
+                                        "flag_meanings": "no_ev moving parked_home parked_elsewhere"}),
+                          "ev_soc": (("draw", "time", "agent"), res["soc"], {"units": "1"}),
+                          "ev_shortfall_kwh": (("draw", "agent"), res["shortfall_kwh"], {"units": "kWh"}),
+                          "ev_transition": (("draw", "slot", "from_state", "to_state"), P),
+                      },
+                      coords={"slot": np.arange(48), "from_state": list(STATES), "to_state": list(STATES)})
+
+
+def rvs(pm, tech, n_agent: int, posterior=None) -> dict:
+    """The Dirichlet rows (a conjugate posterior's when the posterior has EV logs)."""
+    alpha = getattr(posterior, "ev_alpha", None)
+    shapes = {"ev.row_R": (48, 2), "ev.row_C": (48, 2), "ev.row_M": (48, 3)}
+    return {name: (rv, shapes[name]) for name, rv in add_rvs(pm, tech, alpha).items()}
+
+
+def parse(tab: dict, where: str) -> dict:
+    extra = {}
+    for key in ("leave_home", "leave_other", "home_share"):
+        extra[key] = toml_numbers(tab, key, where, lo=0, hi=1, n=HALF_HOURS_PER_DAY,
+                                  what=f"{HALF_HOURS_PER_DAY} probabilities in [0, 1] (one per half-hour from 00:00)")
+    extra["keep_moving"] = toml_number(tab, "keep_moving", where, lo=0, hi=1)
+    extra["concentration"] = toml_number(tab, "concentration", where, lo=1e-6, hi=1e9)
+    extra["charge_efficiency"] = toml_number(tab, "charge_efficiency", where, lo=1e-6, hi=1, default=0.9)
+    elsewhere = tab.get("charge_elsewhere", False)
+    if not isinstance(elsewhere, bool):
+        raise ConfigError(f"{where} charge_elsewhere = {elsewhere!r}: must be true or false")
+    extra["charge_elsewhere"] = elsewhere
+    if ("timed_share" in tab) != ("timer_start_h" in tab):
+        raise ConfigError(f"{where}: give timed_share (the share of cars on a timer) and timer_start_h "
+                          "(its start, local hours after midnight) together, or neither")
+    extra["timer_end_h"] = toml_number(tab, "timer_end_h", where, lo=0, hi=24, default=8.0)
+    return extra
+
+
+MODEL = Model(
+    name="ev",
+    schema={"battery_kwh": "positive", "charger_kw": "positive", "kwh_per_halfhour_moving": "positive",
+            "initial_soc": "unit", "timed_share": "unit", "timer_start_h": "positive"},
+    per_agent=("battery_kwh", "charger_kw", "kwh_per_halfhour_moving", "initial_soc", "timer_start_h"),
+    optional=frozenset({"timed_share", "timer_start_h"}),  # without them no car is on a timer
+    keys=frozenset({"concentration", "leave_home", "leave_other", "home_share", "keep_moving", "charge_efficiency",
+                    "charge_elsewhere", "timer_end_h"}), parse=parse,
+    output=Output("p_ev_kw", "EV charging", "EV"),
+    simulate=simulate, random=True, service="electrified", rvs=rvs,
+)

@@ -70,9 +70,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from bayesflex.core.checks import HALF_HOURS_PER_DAY, toml_number, toml_numbers
 from bayesflex.priors.baseload import ar1, half_hour_of_day
+from bayesflex.priors.technology import Context, Model, Output, Simulation
 
-PER_AGENT = ("heat_loss_kw_per_k", "heat_capacity_kwh_per_k", "setpoint_c", "rating_kw")
 #: hplib 1.9, "Generic" regulated outdoor-air/water heat pump: COP = (p1+p4) T_air + p2 T_flow + p3
 COP_COEFFS = (0.15405, -0.087567, 7.04544)
 DT_H = 0.5  # a half-hour, h
@@ -126,8 +127,8 @@ def _power_for(t_end: np.ndarray, drift: np.ndarray, k_per_kw: np.ndarray, ratin
     return np.clip((t_end - drift) / k_per_kw, 0.0, rating)
 
 
-def simulate(par: dict, extra: dict, times: np.ndarray, owners: np.ndarray,
-             rng: np.random.Generator) -> dict[str, np.ndarray]:
+def heat_houses(par: dict, extra: dict, times: np.ndarray, owners: np.ndarray,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
     """``p_kw, p_lb_kw, p_ub_kw, t_in_c (draw, time, agent)`` in kW and degC,
     ``call (draw, time, agent)`` bool, ``t_out_c (draw, time)``, ``unmet_kwh (draw, agent)``."""
     n, n_t = owners.shape[0], len(times)
@@ -176,3 +177,38 @@ def simulate(par: dict, extra: dict, times: np.ndarray, owners: np.ndarray,
         "t_out_c": t_out[:, BURN_IN:],
         "unmet_kwh": unmet * owners,
     }
+
+
+def simulate(params: dict, extra: dict, owners: np.ndarray, context: Context,
+             rng: np.random.Generator) -> Simulation:
+    """The owners' houses heated through the horizon, under one outdoor temperature."""
+    res = heat_houses(params, extra, context.times.values, owners, rng)
+    return Simulation(res["p_kw"], res["p_lb_kw"], res["p_ub_kw"],
+                      rating_kw=np.where(owners, params["rating_kw"], 0.0), variables={
+                          "hp_outdoor_temp_c": (("draw", "time"), res["t_out_c"], {"units": "degC"}),
+                          "hp_unmet_kwh": (("draw", "agent"), res["unmet_kwh"], {"units": "kWh"}),
+                      })
+
+
+def parse(tab: dict, where: str) -> dict:
+    extra = {"forecast_min_c": toml_number(tab, "forecast_min_c", where, lo=-60, hi=60)}
+    extra["forecast_max_c"] = toml_number(tab, "forecast_max_c", where, lo=extra["forecast_min_c"], hi=60)
+    extra["setback_k"] = toml_number(tab, "setback_k", where, lo=0, hi=30, default=0.0)
+    extra["flow_temp_c"] = toml_number(tab, "flow_temp_c", where, lo=20, hi=80, default=45.0)
+    extra["comfort_band_k"] = toml_number(tab, "comfort_band_k", where, lo=0, hi=10, default=0.0)
+    for key in ("call_start", "call_stop"):
+        extra[key] = toml_numbers(tab, key, where, lo=0, hi=1, n=HALF_HOURS_PER_DAY,
+                                  what=f"{HALF_HOURS_PER_DAY} probabilities in [0, 1] (one per half-hour from 00:00)")
+    return extra
+
+
+MODEL = Model(
+    name="heat_pump",
+    schema={"heat_loss_kw_per_k": "positive", "heat_capacity_kwh_per_k": "positive", "setpoint_c": "real",
+            "rating_kw": "positive", "temp_error_sd": "positive", "temp_error_rho": "unit"},
+    per_agent=("heat_loss_kw_per_k", "heat_capacity_kwh_per_k", "setpoint_c", "rating_kw"),
+    keys=frozenset({"forecast_min_c", "forecast_max_c", "setback_k", "flow_temp_c", "comfort_band_k", "call_start",
+                    "call_stop"}), parse=parse,
+    output=Output("p_hp_kw", "heat pump", "heat pumps"),
+    simulate=simulate, random=True, service="electrified", prefix="hp",
+)

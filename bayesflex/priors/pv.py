@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bayesflex.core.checks import toml_number
 from bayesflex.priors.baseload import ar1
-
-PER_AGENT = ("capacity_kw", "performance_ratio")
+from bayesflex.priors.technology import Context, Model, Output, Simulation
 
 
 def clear_sky_kw_per_kwp(times: pd.DatetimeIndex, latitude: float, longitude: float,
@@ -43,8 +43,8 @@ def clear_sky_kw_per_kwp(times: pd.DatetimeIndex, latitude: float, longitude: fl
     return np.clip(poa / 1000.0, 0, None).reshape(len(times), 6).mean(axis=1)
 
 
-def simulate(par: dict[str, np.ndarray], cs: np.ndarray, owners: np.ndarray,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def generation(par: dict[str, np.ndarray], cs: np.ndarray, owners: np.ndarray,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """PV ``p_kw (draw, time, agent)`` (negative) and the clear-sky index ``k (draw, time)``.
 
     ``owners (draw, agent)`` says who has PV in each draw.
@@ -58,3 +58,31 @@ def simulate(par: dict[str, np.ndarray], cs: np.ndarray, owners: np.ndarray,
     gen = (cap * par["performance_ratio"] * g)[:, None, :] * (cs[None, :] * k)[:, :, None]
     gen = np.minimum(gen, cap[:, None, :])
     return -gen * owners[:, None, :], k
+
+
+def simulate(params: dict, extra: dict, owners: np.ndarray, context: Context,
+             rng: np.random.Generator) -> Simulation:
+    """PV of the owners under the site's sky; curtailable down to nothing."""
+    cs = clear_sky_kw_per_kwp(context.times, context.latitude, context.longitude, extra["tilt_deg"],
+                              extra["azimuth_deg"])
+    p, k = generation(params, cs, owners, rng)
+    return Simulation(p, p, np.zeros_like(p), variables={
+        "pv_clear_sky_index": (("draw", "time"), k, {"units": "1"}),
+        "pv_clear_sky_kw_per_kwp": (("time",), cs, {"units": "kW/kWp"}),
+    })
+
+
+def parse(tab: dict, where: str) -> dict:
+    return {"tilt_deg": toml_number(tab, "tilt_deg", where, lo=0, hi=90, default=35.0),
+            "azimuth_deg": toml_number(tab, "azimuth_deg", where, lo=0, hi=360, default=180.0)}
+
+
+MODEL = Model(
+    name="pv",
+    schema={"capacity_kw": "positive", "performance_ratio": "unit", "cloud_logit_mean": "real",
+            "cloud_logit_sd": "positive", "cloud_rho": "unit", "agent_factor_sd": "positive"},
+    per_agent=("capacity_kw", "performance_ratio"),
+    keys=frozenset({"tilt_deg", "azimuth_deg"}), parse=parse,
+    output=Output("p_pv_kw", "PV generation (negative)", "PV"),
+    simulate=simulate, random=True, controllable=False,  # a position leaves PV as drawn
+)

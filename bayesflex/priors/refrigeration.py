@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-PER_AGENT = ("compressor_kw", "duty", "shelf_warming_c_per_min")
+from bayesflex.core.checks import toml_number, toml_numbers
+from bayesflex.priors.baseload import half_hour_of_day
+from bayesflex.priors.technology import Context, Model, Output, Simulation
+
 WINDOW = 30  # minutes in the moving average
 MAX_DEFROST_MIN = 240
 
@@ -49,7 +52,7 @@ def defrost_minutes(setpoint_c: np.ndarray, cpt_max_c: float, warming: np.ndarra
     return dur
 
 
-def simulate(par: dict, extra: dict, minutes_of_day: np.ndarray, owners: np.ndarray) -> dict[str, np.ndarray]:
+def refrigerate(par: dict, extra: dict, minutes_of_day: np.ndarray, owners: np.ndarray) -> dict[str, np.ndarray]:
     """Half-hourly ``p_kw, p_lb_kw, p_ub_kw (draw, time, agent)``, the defrost
     duration ``defrost_min`` and ``recovered (draw, agent)``.  ``minutes_of_day`` gives
     the first minute of each half-hour."""
@@ -74,3 +77,32 @@ def simulate(par: dict, extra: dict, minutes_of_day: np.ndarray, owners: np.ndar
     gap = np.min(np.diff(np.r_[hours, hours[0] + 24])) * 60 if len(hours) else np.inf
     return {"p_kw": p * own, "p_lb_kw": lb * own, "p_ub_kw": ub * own, "defrost_min": d * owners,
             "recovered": (d + rec <= gap) | ~owners}
+
+
+def simulate(params: dict, extra: dict, owners: np.ndarray, context: Context, rng=None) -> Simulation:
+    """The shops' compressor packs through their defrosts."""
+    res = refrigerate(params, extra, half_hour_of_day(context.times.values) * 30, owners)
+    return Simulation(res["p_kw"], res["p_lb_kw"], res["p_ub_kw"],
+                      rating_kw=np.where(owners, params["compressor_kw"], 0.0), variables={
+                          "refrigeration_defrost_min": (("draw", "agent"), res["defrost_min"], {"units": "min"}),
+                          "refrigeration_recovered": (("draw", "agent"), res["recovered"]),
+                      })
+
+
+def parse(tab: dict, where: str) -> dict:
+    extra = {"setpoint_c": toml_number(tab, "setpoint_c", where, lo=-40, hi=20)}
+    extra["cpt_max_c"] = toml_number(tab, "cpt_max_c", where, lo=extra["setpoint_c"] + 1e-6, hi=30)
+    extra["suction_flex"] = toml_number(tab, "suction_flex", where, lo=0, hi=1, default=0.0)
+    extra["defrost_hours"] = toml_numbers(tab, "defrost_hours", where, lo=0, hi=24 - 1e-9, n=None, default=[],
+                                          what="a list of hours of the day in [0, 24)")
+    return extra
+
+
+MODEL = Model(
+    name="refrigeration",
+    schema={"compressor_kw": "positive", "duty": "unit", "shelf_warming_c_per_min": "positive"},
+    per_agent=("compressor_kw", "duty", "shelf_warming_c_per_min"),
+    keys=frozenset({"setpoint_c", "cpt_max_c", "defrost_hours", "suction_flex"}), parse=parse,
+    output=Output("p_refrigeration_kw", "commercial refrigeration", "refrigeration"),
+    simulate=simulate, service="sized",  # a shop's supply is sized to its plant
+)

@@ -1,13 +1,19 @@
 """Draw agent powers over the horizon from a prior set.
 
 PyMC draws the parameters (per draw, or per draw and agent); the time series
-are then simulated in numpy from those parameters, all draws at once.  Every
-random stream comes from ``numpy.random.SeedSequence(seed)``: one child for
-PyMC and one per technology at a fixed position, so that adding a technology
-never changes the numbers of another.
+are then simulated in numpy from those parameters, all draws at once, by each
+technology's model (:mod:`bayesflex.priors.registry`): first those that do not
+answer to the net power, then the baseload (every agent, below what its service
+leaves after their ratings), then those that answer to the net power (the
+battery).  Every random stream comes from ``numpy.random.SeedSequence(seed)``
+(:mod:`bayesflex.priors.streams`): one child for PyMC and one per technology at
+a fixed position or derived from its name, so that adding a technology never
+changes the numbers of another.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -15,63 +21,54 @@ import xarray as xr
 
 from bayesflex.errors import ConfigError
 from bayesflex.grid.feeder import PHASES, Feeder
-from bayesflex.priors import baseload, battery, ev, heat_pump, pv, refrigeration
+from bayesflex.priors import baseload
 from bayesflex.priors.conditioning import BASELOAD_VARS, Posterior
-from bayesflex.priors.config import Priors, check_agents, load_priors
+from bayesflex.priors.config import Priors, Technology, check_agents, load_priors
+from bayesflex.priors.registry import get, technologies
+from bayesflex.priors.streams import pymc_stream, stream, technology_stream
+from bayesflex.priors.technology import Context, Model, Simulation
 
 __all__ = ["draw_parameters", "sample_priors"]
 
-#: the technologies; a technology's PyMC parameters draw from the child of the seed at its position
-#: here (draw_parameters): never reorder
-MODELS = {"baseload": baseload, "pv": pv, "ev": ev, "heat_pump": heat_pump, "battery": battery,
-          "refrigeration": refrigeration}
-#: position of each stream in SeedSequence(seed).spawn(...): never reorder
-STREAMS = {
-    "pymc": 0, "baseload": 1, "pv": 2, "pv_ownership": 3, "posterior": 4, "ev": 5, "ev_ownership": 6,
-    "heat_pump": 7, "heat_pump_ownership": 8, "battery_ownership": 9, "refrigeration_ownership": 10,
-}
+
+def _model(tech: Technology) -> Model:
+    return tech.model or get(tech.name)
 
 
 def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.SeedSequence,
-                    ev_alpha: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """``{"tech.key": array (draw,) or (draw, agent)}`` for every parameter.
+                    posterior: Posterior | None = None) -> dict[str, np.ndarray]:
+    """``{"tech.key": array (draw,) or (draw, agent)}`` for every parameter, and the
+    further variables of a technology's model (``ev.row_R``, ``baseload.service``...).
 
     Distributions are drawn with PyMC (``pm.draw``); fixed numbers are broadcast.
-    Each technology draws from its own child of ``seed`` (at its position in
-    ``MODELS``), so that adding, removing or changing one technology's
-    parameters never changes another's numbers.
+    Each technology draws from its own child of ``seed`` (``streams.pymc_stream``),
+    so that adding, removing or changing one technology's parameters never changes
+    another's numbers.  ``posterior``: its EV rows replace the prior's.
     """
     import pymc as pm
 
     out = {}
     with pm.Model(coords={"agent": np.arange(n_agent)}):
         for tech in priors.technologies.values():
+            model = _model(tech)
             names, rvs, shapes = [], [], []
-            per_agent = MODELS[tech.name].PER_AGENT
             for key, par in tech.params.items():
                 name = f"{tech.name}.{key}"
-                shape = (draws, n_agent) if key in per_agent else (draws,)
+                per_agent = key in model.per_agent
+                shape = (draws, n_agent) if per_agent else (draws,)
                 if par.fixed:
                     out[name] = np.full(shape, par.value)
                     continue
-                rv = getattr(pm, par.dist)(name, **par.kwargs(), dims="agent" if key in per_agent else None)
+                rvs.append(getattr(pm, par.dist)(name, **par.kwargs(), dims="agent" if per_agent else None))
+                names.append(name)
+                shapes.append(shape)
+            for name, (rv, shape) in (model.rvs(pm, tech, n_agent, posterior) if model.rvs else {}).items():
                 names.append(name)
                 rvs.append(rv)
-                shapes.append(shape)
-            if tech.name == "baseload":
-                names.append("baseload.service")
-                rvs.append(pm.Categorical("baseload.service", p=np.asarray(tech.extra["service_share"]),
-                                          dims="agent"))
-                shapes.append((draws, n_agent))
-            if tech.name == "ev":
-                for name, rv in ev.add_rvs(pm, tech, ev_alpha).items():
-                    names.append(name)
-                    rvs.append(rv)
-                    shapes.append((draws,) + tuple(rv.type.shape))
+                shapes.append((draws, *shape))
             if not rvs:
                 continue
-            child = np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, list(MODELS).index(tech.name)))
-            values = pm.draw(rvs, draws=draws, random_seed=np.random.default_rng(child))
+            values = pm.draw(rvs, draws=draws, random_seed=np.random.default_rng(pymc_stream(seed, tech.name)))
             values = values if isinstance(values, list) else [values]
             for name, v, shape in zip(names, values, shapes):
                 out[name] = np.asarray(v, float).reshape(shape)  # pm.draw drops the axis when draws == 1
@@ -83,21 +80,24 @@ def _params(par: dict, tech: str) -> dict[str, np.ndarray]:
     return {k.split(".", 1)[1]: v for k, v in par.items() if k.startswith(f"{tech}.")}
 
 
-def _service_kw(tech, par: dict, ratings: dict, feeder: Feeder) -> np.ndarray:
-    """Each agent's service capacity, kW (draw, agent): the drawn fuse's kW on each of
-    its phases, at least ``electrified_service_kw`` per phase for an agent with an EV
-    charger or a heat pump, and for an agent with refrigeration (a shop) the ratings of
-    all its appliances plus ``electrified_service_kw`` per phase: a commercial supply is
-    sized to its plant (ASSUMPTION)."""
-    per_phase = np.asarray(tech.extra["service_kw"])[par.pop("baseload.service").astype(int)]
-    electrified = sum((ratings[k] > 0 for k in ("ev", "heat_pump") if k in ratings), np.zeros(per_phase.shape, bool))
+def _service_kw(tech: Technology, service: np.ndarray, ratings: dict, models: dict, feeder: Feeder) -> np.ndarray:
+    """Each agent's service capacity, kW (draw, agent): the drawn fuse's kW (``service``, an
+    index into ``service_kw``) on each of its phases, at least ``electrified_service_kw`` per
+    phase for an agent with an "electrified" technology (an EV charger, a heat pump), and for
+    an agent with a "sized" one (refrigeration: a shop) the ratings of all its appliances plus
+    ``electrified_service_kw`` per phase: a commercial supply is sized to its plant (ASSUMPTION)."""
+    per_phase = np.asarray(tech.extra["service_kw"])[service.astype(int)]
+    electrified = sum((r > 0 for k, r in ratings.items() if models[k].service == "electrified"),
+                      np.zeros(per_phase.shape, bool))
     per_phase = np.where(electrified, np.maximum(per_phase, tech.extra["electrified_service_kw"]), per_phase)
     phases = feeder.agent_phases.sum(axis=1)[None, :]
-    service = per_phase * phases
-    if "refrigeration" in ratings:
-        sized = sum(ratings.values()) + tech.extra["electrified_service_kw"] * phases
-        service = np.where(ratings["refrigeration"] > 0, np.maximum(service, sized), service)
-    return service
+    service_kw = per_phase * phases
+    sized = [r for k, r in ratings.items() if models[k].service == "sized"]
+    if sized:
+        plant = sum(ratings.values()) + tech.extra["electrified_service_kw"] * phases
+        for r in sized:
+            service_kw = np.where(r > 0, np.maximum(service_kw, plant), service_kw)
+    return service_kw
 
 
 def _owners(tech, feeder: Feeder, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -127,6 +127,43 @@ def _from_posterior(post, par: dict, feeder: Feeder, draws: int, rng: np.random.
     return fitted
 
 
+def _simulate(tech: Technology, par: dict, feeder: Feeder, draws: int, seed: int, context: Context,
+              state: dict) -> Simulation:
+    """One technology's draws; its ownership and state go into ``state``."""
+    model = _model(tech)
+    owners = _owners(tech, feeder, draws, np.random.default_rng(technology_stream(seed, tech.name, "ownership")))
+    rng = np.random.default_rng(technology_stream(seed, tech.name, "simulate")) if model.random else None
+    sim = model.simulate(_params(par, tech.name), tech.extra, owners, context, rng)
+    state[f"{model.state}_has"] = (("draw", "agent"), owners)
+    state.update(sim.variables)
+    return sim
+
+
+def _baseload(tech: Technology, par: dict, ratings: dict, models: dict, feeder: Feeder, seed: int,
+              times: pd.DatetimeIndex, fitted: np.ndarray | None, state: dict) -> tuple[np.ndarray, ...]:
+    """Every agent's baseload ``p_kw, q_kvar (draw, time, agent)``, below what its service leaves
+    after the ``ratings`` of its other appliances (so that the drawn net import never exceeds the
+    service), the household levels ``z`` and the service ``(draw, agent)``."""
+    rng = np.random.default_rng(technology_stream(seed, tech.name, "simulate"))
+    b = _params(par, tech.name)
+    service_kw = _service_kw(tech, b["service"], ratings, models, feeder)
+    cap_kw = np.maximum(service_kw - sum(ratings.values(), 0.0), baseload.MIN_CAP_KW)
+    draws, n_agent = cap_kw.shape
+    days = int(baseload.day_index(times.values)[-1]) + 1
+    z = rng.standard_normal((draws, n_agent))
+    w = rng.standard_normal((draws, n_agent, days))
+    if fitted is not None:  # observed agents keep their fitted household level
+        z = np.where(np.isnan(fitted), z, fitted)
+    b["level_log"] = baseload.level_log(b, z, w)
+    p_base, q_base = baseload.simulate(b, tech.extra["shape_kw"], times.values, cap_kw, rng)
+    state["baseload_level_log"] = (("draw", "agent", "day"), b["level_log"],
+                                   {"units": "1", "long_name": "ln of the household-and-day level"})
+    state["baseload_cap_kw"] = (("draw", "agent"), cap_kw,
+                                {"units": "kW", "long_name": "baseload bound: service less the rated "
+                                 "power of the agent's EV charger, heat pump and refrigeration"})
+    return p_base, q_base, z, service_kw
+
+
 def sample_priors(
     feeder: Feeder,
     priors,
@@ -141,12 +178,14 @@ def sample_priors(
     predictive: attrs ``conditioned = 1``).
 
     Returns an ``xarray.Dataset`` with ``p_kw``, ``q_kvar`` (net, load
-    positive), the components ``p_base_kw``, ``q_base_kvar``, ``p_pv_kw``,
-    ``p_ev_kw``, ``p_hp_kw``, ``p_battery_kw``, ``p_refrigeration_kw``, the
-    flexibility bounds ``p_lb_kw``/``p_ub_kw`` — all ``(chain, draw, time,
-    agent, phase)`` in kW/kvar — the sampled parameters (``chain, draw[,
-    agent]``) and each technology's state (ownership, the shared clear-sky
-    index and outdoor temperature, EV states and SoC, battery SoC...).  Only
+    positive), the components ``p_base_kw``, ``q_base_kvar`` and one per
+    technology known (:mod:`bayesflex.priors.registry`: ``p_pv_kw``,
+    ``p_ev_kw``, ``p_hp_kw``, ``p_battery_kw``, ``p_refrigeration_kw``...;
+    zero when the priors leave it out), the flexibility bounds
+    ``p_lb_kw``/``p_ub_kw`` — all ``(chain, draw, time, agent, phase)`` in
+    kW/kvar — the sampled parameters (``chain, draw[, agent]``) and each
+    technology's state (ownership, the shared clear-sky index and outdoor
+    temperature, EV states and SoC, battery SoC...).  Only
     the baseload draws reactive power; the other technologies run at unity
     power factor.  The power arrays are float32 (kW to 7 significant digits:
     half the memory of float64).  Same inputs and seed give identical numbers.
@@ -159,113 +198,40 @@ def sample_priors(
     t0 = pd.Timestamp(start) if start is not None else pri.start
     n_t = int(periods) if periods is not None else pri.periods
     times = pd.date_range(t0, periods=n_t, freq="30min")
-    streams = np.random.SeedSequence(seed).spawn(len(STREAMS))
-    par = draw_parameters(pri, feeder.n_agent, draws, streams[STREAMS["pymc"]],
-                          ev_alpha=post.ev_alpha if post else None)
-    n_agent = feeder.n_agent
-    fitted = _from_posterior(post, par, feeder, draws, np.random.default_rng(streams[STREAMS["posterior"]])) \
+    par = draw_parameters(pri, feeder.n_agent, draws, stream(seed, "pymc"), posterior=post)
+    fitted = _from_posterior(post, par, feeder, draws, np.random.default_rng(stream(seed, "posterior"))) \
         if post and post.idata is not None else None
 
-    extra_vars = {}
-    ratings = {}  # technology -> its rated power on the agent's service (draw, agent), kW
-    flex = {}  # technology -> (power, lowest, highest) (draw, time, agent), kW
-
-    def owners_of(name):
-        return _owners(pri[name], feeder, draws, np.random.default_rng(streams[STREAMS[f"{name}_ownership"]]))
-
-    if "pv" in pri:
-        tech = pri["pv"]
-        cs = pv.clear_sky_kw_per_kwp(times, pri.latitude, pri.longitude, tech.extra["tilt_deg"],
-                                     tech.extra["azimuth_deg"])
-        owners = owners_of("pv")
-        p_pv, k = pv.simulate(_params(par, "pv"), cs, owners, np.random.default_rng(streams[STREAMS["pv"]]))
-        flex["pv"] = (p_pv, p_pv, np.zeros_like(p_pv))  # curtailable down to nothing
-        extra_vars["pv_has"] = (("chain", "draw", "agent"), owners[None])
-        extra_vars["pv_clear_sky_index"] = (("chain", "draw", "time"), k[None], {"units": "1"})
-        extra_vars["pv_clear_sky_kw_per_kwp"] = (("time",), cs, {"units": "kW/kWp"})
-
-    if "ev" in pri:
-        tech = pri["ev"]
-        owners = owners_of("ev")
-        P = ev.assemble(par)
-        for key in ("ev.row_R", "ev.row_C", "ev.row_M"):
-            par.pop(key)
-        local = times.tz_localize("UTC").tz_convert(pri.timezone).tz_localize(None)  # the timers' clock
-        res = ev.simulate(_params(par, "ev"), P, baseload.half_hour_of_day(times.values), owners,
-                          np.random.default_rng(streams[STREAMS["ev"]]), tech.extra["charge_efficiency"],
-                          tech.extra["charge_elsewhere"], local_slots=baseload.half_hour_of_day(local.values),
-                          timer_end_h=tech.extra["timer_end_h"])
-        flex["ev"] = (res["p_kw"], res["p_lb_kw"], res["p_ub_kw"])
-        ratings["ev"] = np.where(owners, par["ev.charger_kw"], 0.0)
-        extra_vars["ev_has"] = (("chain", "draw", "agent"), owners[None])
-        extra_vars["ev_timed"] = (("chain", "draw", "agent"), res["timed"][None])
-        extra_vars["ev_state"] = (("chain", "draw", "time", "agent"), res["state"][None],
-                                  {"flag_values": "-1 0 1 2", "flag_meanings": "no_ev moving parked_home parked_elsewhere"})
-        extra_vars["ev_soc"] = (("chain", "draw", "time", "agent"), res["soc"][None], {"units": "1"})
-        extra_vars["ev_shortfall_kwh"] = (("chain", "draw", "agent"), res["shortfall_kwh"][None], {"units": "kWh"})
-        extra_vars["ev_transition"] = (("chain", "draw", "slot", "from_state", "to_state"), P[None])
-
-    if "heat_pump" in pri:
-        owners = owners_of("heat_pump")
-        res = heat_pump.simulate(_params(par, "heat_pump"), pri["heat_pump"].extra, times.values, owners,
-                                 np.random.default_rng(streams[STREAMS["heat_pump"]]))
-        flex["heat_pump"] = (res["p_kw"], res["p_lb_kw"], res["p_ub_kw"])
-        ratings["heat_pump"] = np.where(owners, par["heat_pump.rating_kw"], 0.0)
-        extra_vars["hp_has"] = (("chain", "draw", "agent"), owners[None])
-        extra_vars["hp_outdoor_temp_c"] = (("chain", "draw", "time"), res["t_out_c"][None], {"units": "degC"})
-        extra_vars["hp_unmet_kwh"] = (("chain", "draw", "agent"), res["unmet_kwh"][None], {"units": "kWh"})
-
-    if "refrigeration" in pri:
-        owners = owners_of("refrigeration")
-        res = refrigeration.simulate(_params(par, "refrigeration"), pri["refrigeration"].extra,
-                                     baseload.half_hour_of_day(times.values) * 30, owners)
-        flex["refrigeration"] = (res["p_kw"], res["p_lb_kw"], res["p_ub_kw"])
-        ratings["refrigeration"] = np.where(owners, par["refrigeration.compressor_kw"], 0.0)
-        extra_vars["refrigeration_has"] = (("chain", "draw", "agent"), owners[None])
-        extra_vars["refrigeration_defrost_min"] = (("chain", "draw", "agent"), res["defrost_min"][None],
-                                                   {"units": "min"})
-        extra_vars["refrigeration_recovered"] = (("chain", "draw", "agent"), res["recovered"][None])
-
-    # baseload: every agent, below what its service leaves after its EV charger, heat pump
-    # and refrigeration (so that the drawn net import never exceeds the service)
-    rng = np.random.default_rng(streams[STREAMS["baseload"]])
-    b = _params(par, "baseload")
-    service_kw = _service_kw(pri["baseload"], par, ratings, feeder)
-    cap_kw = np.maximum(service_kw - sum(ratings.values(), 0.0), baseload.MIN_CAP_KW)
-    days = int(baseload.day_index(times.values)[-1]) + 1
-    z = rng.standard_normal((draws, n_agent))
-    w = rng.standard_normal((draws, n_agent, days))
-    if fitted is not None:  # observed agents keep their fitted household level
-        z = np.where(np.isnan(fitted), z, fitted)
-    b["level_log"] = baseload.level_log(b, z, w)
-    p_base, q_base = baseload.simulate(b, pri["baseload"].extra["shape_kw"], times.values, cap_kw, rng)
-    par["baseload.household_z"] = z
-    extra_vars["baseload_level_log"] = (("chain", "draw", "agent", "day"), b["level_log"][None],
-                                        {"units": "1", "long_name": "ln of the household-and-day level"})
-    par["baseload.service_kw"] = service_kw
-    extra_vars["baseload_cap_kw"] = (("chain", "draw", "agent"), cap_kw[None],
-                                     {"units": "kW", "long_name": "baseload bound: service less the rated "
-                                      "power of the agent's EV charger, heat pump and refrigeration"})
-
-    if "battery" in pri:  # last: it answers to the household's net power
-        owners = owners_of("battery")
-        net = p_base + sum(f[0] for f in flex.values())
-        res = battery.simulate(_params(par, "battery"), pri["battery"].extra, net, owners)
-        flex["battery"] = (res["p_kw"], res["p_lb_kw"], res["p_ub_kw"])
-        extra_vars["battery_has"] = (("chain", "draw", "agent"), owners[None])
-        extra_vars["battery_soc"] = (("chain", "draw", "time", "agent"), res["soc"][None], {"units": "1"})
-        for k in ("p_lb_kw", "p_ub_kw"):
-            extra_vars[f"battery_{k}"] = (("chain", "draw", "time", "agent"), res[k][None].astype(np.float32),
-                                          {"units": "kW", "long_name": "the battery's own bound"})
+    context = Context(times, pri.latitude, pri.longitude, pri.timezone)
+    models = {name: _model(t) for name, t in pri.technologies.items()}
+    run = [t for t in pri.technologies.values() if models[t.name].simulate is not None]  # all but the baseload
+    sims: dict[str, Simulation] = {}  # in the order run (and summed)
+    state: dict[str, tuple] = {}  # the technologies' state variables, in the order run
+    for tech in (t for t in run if not models[t.name].after_baseload):
+        sims[tech.name] = _simulate(tech, par, feeder, draws, seed, context, state)
+    ratings = {k: s.rating_kw for k, s in sims.items() if s.rating_kw is not None}  # (draw, agent), kW
+    p_base, q_base, z, service_kw = _baseload(pri["baseload"], par, ratings, models, feeder, seed, times, fitted,
+                                              state)
+    for tech in (t for t in run if models[t.name].after_baseload):  # they answer to the net power of the rest
+        net = dataclasses.replace(context, net_kw=p_base + sum(s.p_kw for s in sims.values()))
+        sims[tech.name] = _simulate(tech, par, feeder, draws, seed, net, state)
 
     # plausibility: agent-half-hours whose drawn net power exceeds the agent's service (0 by
     # construction unless MIN_CAP_KW had to lift a capacity; a check, not an assumption)
-    p_net = p_base + sum(f[0] for f in flex.values())
+    p_net = p_base + sum(s.p_kw for s in sims.values())
     beyond = (np.abs(p_net) > service_kw[:, None, :] * (1 + 1e-6)).sum(axis=(1, 2))
-    extra_vars["n_above_service"] = (("chain", "draw"), beyond[None].astype(np.int64),
-                                     {"long_name": "agent-half-hours whose net power exceeds the agent's service "
-                                      "capacity (must be 0)"})
+    state["n_above_service"] = (("draw",), beyond.astype(np.int64),
+                                {"long_name": "agent-half-hours whose net power exceeds the agent's service "
+                                 "capacity (must be 0)"})
+    kept = {k: v for k, v in par.items() if k.split(".", 1)[1] in models[k.split(".", 1)[0]].schema}
+    kept |= {"baseload.household_z": z, "baseload.service_kw": service_kw}
+    return _dataset(feeder, pri, post, seed, times, p_net, p_base, q_base, sims, kept, state)
 
+
+def _dataset(feeder: Feeder, pri: Priors, post: Posterior | None, seed: int, times: pd.DatetimeIndex,
+             p_net: np.ndarray, p_base: np.ndarray, q_base: np.ndarray, sims: dict[str, Simulation],
+             par: dict, state: dict) -> xr.Dataset:
+    """The draws as a Dataset: powers per phase (float32), parameters, the technologies' state."""
     # per phase: single-phase agents on their phase, three-phase split equally
     split = feeder.agent_phases / feeder.agent_phases.sum(axis=1, keepdims=True)
 
@@ -275,37 +241,38 @@ def sample_priors(
         return out
 
     zero = np.zeros_like(p_base)
-    part = {name: flex[name][0] if name in flex else zero for name in ("pv", "ev", "heat_pump", "battery",
-                                                                        "refrigeration")}
-    # flexibility: PV can be curtailed (up to its whole output), EV charging stopped or
-    # raised to the charger's power while the car is at home and not full, a heat pump run
-    # a fraction below or above its demand, a shop's refrigeration by a defrost now or a
-    # lower suction pressure, a battery within power and every later SoC limit; baseload
-    # cannot move
+    base = _model(pri["baseload"]).output
+    simulated = {m.name: m for m in technologies()}
+    simulated |= {k: _model(t) for k, t in pri.technologies.items() if k not in simulated}  # unregistered since
+    # flexibility: each technology's own bounds (PV curtailed up to its whole output, EV
+    # charging stopped or raised while the car is at home and not full, a heat pump run a
+    # fraction below or above its demand, a shop's refrigeration by a defrost now or a lower
+    # suction pressure, a battery within power and every later SoC limit); baseload cannot move
     data = {
         "p_kw": (p_net, "kW", "net active power, load positive"),
         "q_kvar": (q_base, "kvar", "net reactive power, load positive"),
-        "p_base_kw": (p_base, "kW", "household baseload"),
+        base.var: (p_base, base.units, base.long_name),
         "q_base_kvar": (q_base, "kvar", "household baseload, reactive"),
-        "p_pv_kw": (part["pv"], "kW", "PV generation (negative)"),
-        "p_ev_kw": (part["ev"], "kW", "EV charging"),
-        "p_hp_kw": (part["heat_pump"], "kW", "heat pump"),
-        "p_battery_kw": (part["battery"], "kW", "battery, charging positive"),
-        "p_refrigeration_kw": (part["refrigeration"], "kW", "commercial refrigeration"),
-        "p_lb_kw": (p_base + sum(f[1] for f in flex.values()), "kW", "lowest net power flexibility allows"),
-        "p_ub_kw": (p_base + sum(f[2] for f in flex.values()), "kW", "highest net power flexibility allows"),
+        **{m.output.var: (sims[m.name].p_kw if m.name in sims else zero, m.output.units, m.output.long_name)
+           for m in simulated.values() if m.simulate is not None},
+        "p_lb_kw": (p_base + sum(s.p_lb_kw for s in sims.values()), "kW", "lowest net power flexibility allows"),
+        "p_ub_kw": (p_base + sum(s.p_ub_kw for s in sims.values()), "kW", "highest net power flexibility allows"),
     }
     dims5 = ("chain", "draw", "time", "agent", "phase")
     variables = {k: (dims5, phased(v), {"units": u, "long_name": d}) for k, (v, u, d) in data.items()}
     for name, v in par.items():
         dims = ("chain", "draw", "agent") if v.ndim == 2 else ("chain", "draw")
         variables[name.replace(".", "_")] = (dims, v[None])
-    variables.update(extra_vars)
+    for name, (dims, v, *attrs) in state.items():  # per draw gets its chain
+        variables[name] = (("chain", *dims), v[None], *attrs) if dims[0] == "draw" else (dims, v, *attrs)
+    draws = p_base.shape[0]
+    days = int(baseload.day_index(times.values)[-1]) + 1
+    coords = {"chain": [0], "draw": np.arange(draws), "time": times, "agent": list(feeder.agents),
+              "phase": list(PHASES), "day": np.arange(days)}
+    for s in sims.values():
+        coords.update(s.coords)
     return xr.Dataset(
-        variables,
-        coords={"chain": [0], "draw": np.arange(draws), "time": times, "agent": list(feeder.agents),
-                "phase": list(PHASES), "day": np.arange(days), **({"slot": np.arange(48), "from_state": list(ev.STATES),
-                                           "to_state": list(ev.STATES)} if "ev" in pri else {})},
+        variables, coords=coords,
         attrs={"priors": pri.name, "priors_sha256": pri.sha256, "feeder": feeder.name, "seed": seed,
                "latitude": pri.latitude, "longitude": pri.longitude, "conditioned": int(post is not None),
                **({"observations_sha256": post.observations_sha256,

@@ -53,16 +53,16 @@ from bayesflex.grid.heuristic import (
 )
 from bayesflex.io.feeders import load_feeder
 from bayesflex.priors import sample_priors
+from bayesflex.priors.registry import components
 from bayesflex.study.checkpoint import PARTIAL_DIR, Checkpoint, kept_chunks, save_chunk, study_fingerprint
 from bayesflex.study.positions import apply_positions, read_positions
 from bayesflex.study.results import (
-    CAUSES,
-    COMPONENTS,
     PREDICTIVE,
     RESULT_FILE,
     VIOLATIONS,
     StudyStore,
     build_tree,
+    causes,
     open_study,
     verify_result,
 )
@@ -151,7 +151,7 @@ def _compute_chunk(feeder: Feeder, priors, index: int, draws: int, seed: int, op
             ds = apply_positions(ds, opts.positions, feeder.agent_phases)
         keep = [k for k in ds.data_vars if k in PREDICTIVE or ds[k].dims[:2] == ("chain", "draw")
                 and ds[k].ndim < 5]
-        keep += [COMPONENTS[t] for t in COMPONENTS if t in _technologies(priors)]
+        keep += [var for t, var in components().items() if t in _technologies(priors)]
         return _physics(feeder, ds, opts) | {"draws": ds[keep]}
 
 
@@ -221,7 +221,7 @@ def _causes(ds, adj, opts: StudyOptions) -> dict:
     sign, kind = adj.violation_sign, adj.violation_kind  # (draw, time, phase)
     n_d, n_t = sign.shape[:2]
     n_a = adj.sensitivity_pu_per_kw.shape[2]
-    n_k = len(CAUSES)
+    n_k = len(causes())
     out = {"cause_share_sum": np.zeros((n_t, 3, n_k)), "cause_share_sq_sum": np.zeros((n_t, 3, n_k)),
            "cause_relief_sum": np.zeros((n_t, 3, n_k)), "cause_agent_share_sum": np.zeros((n_t, n_a, 3)),
            "cause_draws": np.zeros((n_t, 3), np.int64),
@@ -230,9 +230,9 @@ def _causes(ds, adj, opts: StudyOptions) -> dict:
     if rows.size == 0:
         return out
     comp = np.zeros((rows.size, n_k, n_a))
-    for i, t in enumerate(COMPONENTS):
-        if COMPONENTS[t] in ds:
-            comp[:, i] = ds[COMPONENTS[t]].values[0].reshape(n_d * n_t, n_a, 3)[rows].sum(axis=2, dtype=np.float64)
+    for i, var in enumerate(components().values()):
+        if var in ds:
+            comp[:, i] = ds[var].values[0].reshape(n_d * n_t, n_a, 3)[rows].sum(axis=2, dtype=np.float64)
     if opts.positions is not None:  # what the components do not explain is the planned position
         agents = [str(a) for a in ds.agent.values]
         idx = np.array([agents.index(a) for a in opts.positions.agents], dtype=np.int64)

@@ -32,13 +32,13 @@ import xarray as xr
 from bayesflex.core.checks import check_on_feeder
 from bayesflex.core.tables import agents_and_times, read_csv, zone
 from bayesflex.errors import ConfigError
+from bayesflex.priors.registry import power_vars
 
-__all__ = ["Positions", "apply_positions", "positions_from_schedule", "read_positions", "write_positions"]
+__all__ = ["Positions", "apply_positions", "positions_from_schedule", "read_positions", "uncontrolled_kw",
+           "write_positions"]
 
 _COLUMNS = ("agent", "time", "p_kw", "p_lb_kw", "p_ub_kw")
 _TOL_KW = 1e-6
-#: prior components a position replaces (the uncontrollable ones, p_base_kw and p_pv_kw, stay)
-_REPLACED = ("p_ev_kw", "p_hp_kw", "p_battery_kw", "p_refrigeration_kw")
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,26 +198,40 @@ def positions_from_schedule(schedule, times, *, lb_kw, ub_kw, offer_price=None, 
                      price, origin)
 
 
+def uncontrolled_kw(draws):
+    """The power a position leaves as drawn (``p_base_kw + p_pv_kw``: the components that
+    are not controllable, those present) of draws ``draws`` (a Dataset or a predictive group)."""
+    base, *others = power_vars(controllable=False)
+    out = draws[base]
+    for name in others:
+        if name in draws:
+            out = out + draws[name]
+    return out
+
+
 def apply_positions(ds: xr.Dataset, pos: Positions, agent_phases: np.ndarray) -> xr.Dataset:
     """Replace the listed agents' controllable power in sampled draws ``ds`` by their positions.
 
-    ``p_kw = p_base_kw + p_pv_kw + position`` (and the bounds likewise), the
-    replaced components zeroed; ``pos`` must be on the draws' half-hours.
+    ``p_kw = p_base_kw + p_pv_kw + position`` (and the bounds likewise: the
+    components that are not controllable, plus the position), the replaced
+    components zeroed; ``pos`` must be on the draws' half-hours.
     Single-phase agents take the position on their phase, three-phase agents
     split it equally.
     """
     agents = [str(a) for a in ds.agent.values]
     idx = np.array([agents.index(a) for a in pos.agents], dtype=np.int64)
     split = agent_phases[idx] / agent_phases[idx].sum(axis=1, keepdims=True)  # (agent, phase)
-    unc = ds["p_base_kw"].values[..., idx, :].astype(np.float64)
-    if "p_pv_kw" in ds:
-        unc = unc + ds["p_pv_kw"].values[..., idx, :]
+    base, *others = power_vars(controllable=False)
+    unc = ds[base].values[..., idx, :].astype(np.float64)
+    for name in others:
+        if name in ds:
+            unc = unc + ds[name].values[..., idx, :]
     out = ds.copy()
     for name, v in (("p_kw", pos.p_kw), ("p_lb_kw", pos.p_lb_kw), ("p_ub_kw", pos.p_ub_kw)):
         arr = out[name].values.copy()
         arr[..., idx, :] = unc + v[:, :, None] * split
         out[name] = out[name].copy(data=arr)
-    for name in _REPLACED:
+    for name in power_vars(controllable=True):
         if name in out:
             arr = out[name].values.copy()
             arr[..., idx, :] = 0

@@ -91,9 +91,10 @@ from bayesflex.core.outdir import ensure_space, fresh, regular
 from bayesflex.core.versions import __version__, package_versions
 from bayesflex.errors import ConfigError
 from bayesflex.grid.feeder import PHASES, Feeder
+from bayesflex.priors.registry import components
 from bayesflex.study.uncertainty import ENDS, SPREAD, draw_margin, screen
 
-__all__ = ["CHECKSUM_SUFFIX", "CONFIDENCE", "RESULT_FILE", "StudyStore", "build_tree", "effective_draws",
+__all__ = ["CHECKSUM_SUFFIX", "CONFIDENCE", "RESULT_FILE", "StudyStore", "build_tree", "causes", "effective_draws",
            "flexibility_vars", "mcse", "open_study", "probability_vars", "save_study", "study_effective_draws"]
 
 RESULT_FILE = "result.nc"
@@ -105,15 +106,18 @@ DERIVED_FILES = ("report.html",)
 CONFIDENCE = (0.5, 0.9, 0.95)
 #: agent power arrays that go into the predictive group (when the technology is present)
 PREDICTIVE = ("p_kw", "q_kvar", "p_lb_kw", "p_ub_kw")
-COMPONENTS = {"baseload": "p_base_kw", "pv": "p_pv_kw", "ev": "p_ev_kw", "heat_pump": "p_hp_kw",
-              "battery": "p_battery_kw", "refrigeration": "p_refrigeration_kw"}
-#: what congestion is attributed to (``heuristic/cause_share``'s ``technology``): the components,
-#: and "position", the planned power of agents with positions (it replaces their flexible ones)
-CAUSES = (*COMPONENTS, "position")
 #: the kinds of worst violation counted in ``heuristic/cause_violation_draws``
 VIOLATIONS = ("undervoltage", "overvoltage", "overload", "trafo_overload")
 _VERSIONS = ("numpy", "scipy", "xarray", "pandas", "pymc", "arviz", "joblib", "pandapower", "pvlib",
              "h5netcdf")
+
+
+def causes() -> tuple[str, ...]:
+    """What congestion is attributed to (``heuristic/cause_share``'s ``technology``): every
+    technology's power component (:func:`bayesflex.priors.registry.components`, in its order),
+    and "position", the planned power of agents with positions (it replaces their flexible ones)."""
+    return (*components(), "position")
+
 
 _PER_DRAW = {  # name -> (dims after chain, draw; group; attrs)
     "v_min_pu": (("time", "phase"), "network", {"units": "pu", "long_name": "lowest bus voltage (source bus excluded)"}),
@@ -439,7 +443,7 @@ def build_tree(feeder: Feeder, priors, posterior, store: StudyStore, *, draws: i
     """
     n = effective_draws(draws, posterior)  # one chain; a posterior's draws share its MCMC samples
     coords = {**store.coords, "bus": list(feeder.buses), "line": list(feeder.lines),
-              "trafo": [t.name for t in feeder.trafos], "technology": list(CAUSES), "violation": list(VIOLATIONS)}
+              "trafo": [t.name for t in feeder.trafos], "technology": list(causes()), "violation": list(VIOLATIONS)}
     groups: dict[str, dict] = {"network": {}, "heuristic": {}, "sample_stats": {}}
     for k, v in store.small.items():
         dims, group, attrs = _PER_DRAW[k]
