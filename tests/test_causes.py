@@ -26,7 +26,8 @@ from bayesflex.grid.feeder import Source
 from bayesflex.grid.heuristic import Limits, cause_shares
 from bayesflex.study import engine
 from bayesflex.study.engine import CHUNK_DRAWS, StudyOptions, run_study
-from bayesflex.study.results import CAUSES, open_study
+from bayesflex.study.files import open_study
+from bayesflex.study.schema import CAUSES
 
 
 # ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import bayesflex as bf
 from bayesflex.grid.feeder import Source
 from bayesflex.grid.heuristic import Limits
 from bayesflex.study.engine import CHUNK_DRAWS, run_study
-from bayesflex.study.results import open_study, save_study
+from bayesflex.study.files import open_study, save_study
 
 V_BASE = 416 / math.sqrt(3)  # volts, phase to neutral
 PF = 0.95

@@ -22,7 +22,8 @@ import bayesflex as bf
 from bayesflex.analysis import maps
 from bayesflex.analysis.report import CREATED_PREFIX, REPORT_FILE, build_report
 from bayesflex.cli.main import main
-from bayesflex.study.results import RESULT_FILE, open_study
+from bayesflex.study.files import open_study
+from bayesflex.study.schema import RESULT_FILE
 
 from .conftest import REPO
 

@@ -39,7 +39,8 @@ from bayesflex.core.outdir import fresh
 from bayesflex.core.timefmt import fmt_time, zone_note
 from bayesflex.errors import ConfigError
 from bayesflex.priors.check import ENWL, compare, enwl_house_days, season_of, weekday_kw
-from bayesflex.study.results import open_study, study_effective_draws
+from bayesflex.study.files import open_study
+from bayesflex.study.results import study_effective_draws
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
 

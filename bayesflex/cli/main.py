@@ -229,7 +229,7 @@ def _cmd_run(args, argv) -> int:
     from bayesflex.io.feeders import load_feeder
     from bayesflex.priors import load_priors
     from bayesflex.study.engine import local_start, run_study, with_timezone
-    from bayesflex.study.results import RESULT_FILE
+    from bayesflex.study.schema import RESULT_FILE
 
     t0 = time.perf_counter()
     priors = load_priors(args.priors)
@@ -487,7 +487,7 @@ def _cmd_query(args) -> int:
 
     from bayesflex.analysis import query
     from bayesflex.core.timefmt import local_frame
-    from bayesflex.study.results import open_study
+    from bayesflex.study.files import open_study
 
     if args.top < 0:
         raise ConfigError(f"--top {args.top}: give a number of rows to show, or 0 for all")
@@ -575,7 +575,7 @@ def _levels(text: str) -> tuple[float, ...]:
 def _cmd_report(args) -> int:
     from bayesflex.aggregator.market_report import sections
     from bayesflex.analysis.report import write_report
-    from bayesflex.study.results import open_study
+    from bayesflex.study.files import open_study
 
     tree = open_study(args.dir)
     directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
@@ -590,7 +590,7 @@ HEATMAP_KINDS = ("any", "undervoltage", "overvoltage")
 
 def _cmd_map(args) -> int:
     from bayesflex.analysis import maps
-    from bayesflex.study.results import open_study
+    from bayesflex.study.files import open_study
 
     if args.heatmap and args.kind not in HEATMAP_KINDS:
         raise ConfigError(f"--kind {args.kind} with --heatmap: the heatmap shows bus voltages (allowed with --heatmap: "

@@ -54,18 +54,11 @@ from bayesflex.grid.heuristic import (
 from bayesflex.io.feeders import load_feeder
 from bayesflex.priors import sample_priors
 from bayesflex.study.checkpoint import PARTIAL_DIR, Checkpoint, kept_chunks, save_chunk, study_fingerprint
+from bayesflex.study.files import open_study, verify_result
 from bayesflex.study.positions import apply_positions, read_positions
-from bayesflex.study.results import (
-    CAUSES,
-    COMPONENTS,
-    PREDICTIVE,
-    RESULT_FILE,
-    VIOLATIONS,
-    StudyStore,
-    build_tree,
-    open_study,
-    verify_result,
-)
+from bayesflex.study.results import build_tree
+from bayesflex.study.schema import CAUSES, COMPONENTS, PREDICTIVE, RESULT_FILE, VIOLATIONS
+from bayesflex.study.store import FileStore, MemoryStore
 
 __all__ = ["run_study", "CHUNK_DRAWS", "StudyOptions"]
 
@@ -436,14 +429,14 @@ def run_study(
              "study_inputs": json.dumps({k: v for k, v in fp.items() if k != "sha256"}, sort_keys=True)}
     ck = None
     if out is None:
-        store = StudyStore(draws, kind, fd.buses, None, chunk_draws=CHUNK_DRAWS, portfolio=portfolio)
+        store = MemoryStore(draws, kind, fd.buses, chunk_draws=CHUNK_DRAWS, portfolio=portfolio)
     else:
         final = out / RESULT_FILE
         if _finished(final, fp, feeder=(str(fd.origin), fd.sha256), resume=resume):
             return open_study(final, verify=False)  # _finished has just checked it
         ck = Checkpoint(out, fp, len(chunks), resume=resume)
-        store = StudyStore(draws, kind, fd.buses, ck.stream_path, chunk_draws=CHUNK_DRAWS, portfolio=portfolio,
-                           final=final)
+        store = FileStore(draws, kind, fd.buses, ck.stream_path, chunk_draws=CHUNK_DRAWS, portfolio=portfolio,
+                          final=final)
         if ck.done:
             attrs["chunks_resumed"] = len(ck.done)
     done = set() if ck is None else ck.done
