@@ -515,9 +515,9 @@ def _run_chunks(inp: Inputs, run: RunOptions, store: Store, ck: Checkpoint | Non
 
     def task(c: int, a: int, b: int) -> tuple:
         save = None if ck is None or remote else (str(ck.dir), ck.sha256, a, b)
-        # workers on this machine (loky, or a local dask cluster) watch this process and end with it
-        return inp.feeder, inp.priors, c, b - a, run.seed, inp.opts, save, os.getpid() if run.scheduler is None \
-            else None
+        parent = os.getpid() if run.scheduler is None else None  # workers on this machine (loky, or a local
+        # dask cluster) watch this process and end with it
+        return inp.feeder, inp.priors, c, b - a, run.seed, inp.opts, save, parent
 
     chunks = run.chunks
     todo = [task(c, a, b) for c, a, b in chunks if c not in done]
