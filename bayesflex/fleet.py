@@ -30,7 +30,8 @@ from bayesflex.errors import BayesflexError, ConfigError, OutputError
 from bayesflex.io.feeders import load_feeder
 from bayesflex.priors import load_priors
 from bayesflex.study.engine import run_study
-from bayesflex.study.results import RESULT_FILE, mcse, study_effective_draws
+from bayesflex.study.results import mcse, study_effective_draws
+from bayesflex.study.schema import RESULT_FILE
 
 __all__ = ["FLEET_FILE", "find_feeders", "fleet_row", "run_fleet"]
 

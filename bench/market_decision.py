@@ -23,9 +23,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bayesflex.aggregator.decide import _discard, _program, _terms, deliverable_draws, DIRECTIONS, parse_objective
+from bayesflex.aggregator.decide import (
+    DIRECTIONS,
+    _discard,
+    _program,
+    _terms,
+    deliverable_draws,
+    parse_objective,
+)
 from bayesflex.aggregator.markets import load_markets, local_clock
-from bayesflex.study.results import open_study, RESULT_FILE
+from bayesflex.study.files import open_study
+from bayesflex.study.schema import RESULT_FILE
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bayesflex.priors.check import compare, ENWL, read_enwl
+from bayesflex.priors.check import ENWL, compare, read_enwl
 
 
 def main() -> None:

@@ -121,7 +121,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         wall, peak_gb, text = run_cli(args.draws, args.jobs, Path(tmp))
-        from bayesflex.study.results import open_study
+        from bayesflex.study.files import open_study
 
         tree = open_study(tmp)
         n_t = tree["heuristic"].sizes["time"]

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bayesflex as bf
 from bayesflex.aggregator.contracts import load_contracts
 from bayesflex.aggregator.coordination import _positions, _zones, coordinate
-from bayesflex.aggregator.portfolio import _blocks, _solve, Schedule, schedule
+from bayesflex.aggregator.portfolio import Schedule, _blocks, _solve, schedule
 from bayesflex.core.intervals import wilson_interval
 
 PAPER = {"peak_reduction_max": 0.27, "cost_increase": 0.046}

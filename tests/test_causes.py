@@ -27,8 +27,8 @@ from bayesflex.grid.heuristic import Limits, cause_shares
 from bayesflex.priors.registry import components
 from bayesflex.study import engine
 from bayesflex.study.engine import CHUNK_DRAWS, StudyOptions, run_study
-from bayesflex.study.results import causes as cause_names
-from bayesflex.study.results import open_study
+from bayesflex.study.files import open_study
+from bayesflex.study.schema import causes as cause_names
 
 
 # ----------------------------------------------------------------------------

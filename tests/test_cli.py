@@ -16,7 +16,7 @@ from scipy import stats
 from bayesflex.analysis.query import adjustment_quantiles, match_name
 from bayesflex.cli.main import EXIT_BROKEN_PIPE, main
 from bayesflex.errors import ConfigError
-from bayesflex.study.results import open_study
+from bayesflex.study.files import open_study
 
 from .conftest import REPO
 

@@ -13,8 +13,9 @@ from scipy.stats import norm
 import bayesflex as bf
 from bayesflex.grid.feeder import Source
 from bayesflex.grid.heuristic import Limits
+from bayesflex.study import engine
 from bayesflex.study.engine import CHUNK_DRAWS, run_study
-from bayesflex.study.results import open_study, save_study
+from bayesflex.study.files import open_study, save_study
 
 V_BASE = 416 / math.sqrt(3)  # volts, phase to neutral
 PF = 0.95
@@ -168,8 +169,6 @@ def test_same_seed_reproduces_the_file_and_another_seed_does_not(small_study, tm
 
 
 def test_a_failed_study_leaves_no_file_that_looks_finished(tmp_path, monkeypatch):
-    from bayesflex.study import engine
-
     real = engine._physics
     calls = []
 
@@ -231,8 +230,21 @@ def test_conditioned_study_is_a_posterior(tmp_path):
     ({"method": "guess"}, "allowed: 'analytic', 'perturb'"),
     ({"priors": "nope"}, "nope"),
     ({"feeder": "atlantis"}, "atlantis"),
+    ({"feeder": 42}, "feeder = 42"),
+    ({"periods": 0}, "periods = 0"),
+    ({"start": "2026-01-14 19:15"}, "half-hour"),
+    ({"backend": "nosuch", "jobs": 2}, "backend 'nosuch' unknown .allowed: .*loky"),
+    ({"backend": "threading", "scheduler": "tcp://x:1"}, "needs backend 'dask'"),
+    ({"headroom": "no"}, "headroom = 'no'"),
+    ({"limits": (0.9, 1.1, 1.0)}, "limits = "),
+    ({"draws": 10**12}, "at least .* of memory on any feeder"),  # 220 TB for one half-hour on any feeder
 ])
-def test_bad_arguments_are_named(kw, words):
+def test_bad_arguments_are_named_before_anything_is_read(kw, words, monkeypatch):
+    def read(*args, **kwargs):
+        raise AssertionError("a feeder or priors file was read before the arguments were checked")
+
+    monkeypatch.setattr(engine, "load_feeder", read)
+    monkeypatch.setattr(engine.pri_mod, "load_priors", read)
     args = {"draws": 2, "periods": 1} | kw
     with pytest.raises(bf.BayesflexError, match=words):
         run_study(**args)

@@ -13,7 +13,7 @@ from bayesflex.cli.main import main
 from bayesflex.errors import ConfigError
 from bayesflex.fleet import FLEET_FILE, find_feeders, rank
 from bayesflex.study.engine import CHUNK_DRAWS, run_study
-from bayesflex.study.results import open_study
+from bayesflex.study.files import open_study
 
 from .conftest import shared_path
 

@@ -9,7 +9,8 @@ from scipy import stats
 from bayesflex.analysis.query import congestion_probability, flexibility_summary, product_at_risk
 from bayesflex.grid.heuristic import Limits
 from bayesflex.study.engine import run_study
-from bayesflex.study.results import CONFIDENCE, effective_draws, flexibility_vars
+from bayesflex.study.results import effective_draws, flexibility_vars
+from bayesflex.study.schema import CONFIDENCE
 
 START, PERIODS = "2026-01-14 17:00", 8  # the winter evening peak, 4 hours
 

@@ -10,8 +10,8 @@ import pytest
 from bayesflex.aggregator.markets import load_markets, parse_markets
 from bayesflex.cli.main import main
 from bayesflex.errors import ConfigError
+from bayesflex.study.files import open_study
 from bayesflex.study.positions import read_positions
-from bayesflex.study.results import open_study
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,8 @@ from bayesflex.errors import ConfigError, OutputError
 from bayesflex.fleet import _names, fleet_row
 from bayesflex.study import engine
 from bayesflex.study.checkpoint import PARTIAL_DIR, Checkpoint
-from bayesflex.study.results import RESULT_FILE, open_study, save_study
+from bayesflex.study.files import open_study, save_study
+from bayesflex.study.schema import RESULT_FILE
 
 from .conftest import shared_path
 

@@ -24,7 +24,8 @@ from bayesflex.analysis import maps
 from bayesflex.analysis.report import CREATED_PREFIX, REPORT_FILE, build_report
 from bayesflex.analysis.summary import summarise
 from bayesflex.cli.main import main, print_summary
-from bayesflex.study.results import RESULT_FILE, open_study
+from bayesflex.study.files import open_study
+from bayesflex.study.schema import RESULT_FILE
 
 from .conftest import REPO
 

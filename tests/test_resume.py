@@ -18,7 +18,8 @@ from bayesflex.cli.main import main
 from bayesflex.errors import ConfigError
 from bayesflex.study.checkpoint import PARTIAL_DIR, Checkpoint
 from bayesflex.study.engine import CHUNK_DRAWS, run_study
-from bayesflex.study.results import RESULT_FILE, open_study
+from bayesflex.study.files import open_study
+from bayesflex.study.schema import RESULT_FILE
 
 STUDY = {"draws": 2 * CHUNK_DRAWS + 10, "seed": 7, "periods": 2, "start": "2026-01-14 18:00"}
 

@@ -17,7 +17,8 @@ from bayesflex.aggregator.decide import verdict_text
 from bayesflex.analysis.maps import market_figure
 from bayesflex.analysis.report import figure_html, table_html
 from bayesflex.core.intervals import format_probability
-from bayesflex.study.results import RESULT_FILE, file_sha256
+from bayesflex.study.files import file_sha256
+from bayesflex.study.schema import RESULT_FILE
 
 __all__ = ["MARKET_JSON", "market_for", "market_section", "sections"]
 

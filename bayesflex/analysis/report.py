@@ -29,7 +29,7 @@ from bayesflex.core.outdir import fresh
 from bayesflex.core.timefmt import zone_note
 from bayesflex.errors import ConfigError
 from bayesflex.priors.check import ENWL, compare, enwl_house_days, season_of, weekday_kw
-from bayesflex.study.results import open_study
+from bayesflex.study.files import open_study
 
 __all__ = ["REPORT_FILE", "build_report", "write_report"]
 

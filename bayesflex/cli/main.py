@@ -229,17 +229,19 @@ def _cmd_run(args, argv) -> int:
     from bayesflex.core.outdir import as_output_error
     from bayesflex.io.feeders import load_feeder
     from bayesflex.priors import load_priors
-    from bayesflex.study.engine import local_start, run_study, with_timezone
-    from bayesflex.study.results import RESULT_FILE
+    from bayesflex.study.engine import check_options, local_start, run_study, with_timezone
+    from bayesflex.study.schema import RESULT_FILE
 
     t0 = time.perf_counter()
-    priors = load_priors(args.priors)
-    local_start(args.start, with_timezone(priors, args.timezone), "--start")  # before the feeder is read
     command = "bayesflex " + " ".join(shlex.quote(a) for a in argv)
     study = {"draws": args.draws, "seed": args.seed, "jobs": args.jobs, "observations": args.observations,
              "ev_states": args.ev_states, "start": args.start, "periods": args.periods, "method": args.method,
              "full_voltages": args.full_voltages, "command": command, "positions": args.positions,
              "backend": args.backend, "scheduler": args.scheduler, "timezone": args.timezone}
+    # what run_study checks before reading anything (a study no feeder could fit in memory), before any feeder
+    check_options(**{k: v for k, v in study.items() if k not in ("observations", "ev_states", "positions")})
+    priors = load_priors(args.priors)
+    local_start(args.start, with_timezone(priors, args.timezone), "--start")  # before the feeder is read
     if args.feeders is not None:
         return _run_fleet(args, priors, study, t0)
     feeder = load_feeder(args.feeder, ratings=args.ratings)
@@ -445,7 +447,7 @@ def _cmd_query(args) -> int:
 
     from bayesflex.analysis import query
     from bayesflex.core.timefmt import local_frame
-    from bayesflex.study.results import open_study
+    from bayesflex.study.files import open_study
 
     if args.top < 0:
         raise ConfigError(f"--top {args.top}: give a number of rows to show, or 0 for all")
@@ -533,7 +535,7 @@ def _levels(text: str) -> tuple[float, ...]:
 def _cmd_report(args) -> int:
     from bayesflex.aggregator.market_report import sections
     from bayesflex.analysis.report import write_report
-    from bayesflex.study.results import open_study
+    from bayesflex.study.files import open_study
 
     tree = open_study(args.dir)
     directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
@@ -548,7 +550,7 @@ HEATMAP_KINDS = ("any", "undervoltage", "overvoltage")
 
 def _cmd_map(args) -> int:
     from bayesflex.analysis import maps
-    from bayesflex.study.results import open_study
+    from bayesflex.study.files import open_study
 
     if args.heatmap and args.kind not in HEATMAP_KINDS:
         raise ConfigError(f"--kind {args.kind} with --heatmap: the heatmap shows bus voltages (allowed with --heatmap: "

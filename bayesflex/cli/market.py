@@ -31,8 +31,9 @@ from bayesflex.grid.heuristic import Limits
 from bayesflex.io.feeders import load_feeder
 from bayesflex.priors.config import parse_priors
 from bayesflex.study.engine import run_study
+from bayesflex.study.files import file_sha256, open_study
 from bayesflex.study.positions import Positions, read_positions, uncontrolled_kw, write_positions
-from bayesflex.study.results import RESULT_FILE, file_sha256, open_study
+from bayesflex.study.schema import RESULT_FILE
 
 MARKET_CSV = "market.csv"
 MARKET_POSITIONS = "market_positions.csv"

@@ -231,7 +231,11 @@ class Resources:
     worker_bytes: float
     main_bytes: float
 
-    def describe(self, jobs: int) -> str:
+    def describe(self, jobs: int, *, least: bool = False) -> str:
+        """The memory in words; ``least``: a lower bound, whatever the feeder."""
+        if least:
+            return (f"at least {_size(self.memory_bytes)} of memory on any feeder ({jobs} worker(s) of at least "
+                    f"{_size(self.worker_bytes)} and at least {_size(self.main_bytes)} in the main process)")
         return (f"about {_size(self.memory_bytes)} of memory ({jobs} worker(s) of {_size(self.worker_bytes)} "
                 f"and {_size(self.main_bytes)} in the main process)")
 
@@ -253,9 +257,11 @@ def estimate(*, draws: int, periods: int, n_agent: int, n_bus: int, n_line: int,
     return Resources(memory_bytes=main + jobs * worker, disk_bytes=disk, worker_bytes=worker, main_bytes=main)
 
 
-def check_memory(res: Resources, jobs: int) -> None:
-    """Refuse, with the figure, a study that needs more memory than the machine has available."""
+def check_memory(res: Resources, jobs: int, *, least: bool = False) -> None:
+    """Refuse, with the figure, a study that needs more memory than the machine has available.
+    ``least``: ``res`` is a lower bound (:func:`estimate` for a feeder of no agents, buses or lines),
+    so that a study no feeder could fit is refused before the feeder is read."""
     avail = memory_available()
     if res.memory_bytes > avail:
-        raise ConfigError(f"this study needs {res.describe(jobs)}; {_size(avail)} is available. Use fewer "
-                          "draws, half-hours (--periods) or workers (--jobs), or a bigger machine")
+        raise ConfigError(f"this study needs {res.describe(jobs, least=least)}; {_size(avail)} is available. "
+                          "Use fewer draws, half-hours (--periods) or workers (--jobs), or a bigger machine")

@@ -12,21 +12,28 @@ thread, so a chunk's numbers are the same bit for bit in any process:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from joblib import delayed
+import pandas as pd
+import xarray as xr
+from joblib import Parallel, delayed, parallel_config
+from joblib.parallel import BACKENDS
+from threadpoolctl import threadpool_limits
 
 from bayesflex import priors as pri_mod
-from bayesflex.core.checks import check_backend, check_horizon
+from bayesflex.core.checks import check_backend, check_horizon, resolve_feeder, resolve_priors
 from bayesflex.core.outdir import (
+    Resources,
     as_output_error,
     check_memory,
     check_space,
@@ -55,26 +62,20 @@ from bayesflex.io.feeders import load_feeder
 from bayesflex.priors import sample_priors
 from bayesflex.priors.registry import components
 from bayesflex.study.checkpoint import PARTIAL_DIR, Checkpoint, kept_chunks, save_chunk, study_fingerprint
+from bayesflex.study.files import open_study, verify_result
 from bayesflex.study.positions import apply_positions, read_positions
-from bayesflex.study.results import (
-    PREDICTIVE,
-    RESULT_FILE,
-    VIOLATIONS,
-    StudyStore,
-    build_tree,
-    causes,
-    open_study,
-    verify_result,
-)
+from bayesflex.study.results import build_tree
+from bayesflex.study.schema import PREDICTIVE, RESULT_FILE, VIOLATIONS, causes
+from bayesflex.study.store import FileStore, MemoryStore, Store
 
-__all__ = ["run_study", "CHUNK_DRAWS", "StudyOptions"]
+__all__ = ["CHUNK_DRAWS", "Inputs", "RunOptions", "StudyOptions", "check_inputs", "check_options", "compute",
+           "prepare", "run_study"]
 
 #: draws per chunk; part of what a seed means, so changing it changes every number
 CHUNK_DRAWS = 50
 
 #: chunks handed out per worker at a time (results waiting in memory: at most this many per worker)
 WAVE = 4
-
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,6 @@ def _watch_parent(parent: int, every_s: float = 0.5) -> None:
     ppid = os.getppid()
 
     def watch():
-        import time
-
         while True:
             time.sleep(every_s)
             try:
@@ -141,9 +140,6 @@ def _watch_parent(parent: int, every_s: float = 0.5) -> None:
 
 
 def _compute_chunk(feeder: Feeder, priors, index: int, draws: int, seed: int, opts: StudyOptions) -> dict:
-    from threadpoolctl import threadpool_limits
-
-
     with threadpool_limits(limits=1):
         ds = sample_priors(feeder, priors, draws=draws, seed=_chunk_seed(seed, index), start=opts.start,
                            periods=opts.periods)
@@ -257,11 +253,164 @@ def _causes(ds, adj, opts: StudyOptions) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------
+# 1. the options, checked before anything is read
+# ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunOptions:
+    """How a study runs: :func:`run_study`'s options, checked by :func:`check_options`."""
+
+    draws: int = 1000
+    seed: int = 1
+    jobs: int = 1
+    method: str = "analytic"
+    start: object = None  # as given: a wall-clock time of the site's zone, or one with its UTC offset
+    periods: int | None = None
+    full_voltages: bool = False
+    headroom: bool = True
+    backend: str | None = None
+    scheduler: str | None = None
+    timezone: str | None = None
+    progress: bool | None = None
+    command: str | None = None
+    out: Path | None = None
+    resume: bool = False
+
+    @property
+    def chunks(self) -> list[tuple[int, int, int]]:
+        """Every chunk: (index, first draw, end of its draws)."""
+        return [(c, a, min(self.draws, a + CHUNK_DRAWS)) for c, a in enumerate(range(0, self.draws, CHUNK_DRAWS))]
+
+    @property
+    def n_jobs(self) -> int:
+        """Worker processes: ``jobs`` (-1: every core), no more than there are chunks."""
+        n_chunks = -(-self.draws // CHUNK_DRAWS)
+        return min(os.cpu_count() or 1, n_chunks) if self.jobs == -1 else min(self.jobs, n_chunks)
+
+
+def _check_draws(draws) -> int:
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
+        raise ConfigError(f"draws = {draws!r}: must be a positive whole number")
+    return int(draws)
+
+
+def _check_jobs(jobs) -> int:
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs == 0 or jobs < -1:
+        raise ConfigError(f"jobs = {jobs!r}: must be a positive whole number, or -1 for every core")
+    return int(jobs)
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed = {seed!r}: must be a non-negative whole number")
+    return int(seed)
+
+
+def _check_flag(name: str, value, *, none: bool = False) -> bool | None:
+    if value is None and none:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        allowed = "True, False or None" if none else "True or False"
+        raise ConfigError(f"{name} = {value!r}: must be {allowed}")
+    return bool(value)
+
+
+def check_options(*, draws=1000, seed=1, jobs=1, method="analytic", start=None, periods=None, full_voltages=False,
+                  headroom=True, backend=None, scheduler=None, timezone=None, progress=None, command=None, out=None,
+                  resume=False) -> RunOptions:
+    """:func:`run_study`'s options (its keyword arguments but the inputs), checked without reading
+    a file or loading a model: a ConfigError naming the option and what it allows.  A study that
+    would not fit in memory even on the smallest feeder is refused here too, with the figure;
+    ``out`` is created and proven writable."""
+    draws, jobs, seed = _check_draws(draws), _check_jobs(jobs), _check_seed(seed)
+    if method not in ("analytic", "perturb"):
+        raise ConfigError(f"method {method!r} unknown (allowed: 'analytic', 'perturb')")
+    start, periods = check_horizon(start, periods)
+    check_backend(backend, scheduler)
+    if timezone is not None:
+        zone(timezone, "timezone")
+    run = RunOptions(draws=draws, seed=seed, jobs=jobs, method=method, start=start, periods=periods,
+                     full_voltages=_check_flag("full_voltages", full_voltages),
+                     headroom=_check_flag("headroom", headroom), backend=backend, scheduler=scheduler,
+                     timezone=timezone, progress=_check_flag("progress", progress, none=True), command=command,
+                     out=None if out is None else Path(out), resume=_check_flag("resume", resume))
+    least = _resources(run, periods=run.periods or 1, n_agent=0, n_bus=0, n_line=0)  # on any feeder
+    check_memory(least, run.n_jobs, least=True)
+    if run.out is not None:
+        check_writable(run.out)
+        inside(run.out, PARTIAL_DIR)
+        inside(run.out, RESULT_FILE)
+    return run
+
+
+def check_inputs(feeder, priors, limits) -> None:
+    """The feeder and the priors named are there (nothing is read yet); ``limits`` are :class:`Limits`."""
+    if not isinstance(feeder, Feeder):
+        if not isinstance(feeder, (str, os.PathLike)):
+            raise ConfigError(f"feeder = {feeder!r}: give the name of feeders/<name>.toml, a path or a Feeder")
+        resolve_feeder(feeder)
+    if isinstance(priors, (str, os.PathLike)):
+        resolve_priors(priors)
+    if limits is not None and not isinstance(limits, Limits):
+        raise ConfigError(f"limits = {limits!r}: must be a bayesflex.grid.heuristic.Limits (or None: the feeder's)")
+
+
+def _resources(run: RunOptions, *, periods: int, n_agent: int, n_bus: int, n_line: int) -> Resources:
+    return estimate(draws=run.draws, periods=periods, n_agent=n_agent, n_bus=n_bus, n_line=n_line,
+                    jobs=run.n_jobs, chunk_draws=CHUNK_DRAWS, wave=WAVE, full_voltages=run.full_voltages,
+                    in_memory=run.out is None)
+
+
+# ----------------------------------------------------------------------------
+# 2. the inputs, read and prepared
+# ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Inputs:
+    """What a study's chunks are computed from: the feeder (its network model and constraint
+    tables built), the priors (a ``Posterior`` when conditioned) and the chunks' options."""
+
+    feeder: Feeder
+    priors: object
+    posterior: object  # the priors when they are a Posterior, else None
+    opts: StudyOptions
+
+    @property
+    def kind(self) -> str:
+        """The result's group names: "posterior" when the priors were conditioned, else "prior"."""
+        return "posterior" if self.posterior is not None else "prior"
+
+    @property
+    def portfolio(self) -> np.ndarray | None:
+        """Agent indices of the portfolio: the agents with positions (None: every agent)."""
+        pos = self.opts.positions
+        return None if pos is None else np.array([self.feeder.agents.index(a) for a in pos.agents])
+
+
+def prepare(feeder, priors, run: RunOptions, *, observations=None, ev_states=None, positions=None,
+            limits: Limits | None = None) -> Inputs:
+    """Read the priors (a TOML file), the feeder and the positions; refuse a study the machine's
+    memory or the output folder's disk cannot take; then the heavy work: conditioning the priors
+    on ``observations``/``ev_states`` (PyMC), and the network model the workers receive."""
+    pr = pri_mod.load_priors(priors) if isinstance(priors, (str, os.PathLike)) else priors
+    pr = with_timezone(pr, run.timezone)
+    start, periods = local_start(run.start, pr), run.periods
+    fd = feeder if isinstance(feeder, Feeder) else load_feeder(feeder)
+    pos = None
+    if positions is not None:
+        pos, start, periods = _positions(positions, fd, pr, start, periods)
+    opts = StudyOptions(limits=limits or Limits(v_min_pu=fd.v_min_pu, v_max_pu=fd.v_max_pu), method=run.method,
+                        start=start, periods=periods, full_voltages=run.full_voltages, headroom=run.headroom,
+                        positions=pos)
+    _check_resources(fd, pr, opts, run)
+    if observations is not None or ev_states is not None:
+        base = pr.priors if isinstance(pr, pri_mod.Posterior) else pr
+        pr = pri_mod.condition(base, observations, ev_states=ev_states, agents=fd.agents, seed=run.seed)
+    constraints(fd.model, opts.limits)  # the model and its constraint table, built once here: workers receive them
+    return Inputs(feeder=fd, priors=pr, posterior=pr if isinstance(pr, pri_mod.Posterior) else None, opts=opts)
+
+
 def _positions(positions, fd: Feeder, pr, start, periods):
     """The positions on the study's half-hours, and the horizon (the positions' unless given)."""
-    import pandas as pd
-
-
     pos = read_positions(positions, agents=fd.agents, tz=getattr(pr, "priors", pr).timezone)
     if start is None and periods is None:
         start, periods = str(pos.times[0]), len(pos.times)
@@ -269,12 +418,6 @@ def _positions(positions, fd: Feeder, pr, start, periods):
     t0 = pd.Timestamp(start) if start is not None else pri.start
     times = pd.date_range(t0, periods=int(periods) if periods is not None else pri.periods, freq="30min")
     return pos.on(times), start, periods
-
-
-def _check_draws(draws) -> int:
-    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
-        raise ConfigError(f"draws = {draws!r}: must be a positive whole number")
-    return int(draws)
 
 
 def local_start(start, priors, what: str = "start") -> str | None:
@@ -296,19 +439,111 @@ def with_timezone(priors, timezone: str | None):
     The zone decides local clocks in the draws (EV timers), naive times read and every time printed."""
     if timezone is None or getattr(priors, "priors", priors).timezone == timezone:
         return priors
-    import dataclasses
-
-
     zone(timezone, "timezone")
     if hasattr(priors, "priors"):
         return dataclasses.replace(priors, priors=dataclasses.replace(priors.priors, timezone=timezone))
     return dataclasses.replace(priors, timezone=timezone)
 
 
-def _check_jobs(jobs) -> int:
-    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs == 0 or jobs < -1:
-        raise ConfigError(f"jobs = {jobs!r}: must be a positive whole number, or -1 for every core")
-    return int(jobs)
+def _check_resources(fd: Feeder, pr, opts: StudyOptions, run: RunOptions) -> None:
+    """Refuse, with the figures, a study that needs more memory than the machine has, or more
+    disk than ``out``'s (less what a resumed study has kept)."""
+    n_periods = int(opts.periods) if opts.periods is not None else getattr(pr, "priors", pr).periods
+    need = _resources(run, periods=n_periods, n_agent=fd.n_agent, n_bus=fd.n_bus, n_line=fd.n_line)
+    check_memory(need, run.n_jobs)
+    if run.out is not None:
+        kept = min(kept_chunks(run.out) * CHUNK_DRAWS / run.draws, 1.0) if run.resume else 0.0  # share on disk
+        check_space(run.out, need.disk_bytes * (1.0 - kept / 2), f"this study ({run.draws} draws of {n_periods} "
+                    f"half-hours, {fd.n_agent} agents)")  # kept chunks are the checkpoint half of the need
+
+
+# ----------------------------------------------------------------------------
+# 3. the chunks, run and gathered; 4. the tree
+# ----------------------------------------------------------------------------
+def compute(inp: Inputs, run: RunOptions) -> xr.DataTree:
+    """The study's tree: its chunks computed (or read from ``out/.partial`` when resumed), gathered
+    in a store -- in memory, or streamed into ``out/result.nc`` -- and assembled.  With ``resume``,
+    the finished result in ``out`` when it is this very study."""
+    fd = inp.feeder
+    fp = study_fingerprint(fd, inp.priors, inp.posterior, draws=run.draws, seed=run.seed, opts=inp.opts,
+                           chunk_draws=CHUNK_DRAWS)
+    attrs = {"study_fingerprint": fp["sha256"],
+             "study_inputs": json.dumps({k: v for k, v in fp.items() if k != "sha256"}, sort_keys=True)}
+    ck = None
+    if run.out is None:
+        store = MemoryStore(run.draws, inp.kind, fd.buses, chunk_draws=CHUNK_DRAWS, portfolio=inp.portfolio)
+    else:
+        final = run.out / RESULT_FILE
+        if _finished(final, fp, feeder=(str(fd.origin), fd.sha256), resume=run.resume):
+            return open_study(final, verify=False)  # _finished has just checked it
+        ck = Checkpoint(run.out, fp, len(run.chunks), resume=run.resume)
+        store = FileStore(run.draws, inp.kind, fd.buses, ck.stream_path, chunk_draws=CHUNK_DRAWS,
+                          portfolio=inp.portfolio, final=final)
+        if ck.done:
+            attrs["chunks_resumed"] = len(ck.done)
+    with _cleaned_up_on_failure(store, ck, run.out):
+        _run_chunks(inp, run, store, ck)
+        tree = build_tree(fd, inp.priors, inp.posterior, store, draws=run.draws, seed=run.seed, opts=inp.opts,
+                          command=run.command, provenance=attrs)
+    if ck is not None:
+        ck.finish()
+    return tree
+
+
+@contextmanager
+def _cleaned_up_on_failure(store: Store, ck: Checkpoint | None, out: Path | None):
+    """A study that fails or is stopped leaves no unfinished result (its finished chunks stay in
+    ``out/.partial`` for ``resume``) and releases its folder; a full disk or a folder made
+    read-only is one line, not HDF5's traceback."""
+    with quiet_failed_writes():  # a failed write is raised once, not reported by every HDF5 object it leaves
+        try:
+            yield
+        except BaseException as err:
+            store.discard()
+            if ck is not None:
+                ck.release()
+            failed = err if out is None else as_output_error(out, err)
+            if failed is not err:
+                raise failed from None
+            raise
+
+
+def _run_chunks(inp: Inputs, run: RunOptions, store: Store, ck: Checkpoint | None) -> None:
+    """Every chunk into ``store``, in chunk order: computed by the workers, or read from the
+    checkpoint when an earlier run finished it (computed again here if it is damaged)."""
+    done = set() if ck is None else ck.done
+    remote = run.backend == "dask" or run.scheduler is not None  # workers may not see our disk: we write their chunks
+
+    def task(c: int, a: int, b: int) -> tuple:
+        save = None if ck is None or remote else (str(ck.dir), ck.sha256, a, b)
+        parent = os.getpid() if run.scheduler is None else None  # workers on this machine (loky, or a local
+        # dask cluster) watch this process and end with it
+        return inp.feeder, inp.priors, c, b - a, run.seed, inp.opts, save, parent
+
+    chunks = run.chunks
+    todo = [task(c, a, b) for c, a, b in chunks if c not in done]
+    bar = progress_bar(run.draws, f"study {inp.feeder.name}", progress=run.progress,
+                       initial=sum(b - a for c, a, b in chunks if c in done))
+    try:
+        with _workers(run.backend, run.scheduler, run.n_jobs) as (parallel, width):
+            results = _in_waves(parallel, width, todo)
+            try:
+                for c, a, b in chunks:
+                    fresh = c not in done
+                    part = next(results) if fresh else ck.load(c)
+                    if part is None:  # a kept chunk was damaged: compute it again, here
+                        part, fresh = _run_chunk(*task(c, a, b)[:-1]), True
+                    if fresh and remote and ck is not None:
+                        ck.save(c, a, b, part)
+                    if c not in done:
+                        bar.update(b - a)
+                    store.add(part, a, b)
+            finally:  # a study stopped early cancels the chunks in flight: joblib's warning says only that
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=r".*tasks which were still being processed")
+                    results.close()
+    finally:
+        bar.close()
 
 
 def run_study(
@@ -381,117 +616,21 @@ def run_study(
         ``out/result.nc`` is this study; the numbers are those of an
         uninterrupted run.  Without, an unfinished study in ``out`` is discarded.
 
+    Options are checked before anything is read (:func:`check_options`, :func:`check_inputs`); then
+    the inputs are read and prepared (:func:`prepare`), and the chunks run and gathered into the
+    tree (:func:`compute`).
+
     Returns
     -------
     xarray.DataTree with the groups described in :mod:`bayesflex.study.results`.
     """
-    # what can be checked without reading anything: before any work
-    draws = _check_draws(draws)
-    jobs = _check_jobs(jobs)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed = {seed!r}: must be a non-negative whole number")
-    if method not in ("analytic", "perturb"):
-        raise ConfigError(f"method {method!r} unknown (allowed: 'analytic', 'perturb')")
-    start, periods = check_horizon(start, periods)
-    check_backend(backend, scheduler)
-    if timezone is not None:
-        zone(timezone, "timezone")
-    if out is not None:
-        out = check_writable(out)
-        inside(out, PARTIAL_DIR)
-        inside(out, RESULT_FILE)
-    fd = feeder if isinstance(feeder, Feeder) else load_feeder(feeder)
-    pr = priors
-    if isinstance(pr, (str, Path)):
-        pr = pri_mod.load_priors(pr)
-    pr = with_timezone(pr, timezone)
-    start = local_start(start, pr)
-    limits = limits or Limits(v_min_pu=fd.v_min_pu, v_max_pu=fd.v_max_pu)
-    pos = None
-    if positions is not None:
-        pos, start, periods = _positions(positions, fd, pr, start, periods)
-    n_chunks = -(-draws // CHUNK_DRAWS)
-    n_jobs = min(os.cpu_count() or 1, n_chunks) if jobs == -1 else min(jobs, n_chunks)
-    n_periods = int(periods) if periods is not None else getattr(pr, "priors", pr).periods
-    need = estimate(draws=draws, periods=n_periods, n_agent=fd.n_agent, n_bus=fd.n_bus, n_line=fd.n_line,
-                    jobs=n_jobs, chunk_draws=CHUNK_DRAWS, wave=WAVE, full_voltages=full_voltages,
-                    in_memory=out is None)
-    check_memory(need, n_jobs)
-    if out is not None:
-        kept = min(kept_chunks(out) * CHUNK_DRAWS / draws, 1.0) if resume else 0.0  # share already on disk
-        check_space(out, need.disk_bytes * (1.0 - kept / 2), f"this study ({draws} draws of {n_periods} "
-                    f"half-hours, {fd.n_agent} agents)")  # kept chunks are the checkpoint half of the need
-    chunks = [(c, a, min(draws, a + CHUNK_DRAWS)) for c, a in enumerate(range(0, draws, CHUNK_DRAWS))]
-    if observations is not None or ev_states is not None:
-        base = pr.priors if isinstance(pr, pri_mod.Posterior) else pr
-        pr = pri_mod.condition(base, observations, ev_states=ev_states, agents=fd.agents, seed=int(seed))
-    posterior = pr if isinstance(pr, pri_mod.Posterior) else None
-    opts = StudyOptions(limits=limits, method=method, start=start, periods=periods,
-                        full_voltages=full_voltages, headroom=headroom, positions=pos)
-    constraints(fd.model, limits)  # the model and its constraint table, built once here: workers receive them
-    portfolio = None if pos is None else np.array([fd.agents.index(a) for a in pos.agents])
-    kind = "posterior" if posterior is not None else "prior"
-    fp = study_fingerprint(fd, pr, posterior, draws=draws, seed=int(seed), opts=opts, chunk_draws=CHUNK_DRAWS)
-    attrs = {"study_fingerprint": fp["sha256"],
-             "study_inputs": json.dumps({k: v for k, v in fp.items() if k != "sha256"}, sort_keys=True)}
-    ck = None
-    if out is None:
-        store = StudyStore(draws, kind, fd.buses, None, chunk_draws=CHUNK_DRAWS, portfolio=portfolio)
-    else:
-        final = out / RESULT_FILE
-        if _finished(final, fp, feeder=(str(fd.origin), fd.sha256), resume=resume):
-            return open_study(final, verify=False)  # _finished has just checked it
-        ck = Checkpoint(out, fp, len(chunks), resume=resume)
-        store = StudyStore(draws, kind, fd.buses, ck.stream_path, chunk_draws=CHUNK_DRAWS, portfolio=portfolio,
-                           final=final)
-        if ck.done:
-            attrs["chunks_resumed"] = len(ck.done)
-    done = set() if ck is None else ck.done
-    remote = backend == "dask" or scheduler is not None  # workers may not see our disk: we write their chunks
-
-    def task(c: int, a: int, b: int) -> tuple:
-        save = None if ck is None or remote else (str(ck.dir), ck.sha256, a, b)
-        # workers on this machine (loky, or a local dask cluster) watch this process and end with it
-        return fd, pr, c, b - a, int(seed), opts, save, os.getpid() if scheduler is None else None
-
-    todo = [task(c, a, b) for c, a, b in chunks if c not in done]
-    bar = progress_bar(draws, f"study {fd.name}", progress=progress,
-                       initial=sum(b - a for c, a, b in chunks if c in done))
-    with quiet_failed_writes():  # a failed write is raised once, not reported by every HDF5 object it leaves
-        try:
-            with _workers(backend, scheduler, n_jobs) as (parallel, width):
-                results = _in_waves(parallel, width, todo)
-                try:
-                    for c, a, b in chunks:
-                        fresh = c not in done
-                        part = next(results) if fresh else ck.load(c)
-                        if part is None:  # a kept chunk was damaged: compute it again, here
-                            part, fresh = _run_chunk(*task(c, a, b)[:-1]), True
-                        if fresh and remote and ck is not None:
-                            ck.save(c, a, b, part)
-                        if c not in done:
-                            bar.update(b - a)
-                        store.add(part, a, b)
-                finally:  # a study stopped early cancels the chunks in flight: joblib's warning says only that
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message=r".*tasks which were still being processed")
-                        results.close()
-            bar.close()
-            tree = build_tree(fd, pr, posterior, store, draws=draws, seed=int(seed), opts=opts, command=command,
-                              provenance=attrs)
-        except BaseException as err:
-            store.discard()  # the finished chunks stay in out/.partial for --resume
-            if ck is not None:
-                ck.release()
-            failed = err if out is None else as_output_error(out, err)
-            if failed is not err:  # a full disk or a folder made read-only: one line, not HDF5's traceback
-                raise failed from None
-            raise
-        finally:
-            bar.close()
-    if ck is not None:
-        ck.finish()
-    return tree
+    run = check_options(draws=draws, seed=seed, jobs=jobs, method=method, start=start, periods=periods,
+                        full_voltages=full_voltages, headroom=headroom, backend=backend, scheduler=scheduler,
+                        timezone=timezone, progress=progress, command=command, out=out, resume=resume)
+    check_inputs(feeder, priors, limits)
+    inputs = prepare(feeder, priors, run, observations=observations, ev_states=ev_states, positions=positions,
+                     limits=limits)
+    return compute(inputs, run)
 
 
 def _finished(path: Path, fingerprint: dict, *, feeder: tuple[str, str], resume: bool) -> bool:
@@ -544,14 +683,9 @@ def _in_waves(parallel, width: int, todo: list):
 
 @contextmanager
 def _workers(backend: str | None, scheduler: str | None, n_jobs: int):
-    """A ``joblib.Parallel`` returning results in order as they complete (None: run here, in order)."""
-    from joblib import Parallel
-
-    if scheduler is not None and backend not in (None, "dask"):
-        raise ConfigError(f"--scheduler {scheduler!r} needs backend 'dask' (given: {backend!r})")
+    """A ``joblib.Parallel`` returning results in order as they complete (None: run here, in order).
+    ``backend`` and ``scheduler`` were checked by :func:`check_options`."""
     if backend == "dask" or scheduler is not None:
-        from joblib import parallel_config
-
         with _dask_client(scheduler, n_jobs) as client, parallel_config(backend="dask"):
             slots = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
             yield Parallel(n_jobs=-1, return_as="generator"), WAVE * max(slots, 1)
@@ -562,8 +696,6 @@ def _workers(backend: str | None, scheduler: str | None, n_jobs: int):
     try:
         parallel = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")
     except ValueError as err:
-        from joblib.parallel import BACKENDS
-
         raise ConfigError(f"backend {backend!r} unknown (allowed: {', '.join(sorted(BACKENDS))}, "
                           "or one registered with joblib.register_parallel_backend)") from err
     yield parallel, WAVE * n_jobs
