@@ -126,13 +126,16 @@ def _ours(feeder: bf.Feeder, lf, quantity: str, expected: pd.DataFrame) -> np.nd
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_golden_case(name):
+def test_golden_case(name, request):
     case = GOLDEN / name
     spec = tomllib.loads((case / "case.toml").read_text())
     tolerances = tomllib.loads((case / "tolerances.toml").read_text())
     expected = READERS[spec["expected"]["format"]](case, spec["expected"])
     assert set(tolerances) == set(expected), f"{name}: tolerances.toml must name each expected quantity"
-    feeder = _case_feeder(case, spec["feeder"])
+    if spec["feeder"] == {"name": "ieee_eu_lv"}:
+        feeder = request.getfixturevalue("ieee")  # the session's, loaded once
+    else:
+        feeder = _case_feeder(case, spec["feeder"])
     p, q = _loads(feeder, spec["loads"])
     lf = bf.solve_loadflow(feeder, p, q)
     assert lf.converged, name
