@@ -11,11 +11,13 @@ import xarray as xr
 
 from bayesflex.cli.main import main
 from bayesflex.errors import ConfigError
-from bayesflex.fleet import FLEET_FILE, find_feeders, rank
+from bayesflex.fleet import FLEET_FILE, find_feeders, fleet_row, rank, run_fleet
+from bayesflex.io.feeders import load_feeder
 from bayesflex.study.engine import CHUNK_DRAWS, run_study
 from bayesflex.study.files import open_study
+from bayesflex.study.schema import RESULT_FILE
 
-from .conftest import shared_path
+from .conftest import REPO, shared_path
 
 FEW = ["--draws", "12", "--periods", "2", "--start", "2026-01-14 18:00", "--jobs", "1"]
 
@@ -53,16 +55,78 @@ def test_fleet_run_ranks_feeders_and_survives_a_broken_one(tmp_path, capsys):
     assert table.error.iloc[-1].count("nosuchcode") >= 1  # the error names what is wrong
     ok = table[table.status == "ok"]
     assert list(ok["rank"]) == [1, 2, 3]
-    # the ranking is the per-feeder results' own figures, sorted
+    # the ranking is the per-feeder results' own figures, sorted; each figure as the per-draw arrays give it
+    # (fleet.csv keeps 6 significant digits)
     for _, r in ok.iterrows():
         tree = open_study(out / r.feeder)
-        cong = tree["heuristic"]["congested"].values[0]
+        h, net = tree["heuristic"], tree["network"]
+        assert tree["sample_stats"]["converged"].values.all()  # so no draw is set aside below
+        cong = h["congested"].values[0]
         assert r.p_congested_horizon == pytest.approx(cong.any(axis=(1, 2)).mean(), abs=1e-6)
+        assert r.p_unresolved_horizon == pytest.approx((~h["resolved"].values[0]).any(axis=1).mean(), abs=1e-6)
+        assert r.p_trafo_overload_max == pytest.approx((net["trafo_loading_pu"].values[0] > 1).mean(axis=0).max(),
+                                                       abs=1e-6)
+        # the 5 % point of 12 draws' lowest voltage is the lowest of them (the first order statistic)
+        assert r.v_min_pu_p05 == pytest.approx(float(net["v_min_pu"].min()), rel=1e-5)
+        kwh = (h["adjust_down_kw"].values[0].astype(float).sum(axis=(1, 2, 3)) * 0.5).mean()  # every agent moved
+        assert r.turn_down_kwh_mean == pytest.approx(kwh, rel=1e-5, abs=1e-6)
         assert int(r.draws) == 12 and int(r.agents) == tree["constant_data"].sizes["agent"]
         assert (out / r.feeder / "report.html").exists()
+    assert (ok.p_congested_horizon > 0).any() and (ok.turn_down_kwh_mean > 0).any()  # figures worth checking
     keys = list(zip(ok.p_congested_horizon, ok.p_unresolved_horizon, ok.p_congested_worst_half_hour, strict=True))
     assert keys == sorted(keys, reverse=True)
     assert (out / "fleet.png").stat().st_size > 5000
+
+
+def _small_fleet(folder):
+    """Two small feeders built like feeders/two_area.toml (15 houses each instead of 170)."""
+    text = (REPO / "feeders" / "two_area.toml").read_text()
+    for old, new in (("houses_per_feeder = [30, 30, 25]", "houses_per_feeder = [3, 2, 2]"),
+                     ("houses_per_feeder = [22, 21, 21, 21]", "houses_per_feeder = [2, 2, 2, 2]")):
+        assert text.count(old) == 1
+        text = text.replace(old, new)
+    folder.mkdir()
+    for name in ("north", "south"):
+        (folder / f"{name}.toml").write_text(text.replace('name = "two_area"', f'name = "{name}"'))
+    return find_feeders(folder)
+
+
+@pytest.mark.slow
+def test_a_resumed_fleet_studies_only_what_was_not_finished(tmp_path, monkeypatch):
+    """A fleet stopped in its second feeder's second chunk: resumed, the finished feeder is not
+    studied again (its file untouched), the unfinished one computes only its missing chunk, and
+    its row is that of the same study run uninterrupted."""
+    from bayesflex.study import engine
+
+    monkeypatch.setattr(engine, "CHUNK_DRAWS", 2)  # 3 draws: two chunks per feeder
+    feeders = _small_fleet(tmp_path / "feeders")
+    study = {"draws": 3, "periods": 1, "start": "2026-01-14 18:00", "jobs": 1}
+    real, calls = engine._run_chunk, []
+
+    def counted(feeder, priors, index, *rest):
+        calls.append((feeder.name, index))
+        if stop_at == (feeder.name, index):
+            raise KeyboardInterrupt  # the night's run is killed
+        return real(feeder, priors, index, *rest)
+
+    monkeypatch.setattr(engine, "_run_chunk", counted)
+    stop_at = ("south", 1)
+    out = tmp_path / "fleet"
+    with pytest.raises(KeyboardInterrupt):
+        run_fleet(feeders, out=out, report=False, **study)
+    assert calls == [("north", 0), ("north", 1), ("south", 0), ("south", 1)]
+    north = (out / "north" / RESULT_FILE).stat().st_mtime_ns
+    calls.clear()
+    stop_at = None
+    table = run_fleet(feeders, out=out, resume=True, report=False, **study).set_index("feeder")
+    assert calls == [("south", 1)] and (out / "north" / RESULT_FILE).stat().st_mtime_ns == north
+    assert list(table.status) == ["ok", "ok"]
+    calls.clear()
+    whole = fleet_row(run_study(load_feeder(feeders["south"]).replace(name="south"), "default", **study))
+    assert len(calls) == 2
+    for key, value in whole.items():
+        want = pytest.approx(value, nan_ok=True) if isinstance(value, float) else value
+        assert table.loc["south", key] == want, key
 
 
 def test_rank_orders_by_risk_then_name_and_puts_failures_last():

@@ -1,10 +1,8 @@
-"""OpenDSS models: the official IEEE LV snapshot solutions, and every ENWL feeder.
+"""OpenDSS models: the official IEEE LV model, and every ENWL feeder.
 
-Official OpenDSS solutions (../shared/data/ieee_eu_lv/Solutions/OpenDSS):
-the feeder read from the OpenDSS model is solved with the loads of each
-snapshot (load i draws profile i at that minute, PF 0.95 lagging) and its
-voltages compared, bus by bus and phase by phase.  Modelling differences, and
-why they are small here:
+The official IEEE LV snapshot solutions (OpenDSS and GridLAB-D, ../shared/data/ieee_eu_lv/Solutions)
+are golden cases: tests/golden/ieee_lv_*, run by tests/test_golden.py, each with its tolerances
+and why.  Why the feeder read from the OpenDSS model and pandapower's copy of it differ:
 
 * OpenDSS switches a load to constant impedance below ``Vminpu = 0.95``; we
   keep constant power.  No load in these snapshots falls below 1.02 pu, so
@@ -33,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import bayesflex as bf
@@ -41,45 +38,12 @@ from bayesflex.io.pandapower import runpp_3ph_reference, to_pandapower
 
 from .conftest import shared_path
 
-SNAPSHOTS = [
-    (1, "Snapshot_1min_Initialization_Off_Peak"),
-    (566, "Snapshot_566min_On_Peak"),
-    (1440, "Snapshot_1440min_End"),
-]
 TAN_PHI = np.tan(np.arccos(0.95))
-
-
-def _snapshot_loads(feeder, minute):
-    profiles = shared_path("ieee_eu_lv", "Load_Profiles")
-    p = np.zeros((feeder.n_agent, 3))
-    for a, name in enumerate(feeder.agents):
-        i = int(name.lower().removeprefix("load"))
-        mult = pd.read_csv(profiles / f"Load_profile_{i}.csv")["mult"].to_numpy()
-        p[a, feeder.agent_phases[a]] = mult[minute - 1]
-    return p, p * TAN_PHI
-
-
-def _official_voltages(feeder, stem):
-    sol = pd.read_csv(shared_path("ieee_eu_lv", "Solutions", "OpenDSS", "Snapshots", f"{stem}__Voltages.csv"))
-    index = {b.lower(): i for i, b in enumerate(feeder.buses)}
-    rows = np.array([index[str(b).lower()] for b in sol.Bus])
-    base_v = sol.BasekV.to_numpy(float)[:, None] * 1e3 / np.sqrt(3)
-    return rows, sol[["Magnitude1", "Magnitude2", "Magnitude3"]].to_numpy(float) / base_v
 
 
 @pytest.fixture(scope="module")
 def ieee_dss():
     return bf.load_feeder(shared_path("ieee_eu_lv", "opendss"))
-
-
-@pytest.mark.parametrize("minute,stem", SNAPSHOTS)
-def test_official_opendss_snapshots(ieee_dss, ieee, minute, stem):
-    for feeder, tol in ((ieee_dss, 1e-4), (ieee, 1e-2)):
-        p, q = _snapshot_loads(feeder, minute)
-        lf = bf.solve_loadflow(feeder, p, q)
-        assert lf.converged
-        rows, v_ref = _official_voltages(feeder, stem)
-        np.testing.assert_allclose(lf.v_pu[rows], v_ref, rtol=0, atol=tol)
 
 
 def test_opendss_reader_matches_pandapower_definition(ieee_dss, ieee):

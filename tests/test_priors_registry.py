@@ -12,7 +12,7 @@ from bayesflex.core.checks import toml_numbers
 from bayesflex.errors import ConfigError
 from bayesflex.priors import Model, Output, Simulation, load_priors, register, sample_priors, unregister
 from bayesflex.priors.registry import BUILTIN, components, power_vars
-from bayesflex.study.results import causes
+from bayesflex.study.schema import causes
 
 OWNERS = ["LOAD3", "LOAD7", "LOAD12"]
 SAUNA = f"""

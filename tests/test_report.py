@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import os
 import re
 import shutil
@@ -115,20 +116,35 @@ def test_the_same_command_twice_gives_identical_numbers(study, tight_feeder, tmp
 
 
 def test_the_file_opens_with_xarray_and_arviz_without_bayesflex(study):
+    """Read by xarray and ArviZ alone, the file's numbers hold together: each agent's power is the
+    sum of its technologies', the summary's probability of congestion is the share of draws the
+    per-draw flags call congested, and no bus is under-voltage in more draws than have their lowest
+    voltage below the limit (strict 1.02 pu feeder)."""
     code = (
         "import sys; sys.modules['bayesflex'] = None\n"
-        "import arviz as az, xarray as xr\n"
+        "import json\n"
+        "import arviz as az, numpy as np, xarray as xr\n"
         f"path = {str(study / RESULT_FILE)!r}\n"
         "t = xr.open_datatree(path, engine='h5netcdf')\n"
-        "assert t['heuristic']['adjust_up_kw'].dims == ('chain', 'draw', 'time', 'agent', 'phase')\n"
         "idata = az.from_netcdf(path)\n"
-        "assert 'prior_predictive' in idata.groups()\n"
-        "print(float(idata.prior_predictive['p_kw'].sum()))\n"
+        "pp = idata.prior_predictive\n"
+        "parts = sum(pp[k] for k in pp.data_vars if k.startswith('p_') and k not in ('p_kw', 'p_lb_kw', 'p_ub_kw'))\n"
+        "cong = t['heuristic']['congested'].mean(('chain', 'draw'))\n"
+        "under = (t['network']['v_min_pu'] < t.attrs['v_min_pu'] + 1e-6).mean(('chain', 'draw'))\n"
+        "print(json.dumps({'groups': sorted(idata.groups()), 'parts': sorted(k for k in pp.data_vars),\n"
+        "                  'p_kw_minus_parts': float(abs(pp['p_kw'] - parts).max()),\n"
+        "                  'p_congested_minus_share': float(abs(t['summary']['p_congested'] - cong).max()),\n"
+        "                  'p_congested_max': float(t['summary']['p_congested'].max()),\n"
+        "                  'p_under_bus_minus_any': float((t['network']['p_undervoltage'].max('bus') - under).max()),\n"
+        "                  'p_under_any_max': float(under.max())}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
     assert out.returncode == 0, out.stderr
-    total = float(open_study(study)["prior_predictive"]["p_kw"].sum())
-    assert float(out.stdout.strip().splitlines()[-1]) == pytest.approx(total, rel=1e-6)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "prior_predictive" in got["groups"] and {"p_base_kw", "p_ev_kw", "p_pv_kw"} <= set(got["parts"])
+    assert got["p_kw_minus_parts"] < 1e-4  # float32 sums of kW
+    assert got["p_congested_minus_share"] < 1e-12 and got["p_congested_max"] > 0
+    assert got["p_under_bus_minus_any"] <= 1e-12 and got["p_under_any_max"] > 0
 
 
 #: the maps' scale, written out by hand: (label, lowest probability in the bin), last bin first
@@ -563,3 +579,49 @@ def test_query_adjustment_gives_the_reason_hides_unmoved_rows_and_honours_top(st
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:2] == ["agent", "phase"] and "reason" in lines[0] and len(lines) == 3
     assert f"{len(df) - 1} more rows with a move not shown (--top 0 shows them all)" in lines[2]
+
+
+def test_adjustment_quantiles_are_the_quantiles_of_the_agent_draws(tree):
+    """adjustment_quantiles against numpy on the per-draw turn-up and turn-down of the agent moved
+    most often: its quantiles over the 20 draws, the share of draws that move it (with the Wilson
+    interval of that count, as scipy computes it) and the mean kW of those that do."""
+    from bayesflex.analysis.query import adjustment_quantiles
+
+    h = tree["heuristic"]
+    down = h["adjust_down_kw"].values[0].astype(float)  # (draw, time, agent, phase)
+    a = int(np.argmax((down > 0).sum(axis=(0, 1, 3))))
+    agent = str(h.agent.values[a])
+    ph = int(np.flatnonzero(tree["constant_data"]["agent_phases"].values[a])[0])  # single-phase houses
+    df = adjustment_quantiles(tree, agent, q=(0.5, 0.9, 0.95))
+    assert (df.agent == agent).all() and set(df.phase) == {PHASES[ph]} and len(df) == 2 * h.sizes["time"]
+    n = down.shape[0]
+    for side in ("up", "down"):
+        x = h[f"adjust_{side}_kw"].values[0, :, :, a, ph].astype(float)  # (draw, time)
+        rows = df[df.direction == side].sort_values("time")
+        for q in (0.5, 0.9, 0.95):
+            np.testing.assert_allclose(rows[f"q{q:g}_kw"], np.quantile(x, q, axis=0), rtol=1e-6, atol=1e-9)
+        k = (x > 0).sum(axis=0)
+        np.testing.assert_array_equal(rows.p_adjusted, k / n)
+        np.testing.assert_allclose(rows.kw_when_adjusted, np.where(k > 0, (x * (x > 0)).sum(axis=0)
+                                                                   / np.maximum(k, 1), 0.0), rtol=1e-6)
+        for (_, r), kk in zip(rows.iterrows(), k, strict=True):
+            ci = binomtest(int(kk), n).proportion_ci(method="wilson")
+            assert (r.p_adjusted_lo, r.p_adjusted_hi) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    assert (down[:, :, a, ph] > 0).sum() >= 3  # the quantiles above are of an agent that moves
+
+
+def test_congestion_by_phase_counts_the_congested_draws(tree):
+    """The probability of congestion by phase (what `query congestion --by phase` prints), on a study
+    congested on every phase: each row is the count of draws whose per-draw flag says congested,
+    over the draws, with that count's Wilson interval."""
+    from bayesflex.analysis.query import congestion_probability
+
+    df = congestion_probability(tree, by="phase")
+    cong = tree["heuristic"]["congested"]
+    n = cong.sizes["draw"]
+    counts = cong.sum(("chain", "draw")).to_series()
+    assert len(df) == counts.size and (counts > 0).groupby(level="phase").any().all()
+    for _, r in df.iterrows():
+        k = int(counts.loc[(pd.Timestamp(r.time), r.phase)])
+        ci = binomtest(k, n).proportion_ci(method="wilson")
+        assert (r.probability, r.lo, r.hi) == pytest.approx((k / n, ci.low, ci.high), abs=1e-6)
