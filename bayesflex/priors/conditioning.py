@@ -52,6 +52,8 @@ __all__ = ["Posterior", "condition", "read_observations"]
 
 #: the baseload parameters a posterior may update (those given as distributions)
 BASELOAD_VARS = ("level_log_mean", "level_log_sd", "day_share", "appliance_kw", "knee_kw", "knee_power")
+#: NUTS' target acceptance rate in the baseload fit
+TARGET_ACCEPT = 0.9
 
 
 @dataclass(frozen=True)
@@ -246,39 +248,11 @@ def condition(
     wide = read_observations(observations, agents=agents, tz=tz)
     digest = hashlib.sha256(pd.util.hash_pandas_object(wide, index=True).values.tobytes()).hexdigest()
     tech = pri["baseload"]
-    cap = max(tech.extra["service_kw"])
-    x = wide.to_numpy(float).T  # (agent, time)
-    if (x >= cap * (1 - EDGE)).any():
-        j, t = np.argwhere(x >= cap * (1 - EDGE))[0]
-        raise ConfigError(f"observations: agent {wide.columns[j]!r} reads {x[j, t]:g} kW at {wide.index[t]}, "
-                          f"at or above the largest service in {pri.origin} [baseload] service_kw ({cap:g} kW): "
-                          "a three-phase or commercial supply is not a household baseload")
-    y = np.clip(x / cap, EDGE, 1 - EDGE)
-    shape = shape_kw_at(tech.extra["shape_kw"], wide.index.values)[None, :]
-    days = day_index(wide.index.values)
+    data = baseload_data(pri, wide)
     obs_agents = tuple(wide.columns)
-    rho = tech["persistence"].mean()
-    if rho >= 0.99:
-        raise ConfigError(f"{pri.origin} [baseload] persistence: mean {rho:.3g}; conditioning needs it below 0.99 "
-                          "(readings that never change carry no information to weight)")
-    weight = (1 - rho) / (1 + rho)
-
-    def rv(key):
-        par = tech[key]
-        if par.fixed:
-            return pm.Data(key, par.value)
-        return getattr(pm, par.dist)(key, **par.kwargs())
-
-    with pm.Model(coords={"agent": list(obs_agents), "day": np.arange(days[-1] + 1)}) as model:
-        mean, sd, share = rv("level_log_mean"), rv("level_log_sd"), rv("day_share")
-        appliance, knee, power = rv("appliance_kw"), rv("knee_kw"), rv("knee_power")
-        z = pm.Normal("z", 0.0, 1.0, dims="agent")
-        w = pm.Normal("w", 0.0, 1.0, dims=("agent", "day"))
-        mu = shape * pm.math.exp(log_level(mean, sd, share, z[:, None], w, xp=pm.math)[:, days])
-        a, b = beta_ab(mu, cap, appliance, knee, power, xp=pm.math)
-        pm.Potential("readings", weight * pm.logp(pm.Beta.dist(alpha=a, beta=b), y).sum())
+    with baseload_model(pri, data, obs_agents) as model:
         idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=min(chains, 2), random_seed=seed,
-                          progressbar=progressbar, target_accept=0.9, compute_convergence_checks=False)
+                          progressbar=progressbar, target_accept=TARGET_ACCEPT, compute_convergence_checks=False)
     names = [k for k in BASELOAD_VARS if not tech[k].fixed] + ["z"]
     rhat = az.rhat(idata, var_names=names)
     ess = az.ess(idata, var_names=names, method="bulk")
@@ -289,3 +263,59 @@ def condition(
     del model
     return Posterior(priors=pri, idata=idata, agents=obs_agents, diagnostics=diag, observations_sha256=digest,
                      ev_alpha=ev_alpha, ev_counts=ev_counts)
+
+
+def baseload_data(priors: Priors, wide: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The baseload fit's data from readings ``wide`` (time x agent, kW, as
+    :func:`read_observations` gives them): ``share`` the readings as shares of
+    the largest service ``C`` (agent, time), ``shape_kw`` the day shape at each
+    half-hour (time,) and ``reading_day`` each half-hour's day (time,), numbered from 0.
+    Readings at or above ``C`` are an error (not a household)."""
+    tech = priors["baseload"]
+    cap = max(tech.extra["service_kw"])
+    x = wide.to_numpy(float).T  # (agent, time)
+    if (x >= cap * (1 - EDGE)).any():
+        j, t = np.argwhere(x >= cap * (1 - EDGE))[0]
+        raise ConfigError(f"observations: agent {wide.columns[j]!r} reads {x[j, t]:g} kW at {wide.index[t]}, "
+                          f"at or above the largest service in {priors.origin} [baseload] service_kw ({cap:g} kW): "
+                          "a three-phase or commercial supply is not a household baseload")
+    return {"share": np.clip(x / cap, EDGE, 1 - EDGE),
+            "shape_kw": shape_kw_at(tech.extra["shape_kw"], wide.index.values),
+            "reading_day": day_index(wide.index.values)}
+
+
+def baseload_model(priors: Priors, data: dict[str, np.ndarray], agents: tuple[str, ...], *,
+                   containers: bool = False):
+    """The PyMC model of the baseload fit (see the module's docstring) for
+    ``data`` from :func:`baseload_data`.  With ``containers`` the arrays go in
+    ``pm.Data`` containers of the same names, so that the model compiles once
+    and ``pm.set_data`` gives it new readings of the same shape (simulation-based
+    calibration refits it many times); without, they are constants, which
+    PyTensor folds into the graph (the log-density then differs from the
+    containers' in the last bits, and :func:`condition` keeps its numbers)."""
+    import pymc as pm
+
+    tech = priors["baseload"]
+    cap = max(tech.extra["service_kw"])
+    rho = tech["persistence"].mean()
+    if rho >= 0.99:
+        raise ConfigError(f"{priors.origin} [baseload] persistence: mean {rho:.3g}; conditioning needs it below 0.99 "
+                          "(readings that never change carry no information to weight)")
+    weight = (1 - rho) / (1 + rho)
+
+    def rv(key):
+        par = tech[key]
+        if par.fixed:
+            return pm.Data(key, par.value)
+        return getattr(pm, par.dist)(key, **par.kwargs())
+
+    with pm.Model(coords={"agent": list(agents), "day": np.arange(data["reading_day"][-1] + 1)}) as model:
+        y, shape, days = (pm.Data(k, data[k]) if containers else data[k] for k in ("share", "shape_kw", "reading_day"))
+        mean, sd, share = rv("level_log_mean"), rv("level_log_sd"), rv("day_share")
+        appliance, knee, power = rv("appliance_kw"), rv("knee_kw"), rv("knee_power")
+        z = pm.Normal("z", 0.0, 1.0, dims="agent")
+        w = pm.Normal("w", 0.0, 1.0, dims=("agent", "day"))
+        mu = shape[None, :] * pm.math.exp(log_level(mean, sd, share, z[:, None], w, xp=pm.math)[:, days])
+        a, b = beta_ab(mu, cap, appliance, knee, power, xp=pm.math)
+        pm.Potential("readings", weight * pm.logp(pm.Beta.dist(alpha=a, beta=b), y).sum())
+    return model
