@@ -22,7 +22,7 @@ import pandas as pd
 
 from bayesflex.aggregator.coordination import confirmation_seed
 from bayesflex.aggregator.decide import decide, verdict_text
-from bayesflex.aggregator.market_report import MARKET_JSON, sections
+from bayesflex.aggregator.market_report import MARKET_JSON, market_section
 from bayesflex.aggregator.markets import load_markets
 from bayesflex.analysis.report import write_report
 from bayesflex.core.intervals import format_probability
@@ -70,9 +70,11 @@ def cmd_market(args) -> int:
 
     write_positions(pos, directory / MARKET_POSITIONS)
     blocks.to_csv(directory / MARKET_CSV, index=False, float_format="%.6g")
-    (directory / MARKET_JSON).write_text(json.dumps(summary, indent=1, default=_plain) + "\n")
-    report = write_report(tree, directory, sections=sections(tree, directory))
-    _print(dec, summary, table, format_probability)
+    text = json.dumps(summary, indent=1, default=_plain)
+    (directory / MARKET_JSON).write_text(text + "\n")
+    # the report's section from the decision as written (not read back and re-hashed from the folder)
+    report = write_report(tree, directory, sections=tuple(market_section(tree, json.loads(text))))
+    _print(dec, summary, table)
     print(f"wrote {directory / MARKET_CSV}, {directory / MARKET_JSON}, {directory / MARKET_POSITIONS} and "
           f"{report}")
     print(f"re-check the plan against the network: bayesflex run --positions {directory / MARKET_POSITIONS} ...")
@@ -129,7 +131,7 @@ def _local_table(df: pd.DataFrame, tz: str) -> pd.DataFrame:
     return out
 
 
-def _print(dec, s: dict, table: pd.DataFrame, format_probability) -> None:
+def _print(dec, s: dict, table: pd.DataFrame) -> None:
     ins, fr = s["in_sample"], s["fresh"]
     print(f"markets: {dec.markets.name} ({dec.markets.origin}); objective: "
           + ", ".join(f"{k} x {w:g}" for k, w in dec.weights.items())
