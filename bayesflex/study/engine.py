@@ -411,10 +411,10 @@ def prepare(feeder, priors, run: RunOptions, *, observations=None, ev_states=Non
 
 def _positions(positions, fd: Feeder, pr, start, periods):
     """The positions on the study's half-hours, and the horizon (the positions' unless given)."""
-    pos = read_positions(positions, agents=fd.agents, tz=getattr(pr, "priors", pr).timezone)
+    pri = getattr(pr, "priors", pr)  # a Posterior carries its Priors
+    pos = read_positions(positions, agents=fd.agents, tz=pri.timezone)
     if start is None and periods is None:
         start, periods = str(pos.times[0]), len(pos.times)
-    pri = getattr(pr, "priors", pr)
     t0 = pd.Timestamp(start) if start is not None else pri.start
     times = pd.date_range(t0, periods=int(periods) if periods is not None else pri.periods, freq="30min")
     return pos.on(times), start, periods
