@@ -25,6 +25,7 @@ from bayesflex.priors import baseload
 from bayesflex.priors.conditioning import BASELOAD_VARS, Posterior
 from bayesflex.priors.config import Priors, Technology, check_agents, load_priors
 from bayesflex.priors.registry import get, technologies
+from bayesflex.priors.spec import DRAW_MODE
 from bayesflex.priors.streams import pymc_stream, stream, technology_stream
 from bayesflex.priors.technology import Context, Model, Simulation
 
@@ -68,7 +69,8 @@ def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.Se
                 shapes.append((draws, *shape))
             if not rvs:
                 continue
-            values = pm.draw(rvs, draws=draws, random_seed=np.random.default_rng(pymc_stream(seed, tech.name)))
+            values = pm.draw(rvs, draws=draws, random_seed=np.random.default_rng(pymc_stream(seed, tech.name)),
+                             mode=DRAW_MODE)
             values = values if isinstance(values, list) else [values]
             for name, v, shape in zip(names, values, shapes):
                 out[name] = np.asarray(v, float).reshape(shape)  # pm.draw drops the axis when draws == 1

@@ -26,6 +26,11 @@ __all__ = ["DOMAINS", "Param", "parse_param"]
 
 DOMAINS = ("real", "positive", "unit")
 
+#: how ``pm.draw`` compiles its graphs: a prior's draw graph is random-variable ops, which
+#: draw with numpy whatever the linker, so the Python linker gives the same numbers as C
+#: code and saves compiling it (~2 s a study, ~0.1 s a parameter check)
+DRAW_MODE = "FAST_COMPILE"
+
 # distributions whose support is (0, inf) or [0, inf) whatever their arguments
 _POSITIVE = {"LogNormal", "Gamma", "HalfNormal", "HalfCauchy", "HalfStudentT", "Exponential", "Weibull",
              "InverseGamma", "ChiSquared", "Wald", "Pareto"}
@@ -60,7 +65,7 @@ class Param:
         import pymc as pm
 
         dist = getattr(pm, self.dist).dist(**self.kwargs())
-        return float(np.mean(pm.draw(dist, draws=20_000, random_seed=0)))
+        return float(np.mean(pm.draw(dist, draws=20_000, random_seed=0, mode=DRAW_MODE)))
 
     def __str__(self) -> str:
         if self.fixed:
@@ -119,7 +124,7 @@ def parse_param(raw: Any, *, where: str, key: str, domain: str) -> Param:
     import pymc as pm
 
     try:
-        draw = pm.draw(getattr(pm, dist).dist(**args), random_seed=0)
+        draw = pm.draw(getattr(pm, dist).dist(**args), random_seed=0, mode=DRAW_MODE)
     except Exception as e:  # PyMC raises TypeError/ValueError/ParameterValueError here
         msg = str(e).split("\n")[0]
         raise ConfigError(f"{name}: {described} is not a valid distribution: {msg}") from e
