@@ -123,6 +123,7 @@ class Checkpoint:
                 f"{', '.join(diff) or 'the fingerprint'}); it cannot be resumed with these. Run without "
                 "--resume to discard it, or give the inputs it was started with")
         if resume and same:
+            self.remove_temporaries()
             self.done = {c for c in range(n_chunks) if self._valid(c)}
         else:
             n_old = kept_chunks(self.out)
@@ -157,6 +158,12 @@ class Checkpoint:
             raise ConfigError(f"{self.out}: another bayesflex run is writing a study here; wait for it to "
                               "finish or choose another --out") from None
         return f
+
+    def remove_temporaries(self) -> None:
+        """Delete the half-written chunk files of workers that were stopped while writing
+        (a worker that fails deletes its own; one killed with its pool cannot)."""
+        for p in self.dir.glob(".chunk-*.tmp-*"):
+            p.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self._lock is not None:

@@ -500,7 +500,8 @@ def _cleaned_up_on_failure(store: Store, ck: Checkpoint | None, out: Path | None
             yield
         except BaseException as err:
             store.discard()
-            if ck is not None:
+            if ck is not None:  # the workers have stopped (joblib ends its pool on a failure)
+                ck.remove_temporaries()
                 ck.release()
             failed = err if out is None else as_output_error(out, err)
             if failed is not err:
