@@ -146,32 +146,32 @@ def _strip(tree: xr.DataTree) -> xr.DataTree:
 
 
 @pytest.fixture(scope="module")
-def small_study():
-    return run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, jobs=1)
+def small_study(ieee):
+    return run_study(ieee, "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, jobs=1)
 
 
-def test_parallel_equals_serial_bit_for_bit(small_study):
-    par = run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, jobs=2)
+def test_parallel_equals_serial_bit_for_bit(small_study, ieee):
+    par = run_study(ieee, "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, jobs=2)
     xr.testing.assert_identical(_strip(par), _strip(small_study))
 
 
-def test_same_seed_reproduces_the_file_and_another_seed_does_not(small_study, tmp_path):
+def test_same_seed_reproduces_the_file_and_another_seed_does_not(small_study, tmp_path, ieee):
     """A study streamed to its file equals the same study built in memory, and
     the same again; another seed differs; more draws leave the first ones alone."""
-    streamed = run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, out=tmp_path / "a")
+    streamed = run_study(ieee, "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, out=tmp_path / "a")
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["result.nc", "result.nc.sha256"]
     xr.testing.assert_identical(_strip(streamed), _strip(small_study))
     save_study(small_study, tmp_path / "b")
     xr.testing.assert_identical(_strip(open_study(tmp_path / "a")), _strip(open_study(tmp_path / "b")))
-    other = run_study("ieee_eu_lv", "default", draws=10, seed=12, periods=4)
+    other = run_study(ieee, "default", draws=10, seed=12, periods=4)
     assert not np.array_equal(other["prior_predictive"]["p_kw"].values,
                               small_study["prior_predictive"]["p_kw"].values[:, :10])
-    first = run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS, seed=11, periods=4)
+    first = run_study(ieee, "default", draws=CHUNK_DRAWS, seed=11, periods=4)
     xr.testing.assert_equal(first["heuristic"]["adjust_down_kw"],
                             small_study["heuristic"]["adjust_down_kw"].isel(draw=slice(0, CHUNK_DRAWS)))
 
 
-def test_a_failed_study_leaves_no_file_that_looks_finished(small_study, tmp_path, monkeypatch):
+def test_a_failed_study_leaves_no_file_that_looks_finished(small_study, tmp_path, monkeypatch, ieee):
     real = engine._physics
     calls = []
 
@@ -183,14 +183,14 @@ def test_a_failed_study_leaves_no_file_that_looks_finished(small_study, tmp_path
 
     monkeypatch.setattr(engine, "_physics", failing)
     with pytest.raises(RuntimeError, match="worker died"):
-        run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, out=tmp_path)
+        run_study(ieee, "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, out=tmp_path)
     # nothing named like a result; the finished chunk is kept for --resume, the file being assembled is not
     assert [p.name for p in tmp_path.iterdir()] == [".partial"]
     assert sorted(p.name for p in (tmp_path / ".partial").iterdir()) == ["chunk-00000.h5", "lock", "manifest.json"]
     # and what is kept are the first chunk's numbers: resumed, the study is the uninterrupted one
     calls.clear()
     monkeypatch.setattr(engine, "_physics", lambda *args, **kw: calls.append(1) or real(*args, **kw))
-    resumed = run_study("ieee_eu_lv", "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, out=tmp_path,
+    resumed = run_study(ieee, "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, out=tmp_path,
                         resume=True)
     assert len(calls) == 1 and int(resumed.attrs["chunks_resumed"]) == 1  # only the second chunk computed again
     resumed.attrs.pop("chunks_resumed")
@@ -225,16 +225,16 @@ def test_study_layout_follows_the_design(small_study, ieee):
     np.testing.assert_allclose(t["heuristic"]["portfolio_p_kw"].values, p.sum(axis=(2, 3))[None], rtol=1e-6)
 
 
-def test_conditioned_study_is_a_posterior(tmp_path):
+def test_conditioned_study_is_a_posterior(tmp_path, ieee):
     log = "R" * 14 + "MM" + "C" * 16 + "M" + "R" * 15
     logs = pd.DataFrame({"agent": "LOAD1", "time": pd.date_range("2026-01-05", periods=len(log), freq="30min"),
                          "state": list(log)})
-    tree = run_study("ieee_eu_lv", "default", draws=5, seed=2, periods=2, ev_states=logs, headroom=False)
+    tree = run_study(ieee, "default", draws=5, seed=2, periods=2, ev_states=logs, headroom=False)
     assert "posterior_predictive" in tree.children and "prior_predictive" not in tree.children
     assert "posterior" in tree.children and tree.attrs["conditioned"] == 1
 
 
-def test_a_study_conditioned_on_meter_readings_draws_the_observed_agent_nearer_them(small_study, monkeypatch):
+def test_a_study_conditioned_on_meter_readings_draws_the_observed_agent_nearer_them(small_study, monkeypatch, ieee):
     """``run_study(observations=...)`` end to end: two days of LOAD1 reading four times the
     baseload shape.  The study is a posterior (its groups, the observed agent named), and LOAD1's
     drawn baseload in the horizon lies, on average over the draws, nearer its readings at those
@@ -248,7 +248,7 @@ def test_a_study_conditioned_on_meter_readings_draws_the_observed_agent_nearer_t
     shape = np.asarray(pri_mod.load_priors("default")["baseload"].extra["shape_kw"])  # kW per local half-hour
     times = pd.date_range("2026-01-12 00:00", periods=96, freq="30min")  # GMT: local = UTC
     meter = pd.DataFrame({"agent": "LOAD1", "time": times, "p_kw": 4 * shape[np.arange(96) % 48]})
-    tree = run_study("ieee_eu_lv", "default", draws=20, seed=2, periods=4, observations=meter, headroom=False)
+    tree = run_study(ieee, "default", draws=20, seed=2, periods=4, observations=meter, headroom=False)
     assert {"posterior", "posterior_predictive"} <= set(tree.children)
     assert "prior_predictive" not in tree.children
     assert tree.attrs["conditioned"] == 1 and tree.attrs["observed_agents"] == "LOAD1"

@@ -140,12 +140,12 @@ def test_rank_orders_by_risk_then_name_and_puts_failures_last():
 
 
 @pytest.mark.slow
-def test_dask_cluster_gives_the_numbers_of_the_default_backend(tmp_path):
+def test_dask_cluster_gives_the_numbers_of_the_default_backend(tmp_path, ieee):
     distributed = pytest.importorskip("dask.distributed")
     study = {"draws": CHUNK_DRAWS + 5, "seed": 3, "periods": 2, "start": "2026-01-14 18:00"}
-    here = run_study("ieee_eu_lv", "default", jobs=1, **study)
+    here = run_study(ieee, "default", jobs=1, **study)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
-        there = run_study("ieee_eu_lv", "default", backend="dask", scheduler=cl.scheduler_address,
+        there = run_study(ieee, "default", backend="dask", scheduler=cl.scheduler_address,
                           out=tmp_path, **study)
         # the chunks really ran as tasks of this cluster's scheduler
         assert any("_run_chunk" in k for k in cl.scheduler.task_prefixes), list(cl.scheduler.task_prefixes)
@@ -154,8 +154,8 @@ def test_dask_cluster_gives_the_numbers_of_the_default_backend(tmp_path):
         xr.testing.assert_identical(here[name].to_dataset(), there[name].to_dataset())
 
 
-def test_backend_errors_are_clear():
+def test_backend_errors_are_clear(ieee):
     with pytest.raises(ConfigError, match="needs backend 'dask'"):
-        run_study("ieee_eu_lv", "default", draws=1, periods=1, backend="threading", scheduler="tcp://x:1")
+        run_study(ieee, "default", draws=1, periods=1, backend="threading", scheduler="tcp://x:1")
     with pytest.raises(ConfigError, match="backend 'nosuch' unknown .allowed: .*loky"):
-        run_study("ieee_eu_lv", "default", draws=60, periods=1, jobs=2, backend="nosuch")
+        run_study(ieee, "default", draws=60, periods=1, jobs=2, backend="nosuch")

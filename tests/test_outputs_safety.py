@@ -97,13 +97,13 @@ def test_a_partial_folder_that_is_a_link_is_refused_and_its_target_untouched(tmp
     assert sorted(p.name for p in victim.iterdir()) == [f"precious-{i}.txt" for i in range(3)]
 
 
-def test_a_result_file_that_is_a_link_is_refused_before_any_work(tmp_path):
+def test_a_result_file_that_is_a_link_is_refused_before_any_work(tmp_path, ieee):
     victim = _victim(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     (out / RESULT_FILE).symlink_to(victim / "precious-0.txt")
     with pytest.raises(OutputError, match="symbolic link"):
-        engine.run_study("ieee_eu_lv", "default", draws=2, periods=2, out=out)
+        engine.run_study(ieee, "default", draws=2, periods=2, out=out)
     assert (victim / "precious-0.txt").read_text() == "keep me"
 
 
@@ -119,19 +119,19 @@ def _strip(tree: xr.DataTree) -> xr.DataTree:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
+def finished(tmp_path_factory, ieee) -> Path:
     out = tmp_path_factory.mktemp("finished") / "study"
-    engine.run_study("ieee_eu_lv", "default", draws=4, periods=2, seed=3, out=out)
+    engine.run_study(ieee, "default", draws=4, periods=2, seed=3, out=out)
     return out
 
 
-def test_resume_refuses_a_folder_holding_another_feeders_study(finished):
+def test_resume_refuses_a_folder_holding_another_feeders_study(finished, ieee):
     enwl = shared_path("enwl", "networks", "network_1", "Feeder_1")
     with pytest.raises(ConfigError, match=r"finished study of other inputs \(differs in: .*feeder") as e:
         engine.run_study(enwl, "default", draws=4, periods=2, seed=3, out=finished, resume=True)
     assert "ieee_eu_lv" in str(e.value)  # names the feeder whose study is there
     with pytest.raises(ConfigError, match=r"differs in: .*seed"):
-        engine.run_study("ieee_eu_lv", "default", draws=4, periods=2, seed=4, out=finished, resume=True)
+        engine.run_study(ieee, "default", draws=4, periods=2, seed=4, out=finished, resume=True)
     assert open_study(finished).attrs["seed"] == 3  # still there, intact
 
 
@@ -177,14 +177,14 @@ def test_a_result_without_its_checksum_is_not_read(finished, tmp_path):
         open_study(copy)
 
 
-def test_damaged_chunks_are_computed_again_and_the_study_is_unchanged(tmp_path, monkeypatch):
+def test_damaged_chunks_are_computed_again_and_the_study_is_unchanged(tmp_path, monkeypatch, ieee):
     """Changed data bytes (chunk 0) and a damaged LZF block (chunk 1) in kept chunks: both are
     computed again, with a warning, and the result equals the uninterrupted study's."""
     args = {"draws": 2 * engine.CHUNK_DRAWS, "periods": 2, "seed": 5, "jobs": 1}
-    whole = _strip(engine.run_study("ieee_eu_lv", "default", **args))
+    whole = _strip(engine.run_study(ieee, "default", **args))
     out = tmp_path / "s"
     monkeypatch.setattr(Checkpoint, "finish", lambda self: self.release())  # keep .partial as after a crash
-    engine.run_study("ieee_eu_lv", "default", out=out, **args)
+    engine.run_study(ieee, "default", out=out, **args)
     monkeypatch.undo()
     (out / RESULT_FILE).unlink()
     chunk = [out / PARTIAL_DIR / f"chunk-{c:05d}.h5" for c in (0, 1)]
@@ -196,7 +196,7 @@ def test_damaged_chunks_are_computed_again_and_the_study_is_unchanged(tmp_path, 
     run_chunk = engine._run_chunk
     monkeypatch.setattr(engine, "_run_chunk", lambda *a: computed.append(a[2]) or run_chunk(*a))
     with pytest.warns(UserWarning, match="damaged") as record:
-        tree = engine.run_study("ieee_eu_lv", "default", out=out, resume=True, **args)
+        tree = engine.run_study(ieee, "default", out=out, resume=True, **args)
     assert sorted(computed) == [0, 1]
     assert sum("damaged" in str(w.message) for w in record) == 2
     xr.testing.assert_identical(_strip(tree), whole)
@@ -437,7 +437,7 @@ def _intact(victim: Path) -> bool:
             and all((victim / f"precious-{i}.txt").read_text() == "keep me" for i in range(3)))
 
 
-def test_links_left_inside_partial_are_removed_not_followed(tmp_path, monkeypatch):
+def test_links_left_inside_partial_are_removed_not_followed(tmp_path, monkeypatch, ieee):
     """Links planted where a study writes its lock, manifest, stream and chunk files, for a new
     study and for a resumed one: nothing is written through them, a linked chunk is not read."""
     victim = _victim(tmp_path)
@@ -447,12 +447,12 @@ def test_links_left_inside_partial_are_removed_not_followed(tmp_path, monkeypatc
     _plant(out / PARTIAL_DIR, victim, ["lock", "manifest.tmp", "result.nc.part", ".chunk-00000.tmp-1",
                                        "chunk-00001.h5"])
     monkeypatch.setattr(Checkpoint, "finish", lambda self: self.release())  # keep .partial as after a crash
-    engine.run_study("ieee_eu_lv", "default", **args)
+    engine.run_study(ieee, "default", **args)
     monkeypatch.undo()
     assert _intact(victim)
     (out / RESULT_FILE).unlink()
     _plant(out / PARTIAL_DIR, victim, ["lock", "result.nc.part", "chunk-00000.h5"])
-    tree = engine.run_study("ieee_eu_lv", "default", resume=True, **args)
+    tree = engine.run_study(ieee, "default", resume=True, **args)
     assert _intact(victim)
     assert tree.attrs["chunks_resumed"] == 1  # chunk 1 read; the linked chunk 0 is not a chunk: computed
     assert not (out / RESULT_FILE).is_symlink()

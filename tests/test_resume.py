@@ -34,9 +34,9 @@ def _numbers_identical(a: xr.DataTree, b: xr.DataTree) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, ieee):
     out = tmp_path_factory.mktemp("whole")
-    run_study("ieee_eu_lv", "default", jobs=1, out=out, **STUDY)
+    run_study(ieee, "default", jobs=1, out=out, **STUDY)
     assert not (out / PARTIAL_DIR).exists()  # cleaned up once complete
     return open_study(out)
 
@@ -85,9 +85,9 @@ def small_chunks(monkeypatch):
     return engine
 
 
-def test_resume_computes_only_the_missing_chunks(small_chunks, tmp_path, monkeypatch):
+def test_resume_computes_only_the_missing_chunks(small_chunks, tmp_path, monkeypatch, ieee):
     engine = small_chunks
-    whole = run_study("ieee_eu_lv", "default", jobs=1, **SMALL)  # in memory: no checkpoints involved
+    whole = run_study(ieee, "default", jobs=1, **SMALL)  # in memory: no checkpoints involved
     real, calls = engine._run_chunk, []
 
     def dies_at_chunk_2(feeder, priors, index, *rest):
@@ -98,7 +98,7 @@ def test_resume_computes_only_the_missing_chunks(small_chunks, tmp_path, monkeyp
 
     monkeypatch.setattr(engine, "_run_chunk", dies_at_chunk_2)
     with pytest.raises(KeyboardInterrupt):
-        run_study("ieee_eu_lv", "default", jobs=1, out=tmp_path, **SMALL)
+        run_study(ieee, "default", jobs=1, out=tmp_path, **SMALL)
     assert calls == [0, 1, 2] and not (tmp_path / RESULT_FILE).exists()
 
     # a chunk file garbled by a crash is computed again, never read as numbers
@@ -106,19 +106,19 @@ def test_resume_computes_only_the_missing_chunks(small_chunks, tmp_path, monkeyp
     calls.clear()
     monkeypatch.setattr(engine, "_run_chunk", lambda fd, pr, index, *rest: calls.append(index) or real(fd, pr, index,
                                                                                                       *rest))
-    tree = run_study("ieee_eu_lv", "default", jobs=1, out=tmp_path, resume=True, **SMALL)
+    tree = run_study(ieee, "default", jobs=1, out=tmp_path, resume=True, **SMALL)
     assert calls == [1, 2]
     assert int(tree.attrs["chunks_resumed"]) == 1
     _numbers_identical(tree, whole)
 
     # resuming a finished study returns it without computing anything
     calls.clear()
-    again = run_study("ieee_eu_lv", "default", jobs=1, out=tmp_path, resume=True, **SMALL)
+    again = run_study(ieee, "default", jobs=1, out=tmp_path, resume=True, **SMALL)
     assert calls == []
     _numbers_identical(again, whole)
 
 
-def test_resume_refuses_a_study_started_with_other_inputs(small_chunks, tmp_path, monkeypatch):
+def test_resume_refuses_a_study_started_with_other_inputs(small_chunks, tmp_path, monkeypatch, ieee):
     engine = small_chunks
     real = engine._run_chunk
 
@@ -129,17 +129,17 @@ def test_resume_refuses_a_study_started_with_other_inputs(small_chunks, tmp_path
 
     monkeypatch.setattr(engine, "_run_chunk", dies_at_chunk_1)
     with pytest.raises(KeyboardInterrupt):
-        run_study("ieee_eu_lv", "default", jobs=1, out=tmp_path, **SMALL)
+        run_study(ieee, "default", jobs=1, out=tmp_path, **SMALL)
     kept = tmp_path / PARTIAL_DIR / "chunk-00000.h5"
     assert kept.exists()
     with pytest.raises(ConfigError, match=r"other inputs \(differs in: seed\)") as err:
-        run_study("ieee_eu_lv", "default", jobs=1, out=tmp_path, resume=True, **{**SMALL, "seed": 8})
+        run_study(ieee, "default", jobs=1, out=tmp_path, resume=True, **{**SMALL, "seed": 8})
     assert str(tmp_path) in str(err.value)
     assert kept.exists()  # refused, not discarded
     # without --resume the unfinished study is discarded, loudly
     monkeypatch.setattr(engine, "_run_chunk", real)
     with pytest.warns(UserWarning, match="unfinished study .1 chunks. was discarded"):
-        run_study("ieee_eu_lv", "default", jobs=1, out=tmp_path, **{**SMALL, "seed": 8})
+        run_study(ieee, "default", jobs=1, out=tmp_path, **{**SMALL, "seed": 8})
     assert int(open_study(tmp_path).attrs["seed"]) == 8
 
 
