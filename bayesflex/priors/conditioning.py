@@ -285,14 +285,23 @@ def baseload_data(priors: Priors, wide: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def baseload_model(priors: Priors, data: dict[str, np.ndarray], agents: tuple[str, ...], *,
-                   containers: bool = False):
+                   containers: bool = False, replications: int | None = None):
     """The PyMC model of the baseload fit (see the module's docstring) for
     ``data`` from :func:`baseload_data`.  With ``containers`` the arrays go in
     ``pm.Data`` containers of the same names, so that the model compiles once
-    and ``pm.set_data`` gives it new readings of the same shape (simulation-based
-    calibration refits it many times); without, they are constants, which
-    PyTensor folds into the graph (the log-density then differs from the
-    containers' in the last bits, and :func:`condition` keeps its numbers)."""
+    and ``pm.set_data`` gives it new readings of the same shape; without, they
+    are constants, which PyTensor folds into the graph (the log-density then
+    differs from the containers' in the last bits, and :func:`condition` keeps
+    its numbers).
+
+    ``replications = R`` holds R independent copies of the fit in one model
+    (simulation-based calibration samples them together): ``data["share"]`` is
+    then (rep, agent, time), every parameter given as a distribution is a
+    vector along a leading ``rep`` dimension, ``z`` is (rep, agent) and ``w``
+    (rep, agent, day); fixed parameters, ``shape_kw`` and ``reading_day`` are
+    shared.  The log-density is the sum of the R fits' (a product of
+    independent posteriors), so each replication's margin is its own fit.
+    None (the default) is the single fit, unchanged."""
     import pymc as pm
 
     tech = priors["baseload"]
@@ -302,20 +311,31 @@ def baseload_model(priors: Priors, data: dict[str, np.ndarray], agents: tuple[st
         raise ConfigError(f"{priors.origin} [baseload] persistence: mean {rho:.3g}; conditioning needs it below 0.99 "
                           "(readings that never change carry no information to weight)")
     weight = (1 - rho) / (1 + rho)
+    rep = () if replications is None else ("rep",)
+    if rep and np.shape(data["share"]) != (replications, len(agents), len(data["reading_day"])):
+        want = (replications, len(agents), len(data["reading_day"]))
+        raise ValueError(f"baseload_model: share has shape {np.shape(data['share'])}, not (rep, agent, time) = {want}")
 
     def rv(key):
         par = tech[key]
         if par.fixed:
             return pm.Data(key, par.value)
-        return getattr(pm, par.dist)(key, **par.kwargs())
+        if not rep:
+            return getattr(pm, par.dist)(key, **par.kwargs())
+        return getattr(pm, par.dist)(key, **par.kwargs(), dims=rep)[:, None, None]  # against (rep, agent, .)
 
-    with pm.Model(coords={"agent": list(agents), "day": np.arange(data["reading_day"][-1] + 1)}) as model:
+    coords = {"agent": list(agents), "day": np.arange(data["reading_day"][-1] + 1)}
+    with pm.Model(coords=coords | ({"rep": np.arange(replications)} if rep else {})) as model:
         y, shape, days = (pm.Data(k, data[k]) if containers else data[k] for k in ("share", "shape_kw", "reading_day"))
         mean, sd, share = rv("level_log_mean"), rv("level_log_sd"), rv("day_share")
         appliance, knee, power = rv("appliance_kw"), rv("knee_kw"), rv("knee_power")
-        z = pm.Normal("z", 0.0, 1.0, dims="agent")
-        w = pm.Normal("w", 0.0, 1.0, dims=("agent", "day"))
-        mu = shape[None, :] * pm.math.exp(log_level(mean, sd, share, z[:, None], w, xp=pm.math)[:, days])
+        z = pm.Normal("z", 0.0, 1.0, dims=rep + ("agent",))
+        w = pm.Normal("w", 0.0, 1.0, dims=rep + ("agent", "day"))
+        if not rep:
+            mu = shape[None, :] * pm.math.exp(log_level(mean, sd, share, z[:, None], w, xp=pm.math)[:, days])
+        else:
+            level = log_level(mean, sd, share, z[:, :, None], w, xp=pm.math)  # (rep, agent, day)
+            mu = shape[None, None, :] * pm.math.exp(level[:, :, days])
         a, b = beta_ab(mu, cap, appliance, knee, power, xp=pm.math)
         pm.Potential("readings", weight * pm.logp(pm.Beta.dist(alpha=a, beta=b), y).sum())
     return model
