@@ -11,6 +11,7 @@ from bayesflex.errors import ConfigError
 from bayesflex.priors import condition, draw_parameters, load_priors, read_observations, sample_priors
 from bayesflex.priors.baseload import day_index, level_log, simulate
 from bayesflex.priors.conditioning import TARGET_ACCEPT, baseload_data, baseload_model
+from bayesflex.priors.spec import DRAW_MODE
 
 AGENTS = ("LOAD1", "LOAD2", "LOAD3", "LOAD4")
 
@@ -127,7 +128,7 @@ def _prior_scaled_nuts(model):
     from pymc.blocking import DictToArrayBijection
     from pymc.step_methods.hmc.quadpotential import QuadPotentialDiagAdapt
 
-    prior, fast = {}, "FAST_COMPILE"  # no C compilation for these few evaluations (2.5 s with a cold cache)
+    prior, fast = {}, DRAW_MODE  # no C compilation for these few evaluations (2.5 s with a cold cache)
     for rv, v in zip(model.free_RVs, pm.draw(model.free_RVs, draws=1000, random_seed=0, mode=fast)):
         tr = model.rvs_to_transforms.get(rv)
         prior[model.rvs_to_values[rv].name] = tr.forward(v, *rv.owner.inputs).eval(mode=fast) if tr else v
