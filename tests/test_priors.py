@@ -313,3 +313,27 @@ def test_one_technology_s_priors_never_change_another_s_draws(tmp_path, key, tec
     for k in others:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert not np.array_equal(a[f"{tech}.{key}"], b[f"{tech}.{key}"])
+
+
+def test_draws_in_threads_are_the_serial_draws_and_leave_pytensor_as_found():
+    """Chunks of a study drawn in threads (the threading backend) compile PyTensor
+    graphs at once.  Without a lock, PyTensor's process-wide configuration, which its
+    compiler changes and restores around each rewrite, was left at the draws'
+    FAST_COMPILE mode (and once with no C compiler), so the conditioning fit that
+    followed in the same process ran in Python, 10-20 times slower (CI hung on it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pytensor
+
+    from bayesflex.priors import draw_parameters
+
+    pri = load_priors("default")
+    before = (pytensor.config.mode, pytensor.config.cxx, pytensor.config.linker)
+    seeds = range(8)
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda s: draw_parameters(pri, 5, 3, np.random.SeedSequence(s)), seeds))
+    assert (pytensor.config.mode, pytensor.config.cxx, pytensor.config.linker) == before
+    for s, got in zip(seeds, threaded):
+        want = draw_parameters(pri, 5, 3, np.random.SeedSequence(s))
+        assert got.keys() == want.keys()
+        assert all(np.array_equal(got[k], want[k]) for k in want)

@@ -47,6 +47,7 @@ from bayesflex.errors import ConfigError
 from bayesflex.priors.baseload import EDGE, beta_ab, day_index, half_hour_of_day, log_level, shape_kw_at
 from bayesflex.priors.config import Priors, load_priors
 from bayesflex.priors.ev import IMPOSSIBLE, STATES, prior_alpha, transition_counts
+from bayesflex.priors.spec import PYTENSOR_LOCK
 
 __all__ = ["Posterior", "condition", "read_observations"]
 
@@ -250,7 +251,7 @@ def condition(
     tech = pri["baseload"]
     data = baseload_data(pri, wide)
     obs_agents = tuple(wide.columns)
-    with baseload_model(pri, data, obs_agents) as model:
+    with PYTENSOR_LOCK, baseload_model(pri, data, obs_agents) as model:  # compiles: see PYTENSOR_LOCK
         idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=min(chains, 2), random_seed=seed,
                           progressbar=progressbar, target_accept=TARGET_ACCEPT, compute_convergence_checks=False)
     names = [k for k in BASELOAD_VARS if not tech[k].fixed] + ["z"]

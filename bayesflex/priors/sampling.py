@@ -25,7 +25,7 @@ from bayesflex.priors import baseload
 from bayesflex.priors.conditioning import BASELOAD_VARS, Posterior
 from bayesflex.priors.config import Priors, Technology, check_agents, load_priors
 from bayesflex.priors.registry import get, technologies
-from bayesflex.priors.spec import DRAW_MODE
+from bayesflex.priors.spec import DRAW_MODE, PYTENSOR_LOCK
 from bayesflex.priors.streams import pymc_stream, stream, technology_stream
 from bayesflex.priors.technology import Context, Model, Simulation
 
@@ -49,7 +49,7 @@ def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.Se
     import pymc as pm
 
     out = {}
-    with pm.Model(coords={"agent": np.arange(n_agent)}):
+    with PYTENSOR_LOCK, pm.Model(coords={"agent": np.arange(n_agent)}):  # see PYTENSOR_LOCK
         for tech in priors.technologies.values():
             model = _model(tech)
             names, rvs, shapes = [], [], []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from bayesflex.errors import ConfigError
 
-__all__ = ["DOMAINS", "Param", "parse_param"]
+__all__ = ["DOMAINS", "DRAW_MODE", "PYTENSOR_LOCK", "Param", "parse_param"]
 
 DOMAINS = ("real", "positive", "unit")
 
@@ -30,6 +31,14 @@ DOMAINS = ("real", "positive", "unit")
 #: draw with numpy whatever the linker, so the Python linker gives the same numbers as C
 #: code and saves compiling it (~2 s a study, ~0.1 s a parameter check)
 DRAW_MODE = "FAST_COMPILE"
+
+#: held while building or compiling a PyTensor graph.  PyTensor's configuration is one
+#: process-wide object that its compiler changes and restores around each graph rewrite
+#: (``config.change_flags(mode=..., cxx="")``), which is not thread-safe: studies whose chunks
+#: draw in threads (the threading backend) could leave ``config.mode`` at DRAW_MODE or
+#: ``config.cxx`` empty, and every later PyTensor function of the process (the conditioning
+#: fit's NUTS) then ran in Python, 10-20 times slower
+PYTENSOR_LOCK = threading.RLock()
 
 # distributions whose support is (0, inf) or [0, inf) whatever their arguments
 _POSITIVE = {"LogNormal", "Gamma", "HalfNormal", "HalfCauchy", "HalfStudentT", "Exponential", "Weibull",
@@ -64,8 +73,9 @@ class Param:
             return float(self.value)
         import pymc as pm
 
-        dist = getattr(pm, self.dist).dist(**self.kwargs())
-        return float(np.mean(pm.draw(dist, draws=20_000, random_seed=0, mode=DRAW_MODE)))
+        with PYTENSOR_LOCK:
+            dist = getattr(pm, self.dist).dist(**self.kwargs())
+            return float(np.mean(pm.draw(dist, draws=20_000, random_seed=0, mode=DRAW_MODE)))
 
     def __str__(self) -> str:
         if self.fixed:
@@ -124,7 +134,8 @@ def parse_param(raw: Any, *, where: str, key: str, domain: str) -> Param:
     import pymc as pm
 
     try:
-        draw = pm.draw(getattr(pm, dist).dist(**args), random_seed=0, mode=DRAW_MODE)
+        with PYTENSOR_LOCK:
+            draw = pm.draw(getattr(pm, dist).dist(**args), random_seed=0, mode=DRAW_MODE)
     except Exception as e:  # PyMC raises TypeError/ValueError/ParameterValueError here
         msg = str(e).split("\n")[0]
         raise ConfigError(f"{name}: {described} is not a valid distribution: {msg}") from e
