@@ -332,11 +332,8 @@ def baseload_model(priors: Priors, data: dict[str, np.ndarray], agents: tuple[st
         appliance, knee, power = rv("appliance_kw"), rv("knee_kw"), rv("knee_power")
         z = pm.Normal("z", 0.0, 1.0, dims=rep + ("agent",))
         w = pm.Normal("w", 0.0, 1.0, dims=rep + ("agent", "day"))
-        if not rep:
-            mu = shape[None, :] * pm.math.exp(log_level(mean, sd, share, z[:, None], w, xp=pm.math)[:, days])
-        else:
-            level = log_level(mean, sd, share, z[:, :, None], w, xp=pm.math)  # (rep, agent, day)
-            mu = shape[None, None, :] * pm.math.exp(level[:, :, days])
+        level = log_level(mean, sd, share, z[..., None], w, xp=pm.math)  # ([rep,] agent, day)
+        mu = shape * pm.math.exp(level[..., days])  # ([rep,] agent, time)
         a, b = beta_ab(mu, cap, appliance, knee, power, xp=pm.math)
         pm.Potential("readings", weight * pm.logp(pm.Beta.dist(alpha=a, beta=b), y).sum())
     return model
