@@ -6,12 +6,14 @@ Statistical checks use tolerances from the Monte Carlo error of the same run
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
 import bayesflex as bf
 from bayesflex.errors import ConfigError
-from bayesflex.priors import load_priors, sample_priors
+from bayesflex.priors import draw_parameters, load_priors, sample_priors
 
 SHAPE = [0.3] * 12 + [0.5] * 20 + [0.9] * 8 + [0.4] * 8
 BASE = f"""
@@ -321,11 +323,7 @@ def test_draws_in_threads_are_the_serial_draws_and_leave_pytensor_as_found():
     compiler changes and restores around each rewrite, was left at the draws'
     FAST_COMPILE mode (and once with no C compiler), so the conditioning fit that
     followed in the same process ran in Python, 10-20 times slower (CI hung on it)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import pytensor
-
-    from bayesflex.priors import draw_parameters
 
     pri = load_priors("default")
     before = (pytensor.config.mode, pytensor.config.cxx, pytensor.config.linker)

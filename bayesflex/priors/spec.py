@@ -40,6 +40,14 @@ DRAW_MODE = "FAST_COMPILE"
 #: fit's NUTS) then ran in Python, 10-20 times slower
 PYTENSOR_LOCK = threading.RLock()
 
+
+def draw_dist(dist: str, args: dict[str, float], **kwargs) -> np.ndarray:
+    """Seeded draws (seed 0) of PyMC's distribution ``dist`` with ``args``; ``kwargs`` go to ``pm.draw``."""
+    import pymc as pm
+
+    with PYTENSOR_LOCK:
+        return pm.draw(getattr(pm, dist).dist(**args), random_seed=0, mode=DRAW_MODE, **kwargs)
+
 # distributions whose support is (0, inf) or [0, inf) whatever their arguments
 _POSITIVE = {"LogNormal", "Gamma", "HalfNormal", "HalfCauchy", "HalfStudentT", "Exponential", "Weibull",
              "InverseGamma", "ChiSquared", "Wald", "Pareto"}
@@ -71,11 +79,7 @@ class Param:
         1 % of its sd)."""
         if self.fixed:
             return float(self.value)
-        import pymc as pm
-
-        with PYTENSOR_LOCK:
-            dist = getattr(pm, self.dist).dist(**self.kwargs())
-            return float(np.mean(pm.draw(dist, draws=20_000, random_seed=0, mode=DRAW_MODE)))
+        return float(np.mean(draw_dist(self.dist, self.kwargs(), draws=20_000)))
 
     def __str__(self) -> str:
         if self.fixed:
@@ -131,11 +135,8 @@ def parse_param(raw: Any, *, where: str, key: str, domain: str) -> Param:
         raise ConfigError(f"{name}: {described} needs both lower and upper")
     if dist in _BOUNDED and not args.get("lower", -math.inf) < args.get("upper", math.inf):
         raise ConfigError(f"{name}: {described}: lower must be below upper")
-    import pymc as pm
-
     try:
-        with PYTENSOR_LOCK:
-            draw = pm.draw(getattr(pm, dist).dist(**args), random_seed=0, mode=DRAW_MODE)
+        draw = draw_dist(dist, args)
     except Exception as e:  # PyMC raises TypeError/ValueError/ParameterValueError here
         msg = str(e).split("\n")[0]
         raise ConfigError(f"{name}: {described} is not a valid distribution: {msg}") from e
