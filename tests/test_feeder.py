@@ -11,6 +11,7 @@ import pandapower.networks as pn
 import pytest
 
 import bayesflex as bf
+from bayesflex.io.pandapower import feeder_from_pandapower, feeder_from_pandapower_network
 
 TINY_DSS = """\
 Clear
@@ -123,6 +124,31 @@ def test_pandapower_json_round_trip(tmp_path, ieee):
     f = bf.load_feeder(_pp_json(tmp_path, lambda n: None))
     np.testing.assert_array_equal(f.line_z_ohm, ieee.line_z_ohm)
     assert f.agents == ieee.agents
+
+
+def test_a_pandapower_network_is_built_once_per_function_and_arguments(monkeypatch):
+    """pandapower builds a shipped network from its JSON in seconds, so a process builds it once for
+    each function and arguments; other arguments build another network, and both are what a fresh
+    build gives."""
+    calls = []
+    original = pn.ieee_european_lv_asymmetric
+
+    def counted(**kwargs):
+        calls.append(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(pn, "ieee_european_lv_asymmetric", counted)
+    kw = {"name": "cache-check", "origin": f"test {id(calls)}"}  # a key no other test uses
+    load = feeder_from_pandapower_network
+    on_peak = load("ieee_european_lv_asymmetric", {"scenario": "on_peak_566"}, **kw)
+    again = load("ieee_european_lv_asymmetric", {"scenario": "on_peak_566"}, **kw)
+    off_peak = load("ieee_european_lv_asymmetric", {"scenario": "off_peak_1"}, **kw)
+    assert calls == [{"scenario": "on_peak_566"}, {"scenario": "off_peak_1"}]
+    assert again is on_peak
+    fresh = feeder_from_pandapower(original(scenario="off_peak_1"), name="cache-check",
+                                   origin=off_peak.origin)
+    np.testing.assert_array_equal(off_peak.agent_p_kw, fresh.agent_p_kw)
+    assert not np.array_equal(off_peak.agent_p_kw, on_peak.agent_p_kw)
 
 
 def test_all_problems_are_listed_at_once(tmp_path):

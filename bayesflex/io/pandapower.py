@@ -9,6 +9,7 @@ sequence impedances ``c * vn^2 / s_sc_max`` with ``c = 1.1``, as
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -29,7 +30,25 @@ _LOAD_TABLES = ("load", "asymmetric_load", "sgen", "asymmetric_sgen")
 
 
 def feeder_from_pandapower_network(function: str, kwargs: dict, *, name: str, origin: str) -> Feeder:
-    """Build a Feeder from a function of ``pandapower.networks``."""
+    """Build a Feeder from a function of ``pandapower.networks``.
+
+    Built once per process for each function, arguments, name and origin: pandapower takes
+    seconds to build a network from the JSON it ships (about 4 s for the IEEE LV feeder,
+    forty times the conversion), the functions read only pandapower's own files, and a Feeder
+    is immutable.  Arguments JSON cannot hold (a TOML date) are not cached."""
+    try:
+        key = json.dumps(kwargs, sort_keys=True, allow_nan=True)
+    except TypeError:
+        return _feeder_from_network(function, kwargs, name=name, origin=origin)
+    return _cached_feeder_from_network(function, key, name, origin)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_feeder_from_network(function: str, kwargs_json: str, name: str, origin: str) -> Feeder:
+    return _feeder_from_network(function, json.loads(kwargs_json), name=name, origin=origin)
+
+
+def _feeder_from_network(function: str, kwargs: dict, *, name: str, origin: str) -> Feeder:
     import pandapower.networks as pn
 
     fn = getattr(pn, function, None)
