@@ -156,11 +156,14 @@ def test_parallel_equals_serial_bit_for_bit(small_study, ieee):
 
 
 def test_same_seed_reproduces_the_file_and_another_seed_does_not(small_study, tmp_path, ieee):
-    """A study streamed to its file equals the same study built in memory, and
-    the same again; another seed differs; more draws leave the first ones alone."""
+    """A study streamed to its file equals the same study built in memory, and the file
+    read back (its large arrays read from the file, not held in memory), and the same
+    again; another seed differs; more draws leave the first ones alone."""
     streamed = run_study(ieee, "default", draws=CHUNK_DRAWS + 10, seed=11, periods=4, out=tmp_path / "a")
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["result.nc", "result.nc.sha256"]
     xr.testing.assert_identical(_strip(streamed), _strip(small_study))
+    xr.testing.assert_identical(streamed, open_study(tmp_path / "a"))
+    assert not streamed["heuristic"]["adjust_down_kw"].variable._in_memory
     save_study(small_study, tmp_path / "b")
     xr.testing.assert_identical(_strip(open_study(tmp_path / "a")), _strip(open_study(tmp_path / "b")))
     other = run_study(ieee, "default", draws=10, seed=12, periods=4)
