@@ -340,7 +340,10 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_workers_end_within_seconds_after_the_main_process_is_killed(tmp_path):
     out = tmp_path / "o"
-    proc = subprocess.Popen([str(BAYESFLEX), "run", "--draws", "400", "--jobs", "2", "--out", str(out)],
+    # short chunks (4 half-hours), many of them: the first is written within a second of the workers'
+    # start, and the study runs on for ~20 s more
+    proc = subprocess.Popen([str(BAYESFLEX), "run", "--draws", "2000", "--periods", "4", "--jobs", "2",
+                             "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
