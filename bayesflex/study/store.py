@@ -211,9 +211,9 @@ class FileStore(Store):
         file when indexed.  Opening the whole file instead costs ~10 ms a variable (~200)."""
         self.close()
         ensure_space(self.path.parent, sum(ds.nbytes for ds in groups.values()), "the result's summary groups")
-        for g, ds in groups.items():
-            ds.to_netcdf(self.path, mode="a", group=g, engine="h5netcdf", encoding=compressed(ds))
-        xr.Dataset(attrs=attrs).to_netcdf(self.path, mode="a", engine="h5netcdf")
+        summary = xr.DataTree.from_dict({"/": xr.Dataset(attrs=attrs), **groups})  # written in one opening
+        summary.to_netcdf(self.path, mode="a", engine="h5netcdf",
+                          encoding={f"/{g}": compressed(ds) for g, ds in groups.items()})
         install(self.path, self.final)
         import h5py
 
