@@ -1,8 +1,10 @@
 """The random streams of a sample, each a child of ``numpy.random.SeedSequence(seed)``.
 
 A built-in technology's streams sit at fixed positions, so that adding, removing or
-changing one technology never changes another's numbers; a registered technology's
+changing one technology never changes another's random numbers; a registered technology's
 streams are derived from its name (not from its place in the registry), for the same reason.
+(The baseload's draws still depend on the EV, heat-pump and refrigeration ratings, which bound
+it: see ``sampling._baseload``.)
 """
 
 from __future__ import annotations
