@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -164,6 +165,7 @@ def test_same_seed_reproduces_the_file_and_another_seed_does_not(small_study, tm
     xr.testing.assert_identical(_strip(streamed), _strip(small_study))
     xr.testing.assert_identical(streamed, open_study(tmp_path / "a"))
     assert not streamed["heuristic"]["adjust_down_kw"].variable._in_memory
+    xr.testing.assert_identical(pickle.loads(pickle.dumps(streamed)), streamed)  # e.g. sent to a worker
     save_study(small_study, tmp_path / "b")
     xr.testing.assert_identical(_strip(open_study(tmp_path / "a")), _strip(open_study(tmp_path / "b")))
     other = run_study(ieee, "default", draws=10, seed=12, periods=4)

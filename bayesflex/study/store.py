@@ -229,10 +229,20 @@ class FileStore(Store):
 
 
 class _StoredArray(BackendArray):
-    """An array of the result file, read (outer indexing, as h5py allows) when indexed."""
+    """An array of the result file, read (outer indexing, as h5py allows) when indexed.  Pickled,
+    it is the file's path and the array's name, and opens the file again where it is unpickled."""
 
     def __init__(self, dataset):
         self.dataset, self.shape, self.dtype = dataset, dataset.shape, dataset.dtype
+
+    def __getstate__(self) -> tuple[str, str]:
+        return self.dataset.file.filename, self.dataset.name
+
+    def __setstate__(self, state: tuple[str, str]) -> None:
+        import h5py
+
+        path, name = state
+        self.__init__(h5py.File(path, "r")[name])
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER_1VECTOR,
