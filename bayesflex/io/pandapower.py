@@ -37,7 +37,7 @@ def feeder_from_pandapower_network(function: str, kwargs: dict, *, name: str, or
     forty times the conversion), the functions read only pandapower's own files, and a Feeder
     is immutable.  Arguments JSON cannot hold (a TOML date) are not cached."""
     try:
-        key = json.dumps(kwargs, sort_keys=True, allow_nan=True)
+        key = json.dumps(kwargs, sort_keys=True)
     except TypeError:
         return _feeder_from_network(function, kwargs, name=name, origin=origin)
     return _cached_feeder_from_network(function, key, name, origin)

@@ -108,6 +108,16 @@ class Store(ABC):
         """Put draws ``a`` to ``b - 1`` of the large array ``key`` in its place."""
 
     # -- shared --------------------------------------------------------------------------------
+    @staticmethod
+    def _tree(groups: dict[str, xr.Dataset], attrs: dict, big: dict[tuple[str, str], xr.Variable]) -> xr.DataTree:
+        """The summary ``groups`` with the large arrays ``big`` ((group, name) -> variable) put in
+        their groups, and the root ``attrs``."""
+        tree = dict(groups)
+        for (g, name), var in big.items():
+            tree[g] = tree[g].assign({name: var})
+        tree["/"] = xr.Dataset(attrs=attrs)
+        return xr.DataTree.from_dict(tree)
+
     def _sum(self, name: str, v: np.ndarray, a: int, b: int) -> None:
         if name not in self.portfolio:
             self.portfolio[name] = np.empty((self.draws,) + v.shape[1:2])
@@ -140,12 +150,8 @@ class MemoryStore(Store):
         self.big[key][0, a:b] = v
 
     def finish(self, groups: dict[str, xr.Dataset], attrs: dict) -> xr.DataTree:
-        tree = dict(groups)
-        for (g, name), arr in self.big.items():
-            dims, _, _, var_attrs, _ = self.big_meta[(g, name)]
-            tree[g] = tree[g].assign({name: (dims, arr, var_attrs)})
-        tree["/"] = xr.Dataset(attrs=attrs)
-        return xr.DataTree.from_dict(tree)
+        return self._tree(groups, attrs, {key: xr.Variable(self.big_meta[key][0], arr, self.big_meta[key][3])
+                                          for key, arr in self.big.items()})
 
 
 class FileStore(Store):
@@ -184,7 +190,7 @@ class FileStore(Store):
             chunks = (1, min(self.chunk_draws, self.draws)) + tuple(shape)
             var = self._file[g].create_variable(n, dims, dt, chunks=chunks, compression="gzip",
                                                 compression_opts=1, shuffle=True)
-            var.attrs.update({**attrs, **({"dtype": "bool"} if dtype == bool else {})})
+            var.attrs.update(_stored_attrs(attrs, dtype))
             self.big[(g, n)] = var
 
     def _put(self, key: tuple[str, str], v: np.ndarray, a: int, b: int) -> None:
@@ -209,23 +215,26 @@ class FileStore(Store):
         """The tree as :func:`~bayesflex.study.files.open_study` reads it from the finished file:
         the summary groups as they were written (from memory), each large array read from the
         file when indexed.  Opening the whole file instead costs ~10 ms a variable (~200)."""
+        import h5py
+
         self.close()
         ensure_space(self.path.parent, sum(ds.nbytes for ds in groups.values()), "the result's summary groups")
         summary = xr.DataTree.from_dict({"/": xr.Dataset(attrs=attrs), **groups})  # written in one opening
         summary.to_netcdf(self.path, mode="a", engine="h5netcdf",
                           encoding={f"/{g}": compressed(ds) for g, ds in groups.items()})
         install(self.path, self.final)
-        import h5py
-
-        tree = dict(groups)
         source = h5py.File(self.final, "r")  # open while the tree's arrays are (closed with the last)
+        big = {}
         for (g, name), (dims, _, dtype, var_attrs, _) in self.big_meta.items():
-            stored = {**var_attrs, **({"dtype": "bool"} if dtype == bool else {})}
             lazy = indexing.LazilyIndexedArray(_StoredArray(source[f"{g}/{name}"]))
-            var = xr.conventions.decode_cf_variable(name, xr.Variable(dims, lazy, stored))  # int8 -> bool
-            tree[g] = tree[g].assign({name: var})
-        tree["/"] = xr.Dataset(attrs=attrs)
-        return xr.DataTree.from_dict(tree)
+            stored = xr.Variable(dims, lazy, _stored_attrs(var_attrs, dtype))
+            big[(g, name)] = xr.conventions.decode_cf_variable(name, stored)  # int8 -> bool
+        return self._tree(groups, attrs, big)
+
+
+def _stored_attrs(attrs: dict, dtype) -> dict:
+    """A large array's attributes in the file: booleans are int8 there, marked ``dtype = "bool"``."""
+    return {**attrs, **({"dtype": "bool"} if dtype == bool else {})}
 
 
 class _StoredArray(BackendArray):
