@@ -774,9 +774,9 @@ def entry() -> None:  # pragma: no cover - the console script; tests call main()
         _quiet_stdout()
         sys.exit(EXIT_BROKEN_PIPE)
     if _STATE["hard_exit"]:
-        pool = getattr(sys.modules.get("joblib.externals.loky.reusable_executor"), "_executor", None)
-        if pool is not None:  # else loky's tracker reports the pool's semaphores as leaked
-            pool.shutdown(wait=True, kill_workers=True)
+        from bayesflex.study.engine import release_pool  # a study ran: already imported
+
+        release_pool()  # else loky's tracker reports the pool's semaphores as leaked
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

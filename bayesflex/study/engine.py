@@ -13,9 +13,11 @@ thread, so a chunk's numbers are the same bit for bit in any process:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import warnings
@@ -699,7 +701,25 @@ def _workers(backend: str | None, scheduler: str | None, n_jobs: int):
     except ValueError as err:
         raise ConfigError(f"backend {backend!r} unknown (allowed: {', '.join(sorted(BACKENDS))}, "
                           "or one registered with joblib.register_parallel_backend)") from err
-    yield parallel, WAVE * n_jobs
+    try:
+        yield parallel, WAVE * n_jobs
+    except BaseException:
+        release_pool()
+        raise
+
+
+def release_pool() -> None:
+    """Shut loky's worker pool down and free its semaphores here, in this thread.
+
+    A failed chunk makes joblib kill the pool's workers and drop the pool; its semaphores
+    are then garbage in reference cycles, which the next collection frees in whichever
+    thread it runs. When that is one of loky's daemon threads as the interpreter ends, a
+    semaphore can be unlinked but not yet deregistered from loky's resource tracker, which
+    then prints four lines of warnings after the study's own one-line error."""
+    pool = getattr(sys.modules.get("joblib.externals.loky.reusable_executor"), "_executor", None)
+    if pool is not None:
+        pool.shutdown(wait=True, kill_workers=True)
+    gc.collect()
 
 
 @contextmanager
