@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from bayesflex.core.outdir import ensure_space, fresh
-from bayesflex.study.files import compressed, install
+from bayesflex.study.files import StoredArray, compressed, install
 from bayesflex.study.schema import COUNTS, PER_DRAW, PORTFOLIO, RESULT_FILE, SUMS, is_big
 
 __all__ = ["FileStore", "MemoryStore", "Store"]
@@ -226,7 +225,7 @@ class FileStore(Store):
         source = h5py.File(self.final, "r")  # open while the tree's arrays are (closed with the last)
         big = {}
         for (g, name), (dims, _, dtype, var_attrs, _) in self.big_meta.items():
-            lazy = indexing.LazilyIndexedArray(_StoredArray(source[f"{g}/{name}"]))
+            lazy = indexing.LazilyIndexedArray(StoredArray(source[f"{g}/{name}"]))
             stored = xr.Variable(dims, lazy, _stored_attrs(var_attrs, dtype))
             big[(g, name)] = xr.conventions.decode_cf_variable(name, stored)  # int8 -> bool
         return self._tree(groups, attrs, big)
@@ -235,27 +234,3 @@ class FileStore(Store):
 def _stored_attrs(attrs: dict, dtype) -> dict:
     """A large array's attributes in the file: booleans are int8 there, marked ``dtype = "bool"``."""
     return {**attrs, **({"dtype": "bool"} if dtype == bool else {})}
-
-
-class _StoredArray(BackendArray):
-    """An array of the result file, read (outer indexing, as h5py allows) when indexed.  Pickled,
-    it is the file's path and the array's name, and opens the file again where it is unpickled."""
-
-    def __init__(self, dataset):
-        self.dataset, self.shape, self.dtype = dataset, dataset.shape, dataset.dtype
-
-    def __getstate__(self) -> tuple[str, str]:
-        return self.dataset.file.filename, self.dataset.name
-
-    def __setstate__(self, state: tuple[str, str]) -> None:
-        import h5py
-
-        path, name = state
-        self.__init__(h5py.File(path, "r")[name])
-
-    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
-        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER_1VECTOR,
-                                                  self._read)
-
-    def _read(self, key: tuple) -> np.ndarray:
-        return np.asarray(self.dataset[key])
