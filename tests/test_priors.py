@@ -335,3 +335,42 @@ def test_draws_in_threads_are_the_serial_draws_and_leave_pytensor_as_found():
         want = draw_parameters(pri, 5, 3, np.random.SeedSequence(s))
         assert got.keys() == want.keys()
         assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_a_compiled_draw_is_reused_only_for_an_equal_graph_and_draws_what_pm_draw_draws(monkeypatch):
+    """Every chunk of a study draws the same PyTensor graphs, so ``sampling._draw`` keeps the
+    functions it compiled.  Each draw must be pm.draw's (compiled afresh, the reference), and a
+    function is reused only for a graph of the same operations, constants and dimension lengths."""
+    import pymc as pm
+    import pymc.pytensorf
+
+    from bayesflex.priors import sampling
+    from bayesflex.priors.spec import DRAW_MODE
+
+    compiled = []
+    real = pymc.pytensorf.compile
+    monkeypatch.setattr(pymc.pytensorf, "compile", lambda *a, **k: compiled.append(1) or real(*a, **k))
+    monkeypatch.setattr(sampling, "_COMPILED", [])
+
+    def graph(n_agent: int, mu: float):
+        with pm.Model(coords={"agent": np.arange(n_agent)}):
+            return [pm.Normal("x", mu, 1.0, dims="agent"), pm.Gamma("g", alpha=2.0, beta=1.0),
+                    pm.Categorical("c", p=[0.2, 0.8], dims="agent")]
+
+    def check(n_agent: int, mu: float, seed: int, compiles: int) -> list[np.ndarray]:
+        before = len(compiled)
+        got = sampling._draw(graph(n_agent, mu), 6, np.random.default_rng(seed))
+        assert len(compiled) - before == compiles, (n_agent, mu, seed)
+        monkeypatch.setattr(pymc.pytensorf, "compile", real)
+        want = pm.draw(graph(n_agent, mu), draws=6, random_seed=np.random.default_rng(seed), mode=DRAW_MODE)
+        monkeypatch.setattr(pymc.pytensorf, "compile", lambda *a, **k: compiled.append(1) or real(*a, **k))
+        assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want, strict=True))
+        return got
+
+    first = check(4, 0.0, seed=1, compiles=1)
+    again = check(4, 0.0, seed=1, compiles=0)  # reused, reseeded as new
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    check(4, 0.0, seed=2, compiles=0)
+    check(4, 3.0, seed=2, compiles=1)  # another mean: another graph
+    check(7, 0.0, seed=2, compiles=1)  # another dimension length
+    check(4, 0.0, seed=3, compiles=0)  # the first function is still kept

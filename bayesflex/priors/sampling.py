@@ -69,12 +69,57 @@ def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.Se
                 shapes.append((draws, *shape))
             if not rvs:
                 continue
-            values = pm.draw(rvs, draws=draws, random_seed=np.random.default_rng(pymc_stream(seed, tech.name)),
-                             mode=DRAW_MODE)
-            values = values if isinstance(values, list) else [values]
+            values = _draw(rvs, draws, np.random.default_rng(pymc_stream(seed, tech.name)))
             for name, v, shape in zip(names, values, shapes):
-                out[name] = np.asarray(v, float).reshape(shape)  # pm.draw drops the axis when draws == 1
+                out[name] = np.asarray(v, float).reshape(shape)
     return out
+
+
+#: the PyTensor draw functions this process compiled, least recently used first: (outputs, their
+#: random generators, their other shared variables, function); a few, since a study draws the
+#: same graphs in every chunk
+_COMPILED: list[tuple[list, list, list, object]] = []
+_COMPILED_KEPT = 16
+
+
+def _draw(rvs: list, draws: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``pm.draw(rvs, draws=draws, random_seed=rng, mode=DRAW_MODE)`` as a list of (draw, ...)
+    arrays: the same numbers, without compiling a graph equal to one this process drew before.
+
+    Every chunk of a study builds the same graphs (the same distributions, arguments and
+    shapes), and compiling them was half of drawing a chunk's parameters.  A graph found equal
+    to a compiled one reuses that function: ``equal_computations``, the same operations on the
+    same constants, its shared variables taken one for one (random generators, and the
+    lengths of dimensions, whose values must be equal too); the function's generators are
+    reseeded from ``rng`` as ``pm.draw`` seeds a new function's.  Called under ``PYTENSOR_LOCK``."""
+    from pymc.pytensorf import collect_default_updates, reseed_rngs
+    from pymc.pytensorf import compile as compile_pymc
+    from pymc.util import _get_seeds_per_chain
+    from pytensor.compile.sharedvalue import SharedVariable
+    from pytensor.graph.basic import equal_computations
+
+    try:
+        from pytensor.graph.traversal import graph_inputs
+    except ImportError:  # PyTensor before 2.32
+        from pytensor.graph.basic import graph_inputs
+
+    (seed,) = _get_seeds_per_chain(rng, 1)
+    rngs = list(collect_default_updates(inputs=[], outputs=rvs))
+    shared = [v for v in graph_inputs(rvs) if isinstance(v, SharedVariable) and v not in rngs]
+    values = [v.get_value(borrow=True) for v in shared]
+    for i, (outputs, generators, others, fn) in enumerate(_COMPILED):
+        if len(outputs) == len(rvs) and len(generators) == len(rngs) and len(others) == len(shared) and \
+                all(type(a) is type(b) and np.array_equal(a, b) and np.asarray(a).dtype == np.asarray(b).dtype
+                    for a, b in zip(values, (o.get_value(borrow=True) for o in others))) and \
+                equal_computations(rvs, outputs, in_xs=rngs + shared, in_ys=generators + others):
+            _COMPILED.append(_COMPILED.pop(i))
+            reseed_rngs(generators, seed)
+            break
+    else:
+        fn = compile_pymc(inputs=[], outputs=rvs, random_seed=seed, mode=DRAW_MODE)
+        _COMPILED.append((rvs, rngs, shared, fn))
+        del _COMPILED[:-_COMPILED_KEPT]
+    return [np.stack(v) for v in zip(*(fn() for _ in range(draws)))]
 
 
 def _params(par: dict, tech: str) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ probability.  Errors name the file, the key and what is allowed.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import threading
@@ -42,11 +43,24 @@ PYTENSOR_LOCK = threading.RLock()
 
 
 def draw_dist(dist: str, args: dict[str, float], **kwargs) -> np.ndarray:
-    """Seeded draws (seed 0) of PyMC's distribution ``dist`` with ``args``; ``kwargs`` go to ``pm.draw``."""
+    """Seeded draws (seed 0) of PyMC's distribution ``dist`` with ``args``; ``kwargs`` go to ``pm.draw``.
+    Read-only: the same arguments give the same array, drawn once per process (every study reads
+    its priors file, and checking it draws each distribution once and takes some means)."""
+    def frozen(d: dict) -> tuple:
+        return tuple(sorted((k, type(v).__name__, v) for k, v in d.items()))
+
+    return _draw_dist(dist, frozen(args), frozen(kwargs))
+
+
+@functools.lru_cache(maxsize=256)
+def _draw_dist(dist: str, args: tuple, kwargs: tuple) -> np.ndarray:
     import pymc as pm
 
     with PYTENSOR_LOCK:
-        return pm.draw(getattr(pm, dist).dist(**args), random_seed=0, mode=DRAW_MODE, **kwargs)
+        out = np.asarray(pm.draw(getattr(pm, dist).dist(**{k: v for k, _, v in args}), random_seed=0, mode=DRAW_MODE,
+                                 **{k: v for k, _, v in kwargs}))
+    out.flags.writeable = False
+    return out
 
 # distributions whose support is (0, inf) or [0, inf) whatever their arguments
 _POSITIVE = {"LogNormal", "Gamma", "HalfNormal", "HalfCauchy", "HalfStudentT", "Exponential", "Weibull",
