@@ -254,13 +254,23 @@ def net_from_elements(spec: dict, *, origin: str):
     reach = max(max(a["houses"]) * a["span_m"] + a["service_m"] for a in areas)
     pitch = 2.0 * reach + 50.0
     mv_y = 0.25 * reach + 20.0
-    mv = pp.create_bus(net, ext_grid["vn_kv"], name="mv busbar",
-                       geodata=(0.5 * pitch * (len(areas) - 1), mv_y))
-    pp.create_ext_grid(
-        net, mv, vm_pu=ext_grid.get("vm_pu", 1.0), va_degree=0.0, name="mv source",
-        s_sc_max_mva=ext_grid["s_sc_max_mva"], rx_max=ext_grid["rx_max"],
-        x0x_max=ext_grid["x0x_max"], r0x0_max=ext_grid["r0x0_max"],
-    )
+    # the buses and lines in rows, created at once (pandapower's one-element create functions take
+    # ~10 ms each: ~5 s for the two-area feeder's 683); a bus's index is its position in the rows
+    buses: dict[str, list] = {"vn_kv": [], "name": [], "geodata": []}
+    lines: dict[str, list] = {k: [] for k in ("from_buses", "to_buses", "length_km", "name", *_LINE_KEYS)}
+
+    def bus(vn_kv: float, name: str, xy: tuple[float, float]) -> int:
+        for k, v in zip(buses, (vn_kv, name, xy)):
+            buses[k].append(v)
+        return len(buses["name"]) - 1
+
+    def line(f: int, t: int, length_km: float, lt: dict[str, float], name: str) -> None:
+        for k, v in zip(("from_buses", "to_buses", "length_km", "name"), (f, t, length_km, name)):
+            lines[k].append(v)
+        for k in _LINE_KEYS:
+            lines[k].append(lt[k])
+
+    mv = bus(ext_grid["vn_kv"], "mv busbar", (0.5 * pitch * (len(areas) - 1), mv_y))
     q_per_p = math.tan(math.acos(HOUSE_PF))
     seen: set[str] = set()
 
@@ -271,18 +281,19 @@ def net_from_elements(spec: dict, *, origin: str):
         seen.add(name)
         return name
 
+    trafos, loads = [], []
     for ai, area in enumerate(areas):
         a, t = area["name"], area["transformer"]
         x0 = ai * pitch
         lv_kv = t["vn_lv_kv"]
-        busbar = pp.create_bus(net, lv_kv, name=unique(f"{a} lv busbar"), geodata=(x0, 0.0))
-        pp.create_transformer_from_parameters(
-            net, mv, busbar, sn_mva=t["sn_kva"] / 1e3, vn_hv_kv=ext_grid["vn_kv"], vn_lv_kv=lv_kv,
+        busbar = bus(lv_kv, unique(f"{a} lv busbar"), (x0, 0.0))
+        trafos.append(dict(
+            hv_bus=mv, lv_bus=busbar, sn_mva=t["sn_kva"] / 1e3, vn_hv_kv=ext_grid["vn_kv"], vn_lv_kv=lv_kv,
             vk_percent=t["vk_percent"], vkr_percent=t["vkr_percent"], pfe_kw=t["pfe_kw"],
             i0_percent=t["i0_percent"], shift_degree=t["shift_degree"], vector_group=t["vector_group"],
             vk0_percent=t["vk0_percent"], vkr0_percent=t["vkr0_percent"], mag0_percent=t["mag0_percent"],
             mag0_rx=t["mag0_rx"], si0_hv_partial=t["si0_hv_partial"], name=unique(f"{a} transformer"),
-        )
+        ))
         main, service = line_types[area["main_line_type"]], line_types[area["service_line_type"]]
         n_feeders = len(area["houses"])
         span_km, service_km = area["span_m"] / 1e3, area["service_m"] / 1e3
@@ -296,27 +307,33 @@ def net_from_elements(spec: dict, *, origin: str):
             for h in range(1, n_houses + 1):
                 num = f"{h:0{width}d}"
                 d = h * area["span_m"]
-                joint = pp.create_bus(net, lv_kv, name=unique(f"{fdr} j{num}"),
-                                      geodata=(x0 + d * ux, d * uy))
-                _line(pp, net, prev, joint, span_km, main, unique(f"{fdr} main {num}"))
+                joint = bus(lv_kv, unique(f"{fdr} j{num}"), (x0 + d * ux, d * uy))
+                line(prev, joint, span_km, main, unique(f"{fdr} main {num}"))
                 side = 1.0 if h % 2 else -1.0  # houses on both sides of the street
                 sx, sy = -uy * side * area["service_m"], ux * side * area["service_m"]
-                house = pp.create_bus(net, lv_kv, name=unique(f"{fdr}-{num} house"),
-                                      geodata=(x0 + d * ux + sx, d * uy + sy))
-                _line(pp, net, joint, house, service_km, service, unique(f"{fdr}-{num} service"))
+                house = bus(lv_kv, unique(f"{fdr}-{num} house"), (x0 + d * ux + sx, d * uy + sy))
+                line(joint, house, service_km, service, unique(f"{fdr}-{num} service"))
                 pq = {f"p_{ph}_mw": 0.0 for ph in "abc"} | {f"q_{ph}_mvar": 0.0 for ph in "abc"}
                 ph = "abc"[phase % 3]
                 pq[f"p_{ph}_mw"] = HOUSE_P_KW / 1e3
                 pq[f"q_{ph}_mvar"] = HOUSE_P_KW * q_per_p / 1e3
-                pp.create_asymmetric_load(net, house, name=unique(f"{fdr}-{num}"), type="wye", **pq)
+                loads.append((house, unique(f"{fdr}-{num}"), pq))
                 phase += 1
                 prev = joint
+    pp.create_buses(net, len(buses["name"]), buses["vn_kv"], name=buses["name"], geodata=buses["geodata"])
+    pp.create_ext_grid(
+        net, mv, vm_pu=ext_grid.get("vm_pu", 1.0), va_degree=0.0, name="mv source",
+        s_sc_max_mva=ext_grid["s_sc_max_mva"], rx_max=ext_grid["rx_max"],
+        x0x_max=ext_grid["x0x_max"], r0x0_max=ext_grid["r0x0_max"],
+    )
+    for trafo in trafos:
+        pp.create_transformer_from_parameters(net, **trafo)
+    pp.create_lines_from_parameters(net, **lines, type="cs", g0_us_per_km=0.0)
+    for house, name, pq in loads:
+        pp.create_asymmetric_load(net, house, name=name, type="wye", **pq)
     return net
 
 
-def _line(pp, net, f: int, t: int, length_km: float, lt: dict[str, float], name: str) -> None:
-    pp.create_line_from_parameters(
-        net, f, t, length_km=length_km, r_ohm_per_km=lt["r_ohm_per_km"], x_ohm_per_km=lt["x_ohm_per_km"],
-        c_nf_per_km=lt["c_nf_per_km"], max_i_ka=lt["max_i_ka"], r0_ohm_per_km=lt["r0_ohm_per_km"],
-        x0_ohm_per_km=lt["x0_ohm_per_km"], c0_nf_per_km=lt["c0_nf_per_km"], name=name, type="cs",
-    )
+#: what a line takes from its line type
+_LINE_KEYS = ("r_ohm_per_km", "x_ohm_per_km", "c_nf_per_km", "max_i_ka", "r0_ohm_per_km", "x0_ohm_per_km",
+              "c0_nf_per_km")
