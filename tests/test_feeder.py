@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import pickle
 
 import numpy as np
@@ -91,8 +93,14 @@ def test_bad_opendss_feeders_get_clear_errors(tmp_path, kwargs, words):
         assert w in str(e.value), str(e.value)
 
 
+@functools.cache
+def _ieee_net():
+    """pandapower's IEEE European LV network, built once (~3 s from the JSON pandapower ships)."""
+    return pn.ieee_european_lv_asymmetric("on_peak_566")
+
+
 def _pp_json(tmp_path, change):
-    net = pn.ieee_european_lv_asymmetric("on_peak_566")
+    net = copy.deepcopy(_ieee_net())
     change(net)
     path = tmp_path / "net.json"
     pp.to_json(net, str(path))
