@@ -197,6 +197,40 @@ def test_the_reader_reads_what_xarray_writes_as_xarray_reads_it(tmp_path):
     _same_tree(read_tree(path), xr.open_datatree(path, engine="h5netcdf"))
 
 
+def test_a_lazily_read_tree_pickles_from_anywhere_closes_and_unusual_files_are_xarray_s(tmp_path, monkeypatch):
+    """What read_tree leaves to xarray it reads as xarray does: an unlimited dimension with a shorter
+    variable (xarray pads it). A tree whose arrays stay in the file pickles by the file's absolute
+    path (unpickled in another folder, it reads the same numbers), and closing it closes the file
+    (the file can be written again)."""
+    import pickle
+
+    import h5netcdf
+
+    from bayesflex.study import files
+    from bayesflex.study.files import read_tree
+
+    unlimited = tmp_path / "unlimited.nc"
+    with h5netcdf.File(unlimited, "w") as f:
+        f.dimensions["t"] = None
+        f.resize_dimension("t", 4)
+        f.create_variable("a", ("t",), float)[:] = np.arange(4.0)
+        b = f.create_variable("b", ("t",), float, fillvalue=-9.0)
+        b._h5ds.resize((2,))
+        b._h5ds[:] = [7.0, 8.0]
+    _same_tree(read_tree(unlimited), xr.open_datatree(unlimited, engine="h5netcdf"))
+
+    monkeypatch.setattr(files, "LAZY_ELEMENTS", 10)
+    path = tmp_path / "lazy.nc"
+    xr.Dataset({"f": (("x",), np.arange(50.0))}).to_netcdf(path, engine="h5netcdf")
+    monkeypatch.chdir(tmp_path)
+    tree = read_tree(Path("lazy.nc"))
+    sent = pickle.dumps(tree)
+    monkeypatch.chdir("/")
+    assert float(pickle.loads(sent)["f"].sum()) == float(np.arange(50.0).sum())
+    tree.close()
+    xr.Dataset({"g": 1.0}).to_netcdf(path, engine="h5netcdf")  # a file still open here could not be truncated
+
+
 #: the maps' scale, written out by hand: (label, lowest probability in the bin), last bin first
 SCALE_BY_HAND = (("≥ 20 %", 0.20), ("5–20 %", 0.05), ("1–5 %", 0.01), ("< 1 %", 1e-300), ("0 draws", 0.0))
 

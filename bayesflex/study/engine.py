@@ -704,12 +704,13 @@ def _workers(backend: str | None, scheduler: str | None, n_jobs: int):
     try:
         yield parallel, WAVE * n_jobs
     except BaseException:
-        release_pool()
+        if backend in (None, "loky"):
+            release_pool()
         raise
 
 
-def release_pool() -> None:
-    """Shut loky's worker pool down and free its semaphores here, in this thread.
+def release_pool(collect: bool = True) -> None:
+    """Shut loky's worker pool down and (``collect``) free its semaphores here, in this thread.
 
     A failed chunk makes joblib kill the pool's workers and drop the pool; its semaphores
     are then garbage in reference cycles, which the next collection frees in whichever
@@ -719,7 +720,8 @@ def release_pool() -> None:
     pool = getattr(sys.modules.get("joblib.externals.loky.reusable_executor"), "_executor", None)
     if pool is not None:
         pool.shutdown(wait=True, kill_workers=True)
-    gc.collect()
+    if collect:
+        gc.collect()
 
 
 @contextmanager

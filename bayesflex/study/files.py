@@ -24,8 +24,8 @@ from bayesflex.core.outdir import fresh, regular
 from bayesflex.errors import ConfigError
 from bayesflex.study.schema import RESULT_FILE
 
-__all__ = ["CHECKSUM_SUFFIX", "DERIVED_FILES", "StoredArray", "checksum_path", "compressed", "file_sha256",
-           "install", "open_study", "read_tree", "save_study", "verify_result"]
+__all__ = ["CHECKSUM_SUFFIX", "DERIVED_FILES", "FileCloser", "StoredArray", "checksum_path", "compressed",
+           "file_sha256", "install", "open_study", "read_tree", "save_study", "verify_result"]
 
 #: the result's checksum file: ``result.nc.sha256``
 CHECKSUM_SUFFIX = ".sha256"
@@ -121,10 +121,6 @@ def open_study(path: str | Path, *, verify: bool = True) -> xr.DataTree:
 LAZY_ELEMENTS = 100_000
 #: what netCDF-4 writes on a dimension that has no coordinate variable
 _DIMENSION_ONLY = b"This is a netCDF dimension but not a netCDF variable"
-#: HDF5 attributes of netCDF-4's own bookkeeping: not the variable's
-_HIDDEN = frozenset({"REFERENCE_LIST", "CLASS", "DIMENSION_LIST", "NAME", "_Netcdf4Dimid", "_Netcdf4Coordinates",
-                     "_nc3_strict", "_NCProperties"})
-
 
 class _Unusual(Exception):
     """The file holds something :func:`read_tree` does not read itself (xarray reads it)."""
@@ -141,8 +137,8 @@ def read_tree(path: Path) -> xr.DataTree:
     decodes the variables with xarray's CF decoding.  Arrays above
     :data:`LAZY_ELEMENTS` elements are read when indexed (:class:`StoredArray`).
     A file laid out otherwise than the netCDF-4 files xarray writes (a
-    variable without dimension ids, a coordinate of several dimensions) is
-    read by xarray."""
+    variable without dimension ids, a coordinate of several dimensions, a
+    dimension id used twice), or that it cannot decode, is read by xarray."""
     import h5py
     from h5netcdf.attrs import Attributes
 
@@ -159,7 +155,10 @@ def read_tree(path: Path) -> xr.DataTree:
         dims = dict(outer)  # netCDF-4 dimension id -> name; a group sees its ancestors' dimensions
         for name, obj in datasets:
             if obj.attrs.get("CLASS") == b"DIMENSION_SCALE":
-                dims[int(obj.attrs["_Netcdf4Dimid"])] = name
+                dimid = int(obj.attrs["_Netcdf4Dimid"])
+                if dimid in outer:  # ids are the file's, not the group's: an id used twice is not ours to read
+                    raise _Unusual(obj.name)
+                dims[dimid] = name
         variables = {}
         for name, obj in datasets:
             kind = obj.attrs.get("CLASS")
@@ -180,13 +179,17 @@ def read_tree(path: Path) -> xr.DataTree:
                 visit(obj, f"{where.rstrip('/')}/{name}", dims)
 
     groups: dict[str, xr.Dataset] = {}
-    source = h5py.File(path, "r")  # open while the tree's lazy arrays are (closed with the last)
+    # open while the tree's lazy arrays are (closed with the last, or by the tree's close());
+    # by its absolute path, which a lazy array pickles
+    source = h5py.File(os.path.abspath(path), "r")
     try:
         visit(source, "/", {})
-    except (_Unusual, KeyError):
+        tree = xr.DataTree.from_dict({k: xr.decode_cf(ds) for k, ds in groups.items()})
+    except Exception:  # noqa: BLE001 - whatever this reader cannot read, xarray's reads (or says why not)
         source.close()
         return xr.open_datatree(path, engine="h5netcdf")
-    return xr.DataTree.from_dict({k: xr.decode_cf(ds) for k, ds in groups.items()})
+    tree.set_close(FileCloser(source))
+    return tree
 
 
 def _values(dataset):
@@ -200,6 +203,21 @@ def _values(dataset):
     if dataset.size > LAZY_ELEMENTS:
         return indexing.LazilyIndexedArray(StoredArray(dataset))
     return dataset[()]
+
+
+class FileCloser:
+    """A tree's ``close``: closes the file it reads.  Pickled, it closes nothing: the unpickled
+    tree's arrays open the file again for themselves (:class:`StoredArray`)."""
+
+    def __init__(self, source=None):
+        self.source = source
+
+    def __call__(self) -> None:
+        if self.source is not None:
+            self.source.close()
+
+    def __reduce__(self):
+        return FileCloser, ()
 
 
 class StoredArray(BackendArray):

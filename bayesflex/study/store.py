@@ -25,7 +25,7 @@ import xarray as xr
 from xarray.core import indexing
 
 from bayesflex.core.outdir import ensure_space, fresh
-from bayesflex.study.files import StoredArray, compressed, install
+from bayesflex.study.files import FileCloser, StoredArray, compressed, install
 from bayesflex.study.schema import COUNTS, PER_DRAW, PORTFOLIO, RESULT_FILE, SUMS, is_big
 
 __all__ = ["FileStore", "MemoryStore", "Store"]
@@ -222,13 +222,16 @@ class FileStore(Store):
         summary.to_netcdf(self.path, mode="a", engine="h5netcdf",
                           encoding={f"/{g}": compressed(ds) for g, ds in groups.items()})
         install(self.path, self.final)
-        source = h5py.File(self.final, "r")  # open while the tree's arrays are (closed with the last)
+        source = h5py.File(self.final.absolute(), "r")  # open while the tree's arrays are (closed with the
+        # last); by its absolute path, which a lazy array pickles
         big = {}
         for (g, name), (dims, _, dtype, var_attrs, _) in self.big_meta.items():
             lazy = indexing.LazilyIndexedArray(StoredArray(source[f"{g}/{name}"]))
             stored = xr.Variable(dims, lazy, _stored_attrs(var_attrs, dtype))
             big[(g, name)] = xr.conventions.decode_cf_variable(name, stored)  # int8 -> bool
-        return self._tree(groups, attrs, big)
+        tree = self._tree(groups, attrs, big)
+        tree.set_close(FileCloser(source))
+        return tree
 
 
 def _stored_attrs(attrs: dict, dtype) -> dict:
