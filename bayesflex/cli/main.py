@@ -774,9 +774,12 @@ def entry() -> None:  # pragma: no cover - the console script; tests call main()
         _quiet_stdout()
         sys.exit(EXIT_BROKEN_PIPE)
     if _STATE["hard_exit"]:
-        engine = sys.modules.get("bayesflex.study.engine")  # imported if a study ran (not imported here: ~2.5 s)
-        if engine is not None:  # else loky's tracker reports the pool's semaphores as leaked; no collection
-            engine.release_pool(collect=False)  # here: it could free the failed write's HDF5 objects
+        # the worker pool shut down, else loky's tracker reports its semaphores as leaked; without a
+        # garbage collection, which could free the failed write's HDF5 objects.  The engine is in
+        # sys.modules if a study ran (importing it here would take ~2.5 s for nothing)
+        engine = sys.modules.get("bayesflex.study.engine")
+        if engine is not None:
+            engine.release_pool(collect=False)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -255,20 +255,16 @@ def net_from_elements(spec: dict, *, origin: str):
     pitch = 2.0 * reach + 50.0
     mv_y = 0.25 * reach + 20.0
     # the buses and lines in rows, created at once (pandapower's one-element create functions take
-    # ~10 ms each: ~5 s for the two-area feeder's 683); a bus's index is its position in the rows
-    buses: dict[str, list] = {"vn_kv": [], "name": [], "geodata": []}
-    lines: dict[str, list] = {k: [] for k in ("from_buses", "to_buses", "length_km", "name", *_LINE_KEYS)}
+    # ~10 ms each: ~5 s for the two-area feeder's 683); a bus's index is its row's position
+    bus_rows: list[tuple[float, str, tuple[float, float]]] = []  # (vn_kv, name, geodata)
+    line_rows: list[tuple[int, int, float, dict, str]] = []  # (from, to, length_km, line type, name)
 
     def bus(vn_kv: float, name: str, xy: tuple[float, float]) -> int:
-        for k, v in zip(buses, (vn_kv, name, xy)):
-            buses[k].append(v)
-        return len(buses["name"]) - 1
+        bus_rows.append((vn_kv, name, xy))
+        return len(bus_rows) - 1
 
     def line(f: int, t: int, length_km: float, lt: dict[str, float], name: str) -> None:
-        for k, v in zip(("from_buses", "to_buses", "length_km", "name"), (f, t, length_km, name)):
-            lines[k].append(v)
-        for k in _LINE_KEYS:
-            lines[k].append(lt[k])
+        line_rows.append((f, t, length_km, lt, name))
 
     mv = bus(ext_grid["vn_kv"], "mv busbar", (0.5 * pitch * (len(areas) - 1), mv_y))
     q_per_p = math.tan(math.acos(HOUSE_PF))
@@ -320,7 +316,8 @@ def net_from_elements(spec: dict, *, origin: str):
                 loads.append((house, unique(f"{fdr}-{num}"), pq))
                 phase += 1
                 prev = joint
-    pp.create_buses(net, len(buses["name"]), buses["vn_kv"], name=buses["name"], geodata=buses["geodata"])
+    vn_kv, names, geodata = zip(*bus_rows)
+    pp.create_buses(net, len(bus_rows), list(vn_kv), name=list(names), geodata=list(geodata))
     pp.create_ext_grid(
         net, mv, vm_pu=ext_grid.get("vm_pu", 1.0), va_degree=0.0, name="mv source",
         s_sc_max_mva=ext_grid["s_sc_max_mva"], rx_max=ext_grid["rx_max"],
@@ -328,7 +325,10 @@ def net_from_elements(spec: dict, *, origin: str):
     )
     for trafo in trafos:
         pp.create_transformer_from_parameters(net, **trafo)
-    pp.create_lines_from_parameters(net, **lines, type="cs", g0_us_per_km=0.0)
+    from_bus, to_bus, length_km, types, line_names = zip(*line_rows)
+    pp.create_lines_from_parameters(net, list(from_bus), list(to_bus), length_km=list(length_km),
+                                    name=list(line_names), type="cs", g0_us_per_km=0.0,
+                                    **{k: [lt[k] for lt in types] for k in _LINE_KEYS})
     for house, name, pq in loads:
         pp.create_asymmetric_load(net, house, name=name, type="wye", **pq)
     return net

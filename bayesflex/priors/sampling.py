@@ -103,15 +103,20 @@ def _draw(rvs: list, draws: int, rng: np.random.Generator) -> list[np.ndarray]:
     except ImportError:  # PyTensor before 2.32
         from pytensor.graph.basic import graph_inputs
 
+    def same(outputs: list, generators: list, others: list) -> bool:
+        """Whether a compiled graph is this one: equal values in its shared variables, equal operations."""
+        if (len(outputs), len(generators), len(others)) != (len(rvs), len(rngs), len(shared)):
+            return False
+        for a, b in zip((v.get_value(borrow=True) for v in shared), (o.get_value(borrow=True) for o in others)):
+            if type(a) is not type(b) or np.asarray(a).dtype != np.asarray(b).dtype or not np.array_equal(a, b):
+                return False
+        return equal_computations(rvs, outputs, in_xs=rngs + shared, in_ys=generators + others)
+
     (seed,) = _get_seeds_per_chain(rng, 1)
     rngs = list(collect_default_updates(inputs=[], outputs=rvs))
     shared = [v for v in graph_inputs(rvs) if isinstance(v, SharedVariable) and v not in rngs]
-    values = [v.get_value(borrow=True) for v in shared]
     for i, (outputs, generators, others, fn) in enumerate(_COMPILED):
-        if len(outputs) == len(rvs) and len(generators) == len(rngs) and len(others) == len(shared) and \
-                all(type(a) is type(b) and np.array_equal(a, b) and np.asarray(a).dtype == np.asarray(b).dtype
-                    for a, b in zip(values, (o.get_value(borrow=True) for o in others))) and \
-                equal_computations(rvs, outputs, in_xs=rngs + shared, in_ys=generators + others):
+        if same(outputs, generators, others):
             _COMPILED.append(_COMPILED.pop(i))
             reseed_rngs(generators, seed)
             break

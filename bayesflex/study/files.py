@@ -25,7 +25,7 @@ from bayesflex.errors import ConfigError
 from bayesflex.study.schema import RESULT_FILE
 
 __all__ = ["CHECKSUM_SUFFIX", "DERIVED_FILES", "FileCloser", "StoredArray", "checksum_path", "compressed",
-           "file_sha256", "install", "open_study", "read_tree", "save_study", "verify_result"]
+           "file_sha256", "install", "open_read", "open_study", "read_tree", "save_study", "stored", "verify_result"]
 
 #: the result's checksum file: ``result.nc.sha256``
 CHECKSUM_SUFFIX = ".sha256"
@@ -122,6 +122,7 @@ LAZY_ELEMENTS = 100_000
 #: what netCDF-4 writes on a dimension that has no coordinate variable
 _DIMENSION_ONLY = b"This is a netCDF dimension but not a netCDF variable"
 
+
 class _Unusual(Exception):
     """The file holds something :func:`read_tree` does not read itself (xarray reads it)."""
 
@@ -151,17 +152,21 @@ def read_tree(path: Path) -> xr.DataTree:
         return out
 
     def visit(group, where: str, outer: dict[int, str]) -> None:
-        datasets = [(name, obj) for name, obj in group.items() if isinstance(obj, h5py.Dataset)]
+        datasets, children = [], []  # (name, dataset, its CLASS attribute), (name, group)
+        for name, obj in group.items():
+            if isinstance(obj, h5py.Group):
+                children.append((name, obj))
+            else:
+                datasets.append((name, obj, obj.attrs.get("CLASS")))
         dims = dict(outer)  # netCDF-4 dimension id -> name; a group sees its ancestors' dimensions
-        for name, obj in datasets:
-            if obj.attrs.get("CLASS") == b"DIMENSION_SCALE":
+        for name, obj, kind in datasets:
+            if kind == b"DIMENSION_SCALE":
                 dimid = int(obj.attrs["_Netcdf4Dimid"])
                 if dimid in outer:  # ids are the file's, not the group's: an id used twice is not ours to read
                     raise _Unusual(obj.name)
                 dims[dimid] = name
         variables = {}
-        for name, obj in datasets:
-            kind = obj.attrs.get("CLASS")
+        for name, obj, kind in datasets:
             if kind == b"DIMENSION_SCALE" and bytes(obj.attrs.get("NAME", b"")).startswith(_DIMENSION_ONLY):
                 continue  # a dimension without coordinates
             if kind == b"DIMENSION_SCALE" and obj.ndim == 1 and not name.startswith("_nc4_non_coord_"):
@@ -174,14 +179,11 @@ def read_tree(path: Path) -> xr.DataTree:
                 raise _Unusual(obj.name)
             variables[name.removeprefix("_nc4_non_coord_")] = xr.Variable(on, _values(obj), attributes(obj))
         groups[where] = xr.Dataset(variables, attrs=attributes(group))
-        for name, obj in group.items():
-            if isinstance(obj, h5py.Group):
-                visit(obj, f"{where.rstrip('/')}/{name}", dims)
+        for name, obj in children:
+            visit(obj, f"{where.rstrip('/')}/{name}", dims)
 
     groups: dict[str, xr.Dataset] = {}
-    # open while the tree's lazy arrays are (closed with the last, or by the tree's close());
-    # by its absolute path, which a lazy array pickles
-    source = h5py.File(os.path.abspath(path), "r")
+    source = open_read(path)
     try:
         visit(source, "/", {})
         tree = xr.DataTree.from_dict({k: xr.decode_cf(ds) for k, ds in groups.items()})
@@ -200,9 +202,20 @@ def _values(dataset):
     info = h5py.check_string_dtype(dataset.dtype)
     if info is not None and info.length is None:  # variable-length strings
         return np.asarray(dataset.asstr()[()], dtype=str)
-    if dataset.size > LAZY_ELEMENTS:
-        return indexing.LazilyIndexedArray(StoredArray(dataset))
-    return dataset[()]
+    return stored(dataset) if dataset.size > LAZY_ELEMENTS else dataset[()]
+
+
+def open_read(path: str | Path):
+    """An HDF5 file opened for reading by its absolute path, which a lazy array pickles; it stays
+    open while the arrays read from it do (closed with the last, or by a tree's :class:`FileCloser`)."""
+    import h5py
+
+    return h5py.File(os.path.abspath(path), "r")
+
+
+def stored(dataset) -> indexing.LazilyIndexedArray:
+    """An HDF5 dataset as the data of an xarray variable, read when indexed."""
+    return indexing.LazilyIndexedArray(StoredArray(dataset))
 
 
 class FileCloser:

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from xarray.core import indexing
 
 from bayesflex.core.outdir import ensure_space, fresh
-from bayesflex.study.files import FileCloser, StoredArray, compressed, install
+from bayesflex.study.files import FileCloser, compressed, install, open_read, stored
 from bayesflex.study.schema import COUNTS, PER_DRAW, PORTFOLIO, RESULT_FILE, SUMS, is_big
 
 __all__ = ["FileStore", "MemoryStore", "Store"]
@@ -214,21 +213,17 @@ class FileStore(Store):
         """The tree as :func:`~bayesflex.study.files.open_study` reads it from the finished file:
         the summary groups as they were written (from memory), each large array read from the
         file when indexed.  Opening the whole file instead costs ~10 ms a variable (~200)."""
-        import h5py
-
         self.close()
         ensure_space(self.path.parent, sum(ds.nbytes for ds in groups.values()), "the result's summary groups")
         summary = xr.DataTree.from_dict({"/": xr.Dataset(attrs=attrs), **groups})  # written in one opening
         summary.to_netcdf(self.path, mode="a", engine="h5netcdf",
                           encoding={f"/{g}": compressed(ds) for g, ds in groups.items()})
         install(self.path, self.final)
-        source = h5py.File(self.final.absolute(), "r")  # open while the tree's arrays are (closed with the
-        # last); by its absolute path, which a lazy array pickles
+        source = open_read(self.final)
         big = {}
         for (g, name), (dims, _, dtype, var_attrs, _) in self.big_meta.items():
-            lazy = indexing.LazilyIndexedArray(StoredArray(source[f"{g}/{name}"]))
-            stored = xr.Variable(dims, lazy, _stored_attrs(var_attrs, dtype))
-            big[(g, name)] = xr.conventions.decode_cf_variable(name, stored)  # int8 -> bool
+            var = xr.Variable(dims, stored(source[f"{g}/{name}"]), _stored_attrs(var_attrs, dtype))
+            big[(g, name)] = xr.conventions.decode_cf_variable(name, var)  # int8 -> bool
         tree = self._tree(groups, attrs, big)
         tree.set_close(FileCloser(source))
         return tree
