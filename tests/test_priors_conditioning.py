@@ -10,7 +10,7 @@ from scipy import stats
 from bayesflex.errors import ConfigError
 from bayesflex.priors import condition, draw_parameters, load_priors, read_observations, sample_priors
 from bayesflex.priors.baseload import day_index, level_log, simulate
-from bayesflex.priors.conditioning import TARGET_ACCEPT, baseload_data, baseload_model
+from bayesflex.priors.conditioning import FIT_MODE, TARGET_ACCEPT, baseload_data, baseload_model
 from bayesflex.priors.spec import DRAW_MODE
 
 AGENTS = ("LOAD1", "LOAD2", "LOAD3", "LOAD4")
@@ -137,7 +137,7 @@ def _prior_scaled_nuts(model):
     var = DictToArrayBijection.map({n: prior[n].var(0) for n in names}).data
     potential = QuadPotentialDiagAdapt(len(mean), mean, var, 10, discard_window=10, early_update=True)
     with model:
-        return pm.NUTS(potential=potential, target_accept=TARGET_ACCEPT)
+        return pm.NUTS(potential=potential, target_accept=TARGET_ACCEPT, compile_kwargs={"mode": FIT_MODE})
 
 
 def _sbc_draws(seed: int = 2026):
