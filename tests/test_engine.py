@@ -245,9 +245,7 @@ def test_a_study_conditioned_on_meter_readings_draws_the_observed_agent_nearer_t
     observed agents named), and LOAD1's drawn baseload in the horizon lies, on average over the
     draws, nearer its readings at those half-hours than the prior's draws (small_study: the same
     horizon, unconditioned).  NUTS is cut to one chain of 200 draws here (the engine's default fit
-    takes ~40 s); the engine's path is the same.  Two meters, not one: PyTensor compiles a fit to
-    one meter (an agent axis of length 1 broadcasts) into C modules of its own, 35 s on a machine
-    with an empty compile cache, as every CI machine has; with two it reuses the other fits'."""
+    takes ~40 s); the engine's path is the same."""
     from bayesflex import priors as pri_mod
     from bayesflex.priors.conditioning import condition
 
