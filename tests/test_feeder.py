@@ -13,7 +13,7 @@ import pandapower.networks as pn
 import pytest
 
 import bayesflex as bf
-from bayesflex.io.pandapower import feeder_from_pandapower, feeder_from_pandapower_network
+from bayesflex.io.pandapower import _cached_network, feeder_from_pandapower, feeder_from_pandapower_network
 
 TINY_DSS = """\
 Clear
@@ -136,8 +136,8 @@ def test_pandapower_json_round_trip(tmp_path, ieee):
 
 def test_a_pandapower_network_is_built_once_per_function_and_arguments(monkeypatch):
     """pandapower builds a shipped network from its JSON in seconds, so a process builds it once for
-    each function and arguments; other arguments build another network, and both are what a fresh
-    build gives."""
+    each function and arguments, whatever file names it; other arguments build another network,
+    and both are what a fresh build gives."""
     calls = []
     original = pn.ieee_european_lv_asymmetric
 
@@ -146,17 +146,25 @@ def test_a_pandapower_network_is_built_once_per_function_and_arguments(monkeypat
         return original(**kwargs)
 
     monkeypatch.setattr(pn, "ieee_european_lv_asymmetric", counted)
+    _cached_network.cache_clear()  # networks other tests of this process built
     kw = {"name": "cache-check", "origin": f"test {id(calls)}"}  # a key no other test uses
     load = feeder_from_pandapower_network
     on_peak = load("ieee_european_lv_asymmetric", {"scenario": "on_peak_566"}, **kw)
     again = load("ieee_european_lv_asymmetric", {"scenario": "on_peak_566"}, **kw)
     off_peak = load("ieee_european_lv_asymmetric", {"scenario": "off_peak_1"}, **kw)
+    elsewhere = load("ieee_european_lv_asymmetric", {"scenario": "off_peak_1"}, name="moved",
+                     origin=f"elsewhere {id(calls)}")  # another file naming the same network
     assert calls == [{"scenario": "on_peak_566"}, {"scenario": "off_peak_1"}]
     assert again is on_peak
     fresh = feeder_from_pandapower(original(scenario="off_peak_1"), name="cache-check",
                                    origin=off_peak.origin)
     np.testing.assert_array_equal(off_peak.agent_p_kw, fresh.agent_p_kw)
     assert not np.array_equal(off_peak.agent_p_kw, on_peak.agent_p_kw)
+    assert (elsewhere.name, elsewhere.origin) == ("moved", f"elsewhere {id(calls)} (pandapower.networks."
+                                                 "ieee_european_lv_asymmetric)")
+    for field in dataclasses.fields(fresh):  # the same network but for its name and origin
+        if field.name not in ("name", "origin"):
+            np.testing.assert_array_equal(getattr(elsewhere, field.name), getattr(fresh, field.name), field.name)
 
 
 def test_all_problems_are_listed_at_once(tmp_path):

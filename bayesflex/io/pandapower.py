@@ -34,30 +34,39 @@ _LOAD_TABLES = ("load", "asymmetric_load", "sgen", "asymmetric_sgen")
 def feeder_from_pandapower_network(function: str, kwargs: dict, *, name: str, origin: str) -> Feeder:
     """Build a Feeder from a function of ``pandapower.networks``.
 
-    Built once per process for each function, arguments, name and origin: pandapower takes
-    seconds to build a network from the JSON it ships (about 4 s for the IEEE LV feeder,
-    forty times the conversion), the functions read only pandapower's own files, and a Feeder
-    is immutable.  Arguments JSON cannot hold (a TOML date) are not cached."""
+    pandapower takes seconds to build a network from the JSON it ships (about 4 s for the IEEE
+    LV feeder, ten times the conversion) and its functions read only pandapower's own files, so
+    a process builds each function's network once for each arguments (and converts a copy of it
+    for each name and origin), and keeps the Feeder built for each function, arguments, name and
+    origin (a Feeder is immutable).  Arguments JSON cannot hold (a TOML date) are not cached."""
     try:
         key = json.dumps(kwargs, sort_keys=True)
     except TypeError:
-        return _feeder_from_network(function, kwargs, name=name, origin=origin)
+        return _feeder_from_network(function, kwargs, None, name=name, origin=origin)
     return _cached_feeder_from_network(function, key, name, origin)
 
 
 @functools.lru_cache(maxsize=8)
 def _cached_feeder_from_network(function: str, kwargs_json: str, name: str, origin: str) -> Feeder:
-    return _feeder_from_network(function, json.loads(kwargs_json), name=name, origin=origin)
+    return _feeder_from_network(function, json.loads(kwargs_json), kwargs_json, name=name, origin=origin)
 
 
-def _feeder_from_network(function: str, kwargs: dict, *, name: str, origin: str) -> Feeder:
+@functools.lru_cache(maxsize=4)
+def _cached_network(function: str, kwargs_json: str):
+    """``pandapower.networks.<function>(**kwargs)``, built once a process; callers convert a copy."""
+    import pandapower.networks as pn
+
+    return getattr(pn, function)(**json.loads(kwargs_json))
+
+
+def _feeder_from_network(function: str, kwargs: dict, kwargs_json: str | None, *, name: str, origin: str) -> Feeder:
     import pandapower.networks as pn
 
     fn = getattr(pn, function, None)
     if not callable(fn):
         raise FeederError(origin, f"[source] network: pandapower.networks has no function {function!r}")
     try:
-        net = fn(**kwargs)
+        net = fn(**kwargs) if kwargs_json is None else copy.deepcopy(_cached_network(function, kwargs_json))
     except (TypeError, ValueError, KeyError) as e:  # a keyword or value the function does not take
         raise FeederError(origin, f"[source] kwargs {kwargs!r} not accepted by {function}: {e}") from e
     return feeder_from_pandapower(net, name=name, origin=f"{origin} (pandapower.networks.{function})")
