@@ -6,6 +6,7 @@ import html
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -159,6 +160,21 @@ def _same_tree(ours: xr.DataTree, reference: xr.DataTree) -> None:
             assert a[k].dtype == v.dtype, (node.path, k)
             assert {n: type(x) for n, x in a[k].attrs.items()} == {n: type(x) for n, x in v.attrs.items()}
         assert {n: type(x) for n, x in a.attrs.items()} == {n: type(x) for n, x in b.attrs.items()}
+
+
+def test_the_netcdf_c_library_reads_the_file_as_h5netcdf_does(study, tmp_path):
+    """The file is netCDF-4 as its reference library reads it: xarray through netCDF-C (the
+    netCDF4 engine, which also writes the summary groups) and through h5netcdf (the large arrays,
+    streamed during the study) give the same tree.  netCDF-C reads in a process of its own, as a
+    user's would: this one has the file open through h5py (see ARCHITECTURE.md)."""
+    path, pickled = study / RESULT_FILE, tmp_path / "netcdf_c.pickle"
+    code = ("import pickle, xarray as xr\n"
+            f"tree = xr.open_datatree({str(path)!r}, engine='netcdf4').load()\n"
+            f"open({str(pickled)!r}, 'wb').write(pickle.dumps(tree))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
+    assert out.returncode == 0, out.stderr
+    with xr.open_datatree(path, engine="h5netcdf") as h:
+        _same_tree(pickle.loads(pickled.read_bytes()), h.load())
 
 
 def test_a_study_opens_as_xarray_reads_it_and_its_large_arrays_when_indexed(study, monkeypatch):

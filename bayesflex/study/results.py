@@ -34,7 +34,7 @@ __all__ = ["build_tree", "deliverable", "effective_draws", "flexibility_vars", "
            "study_effective_draws"]
 
 _VERSIONS = ("numpy", "scipy", "xarray", "pandas", "pymc", "arviz", "joblib", "pandapower", "pvlib",
-             "h5netcdf")
+             "h5netcdf", "netCDF4")
 
 
 def mcse(p, n: float):

@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from bayesflex.core.outdir import ensure_space, fresh
-from bayesflex.study.files import FileCloser, compressed, install, open_read, stored
+from bayesflex.study.files import WRITE_ENGINE, FileCloser, compressed, install, open_read, stored
 from bayesflex.study.schema import COUNTS, PER_DRAW, PORTFOLIO, RESULT_FILE, SUMS, is_big
 
 __all__ = ["FileStore", "MemoryStore", "Store"]
@@ -216,7 +216,7 @@ class FileStore(Store):
         self.close()
         ensure_space(self.path.parent, sum(ds.nbytes for ds in groups.values()), "the result's summary groups")
         summary = xr.DataTree.from_dict({"/": xr.Dataset(attrs=attrs), **groups})  # written in one opening
-        summary.to_netcdf(self.path, mode="a", engine="h5netcdf",
+        summary.to_netcdf(self.path, mode="a", engine=WRITE_ENGINE,
                           encoding={f"/{g}": compressed(ds) for g, ds in groups.items()})
         install(self.path, self.final)
         source = open_read(self.final)
