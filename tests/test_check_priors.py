@@ -85,3 +85,42 @@ def test_the_report_checks_the_study_s_own_draws(tmp_path):
     assert "against ENWL's 100 winter households" in text and "ADMD N=100" in text
     n = int(text.split("targets met")[0].rsplit("):", 1)[1].split(" of ")[0])
     assert n >= 10, n  # 20 draws only: the plumbing, not the accuracy (tests/test_priors_tails.py)
+
+
+def test_the_data_side_is_computed_once_and_equals_a_fresh_computation(monkeypatch):
+    """compare keeps its figures of the data and their bootstrap (the same ENWL season in every
+    report) for each data, owners, resamples and seed: a second comparison with other draws does
+    not resample the data, and gives what a process that never compared before gives; other
+    data, owners or seeds are computed afresh."""
+    from bayesflex.priors import check
+
+    x = enwl_house_days("winter")[:40]
+    rng = np.random.default_rng(4)
+    draws = [rng.gamma(2.0, 0.3, size=(12, 55, 48)) for _ in range(2)]
+    calls = []
+    real = check.bootstrap
+    monkeypatch.setattr(check, "bootstrap", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(check, "_DATA_FIGURES", {})
+    first = [check.compare(x, d, reps=20, seed=3).table for d in draws]
+    assert len(calls) == 1
+    for d, kept in zip(draws, first):
+        check._DATA_FIGURES.clear()  # as a fresh process
+        pd.testing.assert_frame_equal(check.compare(x, d, reps=20, seed=3).table, kept, check_exact=True)
+        # one generator a comparison: the data's figures, their bootstrap, then the draws' figures
+        g = np.random.default_rng(3)
+        data = check.figures_data(x, g, groups=1000)
+        real(x, 20, g)
+        model = check.figures_draws(d, g, block=x.shape[0], sizes=check._admd_sizes(x.shape[0]))
+        assert kept["data"].to_dict() == {k: data[k] for k in kept.index}
+        assert kept["model"].to_dict() == {k: model[k] for k in kept.index}
+    assert not first[0].equals(first[1])  # the draws' side is the draws'
+    owner = np.repeat(np.arange(20), 2)
+    for kw in ({"seed": 4}, {"owner": owner}):
+        n = len(calls)
+        other = check.compare(x, draws[0], reps=20, **({"seed": 3} | kw)).table
+        assert len(calls) == n + 1 and not other[["data_lo", "data_hi"]].equals(first[0][["data_lo", "data_hi"]])
+    x2 = x.copy()
+    x2[0, 0] += 1.0
+    n = len(calls)
+    check.compare(x2, draws[0], reps=20, seed=3)
+    assert len(calls) == n + 1
