@@ -141,6 +141,31 @@ def test_tz_aware_frame_and_datetime64_frame():
         assert read_observations(df, tz=tz).index[0] == pd.Timestamp("2026-07-01 18:00")
 
 
+def test_netcdf_inputs_are_read_by_h5netcdf_or_scipy_not_netcdf_c(tmp_path, monkeypatch):
+    """A NetCDF-4 file of readings or positions is read through h5netcdf and a NetCDF-3 one through
+    scipy, whichever engine wrote it; never through the netCDF-C library (netCDF4), which xarray
+    would pick by default once installed (see ARCHITECTURE.md); positions are written through
+    h5netcdf."""
+    engines = []
+    real = xr.open_dataset
+    monkeypatch.setattr(xr, "open_dataset", lambda *a, **k: engines.append(k.get("engine")) or real(*a, **k))
+    times = pd.DatetimeIndex(["2026-07-01 18:00", "2026-07-01 18:30"])
+    ds = xr.Dataset({"p_kw": (("agent", "time"), [[1.0, 2.0]])}, coords={"agent": ["A1"], "time": times})
+    for i, writer in enumerate(("netcdf4", "h5netcdf", "scipy")):
+        ds.to_netcdf(tmp_path / f"m{i}.nc", engine=writer)
+        assert read_observations(tmp_path / f"m{i}.nc").to_numpy().tolist() == [[1.0], [2.0]]
+    assert engines == ["h5netcdf", "h5netcdf", "scipy"]
+    pos = read_positions(pd.DataFrame({"agent": "A1", "time": times.tz_localize("UTC"), "p_kw": [1.0, 2.0],
+                                       "p_lb_kw": [0.0, 0.5], "p_ub_kw": [2.0, 3.0]}))
+    written = []
+    real_write = xr.Dataset.to_netcdf
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", lambda self, *a, **k: written.append(k.get("engine"))
+                        or real_write(self, *a, **k))
+    back = read_positions(write_positions(pos, tmp_path / "p.nc"))
+    assert written == ["h5netcdf"] and engines[-1] == "h5netcdf"
+    np.testing.assert_array_equal(back.p_kw, pos.p_kw)
+
+
 def test_netcdf_times_are_utc_whatever_the_zone(tmp_path):
     """CF: a time without a zone is UTC; a naive NetCDF time is not re-read as local."""
     times = pd.DatetimeIndex(["2026-07-01 18:00", "2026-07-01 18:30"])

@@ -46,6 +46,18 @@ def read_csv(path: Path) -> pd.DataFrame:
         raise ConfigError(f"{path}: not a readable CSV: {e}") from e
 
 
+#: the first bytes of an HDF5 file (NetCDF-4); NetCDF-3 files begin with b"CDF"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def netcdf_engine(path: Path) -> str:
+    """xarray's engine for a NetCDF file given to us: h5netcdf for NetCDF-4 (HDF5), scipy for
+    NetCDF-3.  Named, not left to xarray: with netCDF4 installed xarray would pick the netCDF-C
+    library, which this process does not read through (its HDF5 beside h5py's; ARCHITECTURE.md)."""
+    with open(path, "rb") as f:
+        return "h5netcdf" if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE else "scipy"
+
+
 def zone(name: str | None, key: str = "tz") -> ZoneInfo:
     """The IANA time zone ``name`` (None: UTC); unknown names are a :class:`ConfigError` naming ``key``."""
     if name is None:

@@ -42,7 +42,7 @@ import pandas as pd
 import xarray as xr
 
 from bayesflex.core.checks import check_on_feeder
-from bayesflex.core.tables import agents_and_times, read_csv, zone
+from bayesflex.core.tables import agents_and_times, netcdf_engine, read_csv, zone
 from bayesflex.errors import ConfigError
 from bayesflex.priors.baseload import EDGE, beta_ab, day_index, half_hour_of_day, log_level, shape_kw_at
 from bayesflex.priors.config import Priors, load_priors
@@ -62,8 +62,8 @@ TARGET_ACCEPT = 0.9
 #: 32, sampling 2 chains of 500 + 800 draws in 40 s instead of 60; the smallest bulk ESS rose
 #: from 455 (z) to 737 (day_share; z 1,341, level_log_mean 855 -> 2,141)
 DENSE_MASS_MAX_DIM = 500
-#: PyTensor's backend for the fit's log-density and gradient: numba (which PyTensor itself
-#: requires) compiles them in seconds, where the C backend builds some 50 C modules, about
+#: PyTensor's backend for the fit's log-density and gradient: numba (a dependency; recent PyTensor
+#: needs it too) compiles them in seconds, where the C backend builds some 50 C modules, about
 #: 50 s on a machine whose compile cache is empty (as every fresh install's is); on ten days
 #: of four meters the whole fit took 55 s instead of 101 s, and its sampling 36 s instead of 42
 FIT_MODE = "NUMBA"
@@ -124,7 +124,7 @@ def read_observations(source, *, agents: tuple[str, ...] | None = None, tz: str 
             raise ConfigError(f"{path}: no such file")
         if path.suffix.lower() in (".nc", ".netcdf", ".h5"):
             try:
-                ds = xr.open_dataset(path)
+                ds = xr.open_dataset(path, engine=netcdf_engine(path))
             except Exception as e:  # any reader failure means the same to the user
                 raise ConfigError(f"{path}: not a readable NetCDF file ({e})") from e
             if "p_kw" not in ds or set(ds["p_kw"].dims) != {"agent", "time"}:

@@ -37,8 +37,9 @@ DRAW_MODE = "FAST_COMPILE"
 #: process-wide object that its compiler changes and restores around each graph rewrite
 #: (``config.change_flags(mode=..., cxx="")``), which is not thread-safe: studies whose chunks
 #: draw in threads (the threading backend) could leave ``config.mode`` at DRAW_MODE or
-#: ``config.cxx`` empty, and every later PyTensor function of the process (the conditioning
-#: fit's NUTS) then ran in Python, 10-20 times slower
+#: ``config.cxx`` empty, and every later PyTensor function of the process compiled in the
+#: default mode then ran in Python, 10-20 times slower (the conditioning fit's NUTS did, before
+#: it named its own mode, ``conditioning.FIT_MODE``)
 PYTENSOR_LOCK = threading.RLock()
 
 

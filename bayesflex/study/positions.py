@@ -30,7 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from bayesflex.core.checks import check_on_feeder
-from bayesflex.core.tables import agents_and_times, read_csv, zone
+from bayesflex.core.tables import agents_and_times, netcdf_engine, read_csv, zone
 from bayesflex.errors import ConfigError
 from bayesflex.priors.registry import power_vars
 
@@ -96,7 +96,7 @@ def read_positions(source, *, agents: tuple[str, ...] | None = None, tz: str | N
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if path.suffix.lower() in (".nc", ".nc4", ".netcdf"):
             try:
-                with xr.open_dataset(path) as ds:
+                with xr.open_dataset(path, engine=netcdf_engine(path)) as ds:
                     source = ds.load()
             except Exception as err:  # any reader failure means the same to the user
                 raise ConfigError(f"{path}: not a readable NetCDF positions file ({err})") from err
@@ -171,7 +171,7 @@ def write_positions(pos: Positions, path: str | Path) -> Path:
     path = Path(path)
     ds = pos.to_dataset()
     if path.suffix.lower() == ".nc":
-        ds.to_netcdf(path)
+        ds.to_netcdf(path, engine="h5netcdf")
     else:
         df = ds.to_dataframe().reset_index()[["agent", "time", "p_kw", "p_lb_kw", "p_ub_kw", "offer_price"]]
         df.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%MZ")  # UTC, whatever the site's zone
