@@ -48,7 +48,10 @@ import math
 import re
 from typing import Any
 
+import numpy as np
+
 from bayesflex.errors import ConfigError
+from bayesflex.io.pandapower import add_asymmetric_loads, empty_network
 
 __all__ = ["HOUSE_PF", "HOUSE_P_KW", "net_from_elements"]
 
@@ -248,7 +251,8 @@ def net_from_elements(spec: dict, *, origin: str):
     import pandapower as pp
 
     ext_grid, line_types, areas = _validate(spec, origin)
-    net = pp.create_empty_network(name=origin, f_hz=F_HZ)
+    net = empty_network(F_HZ)
+    net.name = origin
 
     # layout: each area's feeders fan out downwards over 140 degrees from its busbar
     reach = max(max(a["houses"]) * a["span_m"] + a["service_m"] for a in areas)
@@ -309,11 +313,7 @@ def net_from_elements(spec: dict, *, origin: str):
                 sx, sy = -uy * side * area["service_m"], ux * side * area["service_m"]
                 house = bus(lv_kv, unique(f"{fdr}-{num} house"), (x0 + d * ux + sx, d * uy + sy))
                 line(joint, house, service_km, service, unique(f"{fdr}-{num} service"))
-                pq = {f"p_{ph}_mw": 0.0 for ph in "abc"} | {f"q_{ph}_mvar": 0.0 for ph in "abc"}
-                ph = "abc"[phase % 3]
-                pq[f"p_{ph}_mw"] = HOUSE_P_KW / 1e3
-                pq[f"q_{ph}_mvar"] = HOUSE_P_KW * q_per_p / 1e3
-                loads.append((house, unique(f"{fdr}-{num}"), pq))
+                loads.append((house, unique(f"{fdr}-{num}"), phase % 3))
                 phase += 1
                 prev = joint
     vn_kv, names, geodata = zip(*bus_rows)
@@ -329,8 +329,9 @@ def net_from_elements(spec: dict, *, origin: str):
     pp.create_lines_from_parameters(net, list(from_bus), list(to_bus), length_km=list(length_km),
                                     name=list(line_names), type="cs", g0_us_per_km=0.0,
                                     **{k: [lt[k] for lt in types] for k in _LINE_KEYS})
-    for house, name, pq in loads:
-        pp.create_asymmetric_load(net, house, name=name, type="wye", **pq)
+    houses, load_names, phases = zip(*loads)
+    on = np.eye(3)[list(phases)]  # (house, phase): 1 on the house's phase
+    add_asymmetric_loads(net, houses, load_names, on * (HOUSE_P_KW / 1e3), on * (HOUSE_P_KW * q_per_p / 1e3))
     return net
 
 

@@ -25,7 +25,8 @@ from bayesflex.errors import ConfigError
 from bayesflex.study.schema import RESULT_FILE
 
 __all__ = ["CHECKSUM_SUFFIX", "DERIVED_FILES", "WRITE_ENGINE", "FileCloser", "StoredArray", "checksum_path",
-           "compressed", "file_sha256", "install", "open_read", "open_study", "read_tree", "save_study", "stored", "verify_result"]
+           "compressed", "file_sha256", "install", "open_read", "open_study", "read_tree", "save_study", "stored",
+           "verify_result"]
 
 #: the result's checksum file: ``result.nc.sha256``
 CHECKSUM_SUFFIX = ".sha256"
