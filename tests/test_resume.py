@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 
 import h5py
 import numpy as np
@@ -144,32 +145,53 @@ def test_resume_refuses_a_study_started_with_other_inputs(small_chunks, tmp_path
 
 
 def test_a_chunk_file_keeps_every_array_exactly(tmp_path):
+    """What a chunk file gives back is what the chunk computed: small arrays as they were, large
+    ones as compressed chunks of the result file's draws (4 draws padded to 50) that HDF5's own
+    deflate filter reads back, and that decompress to the arrays."""
     from bayesflex.io.feeders import load_feeder
     from bayesflex.priors import load_priors
     from bayesflex.study import engine
     from bayesflex.study.checkpoint import study_fingerprint
+    from bayesflex.study.files import ChunkArray
 
     fd, pr = load_feeder("ieee_eu_lv"), load_priors("default")
     opts = engine.StudyOptions(periods=2, full_voltages=True)
     part = engine._run_chunk(fd, pr, 3, 4, 5, opts)
-    ck = Checkpoint(tmp_path, study_fingerprint(fd, pr, None, draws=200, seed=5, opts=opts, chunk_draws=50), 4)
-    ck.save(3, 150, 154, part)
+    ck = Checkpoint(tmp_path, study_fingerprint(fd, pr, None, draws=200, seed=5, opts=opts, chunk_draws=50), 4,
+                    rows=50)
+    saved = ck.save(3, 150, 154, part)
     back = ck.load(3)
-    assert set(back) == set(part)
-    for k, v in part.items():
-        if k == "draws":
-            xr.testing.assert_identical(back[k], v.drop_attrs(deep=False))
-        else:
-            assert back[k].dtype == v.dtype and np.array_equal(back[k], v, equal_nan=True), k
-    with h5py.File(tmp_path / PARTIAL_DIR / "chunk-00003.h5") as f:
+    assert set(back) == set(saved) == set(part) | {"stored_draws"}
+    path = tmp_path / PARTIAL_DIR / "chunk-00003.h5"
+    big = {k for k, v in back.items() if isinstance(v, ChunkArray)}
+    assert {"adjust_up_kw", "headroom_down_kw", "v_pu", "sensitivity_rank", "adjust_target_phase"} <= big
+    assert set(back["stored_draws"]) >= {"p_kw", "q_kvar", "p_lb_kw", "p_ub_kw", "ev_soc"}
+    with h5py.File(path) as f:
+        for k, v in part.items():
+            if k == "draws":
+                whole = back[k].assign({n: (dims, a.values(), attrs) for n, (dims, attrs, a) in
+                                        back["stored_draws"].items()})[list(v.variables)]
+                xr.testing.assert_identical(whole, v.drop_attrs(deep=False))
+                for n, (_, _, a) in back["stored_draws"].items():
+                    assert np.array_equal(f[f"draws/{n}"][()], v[n].values, equal_nan=True), n
+            elif k == "portfolio":
+                assert back[k].keys() == v.keys() and all(np.array_equal(back[k][n], v[n]) for n in v)
+            elif k in big:
+                assert back[k] == saved[k] and back[k].shape == v.shape and back[k].rows == 50
+                assert back[k].values().dtype == v.dtype and np.array_equal(back[k].values(), v, equal_nan=True), k
+                assert np.array_equal(f[f"physics/{k}"][()], v.astype(f[f"physics/{k}"].dtype), equal_nan=True), k
+                padded = np.frombuffer(zlib.decompress(back[k].raw()), f[f"physics/{k}"].dtype)
+                assert padded.size == 50 * v[0].size and not padded[4 * v[0].size:].any(), k
+            else:
+                assert back[k].dtype == v.dtype and np.array_equal(back[k], v, equal_nan=True), k
         assert (f.attrs["draw_start"], f.attrs["draw_stop"]) == (150, 154)
     ck.release()
 
 
 def test_two_runs_cannot_write_one_folder(tmp_path):
     fp = {"sha256": "x"}
-    first = Checkpoint(tmp_path, fp, 2)
+    first = Checkpoint(tmp_path, fp, 2, rows=50)
     with pytest.raises(ConfigError, match="another bayesflex run is writing a study here"):
-        Checkpoint(tmp_path, fp, 2)
+        Checkpoint(tmp_path, fp, 2, rows=50)
     first.release()
-    Checkpoint(tmp_path, fp, 2).release()
+    Checkpoint(tmp_path, fp, 2, rows=50).release()

@@ -7,10 +7,12 @@ A study written to ``DIR`` works in ``DIR/.partial/``:
     numbers: feeder, priors or posterior, positions, draws, seed, chunk size,
     limits, method, horizon, package versions) and what went into it;
 ``chunk-00012.h5``
-    chunk 12's results exactly as the workers returned them (an HDF5 file,
+    chunk 12's results, written by the worker that computed it (an HDF5 file,
     written under a temporary name and renamed when complete, and stamped
-    with the fingerprint and its draw range); every array carries the
-    SHA-256 of its bytes, dimensions and attributes, checked when it is read;
+    with the fingerprint and its draw range); its large arrays are already
+    compressed as the result file's chunks, which the main process copies
+    without decompressing them; every array carries the SHA-256 of its
+    (compressed) bytes, dimensions and attributes, checked when it is read;
 ``result.nc.part``
     the result file being assembled; renamed to ``DIR/result.nc`` only when
     complete, after which ``.partial`` is removed.
@@ -43,14 +45,17 @@ import xarray as xr
 from bayesflex.core.outdir import as_output_error, ensure_space, fresh, inside, quiet_failed_writes, regular
 from bayesflex.core.versions import __version__, package_versions
 from bayesflex.errors import ConfigError
+from bayesflex.study.files import CHUNK_FILTER, ChunkArray, DamagedChunk, compress_chunk
+from bayesflex.study.schema import is_big, is_big_physics
 
 __all__ = ["PARTIAL_DIR", "Checkpoint", "kept_chunks", "save_chunk", "study_fingerprint"]
 
 PARTIAL_DIR = ".partial"
 #: packages whose version can change a study's numbers
 _NUMERIC = ("numpy", "scipy", "pymc", "pytensor", "pandas", "pvlib")
-#: which arrays a chunk file holds (2: with the causes of congestion); chunks of another format are not resumed
-CHUNK_FORMAT = 2
+#: which arrays a chunk file holds and how (2: with the causes of congestion; 3: the large arrays as
+#: result-file chunks, the portfolio's sums); chunks of another format are not resumed
+CHUNK_FORMAT = 3
 
 
 def _digest(*items) -> str:
@@ -102,8 +107,9 @@ def study_fingerprint(feeder, priors, posterior, *, draws: int, seed: int, opts,
 class Checkpoint:
     """The ``.partial`` folder of one study: its lock, manifest and finished chunks."""
 
-    def __init__(self, out: str | Path, fingerprint: dict, n_chunks: int, *, resume: bool = False):
+    def __init__(self, out: str | Path, fingerprint: dict, n_chunks: int, *, rows: int, resume: bool = False):
         self.out = Path(out)
+        self.rows = rows  # draws per chunk of the result file's large arrays
         self.dir = inside(self.out, PARTIAL_DIR)  # never a link: _clear deletes what is in it
         self.sha256 = fingerprint["sha256"]
         self.out.mkdir(parents=True, exist_ok=True)
@@ -193,12 +199,13 @@ class Checkpoint:
         except Exception:  # noqa: BLE001 - unreadable: written by a process that died; compute it again
             return False
 
-    def save(self, c: int, a: int, b: int, part: dict) -> None:
-        """Write chunk ``c`` (draws ``a:b``) under a temporary name, then rename it."""
-        save_chunk(self.dir, self.sha256, c, a, b, part)
+    def save(self, c: int, a: int, b: int, part: dict) -> dict:
+        """Write chunk ``c`` (draws ``a:b``) under a temporary name, then rename it; ``part`` with
+        its large arrays as the file keeps them (:func:`save_chunk`)."""
+        return save_chunk(self.dir, self.sha256, c, a, b, part, self.rows)
 
     def load(self, c: int) -> dict | None:
-        """Chunk ``c`` exactly as the worker returned it, or None (with a warning) when its file
+        """Chunk ``c`` as :func:`save_chunk` returned it, or None (with a warning) when its file
         is damaged: its data do not match their checksums, or cannot be read."""
         try:
             return _read_chunk(self._chunk(c))
@@ -208,11 +215,14 @@ class Checkpoint:
             return None
 
 
-# A chunk file is plain HDF5 (h5py, LZF-compressed): a tenth of the time of
-# writing the same arrays as NetCDF, which matters because it is written for
-# every chunk (by the worker that computed it, or by the main process).  Group ``physics`` holds the
-# chunk's arrays; group ``draws`` the sampled dataset, each variable with its
-# dimensions and attributes, so that it is rebuilt exactly.
+# A chunk file is plain HDF5 (h5py), written for every chunk by the worker that computed it (or
+# by the main process).  Group ``physics`` holds the chunk's arrays, ``portfolio`` its sums over
+# the portfolio's agents, ``draws`` the sampled dataset, each variable with its dimensions and
+# attributes, so that it is rebuilt exactly.  The per-draw arrays over agents or buses (nine
+# tenths of the bytes) are each one chunk compressed as the result file compresses it
+# (``files.compress_chunk``): the main process copies those bytes into the result and
+# decompresses nothing (``files.ChunkArray``).  The rest is LZF-compressed: a tenth of the time of
+# writing it as NetCDF.
 def _put(group, name: str, v: np.ndarray, meta: dict | None = None):
     """Store ``v`` (with ``meta`` attributes), stamped with the SHA-256 of what is stored."""
     data = v
@@ -224,23 +234,46 @@ def _put(group, name: str, v: np.ndarray, meta: dict | None = None):
         data = np.char.encode(v.astype(str), "utf-8")
     big = data.size > 4096 and data.dtype.kind in "fiub"
     d = group.create_dataset(name, data=data, compression="lzf" if big else None)
-    d.attrs["dtype"] = v.dtype.str if v.dtype.kind != "O" else "O"
-    meta = meta or {}
-    d.attrs.update(meta)
+    _describe(d, v.dtype, meta)
     d.attrs["sha256"] = _digest(np.asarray(data), *_described(d))
     return d
 
 
-class DamagedChunk(ValueError):
-    """A chunk file's data do not match the checksums written with them."""
+def _put_chunk(group, name: str, v: np.ndarray, rows: int, draw_axis: int, final: Path,
+               meta: dict | None = None) -> ChunkArray:
+    """Store a large per-draw array as one result-file chunk of ``rows`` draws, in the file that
+    will be ``final``; its SHA-256 is of the compressed bytes (and of the attributes that say how
+    it is read)."""
+    raw = compress_chunk(v, rows, draw_axis)
+    dtype = np.int8 if v.dtype == bool else v.dtype
+    chunk = v.shape[:draw_axis] + (rows,) + v.shape[draw_axis + 1:]
+    d = group.create_dataset(name, shape=v.shape, maxshape=chunk, chunks=chunk, dtype=dtype, **CHUNK_FILTER)
+    d.id.write_direct_chunk((0,) * v.ndim, raw)
+    _describe(d, v.dtype, {**(meta or {}), "draw_axis": draw_axis, "rows": rows})
+    sha = hashlib.sha256(raw).hexdigest()
+    d.attrs["sha256"] = _digest(sha, *_described(d))
+    return ChunkArray(os.path.abspath(final), d.name, v.shape, v.dtype, draw_axis, rows, sha)
+
+
+def _describe(d, dtype: np.dtype, meta: dict | None) -> None:
+    d.attrs["dtype"] = dtype.str if dtype.kind != "O" else "O"
+    d.attrs.update(meta or {})
 
 
 def _described(d) -> list[str]:
     """The attributes that say how a stored array is read back (part of its checksum)."""
-    return [str(d.attrs[k]) for k in ("dtype", "dims", "attrs", "coord") if k in d.attrs]
+    return [str(d.attrs[k]) for k in ("dtype", "dims", "attrs", "coord", "draw_axis", "rows") if k in d.attrs]
 
 
-def _get(d) -> np.ndarray:
+def _get(d) -> np.ndarray | ChunkArray:
+    """A stored array, checked against its SHA-256; a large one as its compressed chunk."""
+    if "draw_axis" in d.attrs:
+        mask, raw = d.id.read_direct_chunk((0,) * d.ndim)
+        sha = hashlib.sha256(raw).hexdigest()
+        if mask or d.attrs.get("sha256") != _digest(sha, *_described(d)):
+            raise DamagedChunk(f"{d.name}: its data do not match their SHA-256")
+        return ChunkArray(os.path.abspath(d.file.filename), d.name, d.shape, np.dtype(d.attrs["dtype"]),
+                          int(d.attrs["draw_axis"]), int(d.attrs["rows"]), sha)
     v, dt = d[()], d.attrs["dtype"]
     if d.attrs.get("sha256") != _digest(np.asarray(v), *_described(d)):
         raise DamagedChunk(f"{d.name}: its data do not match their SHA-256")
@@ -258,35 +291,57 @@ def _json(attrs) -> str:
     return json.dumps(dict(attrs), default=lambda x: x.item() if hasattr(x, "item") else str(x))
 
 
-def _write_chunk(path: Path, part: dict, attrs: dict) -> None:
+def _write_chunk(path: Path, part: dict, attrs: dict, rows: int, final: Path) -> dict:
+    """Write ``part`` (what a chunk returns) into ``path``, to be renamed ``final``; return it with
+    its large arrays as the file keeps them (:class:`~bayesflex.study.files.ChunkArray`): those in
+    ``physics`` in place, those of the draws under ``"stored_draws"`` (name -> dims, attrs, array)."""
     import h5py
 
+    light, stored = {}, {}
     with h5py.File(path, "w") as f:
         f.attrs.update(attrs)
-        phys = f.create_group("physics")
+        phys = f.create_group("physics", track_order=True)
         for k, v in part.items():
-            if k != "draws":
-                _put(phys, k, np.asarray(v))
+            if k in ("draws", "portfolio"):
+                continue
+            light[k] = v = np.asarray(v)
+            if is_big_physics(k):
+                light[k] = _put_chunk(phys, k, v, rows, 0, final)
+            else:
+                _put(phys, k, v)
+        port = f.create_group("portfolio", track_order=True)
+        for k, v in part["portfolio"].items():
+            _put(port, k, np.asarray(v))
         ds = part["draws"]
         g = f.create_group("draws")
         g.attrs["order"] = json.dumps(list(ds.variables))
         for k, var in ds.variables.items():
-            _put(g, k, var.values, {"dims": json.dumps(var.dims), "attrs": _json(var.attrs),
-                                    "coord": int(k in ds.coords)})
+            meta = {"dims": json.dumps(var.dims), "attrs": _json(var.attrs), "coord": int(k in ds.coords)}
+            if k in ds.data_vars and is_big(var.dims):
+                stored[k] = (var.dims, dict(var.attrs), _put_chunk(g, k, var.values, rows, 1, final, meta))
+            else:
+                _put(g, k, var.values, meta)
+    return light | {"portfolio": part["portfolio"], "draws": ds.drop_vars(list(stored)), "stored_draws": stored}
 
 
 def _read_chunk(path: Path) -> dict:
+    """A chunk file as :func:`_write_chunk` returned it; every array checked against its SHA-256."""
     import h5py
 
     with h5py.File(path, "r") as f:
         part = {k: _get(d) for k, d in f["physics"].items()}
+        part["portfolio"] = {k: _get(d) for k, d in f["portfolio"].items()}
         g = f["draws"]
-        data, coords = {}, {}
+        data, coords, stored = {}, {}, {}
         for k in json.loads(g.attrs["order"]):
             d = g[k]
-            item = (tuple(json.loads(d.attrs["dims"])), _get(d), json.loads(d.attrs["attrs"]))
-            (coords if d.attrs["coord"] else data)[k] = item
-    return part | {"draws": xr.Dataset(data, coords=coords)}
+            dims, attrs = tuple(json.loads(d.attrs["dims"])), json.loads(d.attrs["attrs"])
+            v = _get(d)
+            if isinstance(v, ChunkArray):
+                stored[k] = (dims, attrs, v)
+            else:
+                (coords if d.attrs["coord"] else data)[k] = (dims, v, attrs)
+    return part | {"draws": xr.Dataset(data, coords=coords), "stored_draws": stored}
 
 
 def _chunk_path(folder: Path, c: int) -> Path:
@@ -298,19 +353,22 @@ def kept_chunks(out: str | Path) -> int:
     return len(list((Path(out) / PARTIAL_DIR).glob("chunk-*.h5")))
 
 
-def save_chunk(folder: Path, sha256: str, c: int, a: int, b: int, part: dict) -> None:
-    """Write chunk ``c`` (draws ``a:b``) of the study ``sha256`` into ``folder``, atomically.
+def save_chunk(folder: Path, sha256: str, c: int, a: int, b: int, part: dict, rows: int) -> dict:
+    """Write chunk ``c`` (draws ``a:b``) of the study ``sha256`` into ``folder``, atomically, its
+    large arrays as chunks of ``rows`` draws; return ``part`` with those as the file keeps them.
     Called by the workers when they share the disk (loky), else by the main process."""
     tmp = fresh(folder / f".chunk-{c:05d}.tmp-{os.getpid()}")
     ensure_space(folder, sum(np.asarray(v).nbytes for k, v in part.items() if k != "draws")
                  + part["draws"].nbytes, f"chunk {c}")
     try:
         with quiet_failed_writes():
-            _write_chunk(tmp, part, {"fingerprint": sha256, "chunk": c, "draw_start": a, "draw_stop": b})
+            light = _write_chunk(tmp, part, {"fingerprint": sha256, "chunk": c, "draw_start": a, "draw_stop": b},
+                                 rows, final=_chunk_path(folder, c))
         os.replace(tmp, _chunk_path(folder, c))
     except BaseException as err:  # noqa: BLE001 - re-raised; interrupted or failed alike, no half file stays
         tmp.unlink(missing_ok=True)  # a partial chunk file is never left behind
         raise as_output_error(folder, err) from None
+    return light
 
 
 def _read_json(path: Path) -> dict | None:

@@ -67,7 +67,7 @@ from bayesflex.study.checkpoint import PARTIAL_DIR, Checkpoint, kept_chunks, sav
 from bayesflex.study.files import open_study, verify_result
 from bayesflex.study.positions import apply_positions, read_positions
 from bayesflex.study.results import build_tree
-from bayesflex.study.schema import PREDICTIVE, RESULT_FILE, VIOLATIONS, causes
+from bayesflex.study.schema import PORTFOLIO, PREDICTIVE, RESULT_FILE, VIOLATIONS, causes
 from bayesflex.study.store import FileStore, MemoryStore, Store
 
 __all__ = ["CHUNK_DRAWS", "Inputs", "RunOptions", "StudyOptions", "check_inputs", "check_options", "compute",
@@ -101,13 +101,16 @@ def _chunk_seed(seed: int, index: int) -> int:
 
 def _run_chunk(feeder: Feeder, priors, index: int, draws: int, seed: int, opts: StudyOptions,
                save: tuple | None = None, parent: int | None = None) -> dict:
-    """Chunk ``index``'s results; with ``save = (folder, fingerprint, a, b)`` also its checkpoint file.
+    """Chunk ``index``'s results; with ``save = (folder, fingerprint, a, b, rows)`` written to its
+    checkpoint file, and then only their small arrays come back (the large ones stay in the file,
+    compressed as the result file keeps them: the main process copies them from there).
     ``parent``: the pid of the study's main process, when this runs in a worker process of it."""
     if parent is not None and parent != os.getpid():
         _watch_parent(parent)
     part = _compute_chunk(feeder, priors, index, draws, seed, opts)
     if save is not None:
-        save_chunk(Path(save[0]), save[1], index, save[2], save[3], part)
+        folder, fingerprint, a, b, rows = save
+        part = save_chunk(Path(folder), fingerprint, index, a, b, part, rows)
     return part
 
 
@@ -150,7 +153,20 @@ def _compute_chunk(feeder: Feeder, priors, index: int, draws: int, seed: int, op
         keep = [k for k in ds.data_vars if k in PREDICTIVE or ds[k].dims[:2] == ("chain", "draw")
                 and ds[k].ndim < 5]
         keep += [var for t, var in components().items() if t in _technologies(priors)]
-        return _physics(feeder, ds, opts) | {"draws": ds[keep]}
+        part = _physics(feeder, ds, opts)
+        return part | {"portfolio": _portfolio_sums(part, ds, feeder, opts.positions), "draws": ds[keep]}
+
+
+def _portfolio_sums(part: dict, ds, feeder: Feeder, positions) -> dict[str, np.ndarray]:
+    """The portfolio's powers, bounds, adjustments and headroom per draw and half-hour (kW, summed
+    over its agents and phases): the agents with ``positions``, or every agent."""
+    agents = None if positions is None else [feeder.agents.index(a) for a in positions.agents]
+    out = {}
+    for name, total in PORTFOLIO.items():
+        v = part[name] if name in part else ds[name].values[0] if name in ds else None
+        if v is not None:
+            out[total] = (v if agents is None else v[:, :, agents]).sum(axis=(2, 3), dtype=np.float64)
+    return out
 
 
 def _technologies(priors) -> tuple[str, ...]:
@@ -381,11 +397,6 @@ class Inputs:
         """The result's group names: "posterior" when the priors were conditioned, else "prior"."""
         return "posterior" if self.posterior is not None else "prior"
 
-    @property
-    def portfolio(self) -> np.ndarray | None:
-        """Agent indices of the portfolio: the agents with positions (None: every agent)."""
-        pos = self.opts.positions
-        return None if pos is None else np.array([self.feeder.agents.index(a) for a in pos.agents])
 
 
 def prepare(feeder, priors, run: RunOptions, *, observations=None, ev_states=None, positions=None,
@@ -473,14 +484,13 @@ def compute(inp: Inputs, run: RunOptions) -> xr.DataTree:
              "study_inputs": json.dumps({k: v for k, v in fp.items() if k != "sha256"}, sort_keys=True)}
     ck = None
     if run.out is None:
-        store = MemoryStore(run.draws, inp.kind, fd.buses, chunk_draws=CHUNK_DRAWS, portfolio=inp.portfolio)
+        store = MemoryStore(run.draws, inp.kind, fd.buses, chunk_draws=CHUNK_DRAWS)
     else:
         final = run.out / RESULT_FILE
         if _finished(final, fp, feeder=(str(fd.origin), fd.sha256), resume=run.resume):
             return open_study(final, verify=False)  # _finished has just checked it
-        ck = Checkpoint(run.out, fp, len(run.chunks), resume=run.resume)
-        store = FileStore(run.draws, inp.kind, fd.buses, ck.stream_path, chunk_draws=CHUNK_DRAWS,
-                          portfolio=inp.portfolio, final=final)
+        ck = Checkpoint(run.out, fp, len(run.chunks), rows=min(CHUNK_DRAWS, run.draws), resume=run.resume)
+        store = FileStore(run.draws, inp.kind, fd.buses, ck.stream_path, chunk_draws=CHUNK_DRAWS, final=final)
         if ck.done:
             attrs["chunks_resumed"] = len(ck.done)
     with _cleaned_up_on_failure(store, ck, run.out):
@@ -518,7 +528,7 @@ def _run_chunks(inp: Inputs, run: RunOptions, store: Store, ck: Checkpoint | Non
     remote = run.backend == "dask" or run.scheduler is not None  # workers may not see our disk: we write their chunks
 
     def task(c: int, a: int, b: int) -> tuple:
-        save = None if ck is None or remote else (str(ck.dir), ck.sha256, a, b)
+        save = None if ck is None or remote else (str(ck.dir), ck.sha256, a, b, ck.rows)
         parent = os.getpid() if run.scheduler is None else None  # workers on this machine (loky, or a local
         # dask cluster) watch this process and end with it
         return inp.feeder, inp.priors, c, b - a, run.seed, inp.opts, save, parent
@@ -537,7 +547,7 @@ def _run_chunks(inp: Inputs, run: RunOptions, store: Store, ck: Checkpoint | Non
                     if part is None:  # a kept chunk was damaged: compute it again, here
                         part, fresh = _run_chunk(*task(c, a, b)[:-1]), True
                     if fresh and remote and ck is not None:
-                        ck.save(c, a, b, part)
+                        part = ck.save(c, a, b, part)
                     if c not in done:
                         bar.update(b - a)
                     store.add(part, a, b)

@@ -75,7 +75,8 @@ from __future__ import annotations
 from bayesflex.priors.registry import components
 
 __all__ = ["CAUSE_DEFINITION", "CONFIDENCE", "COUNTS", "PER_DRAW", "PORTFOLIO",
-           "PORTFOLIO_LONG", "PREDICTIVE", "RESULT_FILE", "SUMS", "VIOLATIONS", "causes", "is_big"]
+           "PORTFOLIO_LONG", "PREDICTIVE", "RESULT_FILE", "SUMS", "VIOLATIONS", "causes", "is_big",
+           "is_big_physics"]
 
 #: the result file in a study's folder
 RESULT_FILE = "result.nc"
@@ -159,6 +160,11 @@ PORTFOLIO_LONG = {
 def is_big(dims: tuple[str, ...]) -> bool:
     """Per-draw arrays over agents or buses: streamed, never summed up in memory."""
     return "draw" in dims and ("agent" in dims or "bus" in dims) and "time" in dims
+
+
+def is_big_physics(name: str) -> bool:
+    """Whether a chunk's physics result ``name`` (a key of what a chunk returns, not its draws) is large."""
+    return name in PER_DRAW and is_big(("draw",) + PER_DRAW[name][0])
 
 
 def causes() -> tuple[str, ...]:

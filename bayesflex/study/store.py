@@ -7,6 +7,10 @@ never asks which store it has, as emcee's samplers never ask which backend
 they write to: :class:`MemoryStore` keeps everything in memory and returns a
 tree built there; :class:`FileStore` streams the large arrays into the result
 file as they arrive, so that memory stays bounded whatever the number of draws.
+A chunk that went through its chunk file brings its large arrays compressed,
+as the result file stores them (:class:`~bayesflex.study.files.ChunkArray`):
+they are copied into the file as they are, so that the main process neither
+receives them from the worker nor compresses them.
 
 Both keep in memory what the summaries are computed from: the per-draw
 reductions without agents or buses (``small``), the probability counts
@@ -24,8 +28,17 @@ import numpy as np
 import xarray as xr
 
 from bayesflex.core.outdir import ensure_space, fresh
-from bayesflex.study.files import WRITE_ENGINE, FileCloser, compressed, install, open_read, stored
-from bayesflex.study.schema import COUNTS, PER_DRAW, PORTFOLIO, RESULT_FILE, SUMS, is_big
+from bayesflex.study.files import (
+    CHUNK_FILTER,
+    WRITE_ENGINE,
+    ChunkArray,
+    FileCloser,
+    compressed,
+    install,
+    open_read,
+    stored,
+)
+from bayesflex.study.schema import COUNTS, PER_DRAW, RESULT_FILE, SUMS, is_big, is_big_physics
 
 __all__ = ["FileStore", "MemoryStore", "Store"]
 
@@ -44,32 +57,33 @@ class Store(ABC):
     ``portfolio``: agent indices of the portfolio (None: every agent).
     """
 
-    def __init__(self, draws: int, kind: str, buses: tuple[str, ...], *, chunk_draws: int,
-                 portfolio: np.ndarray | None = None):
+    def __init__(self, draws: int, kind: str, buses: tuple[str, ...], *, chunk_draws: int):
         self.draws, self.kind, self.buses = draws, kind, list(buses)
         self.chunk_draws = chunk_draws
-        self.portfolio_agents = portfolio
         self.small: dict[str, np.ndarray] = {}  # physics per draw, without agent/bus
         self.counts: dict[str, np.ndarray] = {}
         self.sums: dict[str, np.ndarray] = {}  # sums over draws (schema.SUMS), chunk by chunk
         self.big: dict[tuple[str, str], object] = {}  # (group, name) -> where the array goes
-        self.big_meta: dict[tuple[str, str], tuple] = {}  # -> (dims, shape, dtype, attrs, from physics?)
-        self.portfolio: dict[str, np.ndarray] = {}  # (draw, time) sums over agents
+        self.big_meta: dict[tuple[str, str], tuple] = {}  # -> (dims, shape per draw, dtype, attrs)
+        self.portfolio: dict[str, np.ndarray] = {}  # (draw, time) sums over the portfolio's agents
         self.rest: list[xr.Dataset] = []
         self.coords: dict | None = None
 
     # -- what the engine calls ---------------------------------------------------------------
     def add(self, part: dict, a: int, b: int) -> None:
-        """Chunk results ``part`` (what a chunk returns) of draws ``a`` to ``b - 1``."""
+        """Chunk results ``part`` (what a chunk returns, or what its chunk file gave back: the
+        large arrays as :class:`~bayesflex.study.files.ChunkArray`) of draws ``a`` to ``b - 1``."""
         ds = part.pop("draws")
-        self._reserve(part, ds, a, b)
+        big = self._big(part, ds)
+        self._reserve(part, ds, big, a, b)
         if self.coords is None:
-            self._allocate(part, ds)
-        for (g, n), (_, _, _, _, from_physics) in self.big_meta.items():
-            v = part.pop(n) if from_physics else ds[n].values[0]
-            if n in PORTFOLIO:
-                self._sum(PORTFOLIO[n], v, a, b)
+            self._allocate(ds, big)
+        for (g, n), (_, _, v) in big.items():
             self._put((g, n), v, a, b)
+        for k, v in part.pop("portfolio").items():
+            if k not in self.portfolio:
+                self.portfolio[k] = np.empty((self.draws,) + v.shape[1:])
+            self.portfolio[k][a:b] = v
         for k, v in part.items():
             if k in COUNTS:
                 self.counts[k] = self.counts[k] + v if k in self.counts else v.astype(np.int64)
@@ -79,8 +93,7 @@ class Store(ABC):
                 if k not in self.small:
                     self.small[k] = np.empty((self.draws,) + v.shape[1:], v.dtype)
                 self.small[k][a:b] = v
-        big = [n for g, n in self.big_meta if g not in ("heuristic", "network")]
-        self.rest.append(ds.drop_vars(big).assign_coords(draw=np.arange(a, b)))
+        self.rest.append(ds.drop_vars([n for _, n in big if n in ds]).assign_coords(draw=np.arange(a, b)))
 
     def close(self) -> None:
         """Release what the store holds open (nothing, unless it writes a file)."""
@@ -94,7 +107,7 @@ class Store(ABC):
         put in their groups, and the root ``attrs``."""
 
     # -- what an implementation decides ------------------------------------------------------
-    def _reserve(self, part: dict, ds: xr.Dataset, a: int, b: int) -> None:
+    def _reserve(self, part: dict, ds: xr.Dataset, big: dict, a: int, b: int) -> None:
         """Before a chunk is placed: room for it (nothing to check in memory)."""
 
     @abstractmethod
@@ -102,8 +115,9 @@ class Store(ABC):
         """Make a place for every large array (``big_meta``) in ``big``."""
 
     @abstractmethod
-    def _put(self, key: tuple[str, str], v: np.ndarray, a: int, b: int) -> None:
-        """Put draws ``a`` to ``b - 1`` of the large array ``key`` in its place."""
+    def _put(self, key: tuple[str, str], v, a: int, b: int) -> None:
+        """Put draws ``a`` to ``b - 1`` of the large array ``key`` (an array, or a
+        :class:`~bayesflex.study.files.ChunkArray`) in its place."""
 
     # -- shared --------------------------------------------------------------------------------
     @staticmethod
@@ -116,36 +130,42 @@ class Store(ABC):
         tree["/"] = xr.Dataset(attrs=attrs)
         return xr.DataTree.from_dict(tree)
 
-    def _sum(self, name: str, v: np.ndarray, a: int, b: int) -> None:
-        if name not in self.portfolio:
-            self.portfolio[name] = np.empty((self.draws,) + v.shape[1:2])
-        if self.portfolio_agents is not None:
-            v = v[:, :, self.portfolio_agents]
-        self.portfolio[name][a:b] = v.sum(axis=(2, 3), dtype=np.float64)
+    def _big(self, part: dict, ds: xr.Dataset) -> dict[tuple[str, str], tuple]:
+        """The chunk's large arrays, taken out of ``part``: (group, name) -> (dims, attrs, array),
+        the array (draw, ...) or as its chunk file keeps it."""
+        big = {}
+        for n in [n for n in part if is_big_physics(n)]:
+            dims, group, attrs = PER_DRAW[n]
+            big[(group, n)] = (("chain", "draw") + dims, attrs, part.pop(n))
+        drawn = {n: (ds[n].dims, dict(ds[n].attrs), ds[n].values[0]) for n in ds.data_vars if is_big(ds[n].dims)}
+        for n, (dims, attrs, v) in (drawn | part.pop("stored_draws", {})).items():
+            big[(f"{self.kind}_predictive" if dims[-1] == "phase" else self.kind, n)] = (dims, attrs, v)
+        return big
 
-    def _allocate(self, part: dict, ds: xr.Dataset) -> None:
+    def _allocate(self, ds: xr.Dataset, big: dict) -> None:
         self.coords = {"chain": [0], "draw": np.arange(self.draws),
                        **{k: ds.coords[k].values for k in ("time", "agent", "phase")}}
-        for k, v in part.items():
-            if k not in COUNTS and k not in SUMS and is_big(("draw",) + PER_DRAW[k][0]):
-                dims, group, attrs = PER_DRAW[k]
-                self.big_meta[(group, k)] = (("chain", "draw") + dims, v.shape[1:], v.dtype, attrs, True)
-        for n in ds.data_vars:
-            if is_big(ds[n].dims):
-                group = f"{self.kind}_predictive" if ds[n].dims[-1] == "phase" else self.kind
-                self.big_meta[(group, n)] = (ds[n].dims, ds[n].shape[2:], ds[n].dtype, dict(ds[n].attrs), False)
+        for key, (dims, attrs, v) in big.items():
+            self.big_meta[key] = (dims, v.shape[len(v.shape) - len(dims) + 2:], v.dtype, attrs)
         self._create()
+
+
+def _values(v) -> np.ndarray:
+    """A large array's draws (draw, ...), from a chunk file if it is kept there."""
+    if isinstance(v, ChunkArray):
+        return v.values().reshape(v.shape[v.draw_axis:])
+    return v
 
 
 class MemoryStore(Store):
     """Every array in memory; :meth:`finish` builds the tree there."""
 
     def _create(self) -> None:
-        for key, (_, shape, dtype, _, _) in self.big_meta.items():
+        for key, (_, shape, dtype, _) in self.big_meta.items():
             self.big[key] = np.empty((1, self.draws) + shape, dtype)
 
-    def _put(self, key: tuple[str, str], v: np.ndarray, a: int, b: int) -> None:
-        self.big[key][0, a:b] = v
+    def _put(self, key: tuple[str, str], v, a: int, b: int) -> None:
+        self.big[key][0, a:b] = _values(v)
 
     def finish(self, groups: dict[str, xr.Dataset], attrs: dict) -> xr.DataTree:
         return self._tree(groups, attrs, {key: xr.Variable(self.big_meta[key][0], arr, self.big_meta[key][3])
@@ -160,18 +180,19 @@ class FileStore(Store):
     are stored as int8 with the attribute ``dtype = "bool"``."""
 
     def __init__(self, draws: int, kind: str, buses: tuple[str, ...], path: Path, *, chunk_draws: int,
-                 portfolio: np.ndarray | None = None, final: Path | None = None):
-        super().__init__(draws, kind, buses, chunk_draws=chunk_draws, portfolio=portfolio)
+                 final: Path | None = None):
+        super().__init__(draws, kind, buses, chunk_draws=chunk_draws)
+        self.rows = min(chunk_draws, draws)  # draws per HDF5 chunk of the large arrays
         self.path = path
         self.final = final or path.with_name(RESULT_FILE)  # renamed to, when complete
         self._file = None
 
-    def _reserve(self, part: dict, ds: xr.Dataset, a: int, b: int) -> None:
-        ensure_space(self.path.parent, sum(np.asarray(v).nbytes for v in part.values()) + ds.nbytes,
-                     f"draws {a}-{b - 1} of the result")
+    def _reserve(self, part: dict, ds: xr.Dataset, big: dict, a: int, b: int) -> None:
+        ensure_space(self.path.parent, sum(v.nbytes for _, _, v in big.values()), f"draws {a}-{b - 1} of the result")
 
     def _create(self) -> None:
         import h5netcdf
+        import h5py
 
         groups = sorted({g for g, _ in self.big_meta})
         fresh(self.path)
@@ -182,19 +203,22 @@ class FileStore(Store):
                 coords["bus"] = self.buses
             xr.Dataset(coords=coords).to_netcdf(self.path, mode="w" if i == 0 else "a", group=g,
                                                engine="h5netcdf")
-        self._file = h5netcdf.File(self.path, "a")
-        for (g, n), (dims, shape, dtype, attrs, _) in self.big_meta.items():
-            dt = np.int8 if dtype == bool else dtype
-            chunks = (1, min(self.chunk_draws, self.draws)) + tuple(shape)
-            var = self._file[g].create_variable(n, dims, dt, chunks=chunks, compression="gzip",
-                                                compression_opts=1, shuffle=True)
-            var.attrs.update(_stored_attrs(attrs, dtype))
-            self.big[(g, n)] = var
+        with h5netcdf.File(self.path, "a") as f:
+            for (g, n), (dims, shape, dtype, attrs) in self.big_meta.items():
+                dt = np.int8 if dtype == bool else dtype
+                var = f[g].create_variable(n, dims, dt, chunks=(1, self.rows) + tuple(shape), **CHUNK_FILTER)
+                var.attrs.update(_stored_attrs(attrs, dtype))
+        self._file = h5py.File(self.path, "a")  # the chunks written through h5py: dimensions are set
+        self.big = {(g, n): self._file[f"{g}/{n}"] for g, n in self.big_meta}
 
-    def _put(self, key: tuple[str, str], v: np.ndarray, a: int, b: int) -> None:
-        if v.dtype == bool:
-            v = v.astype(np.int8)
-        self.big[key][0, a:b] = v
+    def _put(self, key: tuple[str, str], v, a: int, b: int) -> None:
+        """A chunk kept compressed in its chunk file is copied as it is (its SHA-256 checked)."""
+        target = self.big[key]
+        if isinstance(v, ChunkArray) and v.rows == self.rows and a % self.rows == 0:
+            target.id.write_direct_chunk((0, a) + (0,) * (target.ndim - 2), v.raw())
+            return
+        v = _values(v)
+        target[0, a:b] = v.astype(np.int8) if v.dtype == bool else v
 
     def close(self) -> None:
         if self._file is not None:
@@ -221,7 +245,7 @@ class FileStore(Store):
         install(self.path, self.final)
         source = open_read(self.final)
         big = {}
-        for (g, name), (dims, _, dtype, var_attrs, _) in self.big_meta.items():
+        for (g, name), (dims, _, dtype, var_attrs) in self.big_meta.items():
             var = xr.Variable(dims, stored(source[f"{g}/{name}"]), _stored_attrs(var_attrs, dtype))
             big[(g, name)] = xr.conventions.decode_cf_variable(name, var)  # int8 -> bool
         tree = self._tree(groups, attrs, big)
