@@ -15,7 +15,16 @@ as it does the wall time), peak total RSS, peak main RSS, the size of
 every peak is within the budget (4 GB).  RSS summed over processes counts
 shared pages (libraries) once per process: the total is an upper bound.
 
-    python bench/scale.py [--draws 1000 10000] [--jobs -1] [--limit-gb 4] [--trace rss.csv]
+Then the main process's share, in this process (``--chunks``, default 8, after
+one to warm up): a worker's whole task per chunk of 50 draws (draws, load flows,
+heuristic, headroom, its chunk file written; ``engine._run_chunk`` as the
+workers run it) against what the main process then does for that chunk
+(unpickling what the worker sent, ``FileStore.add``: the small arrays kept, the
+large ones copied compressed into the result file).  Their ratio is how many
+workers one main process keeps up with (goal: 200, i.e. main-process time per
+chunk <= 0.5 % of a worker's).
+
+    python bench/scale.py [--draws 1000 10000] [--jobs -1] [--limit-gb 4] [--trace rss.csv] [--chunks 8]
 """
 
 from __future__ import annotations
@@ -86,12 +95,50 @@ def run_cli(draws: int, jobs: int, out: Path, interval: float, trace=None) -> di
             "peak_main": peak["main"], "peak_at": peak["at"], "file": (out / "result.nc").stat().st_size}
 
 
+def main_process_share(chunks: int) -> dict:
+    """Seconds per chunk: a worker's task and the main process's work on its result (medians)."""
+    import pickle
+
+    import numpy as np
+
+    from bayesflex.io.feeders import load_feeder
+    from bayesflex.priors import load_priors
+    from bayesflex.study import engine
+    from bayesflex.study.checkpoint import Checkpoint, study_fingerprint
+    from bayesflex.study.store import FileStore
+
+    fd, pr = load_feeder("ieee_eu_lv"), load_priors("default")
+    fd.model  # built once, as the workers receive it
+    opts = engine.StudyOptions(limits=engine.Limits(v_min_pu=fd.v_min_pu, v_max_pu=fd.v_max_pu))
+    n, rows = engine.CHUNK_DRAWS, engine.CHUNK_DRAWS
+    draws = n * (chunks + 1)
+    worker, main = [], []
+    with tempfile.TemporaryDirectory(prefix="bayesflex-share-") as tmp:
+        fp = study_fingerprint(fd, pr, None, draws=draws, seed=1, opts=opts, chunk_draws=n)
+        ck = Checkpoint(tmp, fp, chunks + 1, rows=rows)
+        store = FileStore(draws, "prior", fd.buses, ck.stream_path, chunk_draws=n)
+        for c in range(chunks + 1):
+            t = time.perf_counter()
+            part = engine._run_chunk(fd, pr, c, n, 1, opts, (str(ck.dir), ck.sha256, c * n, (c + 1) * n, rows))
+            sent = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+            t1 = time.perf_counter()
+            store.add(pickle.loads(sent), c * n, (c + 1) * n)
+            t2 = time.perf_counter()
+            if c:  # the first compiles PyTensor's draws and creates the result file
+                worker.append(t1 - t)
+                main.append(t2 - t1)
+        store.discard()
+        ck.release()
+    return {"worker": float(np.median(worker)), "main": float(np.median(main)), "sent": len(sent)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--draws", type=int, nargs="+", default=[1000, 10000], help="study sizes, run in this order")
     ap.add_argument("--jobs", type=int, default=-1)
     ap.add_argument("--interval", type=float, default=0.2, help="seconds between memory samples")
     ap.add_argument("--limit-gb", type=float, default=4.0, help="memory budget for the whole process tree")
+    ap.add_argument("--chunks", type=int, default=8, help="chunks timed for the main process's share (0: skip)")
     ap.add_argument("--trace", type=Path, default=None,
                     help="also write every memory sample to this CSV (draws, seconds, main MB, tree MB)")
     args = ap.parse_args()
@@ -120,6 +167,12 @@ def main() -> None:
     ok = worst <= args.limit_gb * 1e9
     print(f"peak RSS of the process tree {worst / 1e9:.2f} GB: {'within' if ok else 'OVER'} "
           f"the {args.limit_gb:g} GB budget")
+    if args.chunks:
+        r = main_process_share(args.chunks)
+        print(f"per chunk of 50 draws (median of {args.chunks}): worker {r['worker']:.2f} s, main process "
+              f"{1e3 * r['main']:.0f} ms ({100 * r['main'] / r['worker']:.1f} % of the worker's; it receives "
+              f"{r['sent'] / 1e6:.1f} MB): one main process keeps up with {r['worker'] / r['main']:.0f} workers "
+              "(goal: 200)")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from bayesflex.errors import ConfigError
 from bayesflex.study.schema import RESULT_FILE
 
 __all__ = ["CHECKSUM_SUFFIX", "CHUNK_FILTER", "DERIVED_FILES", "WRITE_ENGINE", "ChunkArray", "DamagedChunk",
-           "FileCloser", "StoredArray", "checksum_path", "compressed", "compress_chunk", "file_sha256", "install", "open_read", "open_study", "read_tree", "save_study", "stored",
+           "FileCloser", "StoredArray", "checksum_path", "compressed", "compress_chunk", "read_raw", "file_sha256", "install", "open_read", "open_study", "read_tree", "save_study", "stored",
            "verify_result"]
 
 #: the result's checksum file: ``result.nc.sha256``
@@ -307,13 +307,7 @@ class ChunkArray:
 
     def raw(self) -> bytes:
         """The compressed chunk, checked against its SHA-256 (:class:`DamagedChunk` if it differs)."""
-        import h5py
-
-        with h5py.File(self.path, "r") as f:
-            mask, data = f[self.name].id.read_direct_chunk((0,) * len(self.shape))
-        if mask or hashlib.sha256(data).hexdigest() != self.sha256:
-            raise DamagedChunk(f"{self.path}: {self.name}: its data do not match their SHA-256")
-        return data
+        return read_raw([self])[0]
 
     def values(self) -> np.ndarray:
         """The array itself (decompressed)."""
@@ -321,3 +315,19 @@ class ChunkArray:
         full = self.shape[:self.draw_axis] + (self.rows,) + self.shape[self.draw_axis + 1:]
         v = np.frombuffer(zlib.decompress(self.raw()), stored_dtype).reshape(full)
         return v[(slice(None),) * self.draw_axis + (slice(0, self.shape[self.draw_axis]),)].astype(self.dtype)
+
+
+def read_raw(arrays: list[ChunkArray]) -> list[bytes]:
+    """The compressed chunks of ``arrays``, each checked against its SHA-256 (:class:`DamagedChunk`
+    if one differs); each chunk file opened once."""
+    import h5py
+
+    out: list[bytes | None] = [None] * len(arrays)
+    for path in dict.fromkeys(x.path for x in arrays):
+        with h5py.File(path, "r") as f:
+            for i, x in enumerate(arrays):
+                if x.path == path:
+                    mask, out[i] = f[x.name].id.read_direct_chunk((0,) * len(x.shape))
+                    if mask or hashlib.sha256(out[i]).hexdigest() != x.sha256:
+                        raise DamagedChunk(f"{x.path}: {x.name}: its data do not match their SHA-256")
+    return out

@@ -36,6 +36,7 @@ from bayesflex.study.files import (
     compressed,
     install,
     open_read,
+    read_raw,
     stored,
 )
 from bayesflex.study.schema import COUNTS, PER_DRAW, RESULT_FILE, SUMS, is_big, is_big_physics
@@ -78,8 +79,7 @@ class Store(ABC):
         self._reserve(part, ds, big, a, b)
         if self.coords is None:
             self._allocate(ds, big)
-        for (g, n), (_, _, v) in big.items():
-            self._put((g, n), v, a, b)
+        self._put({key: v for key, (_, _, v) in big.items()}, a, b)
         for k, v in part.pop("portfolio").items():
             if k not in self.portfolio:
                 self.portfolio[k] = np.empty((self.draws,) + v.shape[1:])
@@ -115,9 +115,9 @@ class Store(ABC):
         """Make a place for every large array (``big_meta``) in ``big``."""
 
     @abstractmethod
-    def _put(self, key: tuple[str, str], v, a: int, b: int) -> None:
-        """Put draws ``a`` to ``b - 1`` of the large array ``key`` (an array, or a
-        :class:`~bayesflex.study.files.ChunkArray`) in its place."""
+    def _put(self, arrays: dict[tuple[str, str], object], a: int, b: int) -> None:
+        """Put draws ``a`` to ``b - 1`` of the large arrays (key -> an array, or a
+        :class:`~bayesflex.study.files.ChunkArray`) in their places."""
 
     # -- shared --------------------------------------------------------------------------------
     @staticmethod
@@ -137,7 +137,8 @@ class Store(ABC):
         for n in [n for n in part if is_big_physics(n)]:
             dims, group, attrs = PER_DRAW[n]
             big[(group, n)] = (("chain", "draw") + dims, attrs, part.pop(n))
-        drawn = {n: (ds[n].dims, dict(ds[n].attrs), ds[n].values[0]) for n in ds.data_vars if is_big(ds[n].dims)}
+        var = ds.variables
+        drawn = {n: (var[n].dims, dict(var[n].attrs), var[n].values[0]) for n in ds.data_vars if is_big(var[n].dims)}
         for n, (dims, attrs, v) in (drawn | part.pop("stored_draws", {})).items():
             big[(f"{self.kind}_predictive" if dims[-1] == "phase" else self.kind, n)] = (dims, attrs, v)
         return big
@@ -164,8 +165,9 @@ class MemoryStore(Store):
         for key, (_, shape, dtype, _) in self.big_meta.items():
             self.big[key] = np.empty((1, self.draws) + shape, dtype)
 
-    def _put(self, key: tuple[str, str], v, a: int, b: int) -> None:
-        self.big[key][0, a:b] = _values(v)
+    def _put(self, arrays: dict[tuple[str, str], object], a: int, b: int) -> None:
+        for key, v in arrays.items():
+            self.big[key][0, a:b] = _values(v)
 
     def finish(self, groups: dict[str, xr.Dataset], attrs: dict) -> xr.DataTree:
         return self._tree(groups, attrs, {key: xr.Variable(self.big_meta[key][0], arr, self.big_meta[key][3])
@@ -211,14 +213,17 @@ class FileStore(Store):
         self._file = h5py.File(self.path, "a")  # the chunks written through h5py: dimensions are set
         self.big = {(g, n): self._file[f"{g}/{n}"] for g, n in self.big_meta}
 
-    def _put(self, key: tuple[str, str], v, a: int, b: int) -> None:
-        """A chunk kept compressed in its chunk file is copied as it is (its SHA-256 checked)."""
-        target = self.big[key]
-        if isinstance(v, ChunkArray) and v.rows == self.rows and a % self.rows == 0:
-            target.id.write_direct_chunk((0, a) + (0,) * (target.ndim - 2), v.raw())
-            return
-        v = _values(v)
-        target[0, a:b] = v.astype(np.int8) if v.dtype == bool else v
+    def _put(self, arrays: dict[tuple[str, str], object], a: int, b: int) -> None:
+        """Chunks kept compressed in a chunk file are copied as they are (their SHA-256 checked)."""
+        kept = {key: v for key, v in arrays.items()
+                if isinstance(v, ChunkArray) and v.rows == self.rows and a % self.rows == 0}
+        for key, raw in zip(kept, read_raw(list(kept.values()))):
+            target = self.big[key]
+            target.id.write_direct_chunk((0, a) + (0,) * (target.ndim - 2), raw)
+        for key, v in arrays.items():
+            if key not in kept:
+                v = _values(v)
+                self.big[key][0, a:b] = v.astype(np.int8) if v.dtype == bool else v
 
     def close(self) -> None:
         if self._file is not None:
