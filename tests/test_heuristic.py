@@ -79,6 +79,39 @@ def _exact_quantity(feeder, p, q, k, limits=Limits()):
     return float(np.abs(cons.c0[k] + i_l @ cons.c_t[:, k])[0] / cons.scale[k])
 
 
+def test_each_row_of_the_adjoint_is_the_direct_solution(ieee):
+    """The adjoint's fixed point stops row by row (a lightly loaded state converges in a few
+    steps, a heavily loaded one takes many or stalls and is solved densely): every row equals
+    the adjoint system solved directly for that row alone, at loads from 0.5 to 5 times the
+    feeder's, with the fixed point given its full 200 steps and with 4 (most rows then dense)."""
+    model = ieee.model
+    cons = h.constraints(model, Limits())
+    m = model.agent_to_load / model.s_base_kva
+    scale = np.array([0.5, 1, 2, 3, 4, 5])  # x5: 0.67 pu at the far end; x6: no solution
+    p = ieee.agent_p_kw.reshape(1, -1)[:, model.agent_cols] * scale[:, None]
+    q = ieee.agent_q_kvar.reshape(1, -1)[:, model.agent_cols] * scale[:, None]
+    s_l = p @ m + 1j * (q @ m)
+    v_l, conv, _ = solve_load_nodes(model, s_l)
+    assert conv.all() and np.abs(v_l).min() < 0.7  # the heaviest state is far from no load
+    i_l = -np.conj(s_l / v_l)
+    k = np.argmax(np.abs(cons.c0 + i_l @ cons.c_t) / cons.scale - cons.hi, axis=1)  # each row's worst
+    z, nl = model.z_ll, model.z_ll.shape[0]
+    w = h._gradient_rows(cons, s_l, v_l, k)
+    a = w * np.conj(s_l) / np.conj(v_l) ** 2
+    direct = np.empty_like(a)
+    for r in range(len(a)):  # lam = a + D conj(Z^T lam), as one real linear system per row
+        d = np.conj(s_l[r]) / np.conj(v_l[r]) ** 2
+        big = np.block([[np.eye(nl) - (d[:, None] * z.T).real, -(d[:, None] * z.T).imag],
+                        [-(d[:, None] * z.T).imag, np.eye(nl) + (d[:, None] * z.T).real]])
+        x = np.linalg.solve(big, np.concatenate([a[r].real, a[r].imag]))
+        direct[r] = x[:nl] + 1j * x[nl:]
+    expect = -(np.real(w / np.conj(v_l)) + np.real((direct @ np.conj(z)) / v_l)) / model.s_base_kva
+    for steps in (200, 4):
+        got = h._sens_analytic(model, cons, s_l, v_l, k, max_iter=steps)
+        error = np.abs(got - expect).max(axis=1) / np.abs(expect).max(axis=1)  # relative to the row's largest
+        assert error.max() < 1e-10, (steps, error)
+
+
 @pytest.mark.parametrize("limits, kind", [(Limits(loading_max_pu=10.0), VOLTAGE), (Limits(), LINE)])
 def test_analytic_and_paper_sensitivities_agree(ieee, limits, kind):
     """The analytic sensitivity (adjoint at the solved state) against a central

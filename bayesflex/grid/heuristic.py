@@ -339,23 +339,26 @@ def _sens_analytic(model: NetworkModel, cons: Constraints, s_l, v_l, k, *, tol=1
     ``dV = Z dI_L``.  For ``dq = Re(w . dI_L)`` the adjoint ``lam`` solves
     ``lam = w D + D conj(Z^T lam)`` -- a fixed point that contracts like the load
     flow itself; then ``dq/dS_j = -Re(w_j/conj(V_j) + (Z^H lam)_j / V_j)``.
-    Rows whose fixed point stalls are solved densely in real form.
+    Each row stops once its own step is below ``tol`` (the others go on: on a heavily loaded
+    feeder a few rows take 100 steps where most take 25); rows whose fixed point stalls are
+    solved densely in real form.
     """
     z = model.z_ll
     w = _gradient_rows(cons, s_l, v_l, k)
     d = np.conj(s_l) / np.conj(v_l) ** 2
     a = w * d
     lam = a.copy()
-    done = np.zeros(len(a), bool)
+    active = np.arange(len(a))
     for _ in range(max_iter):
-        new = a + d * (np.conj(lam) @ z)  # rows of Z^T conj(lam)
-        step = np.abs(new - lam).max(axis=1)
-        lam = new
-        done = step <= tol * np.maximum(np.abs(lam).max(axis=1), 1e-300)
-        if done.all():
+        old = lam[active]
+        new = a[active] + d[active] * (np.conj(old) @ z)  # rows of Z^T conj(lam)
+        step = np.abs(new - old).max(axis=1)
+        lam[active] = new
+        active = active[~(step <= tol * np.maximum(np.abs(new).max(axis=1), 1e-300))]  # NaN stays: solved below
+        if not len(active):
             break
-    if not done.all():
-        rows = np.flatnonzero(~done)
+    if len(active):
+        rows = active
         jac = _real_jacobian(z, s_l[rows], v_l[rows])
         r = np.concatenate([a[rows].real, a[rows].imag], axis=1)
         lr = np.linalg.solve(np.swapaxes(jac, 1, 2), r[..., None])[..., 0]
