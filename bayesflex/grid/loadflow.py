@@ -205,7 +205,12 @@ def _real_jacobian(z: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     nl = z.shape[0]
     eye = np.eye(nl)
     m = z * (np.conj(s) / np.conj(v) ** 2)[..., None, :]
-    return np.block([[eye - m.real, -m.imag], [-m.imag, eye + m.real]])
+    out = np.empty(m.shape[:-2] + (2 * nl, 2 * nl))  # the four blocks written in place (np.block: 2x the time)
+    np.subtract(eye, m.real, out=out[..., :nl, :nl])
+    np.negative(m.imag, out=out[..., :nl, nl:])
+    out[..., nl:, :nl] = out[..., :nl, nl:]
+    np.add(eye, m.real, out=out[..., nl:, nl:])
+    return out
 
 
 # ----------------------------------------------------------------------------
