@@ -54,8 +54,8 @@ class Store(ABC):
     :func:`~bayesflex.study.results.build_tree` computed from it into the tree.
 
     ``draws``: the study's draws; ``kind``: "prior" or "posterior";
-    ``buses``: the feeder's bus names; ``chunk_draws``: the engine's chunk;
-    ``portfolio``: agent indices of the portfolio (None: every agent).
+    ``buses``: the feeder's bus names; ``chunk_draws``: the engine's chunk.  The portfolio's
+    sums over its agents come with each chunk (``part["portfolio"]``).
     """
 
     def __init__(self, draws: int, kind: str, buses: tuple[str, ...], *, chunk_draws: int):
