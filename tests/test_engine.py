@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import pickle
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from joblib import delayed
 from scipy.stats import norm
 
 import bayesflex as bf
@@ -365,27 +362,3 @@ def test_full_voltages_on_request_are_the_load_flow(ieee, tmp_path):
     lf = bf.solve_loadflow(ieee, pp["p_kw"].values[0].astype(float), pp["q_kvar"].values[0].astype(float))
     np.testing.assert_allclose(v.values[0], lf.v_pu, atol=1e-6)
     assert "v_pu" not in run_study(ieee, "default", draws=1, seed=5, periods=1, headroom=False)["network"]
-
-
-def _worker_state() -> tuple[int, bool]:
-    return os.getpid(), "pymc" in sys.modules
-
-
-def test_workers_import_while_the_inputs_are_read_and_the_study_uses_them():
-    """``warm_workers`` starts the study's pool at once, each worker importing PyMC, and the
-    study's chunks run in those very workers, also after a failure while the inputs were read."""
-    run = engine.check_options(draws=4 * CHUNK_DRAWS, jobs=2)
-    engine.release_pool()
-    with engine._workers(None, None, 2) as (parallel, _):  # a fresh pool imports no PyMC by itself
-        assert not any(loaded for _, loaded in parallel(delayed(_worker_state)() for _ in range(4)))
-    engine.release_pool()
-    with engine.warm_workers(run):
-        pass
-    with engine._workers(None, None, 2) as (parallel, _):
-        state = list(parallel(delayed(_worker_state)() for _ in range(8)))
-    assert all(loaded for _, loaded in state) and len({pid for pid, _ in state}) == 2
-    with pytest.raises(ValueError, match="bad priors"), engine.warm_workers(run):
-        raise ValueError("bad priors")
-    with engine._workers(None, None, 2) as (parallel, _):
-        assert set(parallel(delayed(_worker_state)() for _ in range(8))) == set(state)
-    engine.release_pool()

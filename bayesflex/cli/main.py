@@ -229,7 +229,7 @@ def _cmd_run(args, argv) -> int:
     from bayesflex.core.outdir import as_output_error
     from bayesflex.io.feeders import load_feeder
     from bayesflex.priors import load_priors
-    from bayesflex.study.engine import check_options, local_start, run_study, warm_workers, with_timezone
+    from bayesflex.study.engine import check_options, local_start, run_study, with_timezone
     from bayesflex.study.schema import RESULT_FILE
 
     t0 = time.perf_counter()
@@ -239,13 +239,12 @@ def _cmd_run(args, argv) -> int:
              "full_voltages": args.full_voltages, "command": command, "positions": args.positions,
              "backend": args.backend, "scheduler": args.scheduler, "timezone": args.timezone}
     # what run_study checks before reading anything (a study no feeder could fit in memory), before any feeder
-    run = check_options(**{k: v for k, v in study.items() if k not in ("observations", "ev_states", "positions")})
+    check_options(**{k: v for k, v in study.items() if k not in ("observations", "ev_states", "positions")})
     priors = load_priors(args.priors)
     local_start(args.start, with_timezone(priors, args.timezone), "--start")  # before the feeder is read
     if args.feeders is not None:
         return _run_fleet(args, priors, study, t0)
-    with warm_workers(run):  # the workers import while the feeder is read
-        feeder = load_feeder(args.feeder, ratings=args.ratings)
+    feeder = load_feeder(args.feeder, ratings=args.ratings)
     out = Path(args.out) if args.out else default_out(feeder, priors.name)
     try:
         tree = run_study(feeder, priors, out=out, resume=args.resume, **study)

@@ -29,17 +29,11 @@ from bayesflex.priors.spec import DRAW_MODE, PYTENSOR_LOCK
 from bayesflex.priors.streams import pymc_stream, stream, technology_stream
 from bayesflex.priors.technology import Context, Model, Simulation
 
-__all__ = ["draw_parameters", "import_pymc", "sample_priors"]
+__all__ = ["draw_parameters", "sample_priors"]
 
 
 def _model(tech: Technology) -> Model:
     return tech.model or get(tech.name)
-
-
-def import_pymc() -> None:
-    """Import PyMC now (~2.5 s), as drawing will: the study's worker processes do it while the
-    main process reads the feeder and priors."""
-    import pymc  # noqa: F401
 
 
 def draw_parameters(priors: Priors, n_agent: int, draws: int, seed: np.random.SeedSequence,

@@ -63,7 +63,6 @@ from bayesflex.grid.heuristic import (
 from bayesflex.io.feeders import load_feeder
 from bayesflex.priors import sample_priors
 from bayesflex.priors.registry import components
-from bayesflex.priors.sampling import import_pymc
 from bayesflex.study.checkpoint import PARTIAL_DIR, Checkpoint, kept_chunks, save_chunk, study_fingerprint
 from bayesflex.study.files import open_study, verify_result
 from bayesflex.study.positions import apply_positions, read_positions
@@ -116,35 +115,6 @@ def _run_chunk(feeder: Feeder, priors, index: int, draws: int, seed: int, opts: 
 
 
 _WATCHED: set[int] = set()  # the main processes this worker process watches (one)
-
-
-@contextmanager
-def warm_workers(run: RunOptions):
-    """Start a study's local worker processes now, each importing what a chunk needs (~5 s:
-    PyMC and PyTensor, xarray, h5py), while this process reads the feeder in the ``with`` block
-    and builds its network model (the default feeder: ~4 s on one core): the chunks then start as
-    soon as the inputs are read instead of after the workers' imports.  loky's pool stays up and the
-    study's chunks reuse it; if the block fails, the pool is left as a finished study leaves it
-    (idle workers end after a few minutes, or with this process).  A dask cluster, the
-    threading backend and one job start nothing here."""
-    if run.scheduler is not None or run.backend not in (None, "loky") or run.n_jobs == 1:
-        yield
-        return
-    started = Parallel(n_jobs=run.n_jobs, backend=run.backend, return_as="generator_unordered")(
-        delayed(_warm)(os.getpid()) for _ in range(run.n_jobs))
-    try:
-        yield
-    finally:  # read to the end, also when the block fails: closing joblib's generator early stops
-        for _ in started:  # the pool, and loky's manager thread then fails on the cancelled tasks
-            pass
-
-
-def _warm(parent: int) -> int:
-    """A worker's first task: watch the main process (:func:`_watch_parent`) and import PyMC."""
-    if parent != os.getpid():
-        _watch_parent(parent)
-    import_pymc()
-    return os.getpid()
 
 
 def _watch_parent(parent: int, every_s: float = 0.5) -> None:
@@ -671,9 +641,8 @@ def run_study(
                         full_voltages=full_voltages, headroom=headroom, backend=backend, scheduler=scheduler,
                         timezone=timezone, progress=progress, command=command, out=out, resume=resume)
     check_inputs(feeder, priors, limits)
-    with warm_workers(run):
-        inputs = prepare(feeder, priors, run, observations=observations, ev_states=ev_states, positions=positions,
-                         limits=limits)
+    inputs = prepare(feeder, priors, run, observations=observations, ev_states=ev_states, positions=positions,
+                     limits=limits)
     return compute(inputs, run)
 
 
