@@ -188,6 +188,40 @@ def test_a_chunk_file_keeps_every_array_exactly(tmp_path):
     ck.release()
 
 
+def test_the_result_file_gets_the_same_arrays_copied_or_decompressed(tmp_path):
+    """A chunk file's large arrays go into the result file copied as they are when their chunk
+    is the result's (4 draws: 4 rows), and decompressed when it is not (kept padded to 8 rows):
+    either way every array equals what the chunk computed, as kept in memory."""
+    import copy
+
+    from bayesflex.io.feeders import load_feeder
+    from bayesflex.priors import load_priors
+    from bayesflex.study import engine
+    from bayesflex.study.checkpoint import save_chunk
+    from bayesflex.study.files import ChunkArray, read_raw
+    from bayesflex.study.store import FileStore, MemoryStore
+
+    fd, pr = load_feeder("ieee_eu_lv"), load_priors("default")
+    part = engine._run_chunk(fd, pr, 0, 4, 5, engine.StudyOptions(periods=2))
+    memory = MemoryStore(4, "prior", fd.buses, chunk_draws=50)
+    memory.add(copy.deepcopy(part), 0, 4)
+    for rows, copied in ((4, True), (8, False)):
+        folder = tmp_path / f"rows{rows}"
+        folder.mkdir()
+        light = save_chunk(folder, "x", 0, 0, 4, copy.deepcopy(part), rows)
+        kept = {n: a for n, (_, _, a) in light["stored_draws"].items()}
+        kept |= {n: a for n, a in light.items() if isinstance(a, ChunkArray)}
+        store = FileStore(4, "prior", fd.buses, folder / "r.part", chunk_draws=50, final=folder / "result.nc")
+        store.add(light, 0, 4)
+        assert set(store.big) == set(memory.big) and len(store.big) >= 14
+        for key, target in store.big.items():
+            want = memory.big[key]
+            assert np.array_equal(target[()], want.astype(np.int8) if want.dtype == bool else want, equal_nan=True), key
+            stored_raw = target.id.read_direct_chunk((0,) * target.ndim)[1]
+            assert (stored_raw == read_raw([kept[key[1]]])[0]) == copied, (rows, key)
+        store.discard()
+
+
 def test_two_runs_cannot_write_one_folder(tmp_path):
     fp = {"sha256": "x"}
     first = Checkpoint(tmp_path, fp, 2, rows=50)

@@ -251,7 +251,7 @@ def _put_chunk(group, name: str, v: np.ndarray, rows: int, draw_axis: int, final
     d.id.write_direct_chunk((0,) * v.ndim, raw)
     _describe(d, v.dtype, {**(meta or {}), "draw_axis": draw_axis, "rows": rows})
     sha = hashlib.sha256(raw).hexdigest()
-    d.attrs["sha256"] = _digest(sha, *_described(d))
+    d.attrs["sha256"] = _chunk_digest(d, sha)
     return ChunkArray(os.path.abspath(final), d.name, v.shape, v.dtype, draw_axis, rows, sha)
 
 
@@ -265,12 +265,18 @@ def _described(d) -> list[str]:
     return [str(d.attrs[k]) for k in ("dtype", "dims", "attrs", "coord", "draw_axis", "rows") if k in d.attrs]
 
 
+def _chunk_digest(d, sha: str) -> str:
+    """A compressed chunk's checksum: of its bytes' SHA-256, its shape and type, and the attributes
+    that say how it is read."""
+    return _digest(sha, tuple(d.shape), d.dtype.str, *_described(d))
+
+
 def _get(d) -> np.ndarray | ChunkArray:
     """A stored array, checked against its SHA-256; a large one as its compressed chunk."""
     if "draw_axis" in d.attrs:
         mask, raw = d.id.read_direct_chunk((0,) * d.ndim)
         sha = hashlib.sha256(raw).hexdigest()
-        if mask or d.attrs.get("sha256") != _digest(sha, *_described(d)):
+        if mask or d.attrs.get("sha256") != _chunk_digest(d, sha):
             raise DamagedChunk(f"{d.name}: its data do not match their SHA-256")
         return ChunkArray(os.path.abspath(d.file.filename), d.name, d.shape, np.dtype(d.attrs["dtype"]),
                           int(d.attrs["draw_axis"]), int(d.attrs["rows"]), sha)
@@ -358,8 +364,8 @@ def save_chunk(folder: Path, sha256: str, c: int, a: int, b: int, part: dict, ro
     large arrays as chunks of ``rows`` draws; return ``part`` with those as the file keeps them.
     Called by the workers when they share the disk (loky), else by the main process."""
     tmp = fresh(folder / f".chunk-{c:05d}.tmp-{os.getpid()}")
-    ensure_space(folder, sum(np.asarray(v).nbytes for k, v in part.items() if k != "draws")
-                 + part["draws"].nbytes, f"chunk {c}")
+    ensure_space(folder, sum(np.asarray(v).nbytes for k, v in part.items() if k not in ("draws", "portfolio"))
+                 + sum(v.nbytes for v in part["portfolio"].values()) + part["draws"].nbytes, f"chunk {c}")
     try:
         with quiet_failed_writes():
             light = _write_chunk(tmp, part, {"fingerprint": sha256, "chunk": c, "draw_start": a, "draw_stop": b},

@@ -68,7 +68,7 @@ from bayesflex.study.files import open_study, verify_result
 from bayesflex.study.positions import apply_positions, read_positions
 from bayesflex.study.results import build_tree
 from bayesflex.study.schema import PORTFOLIO, PREDICTIVE, RESULT_FILE, VIOLATIONS, causes
-from bayesflex.study.store import FileStore, MemoryStore, Store
+from bayesflex.study.store import FileStore, MemoryStore, Store, chunk_rows
 
 __all__ = ["CHUNK_DRAWS", "Inputs", "RunOptions", "StudyOptions", "check_inputs", "check_options", "compute",
            "prepare", "run_study"]
@@ -161,11 +161,10 @@ def _portfolio_sums(part: dict, ds, feeder: Feeder, positions) -> dict[str, np.n
     """The portfolio's powers, bounds, adjustments and headroom per draw and half-hour (kW, summed
     over its agents and phases): the agents with ``positions``, or every agent."""
     agents = None if positions is None else [feeder.agents.index(a) for a in positions.agents]
-    out = {}
-    for name, total in PORTFOLIO.items():
-        v = part[name] if name in part else ds[name].values[0] if name in ds else None
-        if v is not None:
-            out[total] = (v if agents is None else v[:, :, agents]).sum(axis=(2, 3), dtype=np.float64)
+    out = {}  # the physics' first, then the draws' (the result's order)
+    for name, v in [(n, part[n]) for n in part if n in PORTFOLIO] + [(n, ds[n].values[0]) for n in ds.data_vars
+                                                                     if n in PORTFOLIO]:
+        out[PORTFOLIO[name]] = (v if agents is None else v[:, :, agents]).sum(axis=(2, 3), dtype=np.float64)
     return out
 
 
@@ -398,7 +397,6 @@ class Inputs:
         return "posterior" if self.posterior is not None else "prior"
 
 
-
 def prepare(feeder, priors, run: RunOptions, *, observations=None, ev_states=None, positions=None,
             limits: Limits | None = None) -> Inputs:
     """Read the priors (a TOML file), the feeder and the positions; refuse a study the machine's
@@ -489,7 +487,7 @@ def compute(inp: Inputs, run: RunOptions) -> xr.DataTree:
         final = run.out / RESULT_FILE
         if _finished(final, fp, feeder=(str(fd.origin), fd.sha256), resume=run.resume):
             return open_study(final, verify=False)  # _finished has just checked it
-        ck = Checkpoint(run.out, fp, len(run.chunks), rows=min(CHUNK_DRAWS, run.draws), resume=run.resume)
+        ck = Checkpoint(run.out, fp, len(run.chunks), rows=chunk_rows(run.draws, CHUNK_DRAWS), resume=run.resume)
         store = FileStore(run.draws, inp.kind, fd.buses, ck.stream_path, chunk_draws=CHUNK_DRAWS, final=final)
         if ck.done:
             attrs["chunks_resumed"] = len(ck.done)

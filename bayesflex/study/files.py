@@ -27,8 +27,8 @@ from bayesflex.errors import ConfigError
 from bayesflex.study.schema import RESULT_FILE
 
 __all__ = ["CHECKSUM_SUFFIX", "CHUNK_FILTER", "DERIVED_FILES", "WRITE_ENGINE", "ChunkArray", "DamagedChunk",
-           "FileCloser", "StoredArray", "checksum_path", "compressed", "compress_chunk", "read_raw", "file_sha256", "install", "open_read", "open_study", "read_tree", "save_study", "stored",
-           "verify_result"]
+           "FileCloser", "StoredArray", "checksum_path", "compress_chunk", "compressed", "file_sha256", "install",
+           "open_read", "open_study", "read_raw", "read_tree", "save_study", "stored", "verify_result"]
 
 #: the result's checksum file: ``result.nc.sha256``
 CHECKSUM_SUFFIX = ".sha256"
@@ -42,7 +42,7 @@ WRITE_ENGINE = "netcdf4"
 #: in a chunk file and in the result file alike: deflate, level 1 (without HDF5's shuffle filter,
 #: which made these arrays ~20 % larger and slower to write), so that a chunk the worker compressed
 #: is copied into the result file as it is (:class:`ChunkArray`)
-CHUNK_FILTER = {"compression": "gzip", "compression_opts": 1}
+CHUNK_FILTER = {"compression": "gzip", "compression_opts": 1, "shuffle": False}
 
 
 def save_study(tree: xr.DataTree, directory: str | Path) -> Path:

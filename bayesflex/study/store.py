@@ -9,8 +9,8 @@ tree built there; :class:`FileStore` streams the large arrays into the result
 file as they arrive, so that memory stays bounded whatever the number of draws.
 A chunk that went through its chunk file brings its large arrays compressed,
 as the result file stores them (:class:`~bayesflex.study.files.ChunkArray`):
-they are copied into the file as they are, so that the main process neither
-receives them from the worker nor compresses them.
+they are copied into the file as they are.  When a loky worker wrote that file,
+the main process neither receives those arrays nor compresses them.
 
 Both keep in memory what the summaries are computed from: the per-draw
 reductions without agents or buses (``small``), the probability counts
@@ -41,7 +41,7 @@ from bayesflex.study.files import (
 )
 from bayesflex.study.schema import COUNTS, PER_DRAW, RESULT_FILE, SUMS, is_big, is_big_physics
 
-__all__ = ["FileStore", "MemoryStore", "Store"]
+__all__ = ["FileStore", "MemoryStore", "Store", "chunk_rows"]
 
 
 class Store(ABC):
@@ -76,7 +76,7 @@ class Store(ABC):
         large arrays as :class:`~bayesflex.study.files.ChunkArray`) of draws ``a`` to ``b - 1``."""
         ds = part.pop("draws")
         big = self._big(part, ds)
-        self._reserve(part, ds, big, a, b)
+        self._reserve(big, a, b)
         if self.coords is None:
             self._allocate(ds, big)
         self._put({key: v for key, (_, _, v) in big.items()}, a, b)
@@ -107,8 +107,8 @@ class Store(ABC):
         put in their groups, and the root ``attrs``."""
 
     # -- what an implementation decides ------------------------------------------------------
-    def _reserve(self, part: dict, ds: xr.Dataset, big: dict, a: int, b: int) -> None:
-        """Before a chunk is placed: room for it (nothing to check in memory)."""
+    def _reserve(self, big: dict, a: int, b: int) -> None:
+        """Before a chunk's large arrays ``big`` are placed: room for them (nothing to check in memory)."""
 
     @abstractmethod
     def _create(self) -> None:
@@ -151,6 +151,11 @@ class Store(ABC):
         self._create()
 
 
+def chunk_rows(draws: int, chunk_draws: int) -> int:
+    """Draws per HDF5 chunk of a result's large arrays (and of a chunk file's, which are copied there)."""
+    return min(chunk_draws, draws)
+
+
 def _values(v) -> np.ndarray:
     """A large array's draws (draw, ...), from a chunk file if it is kept there."""
     if isinstance(v, ChunkArray):
@@ -184,12 +189,12 @@ class FileStore(Store):
     def __init__(self, draws: int, kind: str, buses: tuple[str, ...], path: Path, *, chunk_draws: int,
                  final: Path | None = None):
         super().__init__(draws, kind, buses, chunk_draws=chunk_draws)
-        self.rows = min(chunk_draws, draws)  # draws per HDF5 chunk of the large arrays
+        self.rows = chunk_rows(draws, chunk_draws)
         self.path = path
         self.final = final or path.with_name(RESULT_FILE)  # renamed to, when complete
         self._file = None
 
-    def _reserve(self, part: dict, ds: xr.Dataset, big: dict, a: int, b: int) -> None:
+    def _reserve(self, big: dict, a: int, b: int) -> None:
         ensure_space(self.path.parent, sum(v.nbytes for _, _, v in big.values()), f"draws {a}-{b - 1} of the result")
 
     def _create(self) -> None:
@@ -215,8 +220,7 @@ class FileStore(Store):
 
     def _put(self, arrays: dict[tuple[str, str], object], a: int, b: int) -> None:
         """Chunks kept compressed in a chunk file are copied as they are (their SHA-256 checked)."""
-        kept = {key: v for key, v in arrays.items()
-                if isinstance(v, ChunkArray) and v.rows == self.rows and a % self.rows == 0}
+        kept = {key: v for key, v in arrays.items() if isinstance(v, ChunkArray) and self._copies(key, v, a)}
         for key, raw in zip(kept, read_raw(list(kept.values()))):
             target = self.big[key]
             target.id.write_direct_chunk((0, a) + (0,) * (target.ndim - 2), raw)
@@ -224,6 +228,13 @@ class FileStore(Store):
             if key not in kept:
                 v = _values(v)
                 self.big[key][0, a:b] = v.astype(np.int8) if v.dtype == bool else v
+
+    def _copies(self, key: tuple[str, str], v: ChunkArray, a: int) -> bool:
+        """Whether ``v``'s compressed bytes are, as they are, the chunk of draws from ``a`` of ``key``:
+        the same rows per chunk, starting on a chunk, the same type and shape per draw."""
+        _, shape, dtype, _ = self.big_meta[key]
+        return (v.rows == self.rows and a % self.rows == 0 and v.dtype == dtype
+                and tuple(v.shape[v.draw_axis + 1:]) == tuple(shape))
 
     def close(self) -> None:
         if self._file is not None:
