@@ -45,7 +45,7 @@ import xarray as xr
 from bayesflex.core.outdir import as_output_error, ensure_space, fresh, inside, quiet_failed_writes, regular
 from bayesflex.core.versions import __version__, package_versions
 from bayesflex.errors import ConfigError
-from bayesflex.study.files import CHUNK_FILTER, ChunkArray, DamagedChunk, compress_chunk
+from bayesflex.study.files import CHUNK_FILTER, ChunkArray, DamagedChunk, compress_chunk, stored_dtype
 from bayesflex.study.schema import is_big, is_big_physics
 
 __all__ = ["PARTIAL_DIR", "Checkpoint", "kept_chunks", "save_chunk", "study_fingerprint"]
@@ -245,9 +245,9 @@ def _put_chunk(group, name: str, v: np.ndarray, rows: int, draw_axis: int, final
     will be ``final``; its SHA-256 is of the compressed bytes (and of the attributes that say how
     it is read)."""
     raw = compress_chunk(v, rows, draw_axis)
-    dtype = np.int8 if v.dtype == bool else v.dtype
     chunk = v.shape[:draw_axis] + (rows,) + v.shape[draw_axis + 1:]
-    d = group.create_dataset(name, shape=v.shape, maxshape=chunk, chunks=chunk, dtype=dtype, **CHUNK_FILTER)
+    d = group.create_dataset(name, shape=v.shape, maxshape=chunk, chunks=chunk, dtype=stored_dtype(v.dtype),
+                             **CHUNK_FILTER)
     d.id.write_direct_chunk((0,) * v.ndim, raw)
     _describe(d, v.dtype, {**(meta or {}), "draw_axis": draw_axis, "rows": rows})
     sha = hashlib.sha256(raw).hexdigest()
@@ -310,11 +310,12 @@ def _write_chunk(path: Path, part: dict, attrs: dict, rows: int, final: Path) ->
         for k, v in part.items():
             if k in ("draws", "portfolio"):
                 continue
-            light[k] = v = np.asarray(v)
+            v = np.asarray(v)
             if is_big_physics(k):
                 light[k] = _put_chunk(phys, k, v, rows, 0, final)
             else:
                 _put(phys, k, v)
+                light[k] = v
         port = f.create_group("portfolio", track_order=True)
         for k, v in part["portfolio"].items():
             _put(port, k, np.asarray(v))

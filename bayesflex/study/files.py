@@ -28,7 +28,8 @@ from bayesflex.study.schema import RESULT_FILE
 
 __all__ = ["CHECKSUM_SUFFIX", "CHUNK_FILTER", "DERIVED_FILES", "WRITE_ENGINE", "ChunkArray", "DamagedChunk",
            "FileCloser", "StoredArray", "checksum_path", "compress_chunk", "compressed", "file_sha256", "install",
-           "open_read", "open_study", "read_raw", "read_tree", "save_study", "stored", "verify_result"]
+           "open_read", "open_study", "read_raw", "read_tree", "save_study", "stored", "stored_dtype",
+           "verify_result"]
 
 #: the result's checksum file: ``result.nc.sha256``
 CHECKSUM_SUFFIX = ".sha256"
@@ -273,11 +274,16 @@ class DamagedChunk(ValueError):
     """A chunk file's data do not match the checksums written with them."""
 
 
+def stored_dtype(dtype) -> np.dtype:
+    """The type a large array has in a chunk file and in the result file: booleans are int8 there."""
+    return np.dtype(np.int8) if np.dtype(dtype) == bool else np.dtype(dtype)
+
+
 def compress_chunk(v: np.ndarray, rows: int, draw_axis: int) -> bytes:
     """``v``'s bytes as one HDF5 chunk of ``rows`` draws under :data:`CHUNK_FILTER`: the draws
     (axis ``draw_axis``, after a leading chain axis or none) padded with zeros to ``rows``, deflated.
     Booleans are stored as int8 (as the result file stores them)."""
-    data = np.ascontiguousarray(v, np.int8 if v.dtype == bool else v.dtype)
+    data = np.ascontiguousarray(v, stored_dtype(v.dtype))
     n = data.shape[draw_axis]
     if n < rows:
         pad = np.zeros(data.shape[:draw_axis] + (rows,) + data.shape[draw_axis + 1:], data.dtype)
@@ -311,9 +317,8 @@ class ChunkArray:
 
     def values(self) -> np.ndarray:
         """The array itself (decompressed)."""
-        stored_dtype = np.dtype(np.int8) if self.dtype == bool else self.dtype
         full = self.shape[:self.draw_axis] + (self.rows,) + self.shape[self.draw_axis + 1:]
-        v = np.frombuffer(zlib.decompress(self.raw()), stored_dtype).reshape(full)
+        v = np.frombuffer(zlib.decompress(self.raw()), stored_dtype(self.dtype)).reshape(full)
         return v[(slice(None),) * self.draw_axis + (slice(0, self.shape[self.draw_axis]),)].astype(self.dtype)
 
 

@@ -38,6 +38,7 @@ from bayesflex.study.files import (
     open_read,
     read_raw,
     stored,
+    stored_dtype,
 )
 from bayesflex.study.schema import COUNTS, PER_DRAW, RESULT_FILE, SUMS, is_big, is_big_physics
 
@@ -212,8 +213,8 @@ class FileStore(Store):
                                                engine="h5netcdf")
         with h5netcdf.File(self.path, "a") as f:
             for (g, n), (dims, shape, dtype, attrs) in self.big_meta.items():
-                dt = np.int8 if dtype == bool else dtype
-                var = f[g].create_variable(n, dims, dt, chunks=(1, self.rows) + tuple(shape), **CHUNK_FILTER)
+                var = f[g].create_variable(n, dims, stored_dtype(dtype), chunks=(1, self.rows) + tuple(shape),
+                                           **CHUNK_FILTER)
                 var.attrs.update(_stored_attrs(attrs, dtype))
         self._file = h5py.File(self.path, "a")  # the chunks written through h5py: dimensions are set
         self.big = {(g, n): self._file[f"{g}/{n}"] for g, n in self.big_meta}
@@ -227,7 +228,7 @@ class FileStore(Store):
         for key, v in arrays.items():
             if key not in kept:
                 v = _values(v)
-                self.big[key][0, a:b] = v.astype(np.int8) if v.dtype == bool else v
+                self.big[key][0, a:b] = v.astype(stored_dtype(v.dtype), copy=False)
 
     def _copies(self, key: tuple[str, str], v: ChunkArray, a: int) -> bool:
         """Whether ``v``'s compressed bytes are, as they are, the chunk of draws from ``a`` of ``key``:
