@@ -194,6 +194,11 @@ _PER_CONDUCTOR = {"cond", "wire", "x", "h", "units", "cncable", "tscable", "wire
                   "spacing"}
 _CLOSE = {'"': '"', "'": "'", "(": ")", "[": "]", "{": "}"}
 _UNSAFE_IN_PATH = set("\"'()[]{}")
+_UNSAFE_CHAR = re.compile(r"[\"'()\[\]{}]")
+#: a word outside quotes and brackets: up to a blank, comma or '='
+_BARE_WORD = re.compile(r"[^ \t,=]*")
+#: control characters but the tab (the lines are already split at newlines)
+_CONTROL_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _UNITS = ("none", "mi", "kft", "km", "m", "ft", "in", "cm", "mm")
 #: properties a script must give (any one of each set), else the engine silently fills in its default
 _NEEDS = {
@@ -281,9 +286,9 @@ def _tokens(text: str) -> list[tuple[str, str, str]]:
             if j + 1 < n and text[j + 1] not in " \t,=":
                 raise _Refused(f"text glued to a closing {_CLOSE[text[i]]!r}")
             return text[i + 1:j], text[i], j + 1
-        m = re.compile(r"[^ \t,=]*").match(text, i)
+        m = _BARE_WORD.match(text, i)
         w = m.group(0)
-        if set(w) & _UNSAFE_IN_PATH:
+        if _UNSAFE_CHAR.search(w):
             raise _Refused(f"quote or bracket inside the word {w[:40]!r}")
         return w, "", m.end()
 
@@ -469,7 +474,7 @@ def _commands(path: Path, data: bytes, reading: _Reading, depth: int):
 def _check(s: str, path: Path, no: int, reading: _Reading, last: str | None) -> _Command | None:
     """Judge one command; return what to run (or skip), None for Redirect/Compile.
     Raises _Refused for what is neither executed nor skipped."""
-    if any(ord(c) < 32 and c != "\t" or c == "\x7f" for c in s):
+    if _CONTROL_CHAR.search(s):
         raise _Refused("control character")
     tokens = _tokens(s)
     name0, word, _ = tokens[0]
