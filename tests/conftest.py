@@ -24,6 +24,21 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+#: the test files that take longest (on 2 cores, a fresh machine: together two thirds of the suite's
+#: time), longest first.  pytest-xdist hands whole files to its workers (``--dist loadfile``) in
+#: collection order (``--no-loadscope-reorder``; its own order is by number of tests, which put a
+#: long file of few tests last): these go first, so that each worker's last file is a short one
+#: and both end together.  Only the wall time depends on this list.
+LONGEST_FIRST = ("test_priors_conditioning.py", "test_report.py", "test_engine.py", "test_outputs_safety.py",
+                 "test_priors_tails.py", "test_fleet.py", "test_hostile_input.py", "test_opendss_safety.py",
+                 "test_resume.py", "test_loadflow_opendss.py", "test_priors.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
 @pytest.fixture(scope="session")
 def ieee() -> bf.Feeder:
     return bf.load_feeder("ieee_eu_lv")

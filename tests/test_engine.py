@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import pickle
 
@@ -237,37 +236,6 @@ def test_conditioned_study_is_a_posterior(tmp_path, ieee):
     tree = run_study(ieee, "default", draws=5, seed=2, periods=2, ev_states=logs, headroom=False)
     assert "posterior_predictive" in tree.children and "prior_predictive" not in tree.children
     assert "posterior" in tree.children and tree.attrs["conditioned"] == 1
-
-
-def test_a_study_conditioned_on_meter_readings_draws_the_observed_agent_nearer_them(small_study, monkeypatch, ieee):
-    """``run_study(observations=...)`` end to end: two days of LOAD1 reading four times the
-    baseload shape (and of LOAD2 reading the shape).  The study is a posterior (its groups, the
-    observed agents named), and LOAD1's drawn baseload in the horizon lies, on average over the
-    draws, nearer its readings at those half-hours than the prior's draws (small_study: the same
-    horizon, unconditioned).  NUTS is cut to one chain of 200 draws here (the engine's default fit
-    takes ~40 s); the engine's path is the same."""
-    from bayesflex import priors as pri_mod
-    from bayesflex.priors.conditioning import condition
-
-    monkeypatch.setattr(pri_mod, "condition", functools.partial(condition, draws=200, tune=200, chains=1))
-    shape = np.asarray(pri_mod.load_priors("default")["baseload"].extra["shape_kw"])  # kW per local half-hour
-    times = pd.date_range("2026-01-12 00:00", periods=96, freq="30min")  # GMT: local = UTC
-    meter = pd.concat([pd.DataFrame({"agent": a, "time": times, "p_kw": k * shape[np.arange(96) % 48]})
-                       for a, k in (("LOAD1", 4), ("LOAD2", 1))])
-    tree = run_study(ieee, "default", draws=20, seed=2, periods=4, observations=meter, headroom=False)
-    assert {"posterior", "posterior_predictive"} <= set(tree.children)
-    assert "prior_predictive" not in tree.children
-    assert tree.attrs["conditioned"] == 1 and tree.attrs["observed_agents"] == "LOAD1,LOAD2"
-    assert small_study["prior_predictive"].time.equals(tree["posterior_predictive"].time)
-    want = 4 * shape[:4]  # the readings at the horizon's half-hours (00:00-01:30)
-    post = tree["posterior_predictive"]["p_base_kw"].sel(agent="LOAD1").sum("phase").values[0]  # (draw, time)
-    prior = small_study["prior_predictive"]["p_base_kw"].sel(agent="LOAD1").sum("phase").values[0]
-    miss_post, miss_prior = np.abs(post.mean(axis=0) - want).mean(), np.abs(prior.mean(axis=0) - want).mean()
-    assert miss_post < 0.5 * miss_prior, (miss_post, miss_prior)
-    # the fitted household level: high for LOAD1, the prior's for the agents without a meter
-    z = tree["posterior"]["baseload_household_z"].isel(chain=0)  # (draw, agent)
-    unobserved = [a for a in ieee.agents if a not in ("LOAD1", "LOAD2")]
-    assert float(z.sel(agent="LOAD1").mean()) > 1.5 and abs(float(z.sel(agent=unobserved).mean())) < 0.5
 
 
 def test_a_three_phase_agent_is_split_positioned_and_adjusted_per_phase(one_house_priors):
