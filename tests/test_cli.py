@@ -127,6 +127,20 @@ def test_bad_run_input_fails_before_the_heavy_imports(argv, words, monkeypatch, 
         assert w in err, err
 
 
+@pytest.mark.parametrize("command", [["query", "{d}", "congestion"], ["report", "{d}"], ["map", "{d}"]])
+def test_a_folder_without_a_study_is_said_before_the_heavy_imports(command, monkeypatch, tmp_path, capsys):
+    """query, report and map name a folder without a result at once (pandas, xarray and
+    matplotlib take seconds to import), as the same one-line error open_study gives."""
+    for name in HEAVY + ("pandas", "matplotlib"):
+        monkeypatch.setitem(sys.modules, name, None)
+    (tmp_path / "empty").mkdir()
+    for d in (tmp_path / "empty", tmp_path / "nowhere"):
+        assert main([w.format(d=d) for w in command]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert "no study result here (expected result.nc" in err and str(d) in err, err
+
+
 def test_agent_names_match_ignoring_case_and_a_typo_gets_the_closest(study_dir, capsys):
     assert main(["query", str(study_dir), "adjustment", "--agent", "LAOD12"]) == 2
     err = capsys.readouterr().err

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bayesflex.core.outdir import result_file
 from bayesflex.core.versions import __version__
 from bayesflex.errors import BayesflexError, ConfigError, OutputError
 
@@ -443,6 +444,7 @@ def _print_causes(sm, f, k: int = 3) -> None:
 # query
 # ----------------------------------------------------------------------------
 def _cmd_query(args) -> int:
+    result_file(args.dir)  # a wrong folder is said at once, before the imports below
     import pandas as pd
 
     from bayesflex.analysis import query
@@ -533,6 +535,7 @@ def _levels(text: str) -> tuple[float, ...]:
 
 
 def _cmd_report(args) -> int:
+    result_file(args.dir)
     from bayesflex.aggregator.market_report import sections
     from bayesflex.analysis.report import write_report
     from bayesflex.study.files import open_study
@@ -549,6 +552,7 @@ HEATMAP_KINDS = ("any", "undervoltage", "overvoltage")
 
 
 def _cmd_map(args) -> int:
+    result_file(args.dir)
     from bayesflex.analysis import maps
     from bayesflex.study.files import open_study
 

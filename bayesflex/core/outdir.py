@@ -31,9 +31,24 @@ from pathlib import Path
 
 from bayesflex.errors import ConfigError, OutputError
 
-__all__ = ["Resources", "as_output_error", "check_memory", "check_space", "check_writable", "default_label",
-           "ensure_space", "estimate", "fresh", "inside", "memory_available", "quiet_failed_writes", "regular",
-           "safe_name"]
+__all__ = ["RESULT_FILE", "Resources", "as_output_error", "check_memory", "check_space", "check_writable",
+           "default_label", "ensure_space", "estimate", "fresh", "inside", "memory_available", "quiet_failed_writes",
+           "regular", "result_file", "safe_name"]
+
+#: the result file in a study's folder
+RESULT_FILE = "result.nc"
+
+
+def result_file(path: str | Path) -> Path:
+    """The result file of the study at ``path`` (its folder or the file itself); a ConfigError
+    naming what is missing if there is none.  Without imports beyond the standard library, so
+    that a command given a wrong folder says so at once."""
+    p = Path(path)
+    f = p / RESULT_FILE if p.is_dir() else p
+    if not f.is_file():
+        raise ConfigError(f"{f}: no study result here (expected {RESULT_FILE}, written by 'bayesflex run')")
+    return f
+
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 _MAX_NAME = 120

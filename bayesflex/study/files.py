@@ -22,7 +22,7 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from bayesflex.core.outdir import fresh, regular
+from bayesflex.core.outdir import fresh, regular, result_file
 from bayesflex.errors import ConfigError
 from bayesflex.study.schema import RESULT_FILE
 
@@ -115,10 +115,7 @@ def verify_result(f: Path) -> None:
 def open_study(path: str | Path, *, verify: bool = True) -> xr.DataTree:
     """Open a study from its folder or its ``result.nc``; a clear error if it is not one, or
     (``verify``) if the file does not match its checksum."""
-    p = Path(path)
-    f = p / RESULT_FILE if p.is_dir() else p
-    if not f.is_file():
-        raise ConfigError(f"{f}: no study result here (expected {RESULT_FILE}, written by 'bayesflex run')")
+    f = result_file(path)
     if verify:
         verify_result(f)
     try:

@@ -72,14 +72,13 @@ as congested on every phase and as violating every limit.
 
 from __future__ import annotations
 
+from bayesflex.core.outdir import RESULT_FILE
 from bayesflex.priors.registry import components
 
 __all__ = ["CAUSE_DEFINITION", "CONFIDENCE", "COUNTS", "PER_DRAW", "PORTFOLIO",
            "PORTFOLIO_LONG", "PREDICTIVE", "RESULT_FILE", "SUMS", "VIOLATIONS", "causes", "is_big",
            "is_big_physics"]
 
-#: the result file in a study's folder
-RESULT_FILE = "result.nc"
 #: confidence levels at which the portfolio flexibility is summarised
 CONFIDENCE = (0.5, 0.9, 0.95)
 #: agent power arrays that go into the predictive group (when the technology is present)
