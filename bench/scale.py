@@ -24,7 +24,16 @@ large ones copied compressed into the result file).  Their ratio is how many
 workers one main process keeps up with (goal: 200, i.e. main-process time per
 chunk <= 0.5 % of a worker's).
 
+Then the scaling with workers (``--scaling SMALL LARGE``, default 300 900): the same study on a
+local dask cluster of 1 and of 2 worker processes (``--backend dask --jobs 1|2``, one thread each)
+and, in the same run, on loky with 1 and 2 workers, each at both sizes; from the study's own time
+(the CLI's "N draws in X s", which leaves out the imports and the report) the throughput beyond
+the start-up, (LARGE - SMALL) / (its time at LARGE - at SMALL) draws/s (the workers' imports and
+PyMC's compilation are paid once whatever the size), and that of 2 workers against 1 (goal: 90 %
+of linear, 1.8 x).  On a machine of 2 cores the main process shares them with the 2 workers.
+
     python bench/scale.py [--draws 1000 10000] [--jobs -1] [--limit-gb 4] [--trace rss.csv] [--chunks 8]
+                          [--scaling 300 900]
 """
 
 from __future__ import annotations
@@ -60,9 +69,9 @@ def _rss(proc: psutil.Process) -> tuple[int, int]:
     return main, total
 
 
-def run_cli(draws: int, jobs: int, out: Path, interval: float, trace=None) -> dict:
+def run_cli(draws: int, jobs: int, out: Path, interval: float, trace=None, extra: tuple[str, ...] = ()) -> dict:
     exe = Path(sys.executable).with_name("bayesflex")
-    cmd = [str(exe), "run", "--draws", str(draws), "--jobs", str(jobs), "--out", str(out)]
+    cmd = [str(exe), "run", "--draws", str(draws), "--jobs", str(jobs), "--out", str(out), *extra]
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -132,13 +141,31 @@ def main_process_share(chunks: int) -> dict:
     return {"worker": float(np.median(worker)), "main": float(np.median(main)), "sent": len(sent)}
 
 
+def worker_scaling(sizes: tuple[int, int], interval: float) -> list[dict]:
+    """The study (the CLI's "N draws in X s": sampling, load flows, heuristic, headroom, writing;
+    not the imports or the report) at two sizes with 1 and with 2 workers, on a local dask cluster
+    (``--backend dask``) and on loky (the default) in the same run."""
+    rows = []
+    for backend in ("dask", "loky"):
+        for jobs in (1, 2):
+            for draws in sizes:
+                with tempfile.TemporaryDirectory(prefix=f"bayesflex-scaling-{backend}-{jobs}-") as tmp:
+                    r = run_cli(draws, jobs, Path(tmp), interval, extra=("--backend", backend))
+                rows.append({"backend": backend, "jobs": jobs} | r)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--draws", type=int, nargs="+", default=[1000, 10000], help="study sizes, run in this order")
+    ap.add_argument("--draws", type=int, nargs="*", default=[1000, 10000],
+                    help="study sizes, run in this order (none: skip)")
     ap.add_argument("--jobs", type=int, default=-1)
     ap.add_argument("--interval", type=float, default=0.2, help="seconds between memory samples")
     ap.add_argument("--limit-gb", type=float, default=4.0, help="memory budget for the whole process tree")
     ap.add_argument("--chunks", type=int, default=8, help="chunks timed for the main process's share (0: skip)")
+    ap.add_argument("--scaling", type=int, nargs=2, default=(300, 900), metavar=("SMALL", "LARGE"),
+                    help="the two sizes of the 1- and 2-worker runs (dask and loky) for the scaling figure "
+                         "(0 0: skip)")
     ap.add_argument("--trace", type=Path, default=None,
                     help="also write every memory sample to this CSV (draws, seconds, main MB, tree MB)")
     args = ap.parse_args()
@@ -157,16 +184,31 @@ def main() -> None:
               f"CPU {r['cpu']:.0f} s = {1e3 * r['cpu'] / n:.1f} ms/draw; "
               f"peak RSS {r['peak_total'] / 1e9:.2f} GB process tree (at {r['peak_at']:.0f} s), "
               f"{r['peak_main'] / 1e9:.2f} GB main process; result.nc {r['file'] / 1e6:,.0f} MB", flush=True)
-    lo, hi = min(rows, key=lambda r: r["draws"]), max(rows, key=lambda r: r["draws"])
-    if hi["draws"] > lo["draws"]:
+    lo, hi = (min(rows, key=lambda r: r["draws"]), max(rows, key=lambda r: r["draws"])) if rows else (None, None)
+    if rows and hi["draws"] > lo["draws"]:
         k = hi["draws"] / lo["draws"]
         print(f"time {hi['draws']:,} / {lo['draws']:,} draws: {hi['wall'] / lo['wall']:.2f} "
               f"(linear: {k:g}; study alone {hi['study'] / lo['study']:.2f}; CPU time {hi['cpu'] / lo['cpu']:.2f}); "
               f"per draw {hi['wall'] / hi['draws'] / (lo['wall'] / lo['draws']):.2f} x")
-    worst = max(r["peak_total"] for r in rows)
-    ok = worst <= args.limit_gb * 1e9
-    print(f"peak RSS of the process tree {worst / 1e9:.2f} GB: {'within' if ok else 'OVER'} "
-          f"the {args.limit_gb:g} GB budget")
+    if rows:
+        worst = max(r["peak_total"] for r in rows)
+        ok = worst <= args.limit_gb * 1e9
+        print(f"peak RSS of the process tree {worst / 1e9:.2f} GB: {'within' if ok else 'OVER'} "
+              f"the {args.limit_gb:g} GB budget")
+    if any(args.scaling):
+        small, large = args.scaling
+        sc = worker_scaling((small, large), args.interval)
+        for backend in ("dask", "loky"):
+            rate = {}
+            for j in (1, 2):
+                lo_, hi_ = (next(r for r in sc if r["backend"] == backend and r["jobs"] == j and r["draws"] == d)
+                            for d in (small, large))
+                rate[j] = (large - small) / (hi_["study"] - lo_["study"])  # draws per second, start-up left out
+                print(f"{backend}, {j} worker{'s' if j > 1 else ''}: {small} draws {lo_['study']:.1f} s, {large} "
+                      f"draws {hi_['study']:.1f} s: {rate[j]:.1f} draws/s beyond the start-up "
+                      f"(start-up {lo_['study'] - small / rate[j]:.1f} s)", flush=True)
+            print(f"{backend}: 2 workers give {rate[2] / rate[1]:.2f} x the throughput of 1 "
+                  f"({50 * rate[2] / rate[1]:.0f} % of linear; goal >= 90 %)", flush=True)
     if args.chunks:
         r = main_process_share(args.chunks)
         print(f"per chunk of 50 draws (median of {args.chunks}): worker {r['worker']:.2f} s, main process "

@@ -149,9 +149,12 @@ def test_dask_cluster_gives_the_numbers_of_the_default_backend(tmp_path, ieee):
                           out=tmp_path, **study)
         # the chunks really ran as tasks of this cluster's scheduler
         assert any("_run_chunk" in k for k in cl.scheduler.task_prefixes), list(cl.scheduler.task_prefixes)
-    assert set(here.children) == set(there.children)
-    for name in here.children:
-        xr.testing.assert_identical(here[name].to_dataset(), there[name].to_dataset())
+    # and on a local cluster started by the study, whose workers write their own chunk files (as loky's)
+    local = run_study(ieee, "default", backend="dask", jobs=2, out=tmp_path / "local", **study)
+    for other in (there, local):
+        assert set(here.children) == set(other.children)
+        for name in here.children:
+            xr.testing.assert_identical(here[name].to_dataset(), other[name].to_dataset())
 
 
 def test_backend_errors_are_clear(ieee):

@@ -525,7 +525,8 @@ def _run_chunks(inp: Inputs, run: RunOptions, store: Store, ck: Checkpoint | Non
     """Every chunk into ``store``, in chunk order: computed by the workers, or read from the
     checkpoint when an earlier run finished it (computed again here if it is damaged)."""
     done = set() if ck is None else ck.done
-    remote = run.backend == "dask" or run.scheduler is not None  # workers may not see our disk: we write their chunks
+    remote = run.scheduler is not None  # a cluster's workers may not see our disk: we write their chunks (a local
+    # cluster's, started here, see it and write their own, as loky's do)
 
     def task(c: int, a: int, b: int) -> tuple:
         save = None if ck is None or remote else (str(ck.dir), ck.sha256, a, b, ck.rows)
