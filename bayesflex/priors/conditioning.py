@@ -67,8 +67,10 @@ DENSE_MASS_MAX_DIM = 500
 #: 50 s on a machine whose compile cache is empty (as every fresh install's is); on ten days
 #: of four meters the whole fit took 55 s instead of 101 s, and its sampling 36 s instead of 42
 FIT_MODE = "NUMBA"
-#: prior draws that set the fit's initial mass matrix (see :func:`prior_scaled_nuts`)
+#: prior draws that set the fit's initial mass matrix (see :func:`prior_scaled_nuts`), fewer (not
+#: below 100) where they would hold more than PRIOR_VALUES_MAX values (80 MB): a rough start suffices
 PRIOR_DRAWS = 1000
+PRIOR_VALUES_MAX = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -313,8 +315,9 @@ def prior_scaled_nuts(model, chains: int, seed: int):
     import pymc as pm
     from pymc.step_methods.hmc.quadpotential import QuadPotentialDiagAdapt, QuadPotentialFullAdapt
 
-    mean, var, prior = prior_moments(model, max(PRIOR_DRAWS, chains), seed)
-    n = len(mean)
+    n = sum(np.size(v) for v in model.initial_point().values())
+    draws = max(chains, min(PRIOR_DRAWS, max(100, PRIOR_VALUES_MAX // n)))  # a year of 100 meters: about 270 draws
+    mean, var, prior = prior_moments(model, draws, seed)
     if n <= DENSE_MASS_MAX_DIM:
         potential = QuadPotentialFullAdapt(n, mean, np.diag(var), 10, rng=np.random.default_rng(seed))
     else:
