@@ -194,7 +194,7 @@ _PER_CONDUCTOR = {"cond", "wire", "x", "h", "units", "cncable", "tscable", "wire
                   "spacing"}
 _CLOSE = {'"': '"', "'": "'", "(": ")", "[": "]", "{": "}"}
 _UNSAFE_IN_PATH = set("\"'()[]{}")
-_UNSAFE_CHAR = re.compile(r"[\"'()\[\]{}]")
+_UNSAFE_CHAR = re.compile("[" + re.escape("".join(sorted(_UNSAFE_IN_PATH))) + "]")  # one of them, found at once
 #: a word outside quotes and brackets: up to a blank, comma or '='
 _BARE_WORD = re.compile(r"[^ \t,=]*")
 #: control characters but the tab (the lines are already split at newlines)
