@@ -1,5 +1,5 @@
-"""Load-flow speed: bayesflex against pandapower.runpp_3ph (and power-grid-model),
-measured in the same run on the IEEE European LV feeder.
+"""Load-flow speed: bayesflex against pandapower.runpp_3ph, an OpenDSS solve loop
+and power-grid-model, measured in the same run on the IEEE European LV feeder.
 
 Each scenario is the on-peak snapshot with every agent-phase scaled by a
 seeded random factor in [0, 3].  bayesflex computes all bus voltages and all
@@ -8,7 +8,7 @@ statistics (min/max voltage per phase, max line and transformer loading):
 ``full=False``.  The full-output figure (every bus voltage and line current
 returned) is printed too.
 
-    python bench/loadflow.py [--scenarios 100000] [--pandapower 30] [--pgm 20000]
+    python bench/loadflow.py [--scenarios 100000] [--pandapower 30] [--opendss 300] [--pgm 20000]
 """
 
 from __future__ import annotations
@@ -66,6 +66,55 @@ def bench_pandapower(feeder, n):
         v.append(res)
     dt = time.perf_counter() - t
     return n / dt, np.array(v)
+
+
+def bench_opendss(n):
+    """OpenDSS (opendssdirect) solving the IEEE European LV feeder's own ``Master.dss`` in a loop:
+    each scenario sets every load's kW and kvar, solves (snapshot, to 1e-10 as bayesflex, loads at
+    constant power throughout) and reads every node's voltage.  Returns solves/s and, for the sanity
+    check, each scenario's lowest node voltage against bayesflex's on the same model."""
+    import re
+    import tempfile
+    from pathlib import Path
+
+    import opendssdirect as dss
+
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "ieee_eu_lv" / "opendss"
+    feeder = bf.load_feeder(folder / "Master.dss")
+    p, q = scenarios(feeder, n)
+    p_load, q_load = p.sum(axis=2), q.sum(axis=2)  # single-phase loads: the power of their one phase
+    # Master.dss without its load shapes (their CSV files are not shipped) and monitors
+    master = (folder / "Master.dss").read_text()
+    master = master[:master.index("Redirect LineCode.txt")] + "\n".join(
+        [f'Redirect "{folder / name}"' for name in ("LineCode.txt", "Lines.txt", "Transformers.txt")]
+        + [re.sub(r"\s+Yearly=\S+", "", line) for line in (folder / "Loads.txt").read_text().splitlines()]
+        + ["Set voltagebases=[11 .416]", "Calcvoltagebases"])
+    cwd = os.getcwd()  # OpenDSS changes the working directory
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "Master.dss").write_text(master)
+        try:
+            dss.Text.Command("clear")
+            dss.Text.Command(f'compile "{Path(tmp) / "Master.dss"}"')
+        finally:
+            os.chdir(cwd)
+    for cmd in ("set mode=snapshot", "set tolerance=1e-10", "set maxiterations=100",
+                "batchedit load..* vminpu=0.5 vmaxpu=1.5"):
+        dss.Text.Command(cmd)
+    names = [a.lower() for a in feeder.agents]
+    assert sorted(names) == sorted(x.lower() for x in dss.Loads.AllNames())
+    lowest = np.empty(n)
+    t = time.perf_counter()
+    for k in range(n):
+        for j, name in enumerate(names):
+            dss.Loads.Name(name)
+            dss.Loads.kW(p_load[k, j])
+            dss.Loads.kvar(q_load[k, j])
+        dss.Solution.Solve()
+        assert dss.Solution.Converged()
+        lowest[k] = np.min(dss.Circuit.AllBusMagPu())
+    dt = time.perf_counter() - t
+    ours = bf.solve_loadflow(feeder, p, q).v_pu.min(axis=(1, 2))
+    return n / dt, float(np.abs(lowest - ours).max())
 
 
 def pgm_model(feeder):
@@ -139,6 +188,7 @@ def main() -> None:
     ap.add_argument("--scenarios", type=int, default=100_000, help="bayesflex batch size")
     ap.add_argument("--full", type=int, default=5_000, help="batch size for the full-output figure")
     ap.add_argument("--pandapower", type=int, default=30, help="runpp_3ph calls")
+    ap.add_argument("--opendss", type=int, default=300, help="OpenDSS solves")
     ap.add_argument("--pgm", type=int, default=20_000, help="power-grid-model batch size (0 to skip)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -154,10 +204,12 @@ def main() -> None:
     rate_full, full = bench_bayesflex(feeder, args.full, full=True)
     rate_pp, v_pp = bench_pandapower(feeder, args.pandapower)
     err = np.abs(full.v_pu[: args.pandapower] - v_pp).max()
+    rate_dss, dss_err = bench_opendss(args.opendss)
     rows = [
         ("bayesflex, reductions (full=False)", args.scenarios, rate_red),
         ("bayesflex, all voltages + currents (full=True)", args.full, rate_full),
         ("pandapower runpp_3ph loop", args.pandapower, rate_pp),
+        ("OpenDSS solve loop (opendssdirect, to 1e-10)", args.opendss, rate_dss),
     ]
     if args.pgm:
         try:
@@ -179,10 +231,13 @@ def main() -> None:
     print()
     print(f"ratio bayesflex (reductions) / pandapower: {rate_red / rate_pp:,.0f}x")
     print(f"ratio bayesflex (full)       / pandapower: {rate_full / rate_pp:,.0f}x")
+    print(f"ratio bayesflex (reductions) / OpenDSS: {rate_red / rate_dss:,.0f}x")
     if args.pgm and rate_pgm:
         print(f"ratio bayesflex (reductions) / power-grid-model: {rate_red / rate_pgm:,.1f}x")
         print(f"sanity: max |dV| vs power-grid-model {pgm_err:.1e} pu on the same network "
               "(transformer without zero-sequence magnetising branch, as PGM models it)")
+    print(f"sanity: lowest voltage vs OpenDSS on its own Master.dss, {args.opendss} timed scenarios: "
+          f"max |dV| {dss_err:.1e} pu")
     print(f"sanity: max |dV| vs pandapower on the {args.pandapower} timed scenarios: {err:.1e} pu "
           "(pandapower as shipped stops early: sn_mva = 100, see tests/test_loadflow_pandapower.py)")
     mem = red.v_min_pu.nbytes + red.v_max_pu.nbytes + red.loading_max_pu.nbytes + red.trafo_loading_pu.nbytes

@@ -129,9 +129,10 @@ def solve_loadflow(
     chunk_size : int, optional
         Scenarios solved together (default 4096); bounds the working memory
         whatever the batch size.  Results differ between chunk sizes only by
-        floating-point rounding.  The chunks run in as many threads as BLAS
-        may use (``threadpoolctl.threadpool_limits`` sets it), each with one
-        BLAS thread: the numbers do not depend on the number of threads.
+        floating-point rounding.  A batch of at least twice as many chunks
+        as BLAS may use threads (``threadpoolctl.threadpool_limits`` sets
+        them) runs its chunks in that many threads, each with one BLAS
+        thread: the numbers are those of one thread.
     return_complex : bool
         With ``full``, also return complex voltages ``v_complex_pu``.
     precision : {"double", "mixed"}, optional
@@ -166,8 +167,9 @@ def solve_loadflow(
         return out
 
     starts = range(0, max(n, 1), outer)  # an empty batch still runs once, on zero rows
-    threads = min(len(starts), _blas_threads())
-    if threads > 1:  # the same chunks (hence the same numbers), in threads of one BLAS thread each
+    threads = _blas_threads()
+    if len(starts) >= 2 * threads > 2:  # the same chunks, hence numbers, in threads of one BLAS thread each
+        # (with fewer chunks than twice the threads, the largest is most of the work: BLAS's threads instead)
         with threadpool_limits(limits=1), ThreadPoolExecutor(threads, "bayesflex-lf") as pool:
             parts = list(pool.map(block, starts))
     else:
