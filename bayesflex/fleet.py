@@ -7,6 +7,9 @@ runs the same study on each into ``OUT/<feeder>/result.nc`` (with its
 ``report.html``), and writes ``OUT/fleet.csv`` and ``OUT/fleet.png``: one row
 per feeder, the riskiest first.
 
+With several workers (``--jobs``, every core by default) the feeders are studied side by
+side, one per worker process, the largest first.
+
 A feeder that cannot be loaded or studied does not stop the fleet: its row
 says ``failed`` and why, and the others go on.  With ``resume`` a finished
 feeder is not studied again and an unfinished one continues from its last
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,46 +151,87 @@ def run_fleet(feeders, priors="default", *, out: str | Path, resume: bool = Fals
     ``feeders``: a folder or glob (:func:`find_feeders`) or ``{name: path}``.
     ``log``: called with one line per feeder as it finishes (for a night's log).
     ``study``: :func:`bayesflex.run_study` arguments (draws, seed, jobs, backend...).
-    """
-    import time
 
+    With ``jobs`` other than 1 (on this machine: no ``scheduler``, the loky backend), the feeders
+    are the parallel tasks: each worker studies one feeder at a time, in one process (loaded,
+    its network model built, its chunks computed and its report written there), the largest
+    feeders (by the size of their files) first, so that small ones fill the end.  The numbers
+    are those of the same studies run one after another (a study's numbers do not depend on its
+    workers), and so is the table (ranked by its figures, then by name).
+    """
     from tqdm.auto import tqdm
 
     found = feeders if isinstance(feeders, dict) else find_feeders(feeders)
     pr = load_priors(priors) if isinstance(priors, (str, Path)) else priors
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    tasks = [(name, path, inside(out, safe_name(name))) for name, path in found.items()]
+    jobs = study.get("jobs", 1)
+    parallel = (jobs != 1 and len(tasks) > 1 and study.get("scheduler") is None
+                and study.get("backend") in (None, "loky"))
+    one = dict(study, jobs=1) if parallel else study
     rows = []
-    for name, path in tqdm(found.items(), desc="fleet", unit="feeder", disable=(not progress)
-                           if progress is not None else None):
-        row = {"feeder": name, "path": str(path), "status": "ok", "error": ""}
-        t0 = time.perf_counter()
-        try:
-            where = inside(out, safe_name(name))
-            fd = load_feeder(path).replace(name=name)
-            tree = run_study(fd, pr, out=where, resume=resume, progress=progress, **study)
-            rep = where / REPORT_FILE
-            if report and not (resume and rep.exists() and rep.stat().st_mtime >= (where / RESULT_FILE).stat().st_mtime):
-                write_report(tree, where)
-            row |= fleet_row(tree)
-        except OutputError:  # the output folder cannot take more: every other feeder would fail the same way
-            raise
-        except BayesflexError as err:
-            row |= {"status": "failed", "error": " ".join(str(err).split())}
-        except Exception as err:  # noqa: BLE001 - a bug or a broken file the loaders missed: the other feeders go on
-            row |= {"status": "failed", "error": f"{type(err).__name__}: {' '.join(str(err).split())}"}
-        rows.append(row)
-        if log is not None:
-            what = ("P(congested in horizon) " + format_probability(row["p_congested_horizon"],
-                                                                    row["p_congested_horizon_lo"],
-                                                                    row["p_congested_horizon_hi"], row["draws"])
-                    if row["status"] == "ok" else f"FAILED: {row['error']}")
-            log(f"[{len(rows)}/{len(found)}] {name}: {what} ({time.perf_counter() - t0:.1f} s)")
+    with tqdm(total=len(tasks), desc="fleet", unit="feeder",
+              disable=(not progress) if progress is not None else None) as bar:
+        if parallel:
+            from joblib import Parallel, delayed
+
+            tasks.sort(key=lambda t: -_files_size(Path(t[1])))
+            done = Parallel(n_jobs=jobs, return_as="generator_unordered")(
+                delayed(_study_feeder)(name, path, where, pr, resume, report, False, one)
+                for name, path, where in tasks)
+        else:
+            done = (_study_feeder(name, path, where, pr, resume, report, progress, one)
+                    for name, path, where in tasks)
+        for row, seconds in done:
+            rows.append(row)
+            bar.update()
+            if log is not None:
+                what = ("P(congested in horizon) " + format_probability(row["p_congested_horizon"],
+                                                                        row["p_congested_horizon_lo"],
+                                                                        row["p_congested_horizon_hi"], row["draws"])
+                        if row["status"] == "ok" else f"FAILED: {row['error']}")
+                log(f"[{len(rows)}/{len(found)}] {row['feeder']}: {what} ({seconds:.1f} s)")
     table = rank(pd.DataFrame(rows))
     _write_csv(table, out / FLEET_FILE)
     if (table.status == "ok").any():
         plot_fleet(table, out / "fleet.png")
     return table
+
+
+def _study_feeder(name: str, path: Path, where: Path, priors, resume: bool, report: bool, progress,
+                  study: dict) -> tuple[dict, float]:
+    """One feeder's study, report and fleet row, and the seconds they took.  A feeder that cannot be
+    loaded or studied gives a row that says ``failed`` and why; a full or read-only output folder
+    (:class:`OutputError`) stops the fleet, as every other feeder would fail the same way."""
+    row = {"feeder": name, "path": str(path), "status": "ok", "error": ""}
+    t0 = time.perf_counter()
+    try:
+        fd = load_feeder(path).replace(name=name)
+        tree = run_study(fd, priors, out=where, resume=resume, progress=progress, **study)
+        rep = where / REPORT_FILE
+        if report and not (resume and rep.exists() and rep.stat().st_mtime >= (where / RESULT_FILE).stat().st_mtime):
+            write_report(tree, where)
+        row |= fleet_row(tree)
+    except OutputError:
+        raise
+    except BayesflexError as err:
+        row |= {"status": "failed", "error": " ".join(str(err).split())}
+    except Exception as err:  # noqa: BLE001 - a bug or a broken file the loaders missed: the other feeders go on
+        row |= {"status": "failed", "error": f"{type(err).__name__}: {' '.join(str(err).split())}"}
+    return row, time.perf_counter() - t0
+
+
+def _files_size(path: Path) -> int:
+    """Bytes of a feeder's model file, or of the model files (``.dss``, ``.txt``) in its folder, not
+    its spreadsheets: the order in which a parallel fleet takes the feeders (largest first), without
+    loading them all first."""
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.suffix.lower() in (".dss", ".txt"))
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def rank(table: pd.DataFrame) -> pd.DataFrame:

@@ -162,3 +162,36 @@ def test_backend_errors_are_clear(ieee):
         run_study(ieee, "default", draws=1, periods=1, backend="threading", scheduler="tcp://x:1")
     with pytest.raises(ConfigError, match="backend 'nosuch' unknown .allowed: .*loky"):
         run_study(ieee, "default", draws=60, periods=1, jobs=2, backend="nosuch")
+
+
+def test_a_parallel_fleet_gives_the_numbers_of_one_feeder_after_another(tmp_path, monkeypatch):
+    """``jobs=2``: the feeders are the tasks of two worker processes (a broken one among them).
+    The table, each feeder's result file and its report are those of the same fleet studied one
+    feeder after another."""
+    import joblib
+
+    pools = []
+
+    class Counted(joblib.Parallel):
+        def __init__(self, *args, **kw):
+            pools.append(kw.get("n_jobs"))
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(joblib, "Parallel", Counted)
+    feeders = _small_fleet(tmp_path / "feeders")
+    broken = tmp_path / "feeders" / "broken.toml"
+    broken.write_text("[feeder]\nname = 'broken'\n")
+    feeders = find_feeders(tmp_path / "feeders")
+    study = {"draws": 6, "periods": 2, "start": "2026-01-14 18:00"}
+    lines = []
+    serial = run_fleet(feeders, out=tmp_path / "serial", jobs=1, **study)
+    parallel = run_fleet(feeders, out=tmp_path / "parallel", jobs=2, log=lines.append, **study)
+    assert pools == [2]  # the fleet's own pool (each study in it runs on one worker, without a pool)
+    assert list(parallel.status) == ["ok", "ok", "failed"] and "broken" in parallel.error.iloc[-1]
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert sorted(line.split("] ")[1].split(":")[0] for line in lines) == ["broken", "north", "south"]
+    for name in ("north", "south"):
+        a, b = open_study(tmp_path / "serial" / name), open_study(tmp_path / "parallel" / name)
+        for group in ("prior_predictive", "network", "heuristic"):
+            xr.testing.assert_identical(a[group].to_dataset(), b[group].to_dataset())
+        assert (tmp_path / "parallel" / name / "report.html").exists()
