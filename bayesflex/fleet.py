@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from joblib import effective_n_jobs
 
 from bayesflex.analysis.report import REPORT_FILE, write_report
 from bayesflex.core.intervals import format_probability, wilson_interval
@@ -152,12 +153,14 @@ def run_fleet(feeders, priors="default", *, out: str | Path, resume: bool = Fals
     ``log``: called with one line per feeder as it finishes (for a night's log).
     ``study``: :func:`bayesflex.run_study` arguments (draws, seed, jobs, backend...).
 
-    With ``jobs`` other than 1 (on this machine: no ``scheduler``, the loky backend), the feeders
-    are the parallel tasks: each worker studies one feeder at a time, in one process (loaded,
-    its network model built, its chunks computed and its report written there), the largest
-    feeders (by the size of their files) first, so that small ones fill the end.  The numbers
-    are those of the same studies run one after another (a study's numbers do not depend on its
-    workers), and so is the table (ranked by its figures, then by name).
+    With at least two feeders per worker (``jobs``; on this machine: no ``scheduler``, the loky
+    backend), the feeders are the parallel tasks: each worker studies one feeder at a time, in
+    one process (loaded, its network model built, its chunks computed and its report written
+    there), the largest feeders (by the size of their model files) first, so that small ones
+    fill the end.  With fewer, the feeders go one after another, each on every worker: one
+    feeder much slower than the others (congested throughout, say) would otherwise leave the
+    other workers idle.  The numbers are the same either way (a study's numbers do not depend on
+    its workers), and so is the table (ranked by its figures, then by name).
     """
     from tqdm.auto import tqdm
 
@@ -167,8 +170,8 @@ def run_fleet(feeders, priors="default", *, out: str | Path, resume: bool = Fals
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(name, path, inside(out, safe_name(name))) for name, path in found.items()]
     jobs = study.get("jobs", 1)
-    parallel = (jobs != 1 and len(tasks) > 1 and study.get("scheduler") is None
-                and study.get("backend") in (None, "loky"))
+    parallel = (study.get("scheduler") is None and study.get("backend") in (None, "loky")
+                and 1 < effective_n_jobs(jobs) <= len(tasks) / 2)
     one = dict(study, jobs=1) if parallel else study
     rows = []
     with tqdm(total=len(tasks), desc="fleet", unit="feeder",

@@ -165,9 +165,9 @@ def test_backend_errors_are_clear(ieee):
 
 
 def test_a_parallel_fleet_gives_the_numbers_of_one_feeder_after_another(tmp_path, monkeypatch):
-    """``jobs=2``: the feeders are the tasks of two worker processes (a broken one among them).
-    The table, each feeder's result file and its report are those of the same fleet studied one
-    feeder after another."""
+    """``jobs=2`` and five feeders (a broken one among them): the feeders are the tasks of two
+    worker processes.  The table, each feeder's result file and its report are those of the same
+    fleet studied one feeder after another."""
     import joblib
 
     pools = []
@@ -179,6 +179,9 @@ def test_a_parallel_fleet_gives_the_numbers_of_one_feeder_after_another(tmp_path
 
     monkeypatch.setattr(joblib, "Parallel", Counted)
     feeders = _small_fleet(tmp_path / "feeders")
+    for name, like in (("east", "north"), ("west", "south")):
+        text = feeders[like].read_text()
+        (tmp_path / "feeders" / f"{name}.toml").write_text(text.replace(f'name = "{like}"', f'name = "{name}"'))
     broken = tmp_path / "feeders" / "broken.toml"
     broken.write_text("[feeder]\nname = 'broken'\n")
     feeders = find_feeders(tmp_path / "feeders")
@@ -187,10 +190,13 @@ def test_a_parallel_fleet_gives_the_numbers_of_one_feeder_after_another(tmp_path
     serial = run_fleet(feeders, out=tmp_path / "serial", jobs=1, **study)
     parallel = run_fleet(feeders, out=tmp_path / "parallel", jobs=2, log=lines.append, **study)
     assert pools == [2]  # the fleet's own pool (each study in it runs on one worker, without a pool)
-    assert list(parallel.status) == ["ok", "ok", "failed"] and "broken" in parallel.error.iloc[-1]
+    pools.clear()
+    run_fleet(dict(list(feeders.items())[:3]), out=tmp_path / "three", jobs=2, report=False, **study)
+    assert pools == []  # fewer than two feeders a worker: no fleet pool, one feeder after another
+    assert list(parallel.status) == ["ok"] * 4 + ["failed"] and "broken" in parallel.error.iloc[-1]
     pd.testing.assert_frame_equal(serial, parallel)
-    assert sorted(line.split("] ")[1].split(":")[0] for line in lines) == ["broken", "north", "south"]
-    for name in ("north", "south"):
+    assert sorted(line.split("] ")[1].split(":")[0] for line in lines) == ["broken", "east", "north", "south", "west"]
+    for name in ("north", "south", "east", "west"):
         a, b = open_study(tmp_path / "serial" / name), open_study(tmp_path / "parallel" / name)
         for group in ("prior_predictive", "network", "heuristic"):
             xr.testing.assert_identical(a[group].to_dataset(), b[group].to_dataset())
