@@ -30,8 +30,8 @@ from bayesflex.grid.network import BranchRows, NetworkModel
 
 __all__ = ["solve_loadflow", "LoadFlowResult", "LoadFlowSummary", "solve_load_nodes", "voltage_sensitivity"]
 
-#: scenarios solved together (load nodes and expansion); bounds memory per call.  The chunks of a
-#: batch run in as many threads as BLAS may use (one in the study's workers, which limit it)
+#: scenarios solved together (load nodes and expansion); bounds memory per call.  A batch of many
+#: chunks runs them in as many threads as BLAS may use (one in the study's workers, which limit it)
 DEFAULT_CHUNK = 4096
 
 
