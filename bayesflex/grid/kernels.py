@@ -9,7 +9,7 @@ docstring), so their results are the same bit for bit (``tests/test_kernels.py``
 The matrix products stay with numpy's BLAS.
 
 They release the GIL (``nogil``), so that :mod:`bayesflex.grid.loadflow` can run
-blocks of a batch in threads; each kernel is single-threaded.  Compiled on first use
+chunks of a batch in threads; each kernel is single-threaded.  Compiled on first use
 and cached on disk by numba (``cache=True``), as Python caches byte code.
 """
 
