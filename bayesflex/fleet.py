@@ -34,7 +34,7 @@ from bayesflex.core.timefmt import fmt_time
 from bayesflex.errors import BayesflexError, ConfigError, OutputError
 from bayesflex.io.feeders import load_feeder
 from bayesflex.priors import load_priors
-from bayesflex.study.engine import run_study
+from bayesflex.study.engine import release_pool, run_study
 from bayesflex.study.results import mcse, study_effective_draws
 from bayesflex.study.schema import RESULT_FILE
 
@@ -172,29 +172,36 @@ def run_fleet(feeders, priors="default", *, out: str | Path, resume: bool = Fals
     jobs = study.get("jobs", 1)
     parallel = (study.get("scheduler") is None and study.get("backend") in (None, "loky")
                 and 1 < effective_n_jobs(jobs) <= len(tasks) / 2)
-    one = dict(study, jobs=1) if parallel else study
     rows = []
+
+    def take(row: dict, seconds: float) -> None:
+        rows.append(row)
+        bar.update()
+        if log is not None:
+            what = ("P(congested in horizon) " + format_probability(row["p_congested_horizon"],
+                                                                    row["p_congested_horizon_lo"],
+                                                                    row["p_congested_horizon_hi"], row["draws"])
+                    if row["status"] == "ok" else f"FAILED: {row['error']}")
+            log(f"[{len(rows)}/{len(found)}] {row['feeder']}: {what} ({seconds:.1f} s)")
+
     with tqdm(total=len(tasks), desc="fleet", unit="feeder",
               disable=(not progress) if progress is not None else None) as bar:
         if parallel:
             from joblib import Parallel, delayed
+            from joblib.externals.loky.process_executor import TerminatedWorkerError
 
             tasks.sort(key=lambda t: -_files_size(Path(t[1])))
-            done = Parallel(n_jobs=jobs, return_as="generator_unordered")(
-                delayed(_study_feeder)(name, path, where, pr, resume, report, False, one)
-                for name, path, where in tasks)
-        else:
-            done = (_study_feeder(name, path, where, pr, resume, report, progress, one)
-                    for name, path, where in tasks)
-        for row, seconds in done:
-            rows.append(row)
-            bar.update()
-            if log is not None:
-                what = ("P(congested in horizon) " + format_probability(row["p_congested_horizon"],
-                                                                        row["p_congested_horizon_lo"],
-                                                                        row["p_congested_horizon_hi"], row["draws"])
-                        if row["status"] == "ok" else f"FAILED: {row['error']}")
-                log(f"[{len(rows)}/{len(found)}] {row['feeder']}: {what} ({seconds:.1f} s)")
+            try:
+                for row, seconds in Parallel(n_jobs=jobs, return_as="generator_unordered")(
+                        delayed(_study_feeder)(name, path, where, pr, resume, report, False, dict(study, jobs=1))
+                        for name, path, where in tasks):
+                    take(row, seconds)
+            except TerminatedWorkerError:  # a worker process died (out of memory, a crash in a library): the
+                release_pool()  # feeders without a row go one after another below, where such a crash is one row
+        finished = {row["feeder"] for row in rows}
+        for name, path, where in tasks:
+            if name not in finished:
+                take(*_study_feeder(name, path, where, pr, resume, report, progress, study))
     table = rank(pd.DataFrame(rows))
     _write_csv(table, out / FLEET_FILE)
     if (table.status == "ok").any():

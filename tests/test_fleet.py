@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -201,3 +202,30 @@ def test_a_parallel_fleet_gives_the_numbers_of_one_feeder_after_another(tmp_path
         for group in ("prior_predictive", "network", "heuristic"):
             xr.testing.assert_identical(a[group].to_dataset(), b[group].to_dataset())
         assert (tmp_path / "parallel" / name / "report.html").exists()
+
+
+def _dies_in_a_worker(name, *args):
+    """``fleet._study_feeder`` whose worker process dies on feeder ``east`` (as an out-of-memory kill
+    would end it); in the main process the real one."""
+    from bayesflex import fleet
+
+    if name == "east" and os.environ.get("BAYESFLEX_TEST_MAIN_PID") != str(os.getpid()):
+        os._exit(9)
+    return getattr(fleet, "_real_study_feeder", fleet._study_feeder)(name, *args)  # a worker's fleet: unpatched
+
+
+def test_a_worker_that_dies_does_not_stop_the_fleet(tmp_path, monkeypatch):
+    """A fleet side by side whose worker dies on one feeder: the feeders without a row are then
+    studied one after another, and every feeder gets its row."""
+    from bayesflex import fleet
+
+    feeders = _small_fleet(tmp_path / "feeders")
+    for name, like in (("east", "north"), ("west", "south")):
+        text = feeders[like].read_text()
+        (tmp_path / "feeders" / f"{name}.toml").write_text(text.replace(f'name = "{like}"', f'name = "{name}"'))
+    monkeypatch.setenv("BAYESFLEX_TEST_MAIN_PID", str(os.getpid()))
+    monkeypatch.setattr(fleet, "_real_study_feeder", fleet._study_feeder, raising=False)
+    monkeypatch.setattr(fleet, "_study_feeder", _dies_in_a_worker)
+    table = run_fleet(find_feeders(tmp_path / "feeders"), out=tmp_path / "out", jobs=2, report=False,
+                      draws=4, periods=1, start="2026-01-14 18:00")
+    assert sorted(table.feeder) == ["east", "north", "south", "west"] and set(table.status) == {"ok"}
