@@ -17,6 +17,7 @@ each, in chunks so that memory stays bounded.
 from __future__ import annotations
 
 import functools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,7 +43,12 @@ def _blas() -> ThreadpoolController:
 
 def _blas_threads() -> int:
     """The threads BLAS may use now (``threadpoolctl.threadpool_limits`` lowers it)."""
-    return max([lib["num_threads"] for lib in _blas().info()] or [1])
+    return max([lib["num_threads"] for lib in _blas().select(user_api="blas").info()] or [1])
+
+
+#: held while a call runs its chunks in threads: BLAS's thread limit is the process's, so a second
+#: call at the same time (from another thread) runs its chunks one after another instead
+_THREADED = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -168,10 +174,14 @@ def solve_loadflow(
 
     starts = range(0, max(n, 1), outer)  # an empty batch still runs once, on zero rows
     threads = _blas_threads()
-    if len(starts) >= 2 * threads > 2:  # the same chunks, hence numbers, in threads of one BLAS thread each
-        # (with fewer chunks than twice the threads, the largest is most of the work: BLAS's threads instead)
-        with threadpool_limits(limits=1), ThreadPoolExecutor(threads, "bayesflex-lf") as pool:
-            parts = list(pool.map(block, starts))
+    if len(starts) >= 2 * threads > 2 and _THREADED.acquire(blocking=False):
+        # the same chunks, hence numbers, in threads of one BLAS thread each (with fewer chunks than
+        # twice the threads, the largest is most of the work: BLAS's threads instead)
+        try:
+            with threadpool_limits(limits=1), ThreadPoolExecutor(threads, "bayesflex-lf") as pool:
+                parts = list(pool.map(block, starts))
+        finally:
+            _THREADED.release()
     else:
         parts = [block(a) for a in starts]
     shaped = {k: np.concatenate([pt[k] for pt in parts]) for k in parts[0]}
@@ -241,7 +251,7 @@ def _real_jacobian(z: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------
-# kernels (pure numpy, axis 0 = scenario)
+# kernels (numpy and the numba ones of grid.kernels, axis 0 = scenario)
 # ----------------------------------------------------------------------------
 def solve_load_nodes(model: NetworkModel, s_l: np.ndarray, *, tol: float = 1e-10, max_iter: int = 40):
     """Voltages at the load nodes for scenarios ``s_l (n, L)`` (pu, load positive).
